@@ -1,0 +1,15 @@
+"""The Vision Transformer, its configuration and the registry of named architectures."""
+
+from vitkit.models.config import PRESETS, ViTConfig, get_config, list_models
+from vitkit.models.pos_embed import resize_pos_embed
+from vitkit.models.vit import VisionTransformer, create_model
+
+__all__ = [
+    "PRESETS",
+    "ViTConfig",
+    "VisionTransformer",
+    "create_model",
+    "get_config",
+    "list_models",
+    "resize_pos_embed",
+]

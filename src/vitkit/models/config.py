@@ -1,0 +1,170 @@
+"""`ViTConfig` and the registry of named architectures.
+
+The names are the paper's: "ViT-B/16" is the Base model (Table 1 of Dosovitskiy et al. 2021) with
+16x16 patches. A config describes an architecture and its numerics, never weights: named pretrained
+weights live in `vitkit.weights`, apart from architectures (timm's `arch.tag` convention).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Literal
+
+Classifier = Literal["token", "gap"]
+Gelu = Literal["exact", "tanh"]
+PosEmbedInterpolation = Literal["bilinear", "bicubic"]
+
+
+def as_pair(size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
+    """(H, W) from an int or a pair, so that configs always hold tuples."""
+    if isinstance(size, int):
+        return (size, size)
+    height, width = size
+    return (int(height), int(width))
+
+
+@dataclass(frozen=True, kw_only=True)
+class ViTConfig:
+    """Everything that defines a Vision Transformer's architecture and numerics.
+
+    Variants are made with `dataclasses.replace(config, field=value)`; the model never reads
+    anything but this object.
+    """
+
+    # Input. The position embeddings are learned for one grid (img_size / patch_size); other
+    # resolutions are reached by resizing them (`vitkit.models.pos_embed.resize_pos_embed`).
+    img_size: tuple[int, int] = (224, 224)
+    patch_size: int = 16
+    in_chans: int = 3
+
+    # Transformer (Table 1 of the paper: width D, depth, heads, MLP width).
+    width: int = 768
+    depth: int = 12
+    num_heads: int = 12
+    mlp_dim: int = 3072
+    qkv_bias: bool = True
+
+    # Classification. "token" reads the prepended [class] token, "gap" averages the patch tokens
+    # after the final LayerNorm (Google's code). num_classes=0 gives features, no head.
+    num_classes: int = 1000
+    classifier: Classifier = "token"
+    class_token: bool = True
+    # Pre-training head of the paper: Linear(width, representation_size) + tanh before the head.
+    representation_size: int | None = None
+
+    # Regularisation (all off by default, as for fine-tuning in the paper).
+    dropout: float = 0.0
+    attention_dropout: float = 0.0
+    drop_path: float = 0.0  # stochastic depth: the last block's rate, growing linearly from 0
+
+    # Numerics. Google's JAX code uses tanh-GELU and eps 1e-6; timm uses exact GELU and eps 1e-6;
+    # Hugging Face uses exact GELU and eps 1e-12. Loaders set these to the source's values.
+    gelu: Gelu = "exact"
+    layer_norm_eps: float = 1e-6
+
+    # Accept inputs of any size that is a multiple of patch_size, resizing the position
+    # embeddings on every forward pass instead of raising an error.
+    dynamic_img_size: bool = False
+    pos_embed_interpolation: PosEmbedInterpolation = "bilinear"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "img_size", as_pair(self.img_size))
+        problems = []
+        if self.width % self.num_heads:
+            problems.append(f"width {self.width} is not divisible by num_heads {self.num_heads}")
+        for axis, size in zip(("height", "width"), self.img_size):
+            if size % self.patch_size:
+                problems.append(
+                    f"image {axis} {size} is not a multiple of the patch size {self.patch_size}"
+                )
+        if self.classifier == "token" and not self.class_token:
+            problems.append("classifier='token' needs class_token=True")
+        if self.classifier not in ("token", "gap"):
+            problems.append(f"classifier must be 'token' or 'gap', got {self.classifier!r}")
+        if self.gelu not in ("exact", "tanh"):
+            problems.append(f"gelu must be 'exact' or 'tanh', got {self.gelu!r}")
+        if self.pos_embed_interpolation not in ("bilinear", "bicubic"):
+            problems.append(
+                "pos_embed_interpolation must be 'bilinear' or 'bicubic', "
+                f"got {self.pos_embed_interpolation!r}"
+            )
+        if problems:
+            raise ValueError("Invalid ViTConfig: " + "; ".join(problems))
+
+    @property
+    def grid_size(self) -> tuple[int, int]:
+        """Patches along (height, width) at the build resolution."""
+        return (self.img_size[0] // self.patch_size, self.img_size[1] // self.patch_size)
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        return 1 if self.class_token else 0
+
+    @property
+    def num_tokens(self) -> int:
+        """Sequence length the encoder sees at the build resolution."""
+        grid_h, grid_w = self.grid_size
+        return grid_h * grid_w + self.num_prefix_tokens
+
+    @property
+    def head_dim(self) -> int:
+        return self.width // self.num_heads
+
+
+@dataclass(frozen=True)
+class _Variant:
+    width: int
+    depth: int
+    num_heads: int
+    mlp_dim: int
+
+
+# Table 1 of the paper, plus Ti and S (DeiT, AugReg "How to train your ViT", Steiner et al. 2021).
+VARIANTS: dict[str, _Variant] = {
+    "Ti": _Variant(width=192, depth=12, num_heads=3, mlp_dim=768),
+    "S": _Variant(width=384, depth=12, num_heads=6, mlp_dim=1536),
+    "B": _Variant(width=768, depth=12, num_heads=12, mlp_dim=3072),
+    "L": _Variant(width=1024, depth=24, num_heads=16, mlp_dim=4096),
+    "H": _Variant(width=1280, depth=32, num_heads=16, mlp_dim=5120),
+}
+PATCH_SIZES = (8, 14, 16, 32)
+
+
+def _paper_presets() -> dict[str, ViTConfig]:
+    presets = {}
+    for variant_name, variant in VARIANTS.items():
+        for patch in PATCH_SIZES:
+            presets[f"ViT-{variant_name}/{patch}"] = ViTConfig(
+                img_size=224, patch_size=patch, **dataclasses.asdict(variant)
+            )
+    return presets
+
+
+PRESETS: dict[str, ViTConfig] = {
+    **_paper_presets(),
+    # A model small enough for unit tests: 2 blocks of width 64 on 32x32 images.
+    "ViT-Test/8": ViTConfig(
+        img_size=32, patch_size=8, width=64, depth=2, num_heads=4, mlp_dim=128, num_classes=10
+    ),
+}
+
+
+def list_models() -> list[str]:
+    """Names accepted by `vitkit.create_model`, in registry order."""
+    return list(PRESETS)
+
+
+def get_config(name: str, **overrides: object) -> ViTConfig:
+    """The preset `name` with `overrides` applied (any ViTConfig field, e.g. num_classes=10).
+
+    Names are matched case-insensitively, and "ViT-B_16" (Google's file names) works too.
+    """
+    wanted = name.replace("_", "/").lower()
+    matches = [key for key in PRESETS if key.lower() == wanted]
+    if not matches:
+        raise KeyError(f"Unknown model {name!r}. Known models: {', '.join(PRESETS)}")
+    unknown = set(overrides) - {field.name for field in dataclasses.fields(ViTConfig)}
+    if unknown:
+        raise TypeError(f"Unknown ViTConfig field(s): {', '.join(sorted(unknown))}")
+    return dataclasses.replace(PRESETS[matches[0]], **overrides)

@@ -1,0 +1,43 @@
+"""Patch embedding: cut the image into PxP patches and project each to D dimensions.
+
+A convolution with kernel = stride = P is exactly "flatten each patch and apply one shared linear
+map" (equation 1 of the paper), computed without materialising the patches.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class PatchEmbed(nn.Module):
+    def __init__(self, patch_size: int, in_chans: int, width: int):
+        super().__init__()
+        self.patch_size = patch_size
+        self.in_chans = in_chans
+        self.proj = nn.Conv2d(in_chans, width, kernel_size=patch_size, stride=patch_size)
+
+    def grid_size(self, images: torch.Tensor) -> tuple[int, int]:
+        """The patch grid of `images` (N, C, H, W), with a clear error for unusable sizes."""
+        if images.ndim != 4:
+            raise ValueError(
+                f"Expected a batch of images shaped (N, C, H, W), got shape {tuple(images.shape)}."
+            )
+        _, channels, height, width = images.shape
+        if channels != self.in_chans:
+            hint = " (NHWC input? use images.permute(0, 3, 1, 2))" if width == self.in_chans else ""
+            raise ValueError(
+                f"Expected {self.in_chans} input channels, got {channels} in an input of shape "
+                f"{tuple(images.shape)}{hint}."
+            )
+        patch = self.patch_size
+        if height % patch or width % patch:
+            raise ValueError(
+                f"Image size {height}x{width} is not a multiple of the patch size {patch}: "
+                f"resize or crop to a multiple of {patch} "
+                f"(e.g. {max(patch, height // patch * patch)}x{max(patch, width // patch * patch)})."
+            )
+        return (height // patch, width // patch)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:  # (N, C, H, W) -> (N, h*w, D)
+        return self.proj(images).flatten(2).transpose(1, 2)

@@ -1,0 +1,183 @@
+"""The Vision Transformer of Dosovitskiy et al. (ICLR 2021), read top to bottom:
+
+    images (N, C, H, W)
+      -> patch embedding            (N, h*w, D)     equation 1
+      -> [class] token prepended    (N, 1+h*w, D)   (only when config.class_token)
+      -> + position embeddings, dropout
+      -> pre-LN encoder blocks      (N, T, D)       equations 2-3
+      -> final LayerNorm                            equation 4
+      -> pool: [class] token, or mean of patch tokens ("gap")   (N, D)
+      -> optional pre-logits Linear + tanh          (N, representation_size)
+      -> head, zero-initialised     (N, num_classes)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+from torch import nn
+
+from vitkit.models.config import ViTConfig
+from vitkit.models.layers import Block
+from vitkit.models.patch_embed import PatchEmbed
+from vitkit.models.pos_embed import resize_pos_embed
+
+
+class VisionTransformer(nn.Module):
+    def __init__(self, config: ViTConfig):
+        super().__init__()
+        self.config = config
+        width = config.width
+        self.patch_embed = PatchEmbed(config.patch_size, config.in_chans, width)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, width)) if config.class_token else None
+        self.pos_embed = nn.Parameter(torch.zeros(1, config.num_tokens, width))
+        self.pos_drop = nn.Dropout(config.dropout)
+        # Stochastic depth grows linearly with depth, reaching config.drop_path at the last block.
+        rates = torch.linspace(0.0, config.drop_path, config.depth).tolist()
+        self.blocks = nn.ModuleList(
+            Block(
+                width,
+                config.num_heads,
+                config.mlp_dim,
+                qkv_bias=config.qkv_bias,
+                gelu=config.gelu,
+                layer_norm_eps=config.layer_norm_eps,
+                dropout=config.dropout,
+                attention_dropout=config.attention_dropout,
+                drop_path=rate,
+            )
+            for rate in rates
+        )
+        self.norm = nn.LayerNorm(width, eps=config.layer_norm_eps)
+        self.pre_logits, self.head = self._build_head(config)
+        self.init_weights()
+
+    @staticmethod
+    def _build_head(config: ViTConfig) -> tuple[nn.Module, nn.Module]:
+        features = config.width
+        pre_logits: nn.Module = nn.Identity()
+        if config.representation_size:
+            features = config.representation_size
+            pre_logits = nn.Sequential(nn.Linear(config.width, features), nn.Tanh())
+        head: nn.Module = nn.Identity()
+        if config.num_classes > 0:
+            head = nn.Linear(features, config.num_classes)
+            nn.init.zeros_(head.weight)
+            nn.init.zeros_(head.bias)
+        return pre_logits, head
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """The initialisation of Google's JAX code: Xavier-uniform for every dense layer (q, k, v
+        separately), LeCun-normal for the patch embedding and pre-logits, N(0, 0.02) position
+        embeddings, zero [class] token and zero head."""
+
+        def lecun_normal_(weight: torch.Tensor) -> None:
+            fan_in = weight[0].numel()
+            std = math.sqrt(1.0 / fan_in) / 0.87962566103423978  # std of N(0,1) cut at +-2
+            nn.init.trunc_normal_(weight, std=std, a=-2 * std, b=2 * std)
+
+        lecun_normal_(self.patch_embed.proj.weight)
+        nn.init.zeros_(self.patch_embed.proj.bias)
+        nn.init.normal_(self.pos_embed, std=0.02)
+        if self.cls_token is not None:
+            nn.init.zeros_(self.cls_token)
+        for block in self.blocks:
+            for chunk in block.attn.qkv.weight.chunk(3, dim=0):  # q, k, v are separate in JAX
+                nn.init.xavier_uniform_(chunk)
+            nn.init.xavier_uniform_(block.attn.proj.weight)
+            for linear in (block.attn.qkv, block.attn.proj):
+                if linear.bias is not None:
+                    nn.init.zeros_(linear.bias)
+            for linear in (block.mlp.fc1, block.mlp.fc2):
+                nn.init.xavier_uniform_(linear.weight)
+                nn.init.normal_(linear.bias, std=1e-6)
+        if isinstance(self.pre_logits, nn.Sequential):
+            lecun_normal_(self.pre_logits[0].weight)
+            nn.init.zeros_(self.pre_logits[0].bias)
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """Replace the head by a zero-initialised one for `num_classes` and drop the pre-logits
+        layer: the paper's fine-tuning set-up (section 3.2)."""
+        self.config = dataclasses.replace(
+            self.config, num_classes=num_classes, representation_size=None
+        )
+        pre_logits, head = self._build_head(self.config)
+        device, dtype = self.pos_embed.device, self.pos_embed.dtype
+        self.pre_logits, self.head = pre_logits.to(device, dtype), head.to(device, dtype)
+
+    def _pos_embed_for(self, grid: tuple[int, int]) -> torch.Tensor:
+        if grid == self.config.grid_size:
+            return self.pos_embed
+        if not self.config.dynamic_img_size:
+            height, width = (side * self.config.patch_size for side in grid)
+            built_h, built_w = self.config.img_size
+            raise ValueError(
+                f"This model was built for {built_h}x{built_w} images but got {height}x{width}. "
+                f"Build it for that size (create_model(..., img_size=({height}, {width})) or "
+                f"load_model(..., img_size=({height}, {width})), which resize the position "
+                "embeddings), resize the images, or set dynamic_img_size=True."
+            )
+        return resize_pos_embed(
+            self.pos_embed,
+            new_grid=grid,
+            old_grid=self.config.grid_size,
+            num_prefix_tokens=self.config.num_prefix_tokens,
+            mode=self.config.pos_embed_interpolation,
+        )
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """Images (N, C, H, W) -> encoder input tokens (N, T, D), position embeddings added."""
+        grid = self.patch_embed.grid_size(images)
+        pos_embed = self._pos_embed_for(grid)
+        tokens = self.patch_embed(images)  # (N, h*w, D)
+        if self.cls_token is not None:
+            cls = self.cls_token.expand(tokens.shape[0], -1, -1)
+            tokens = torch.cat([cls, tokens], dim=1)  # (N, 1 + h*w, D)
+        return self.pos_drop(tokens + pos_embed)
+
+    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
+        """Images -> every token after the final LayerNorm, (N, T, D)."""
+        tokens = self.embed(images)
+        for block in self.blocks:
+            tokens = block(tokens)
+        return self.norm(tokens)
+
+    def forward_intermediates(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """The tokens after each encoder block (before the final LayerNorm), each (N, T, D)."""
+        tokens = self.embed(images)
+        outputs = []
+        for block in self.blocks:
+            tokens = block(tokens)
+            outputs.append(tokens)
+        return outputs
+
+    def pool(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(N, T, D) -> (N, D): the [class] token, or the mean of the patch tokens ("gap")."""
+        if self.config.classifier == "token":
+            return tokens[:, 0]
+        return tokens[:, self.config.num_prefix_tokens :].mean(dim=1)
+
+    def forward_head(self, tokens: torch.Tensor, *, pre_logits: bool = False) -> torch.Tensor:
+        """Normalised tokens -> logits; with pre_logits=True the representation the head reads
+        (after the tanh layer where there is one), as used for few-shot linear evaluation."""
+        features = self.pre_logits(self.pool(tokens))
+        return features if pre_logits else self.head(features)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Images (N, C, H, W) -> logits (N, num_classes)."""
+        return self.forward_head(self.forward_features(images))
+
+
+def create_model(
+    name: str, *, img_size: int | tuple[int, int] | None = None, **overrides: object
+) -> VisionTransformer:
+    """A randomly initialised model of the named preset, e.g. create_model("ViT-B/16",
+    num_classes=10, img_size=384). `overrides` are ViTConfig fields."""
+    from vitkit.models.config import get_config
+
+    if img_size is not None:
+        overrides["img_size"] = img_size
+    return VisionTransformer(get_config(name, **overrides))

@@ -1,0 +1,6 @@
+"""Reading checkpoints of Google, timm and Hugging Face into vitkit models."""
+
+from vitkit.weights.errors import CheckpointError
+from vitkit.weights.load import load_model
+
+__all__ = ["CheckpointError", "load_model"]

@@ -1,0 +1,122 @@
+"""`load_model`: read any supported checkpoint, build the model it describes, load it strictly.
+
+Formats are detected from the path: a `.npz` file is Google's; a directory with `config.json` is
+Hugging Face transformers'; `.safetensors`, `.pth`, `.pt` and `.bin` files are timm state dicts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from vitkit.models.config import as_pair
+from vitkit.models.pos_embed import resize_pos_embed
+from vitkit.models.vit import VisionTransformer
+from vitkit.weights.errors import CheckpointError
+from vitkit.weights.google import google_to_vitkit, read_npz
+from vitkit.weights.hf import hf_to_vitkit
+from vitkit.weights.state_dict import load_checked
+from vitkit.weights.timm import timm_to_vitkit
+
+Format = Literal["npz", "timm", "hf"]
+_TORCH_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
+
+
+def detect_format(path: Path) -> Format:
+    if path.is_dir():
+        if (path / "config.json").is_file():
+            return "hf"
+        raise CheckpointError(f"{path}: a directory without config.json is no known checkpoint")
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such file or directory")
+    if path.suffix == ".npz":
+        return "npz"
+    if path.suffix in _TORCH_SUFFIXES:
+        return "timm"
+    raise CheckpointError(
+        f"{path}: cannot tell the checkpoint format from the name; expected a Google .npz, a "
+        f"Hugging Face directory or a timm state dict ({', '.join(_TORCH_SUFFIXES)}); "
+        "pass format="
+    )
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Tensors of a .safetensors file or of a torch pickle (read with weights_only=True)."""
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path))
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise CheckpointError(f"{path}: cannot read the state dict: {error}") from error
+    for wrapper in ("state_dict", "model"):  # training checkpoints nest the weights
+        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
+            state = state[wrapper]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path}: does not hold a state dict of tensors")
+    return state
+
+
+def _read_hf_dir(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    try:
+        hf_config = json.loads((path / "config.json").read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise CheckpointError(f"{path / 'config.json'}: unreadable: {error}") from error
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        if (path / name).is_file():
+            return hf_config, read_state_dict(path / name)
+    raise CheckpointError(f"{path}: has neither model.safetensors nor pytorch_model.bin")
+
+
+def load_model(
+    path: str | Path,
+    *,
+    img_size: int | tuple[int, int] | None = None,
+    num_classes: int | None = None,
+    format: Format | None = None,
+    num_heads: int | None = None,
+) -> VisionTransformer:
+    """Build the model a checkpoint describes and load its weights (returned in eval mode).
+
+    img_size: build for this resolution instead of the checkpoint's; the position embeddings
+        are resized on the patch grid (the paper's fine-tuning at higher resolution).
+    num_classes: replace the head by a new zero-initialised one and drop the pre-logits layer,
+        as the paper does for fine-tuning (even when the count equals the checkpoint's).
+    format: "npz", "hf" or "timm", when the path does not tell.
+    num_heads: for timm state dicts whose width is no paper variant's (timm files omit it).
+    """
+    path = Path(path)
+    format = format or detect_format(path)
+    try:
+        if format == "npz":
+            config, state = google_to_vitkit(read_npz(path))
+        elif format == "hf":
+            config, state = hf_to_vitkit(*_read_hf_dir(path))
+        elif format == "timm":
+            config, state = timm_to_vitkit(read_state_dict(path), num_heads=num_heads)
+        else:
+            raise CheckpointError(f"unknown format {format!r}; expected 'npz', 'hf' or 'timm'")
+    except CheckpointError as error:
+        message = str(error)
+        raise CheckpointError(message if str(path) in message else f"{path}: {message}") from None
+
+    if img_size is not None and as_pair(img_size) != config.img_size:
+        target = dataclasses.replace(config, img_size=as_pair(img_size))
+        state["pos_embed"] = resize_pos_embed(
+            state["pos_embed"],
+            new_grid=target.grid_size,
+            old_grid=config.grid_size,
+            num_prefix_tokens=config.num_prefix_tokens,
+            mode=config.pos_embed_interpolation,
+        )
+        config = target
+    model = VisionTransformer(config)
+    load_checked(model, state, source=str(path))
+    if num_classes is not None:
+        model.reset_classifier(num_classes)
+    return model.eval()
