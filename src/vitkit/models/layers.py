@@ -21,22 +21,13 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(width, 3 * width, bias=qkv_bias)
         self.proj = nn.Linear(width, width)
 
-    def _split_heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, D) -> (B, T, D)
         batch, tokens, _ = x.shape
         qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, self.head_dim)
         query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, heads, T, head_dim)
-        return query, key, value
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, D) -> (B, T, D)
-        query, key, value = self._split_heads(x)
         dropout = self.dropout if self.training else 0.0
         out = F.scaled_dot_product_attention(query, key, value, dropout_p=dropout)
         return self.proj(out.transpose(1, 2).flatten(2))
-
-    def attention_weights(self, x: torch.Tensor) -> torch.Tensor:
-        """softmax(q k^T / sqrt(d)), (B, heads, T, T): what `forward` attends with, for analysis."""
-        query, key, _ = self._split_heads(x)
-        return (query @ key.transpose(-2, -1) * self.head_dim**-0.5).softmax(dim=-1)
 
 
 class Mlp(nn.Module):

@@ -29,7 +29,8 @@ def resize_pos_embed(
     - "bilinear" (default) reproduces Google's `vit_jax.checkpoint.interpolate_posembed`, which
       calls `scipy.ndimage.zoom(order=1)`: output index o samples input coordinate
       o * (old - 1) / (new - 1), i.e. bilinear with align_corners=True and no antialiasing.
-    - "bicubic" follows timm's convention (align_corners=False, no antialiasing).
+    - "bicubic" follows timm's convention, for loading and dynamic sizes alike (align_corners=False,
+      antialias=True, which in PyTorch also means the Keys cubic with a=-0.5, as in PIL).
 
     `old_grid` defaults to a square grid; non-square grids must be given. Differentiable, so it
     can run inside the forward pass of a dynamic-size model.
@@ -55,10 +56,16 @@ def resize_pos_embed(
     dim = pos_embed.shape[-1]
     # (1, old_h*old_w, D) -> (1, D, old_h, old_w): interpolate over the spatial grid.
     grid = patches.reshape(1, old_grid[0], old_grid[1], dim).permute(0, 3, 1, 2)
-    compute_dtype = torch.promote_types(grid.dtype, torch.float32)
-    align_corners = mode == "bilinear"
+    # float64 keeps the result within float32 rounding of scipy's (which computes in double);
+    # the tensor is small, so this costs nothing. MPS has no float64.
+    compute_dtype = torch.float32 if grid.device.type == "mps" else torch.float64
+    official = mode == "bilinear"
     grid = F.interpolate(
-        grid.to(compute_dtype), size=tuple(new_grid), mode=mode, align_corners=align_corners
+        grid.to(compute_dtype),
+        size=tuple(new_grid),
+        mode=mode,
+        align_corners=official,
+        antialias=not official,
     )
     # (1, D, new_h, new_w) -> (1, new_h*new_w, D)
     patches = grid.permute(0, 2, 3, 1).reshape(1, new_grid[0] * new_grid[1], dim)

@@ -35,7 +35,7 @@ class VisionTransformer(nn.Module):
         self.pos_embed = nn.Parameter(torch.zeros(1, config.num_tokens, width))
         self.pos_drop = nn.Dropout(config.dropout)
         # Stochastic depth grows linearly with depth, reaching config.drop_path at the last block.
-        rates = torch.linspace(0.0, config.drop_path, config.depth).tolist()
+        rates = [config.drop_path * i / max(config.depth - 1, 1) for i in range(config.depth)]
         self.blocks = nn.ModuleList(
             Block(
                 width,

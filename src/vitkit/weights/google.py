@@ -86,6 +86,11 @@ def config_from_google(params: dict[str, np.ndarray]) -> ViTConfig:
             "this is a ResNet+ViT hybrid checkpoint (it has 'conv_root'); hybrids are not "
             "supported by vitkit yet"
         )
+    if any(key.startswith("Transformer/encoderblock/") for key in params):
+        raise CheckpointError(
+            "this is a big_vision checkpoint with stacked (scanned) encoder blocks "
+            "('Transformer/encoderblock/...'); vitkit reads vit_jax-style files only"
+        )
     kernel = _require(params, "embedding/kernel", 4)  # (P, P, C, D)
     patch_h, patch_w, in_chans, width = kernel.shape
     if patch_h != patch_w:
