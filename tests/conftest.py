@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
-SHARED = Path(os.environ.get("VITKIT_SHARED", Path(__file__).resolve().parents[1].parent / "shared"))
+SHARED = Path(
+    os.environ.get("VITKIT_SHARED", Path(__file__).resolve().parents[1].parent / "shared")
+)
 OFFICIAL_FIXTURE = SHARED / "fixtures" / "official-vit-jax" / "tiny_gap_repr"
 
 

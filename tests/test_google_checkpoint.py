@@ -83,7 +83,9 @@ def _rename(params: dict[str, np.ndarray], prefix: str = "") -> dict[str, np.nda
 
 
 @pytest.mark.parametrize("prefix", ["", "opt/target/"])
-def test_linen_layout_and_prefixed_files(official_fixture: Path, tmp_path: Path, prefix: str) -> None:
+def test_linen_layout_and_prefixed_files(
+    official_fixture: Path, tmp_path: Path, prefix: str
+) -> None:
     params = dict(np.load(official_fixture / "params.npz"))
     path = tmp_path / "linen.npz"
     np.savez(path, **_rename(params, prefix))

@@ -109,7 +109,9 @@ def test_size_errors_name_sizes_and_remedy() -> None:
 def test_dynamic_size_matches_timm_dynamic() -> None:
     """dynamic_img_size resizes the position embeddings on the fly; with bicubic interpolation
     that is what timm's dynamic_img_size does."""
-    config = vitkit.get_config("ViT-Test/8", dynamic_img_size=True, pos_embed_interpolation="bicubic")
+    config = vitkit.get_config(
+        "ViT-Test/8", dynamic_img_size=True, pos_embed_interpolation="bicubic"
+    )
     torch.manual_seed(0)
     reference = _timm_twin(config).eval()
     with torch.no_grad():

@@ -1,14 +1,14 @@
 """vitkit: Vision Transformers as in "An Image is Worth 16x16 Words" (Dosovitskiy et al., 2021).
 
-    import vitkit
-    model = vitkit.create_model("ViT-B/16", num_classes=1000, img_size=224)
-    model = vitkit.load_model("ViT-B_16.npz", img_size=384, num_classes=10)
-    logits = model(images)  # images (N, C, H, W) -> (N, num_classes)
+import vitkit
+model = vitkit.create_model("ViT-B/16", num_classes=1000, img_size=224)
+model = vitkit.load_model("ViT-B_16.npz", img_size=384, num_classes=10)
+logits = model(images)  # images (N, C, H, W) -> (N, num_classes)
 """
 
 from vitkit.models import (
-    ViTConfig,
     VisionTransformer,
+    ViTConfig,
     create_model,
     get_config,
     list_models,

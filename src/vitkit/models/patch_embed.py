@@ -32,10 +32,10 @@ class PatchEmbed(nn.Module):
             )
         patch = self.patch_size
         if height % patch or width % patch:
+            fit_h, fit_w = (max(patch, side // patch * patch) for side in (height, width))
             raise ValueError(
                 f"Image size {height}x{width} is not a multiple of the patch size {patch}: "
-                f"resize or crop to a multiple of {patch} "
-                f"(e.g. {max(patch, height // patch * patch)}x{max(patch, width // patch * patch)})."
+                f"resize or crop to a multiple of {patch} (e.g. {fit_h}x{fit_w})."
             )
         return (height // patch, width // patch)
 

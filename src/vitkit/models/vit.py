@@ -1,14 +1,14 @@
 """The Vision Transformer of Dosovitskiy et al. (ICLR 2021), read top to bottom:
 
-    images (N, C, H, W)
-      -> patch embedding            (N, h*w, D)     equation 1
-      -> [class] token prepended    (N, 1+h*w, D)   (only when config.class_token)
-      -> + position embeddings, dropout
-      -> pre-LN encoder blocks      (N, T, D)       equations 2-3
-      -> final LayerNorm                            equation 4
-      -> pool: [class] token, or mean of patch tokens ("gap")   (N, D)
-      -> optional pre-logits Linear + tanh          (N, representation_size)
-      -> head, zero-initialised     (N, num_classes)
+images (N, C, H, W)
+  -> patch embedding            (N, h*w, D)     equation 1
+  -> [class] token prepended    (N, 1+h*w, D)   (only when config.class_token)
+  -> + position embeddings, dropout
+  -> pre-LN encoder blocks      (N, T, D)       equations 2-3
+  -> final LayerNorm                            equation 4
+  -> pool: [class] token, or mean of patch tokens ("gap")   (N, D)
+  -> optional pre-logits Linear + tanh          (N, representation_size)
+  -> head, zero-initialised     (N, num_classes)
 """
 
 from __future__ import annotations

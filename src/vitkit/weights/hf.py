@@ -16,6 +16,8 @@ import torch
 from vitkit.models.config import ViTConfig
 from vitkit.weights.errors import CheckpointError
 
+# transformers' ACT2FN names: the exact (erf) GELU, and the tanh approximation.
+_EXACT_GELUS = ("gelu", "gelu_python")
 _TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
 
 # (pattern over a key without the "vit." prefix, vitkit name); {i} is the block index.
@@ -41,29 +43,55 @@ _QKV = [
 ]
 
 
+def _patch_size(value: int | list[int]) -> int:
+    """config.json's patch_size, an int or an [h, w] pair (square patches only)."""
+    if isinstance(value, int):
+        return value
+    height, width = value
+    if height != width:
+        raise CheckpointError(
+            f"config.json: non-square {height}x{width} patches, which vitkit does not support"
+        )
+    return int(height)
+
+
 def config_from_hf(hf_config: dict, state: dict[str, torch.Tensor]) -> ViTConfig:
     """vitkit's config for a transformers `ViTConfig` dict and its (vitkit-named) weights."""
     if hf_config.get("model_type", "vit") != "vit":
         raise CheckpointError(f"config.json: model_type {hf_config['model_type']!r} is not 'vit'")
     activation = hf_config.get("hidden_act", "gelu")
-    if activation not in ("gelu", *_TANH_GELUS):
+    if activation not in (*_EXACT_GELUS, *_TANH_GELUS):
         raise CheckpointError(f"config.json: hidden_act {activation!r} is not a GELU")
+    # vitkit's pre-logits layer is Linear + tanh; transformers' pooler applies `pooler_act`.
+    pooler_act = hf_config.get("pooler_act", "tanh")
+    if "pre_logits.0.weight" in state and pooler_act != "tanh":
+        raise CheckpointError(
+            f"config.json: the pooler's activation pooler_act={pooler_act!r} is not 'tanh', "
+            "which vitkit does not support"
+        )
     try:
+        width, num_heads = hf_config["hidden_size"], hf_config["num_attention_heads"]
+        head_dim = hf_config.get("head_dim")
+        if head_dim is not None and head_dim * num_heads != width:
+            raise CheckpointError(
+                f"config.json: head_dim {head_dim} x {num_heads} heads != hidden_size {width}, "
+                "which vitkit does not support"
+            )
         image_size = hf_config.get("image_size", 224)
         return ViTConfig(
             img_size=image_size if isinstance(image_size, int) else tuple(image_size),
-            patch_size=hf_config.get("patch_size", 16),
+            patch_size=_patch_size(hf_config.get("patch_size", 16)),
             in_chans=hf_config.get("num_channels", 3),
-            width=hf_config["hidden_size"],
+            width=width,
             depth=hf_config["num_hidden_layers"],
-            num_heads=hf_config["num_attention_heads"],
+            num_heads=num_heads,
             mlp_dim=hf_config["intermediate_size"],
             qkv_bias=hf_config.get("qkv_bias", True),
             num_classes=state["head.weight"].shape[0] if "head.weight" in state else 0,
             representation_size=(
                 state["pre_logits.0.weight"].shape[0] if "pre_logits.0.weight" in state else None
             ),
-            gelu="exact" if activation == "gelu" else "tanh",
+            gelu="exact" if activation in _EXACT_GELUS else "tanh",
             layer_norm_eps=hf_config.get("layer_norm_eps", 1e-12),
         )
     except KeyError as error:

@@ -13,7 +13,7 @@ from vitkit.weights.errors import CheckpointError
 
 
 def load_checked(model: nn.Module, state_dict: dict[str, torch.Tensor], *, source: str) -> None:
-    """Load `state_dict` into `model` strictly, naming every missing, unexpected or misshapen key."""
+    """Load `state_dict` into `model` strictly, naming each missing, unexpected or misshapen key."""
     expected = model.state_dict()
     problems = []
     missing = [key for key in expected if key not in state_dict]

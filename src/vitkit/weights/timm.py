@@ -3,7 +3,13 @@
 vitkit's module names follow timm's (patch_embed.proj, blocks.N.attn.qkv, ...), the names most
 PyTorch ViT users know, so the conversion is a check of keys rather than a renaming. timm files do
 not record the number of heads; it is taken from the paper's variant with the same width, or
+given. Nor do they record the image size: a square patch grid is assumed unless `img_size` is
 given. Numerics are timm's: exact GELU, LayerNorm eps 1e-6.
+
+A state dict cannot tell timm's pooling either: with a [class] token the token is read (timm's
+default global_pool="token"), without one the patch tokens are averaged ("avg" with
+fc_norm=False). A model built with class_token=True, global_pool="avg" and fc_norm=False has the
+same keys as a "token" model and would be read as one.
 """
 
 from __future__ import annotations
@@ -12,30 +18,96 @@ import re
 
 import torch
 
-from vitkit.models.config import VARIANTS, ViTConfig
+from vitkit.models.config import VARIANTS, ViTConfig, as_pair
 from vitkit.weights.errors import CheckpointError
 
 # timm features with parameters that vitkit does not model (yet): refuse rather than drop them.
 _UNSUPPORTED = {
     "fc_norm.": "a LayerNorm after average pooling (fc_norm)",
-    "reg_token": "register tokens",
-    ".ls1.": "LayerScale",
+    "reg_token": "register tokens (reg_tokens)",
+    "dist_token": "a distillation token (DeiT dist_token)",
+    "head_dist.": "a distillation head (DeiT head_dist)",
+    ".ls1.": "LayerScale (init_values)",
+    ".ls2.": "LayerScale (init_values)",
     "norm_pre.": "a LayerNorm before the encoder (CLIP-style norm_pre)",
-    ".q_norm.": "QK normalisation",
-    "attn_pool.": "attention pooling (MAP head)",
+    ".q_norm.": "QK normalisation (qk_norm)",
+    ".k_norm.": "QK normalisation (qk_norm)",
+    ".attn.norm.": "a LayerNorm inside attention (scale_attn_norm)",
+    ".mlp.norm.": "a LayerNorm inside the MLP (scale_mlp_norm)",
+    "patch_embed.norm.": "a LayerNorm after the patch embedding (embed_norm_layer)",
+    "attn_pool.": "attention pooling (MAP head, global_pool='map')",
 }
+# Keys every timm ViT that vitkit can represent has; their absence names the missing feature.
+_REQUIRED = {
+    "patch_embed.proj.weight": "no patch embedding convolution; is this a timm VisionTransformer?",
+    "blocks.0.mlp.fc1.weight": "no blocks.0.mlp.fc1; is this a timm VisionTransformer?",
+    "pos_embed": "no learned position embeddings (pos_embed='none')",
+    "patch_embed.proj.bias": "a patch embedding without bias (patch_bias=False / pre_norm)",
+    "norm.weight": "no final LayerNorm (final_norm=False)",
+    "blocks.0.attn.proj.bias": "projections without bias (proj_bias=False)",
+    "blocks.0.mlp.fc1.bias": "MLP layers without bias (proj_bias=False)",
+}
+# Prefixes added by wrappers: DistributedDataParallel ("module.") and torch.compile ("_orig_mod.").
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
 
-def config_from_timm(state: dict[str, torch.Tensor], *, num_heads: int | None = None) -> ViTConfig:
-    """Infer the architecture of a timm ViT state dict from its keys and shapes."""
+def _grid(
+    num_patches: int, patch: int, class_token: bool, img_size: tuple[int, int] | None
+) -> tuple[int, int]:
+    """The patch grid (rows, cols) of `num_patches` position embeddings."""
+    if img_size is not None:
+        grid = (img_size[0] // patch, img_size[1] // patch)
+        if img_size[0] % patch or img_size[1] % patch or grid[0] * grid[1] != num_patches:
+            raise CheckpointError(
+                f"pos_embed: {num_patches} patch positions do not fit img_size "
+                f"{img_size[0]}x{img_size[1]} with patch size {patch}"
+            )
+        return grid
+    side = round(num_patches**0.5)
+    if side * side == num_patches:
+        return (side, side)
+    if class_token and round((num_patches + 1) ** 0.5) ** 2 == num_patches + 1:
+        raise CheckpointError(
+            "uses position embeddings without a [class] token row (no_embed_class=True), which "
+            "vitkit does not support yet"
+        )
+    raise CheckpointError(
+        f"pos_embed: {num_patches} patch positions do not form a square grid; timm files do not "
+        "record the image size: give it (img_size=(height, width))"
+    )
+
+
+def config_from_timm(
+    state: dict[str, torch.Tensor],
+    *,
+    num_heads: int | None = None,
+    img_size: int | tuple[int, int] | None = None,
+) -> ViTConfig:
+    """Infer the architecture of a timm ViT state dict from its keys and shapes.
+
+    img_size: the image size the checkpoint's position embeddings were learned for; needed for
+        non-square grids, which the position embeddings' length alone does not determine.
+    """
     for fragment, feature in _UNSUPPORTED.items():
         keys = [key for key in state if fragment in key]
         if keys:
             raise CheckpointError(f"uses {feature} ({keys[0]}), which vitkit does not support yet")
-    for key in ("patch_embed.proj.weight", "pos_embed", "blocks.0.mlp.fc1.weight"):
+    for key, problem in _REQUIRED.items():
         if key not in state:
-            raise CheckpointError(f"missing key {key!r}; is this a timm VisionTransformer?")
-    width, in_chans, patch, _ = state["patch_embed.proj.weight"].shape
+            if problem.endswith("?"):
+                raise CheckpointError(f"missing key {key!r}: {problem}")
+            raise CheckpointError(f"has {problem} (no {key!r}), which vitkit does not support yet")
+    fc1, fc2 = state["blocks.0.mlp.fc1.weight"], state.get("blocks.0.mlp.fc2.weight")
+    if fc2 is not None and fc2.shape[1] != fc1.shape[0]:
+        raise CheckpointError(
+            f"uses a gated MLP (SwiGLU/GLU: fc1 {tuple(fc1.shape)}, fc2 {tuple(fc2.shape)}), "
+            "which vitkit does not support yet"
+        )
+    width, in_chans, patch, patch_w = state["patch_embed.proj.weight"].shape
+    if patch != patch_w:
+        raise CheckpointError(
+            f"uses non-square {patch}x{patch_w} patches, which vitkit does not support"
+        )
     depth = len({m.group(1) for key in state if (m := re.match(r"blocks\.(\d+)\.", key))})
     if num_heads is None:
         widths = {variant.width: variant.num_heads for variant in VARIANTS.values()}
@@ -47,17 +119,15 @@ def config_from_timm(state: dict[str, torch.Tensor], *, num_heads: int | None = 
         num_heads = widths[width]
     class_token = "cls_token" in state
     num_patches = state["pos_embed"].shape[1] - int(class_token)
-    grid = round(num_patches**0.5)
-    if grid * grid != num_patches:
-        raise CheckpointError(f"pos_embed: {num_patches} patch positions do not form a square grid")
+    grid = _grid(num_patches, patch, class_token, None if img_size is None else as_pair(img_size))
     return ViTConfig(
-        img_size=grid * patch,
+        img_size=(grid[0] * patch, grid[1] * patch),
         patch_size=patch,
         in_chans=in_chans,
         width=width,
         depth=depth,
         num_heads=num_heads,
-        mlp_dim=state["blocks.0.mlp.fc1.weight"].shape[0],
+        mlp_dim=fc1.shape[0],
         qkv_bias="blocks.0.attn.qkv.bias" in state,
         num_classes=state["head.weight"].shape[0] if "head.weight" in state else 0,
         # Without fc_norm, timm's average pooling reads the tokens after the final norm: "gap".
@@ -69,9 +139,20 @@ def config_from_timm(state: dict[str, torch.Tensor], *, num_heads: int | None = 
 
 
 def timm_to_vitkit(
-    state: dict[str, torch.Tensor], *, num_heads: int | None = None
+    state: dict[str, torch.Tensor],
+    *,
+    num_heads: int | None = None,
+    img_size: int | tuple[int, int] | None = None,
 ) -> tuple[ViTConfig, dict[str, torch.Tensor]]:
-    """Convert a timm ViT state dict to (config, state dict in vitkit's naming)."""
-    state = {key.removeprefix("module."): value for key, value in state.items()}
-    config = config_from_timm(state, num_heads=num_heads)
-    return config, dict(state)
+    """Convert a timm ViT state dict to (config, state dict in vitkit's naming).
+
+    num_heads: needed when the width is no paper variant's (timm files omit it).
+    img_size: the checkpoint's image size, needed when its patch grid is not square.
+    """
+    converted = {}
+    for key, value in state.items():
+        for prefix in _WRAPPER_PREFIXES:
+            key = key.removeprefix(prefix)
+        converted[key] = value
+    config = config_from_timm(converted, num_heads=num_heads, img_size=img_size)
+    return config, converted

@@ -1,0 +1,154 @@
+"""`vitkit classify CHECKPOINT PATH...`: top-k classes of every image, from any checkpoint format.
+
+`vitkit demo` runs its images through `classify_and_print` too, so the demo exercises exactly the
+path users take.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from vitkit.data import DataError, Preprocessing, find_images, load_rgb
+from vitkit.models.vit import VisionTransformer
+from vitkit.weights import CheckpointError, load_model
+
+
+@dataclass(frozen=True)
+class Prediction:
+    path: Path
+    classes: list[int]  # the top-k class indices, most probable first
+    probabilities: list[float]
+
+
+def read_labels(path: Path, num_classes: int) -> list[str]:
+    """Class names, one per line; the count must match the head, or every name would be off."""
+    try:
+        labels = [line.strip() for line in path.read_text().splitlines()]
+    except (OSError, UnicodeDecodeError) as error:
+        raise DataError(f"{path}: cannot read the labels file: {error}") from error
+    while labels and not labels[-1]:
+        labels.pop()
+    if len(labels) != num_classes:
+        raise DataError(
+            f"{path}: {len(labels)} labels, but the model has {num_classes} classes "
+            "(expected one name per line)"
+        )
+    return labels
+
+
+def load_classifier(checkpoint: Path, *, img_size: int | None) -> VisionTransformer:
+    try:
+        model = load_model(checkpoint, img_size=img_size)
+    except CheckpointError:
+        raise
+    except ValueError as error:  # e.g. an img_size that is no multiple of the patch size
+        raise CheckpointError(f"{checkpoint}: cannot build it at {img_size} px: {error}") from None
+    if model.config.num_classes == 0:
+        raise CheckpointError(f"{checkpoint}: has no classification head (num_classes=0)")
+    return model
+
+
+@torch.no_grad()
+def predict(
+    model: VisionTransformer,
+    paths: Sequence[Path],
+    *,
+    preprocessing: Preprocessing,
+    top_k: int,
+    batch_size: int,
+) -> list[Prediction]:
+    """Top-k softmax probabilities of every image, in batches, with a progress bar on stderr."""
+    transform = preprocessing.eval_transform()
+    device = next(model.parameters()).device
+    top_k = min(top_k, model.config.num_classes)
+    predictions = []
+    with tqdm(total=len(paths), desc="classify", unit="img", file=sys.stderr) as progress:
+        for start in range(0, len(paths), batch_size):
+            chunk = paths[start : start + batch_size]
+            images = torch.stack([transform(load_rgb(path)) for path in chunk])  # (B, 3, H, W)
+            top = model(images.to(device)).softmax(dim=-1).topk(top_k, dim=-1)
+            for path, probabilities, classes in zip(chunk, top.values, top.indices):
+                predictions.append(Prediction(path, classes.tolist(), probabilities.tolist()))
+            progress.update(len(chunk))
+    return predictions
+
+
+def format_prediction(prediction: Prediction, labels: list[str] | None) -> str:
+    lines = [str(prediction.path)]
+    for index, probability in zip(prediction.classes, prediction.probabilities):
+        name = f"{labels[index]} ({index})" if labels else str(index)
+        lines.append(f"  {probability:.4f}  {name}")
+    return "\n".join(lines)
+
+
+def classify_and_print(
+    checkpoint: Path,
+    paths: Sequence[Path],
+    *,
+    img_size: int | None = None,
+    top_k: int = 5,
+    batch_size: int = 32,
+    labels_file: Path | None = None,
+) -> list[Prediction]:
+    """Classify the images (files, or folders searched recursively) and print the top-k of each.
+
+    Google's normalisation ([-1, 1]) is used: that of the paper's checkpoints and their copies.
+    """
+    images = find_images(paths)  # before loading the model, so a typo fails at once
+    model = load_classifier(checkpoint, img_size=img_size)
+    if torch.cuda.is_available():
+        model = model.cuda()
+    labels = read_labels(labels_file, model.config.num_classes) if labels_file else None
+    preprocessing = Preprocessing.google(model.config.img_size)
+    predictions = predict(
+        model, images, preprocessing=preprocessing, top_k=top_k, batch_size=batch_size
+    )
+    for prediction in predictions:
+        print(format_prediction(prediction, labels))
+    return predictions
+
+
+def run(args: argparse.Namespace) -> int:
+    classify_and_print(
+        args.checkpoint,
+        args.paths,
+        img_size=args.img_size,
+        top_k=args.top_k,
+        batch_size=args.batch_size,
+        labels_file=args.labels,
+    )
+    return 0
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "classify",
+        help="print the top-k classes of images",
+        description="Classify image files and folders (searched recursively) with a checkpoint: "
+        "a Google .npz, a timm state dict or a Hugging Face directory.",
+    )
+    parser.add_argument("checkpoint", type=Path, help="checkpoint file or directory")
+    parser.add_argument("paths", type=Path, nargs="+", metavar="PATH", help="images or folders")
+    parser.add_argument("--top-k", type=positive_int, default=5, help="classes shown per image")
+    parser.add_argument(
+        "--img-size",
+        type=positive_int,
+        help="resolution to run at (default: the checkpoint's); position embeddings are resized",
+    )
+    parser.add_argument("--batch-size", type=positive_int, default=32)
+    parser.add_argument("--labels", type=Path, help="class names, one per line")
+    parser.set_defaults(run=run, command="classify")

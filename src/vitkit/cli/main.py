@@ -1,0 +1,41 @@
+"""`vitkit` entry point: one argparse sub-command per module, bad input reported in one line.
+
+Each command module exposes `add_parser(subparsers)`, which registers its arguments and sets
+`run(args) -> int` as the handler; this file only dispatches and turns the library's input errors
+into exit code 2, so users see what is wrong with their file instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from vitkit.cli import classify, demo, models
+from vitkit.data import DataError
+from vitkit.weights import CheckpointError
+
+USAGE_ERROR = 2  # argparse's exit status for bad arguments; bad input files are the same kind
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vitkit", description="Vision Transformers (Dosovitskiy et al., ICLR 2021)."
+    )
+    subparsers = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
+    for command in (models, classify, demo):
+        command.add_parser(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except (CheckpointError, DataError) as error:
+        print(f"vitkit {args.command}: error: {error}", file=sys.stderr)
+        return USAGE_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

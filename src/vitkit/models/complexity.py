@@ -1,0 +1,63 @@
+"""Analytic cost of a Vision Transformer: FLOPs of one forward pass, and parameter counts.
+
+Both are computed from a `ViTConfig` alone, so the cost of ViT-H/14 can be read without building
+it (the model table of `vitkit models`, the compute axis of the paper's Figure 5). The tests check
+them against PyTorch's own `FlopCounterMode` and against built models.
+"""
+
+from __future__ import annotations
+
+from vitkit.models.config import ViTConfig
+
+
+def count_flops(config: ViTConfig) -> int:
+    """FLOPs of the matrix products and the patch convolution in one forward pass of one image at
+    `config.img_size`, a multiply-add counted as 2 FLOPs.
+
+    Element-wise work (LayerNorm, GELU, softmax, bias and residual additions, pooling) is left
+    out, as in FlopCounterMode, fvcore and the FLOP figures papers quote: it is a few per cent at
+    most and depends on the kernels more than on the architecture.
+    """
+    width, tokens = config.width, config.num_tokens
+    grid_h, grid_w = config.grid_size
+    patch_pixels = config.in_chans * config.patch_size**2
+
+    patch_embed = 2 * grid_h * grid_w * patch_pixels * width  # one dense map per patch
+    qkv = 2 * tokens * width * 3 * width
+    scores = 2 * tokens * tokens * width  # q @ k^T over all heads: heads * T*T*head_dim
+    weighted_values = 2 * tokens * tokens * width  # softmax(scores) @ v
+    out_proj = 2 * tokens * width * width
+    mlp = 2 * 2 * tokens * width * config.mlp_dim  # fc1 and fc2
+    block = qkv + scores + weighted_values + out_proj + mlp
+
+    features = width
+    pre_logits = 0
+    if config.representation_size:
+        features = config.representation_size
+        pre_logits = 2 * width * features
+    head = 2 * features * config.num_classes
+    return patch_embed + config.depth * block + pre_logits + head
+
+
+def count_params(config: ViTConfig) -> int:
+    """Number of parameters of `VisionTransformer(config)`, without allocating them: building
+    ViT-H/14 for real takes seconds and gigabytes, too much for a table of every preset."""
+    width, mlp_dim = config.width, config.mlp_dim
+    layer_norm = 2 * width
+    patch_embed = config.in_chans * config.patch_size**2 * width + width
+    class_token = width if config.class_token else 0
+    pos_embed = config.num_tokens * width
+
+    qkv = width * 3 * width + (3 * width if config.qkv_bias else 0)
+    out_proj = width * width + width
+    mlp = width * mlp_dim + mlp_dim + mlp_dim * width + width
+    block = 2 * layer_norm + qkv + out_proj + mlp
+
+    features = width
+    pre_logits = 0
+    if config.representation_size:
+        features = config.representation_size
+        pre_logits = width * features + features
+    head = features * config.num_classes + config.num_classes
+    embeddings = patch_embed + class_token + pos_embed
+    return embeddings + config.depth * block + layer_norm + pre_logits + head

@@ -1,0 +1,184 @@
+"""The `vitkit` commands, run in-process on generated images and the shared official fixture."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import OFFICIAL_FIXTURE, SHARED
+from PIL import Image
+
+import vitkit
+from vitkit.cli import demo
+from vitkit.cli.main import main
+from vitkit.data import Preprocessing
+
+CHECKPOINT = OFFICIAL_FIXTURE / "params.npz"
+FIXTURE_CLASSES = 7
+PROBABILITY_LINE = re.compile(r"^  (\d\.\d{4})  (.+)$")
+
+
+def run(capsys: pytest.CaptureFixture[str], *args: str | Path) -> tuple[int, str, str]:
+    code = main([str(arg) for arg in args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def parse_predictions(out: str) -> dict[str, list[tuple[float, str]]]:
+    """{image path: [(probability, class), ...]} from classify's output."""
+    predictions: dict[str, list[tuple[float, str]]] = {}
+    current = ""
+    for line in out.splitlines():
+        if match := PROBABILITY_LINE.match(line):
+            predictions[current].append((float(match[1]), match[2]))
+        elif line and not line.startswith(" "):
+            current = line
+            predictions[current] = []
+    return predictions
+
+
+@pytest.fixture
+def image_folder(tmp_path: Path) -> Path:
+    """Three small images of different sizes and modes, one in a sub-folder."""
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "images"
+    (folder / "sub").mkdir(parents=True)
+    Image.fromarray(rng.integers(0, 256, (40, 30, 3), dtype=np.uint8)).save(folder / "a.png")
+    Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(folder / "b.png")
+    Image.fromarray(rng.integers(0, 256, (20, 50), dtype=np.uint8)).save(folder / "sub" / "c.png")
+    return folder
+
+
+def test_models_lists_every_preset(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "models")
+    assert code == 0
+    for name in vitkit.list_models():
+        assert re.search(rf"^{re.escape(name)}\s", out, re.MULTILINE), name
+    # ViT-B/16 at 224 px: 86.6M parameters with a 1000-class head, 17.6 GMACs, 14*14 + 1 tokens.
+    assert re.search(r"^ViT-B/16\s+86\.6M\s+35\.1\s+197$", out, re.MULTILINE)
+
+
+def test_classify_prints_top_k_for_every_image(
+    capsys: pytest.CaptureFixture[str], image_folder: Path
+) -> None:
+    code, out, err = run(capsys, "classify", CHECKPOINT, image_folder, "--top-k", "3")
+    assert code == 0
+    assert "3/3" in err  # the progress bar
+    predictions = parse_predictions(out)
+    assert sorted(predictions) == [str(path) for path in sorted(image_folder.rglob("*.png"))]
+    for top in predictions.values():
+        probabilities = [probability for probability, _ in top]
+        assert len(top) == 3
+        assert probabilities == sorted(probabilities, reverse=True)
+        assert all(0 < probability <= 1 for probability in probabilities)
+
+
+def test_classify_matches_the_model(capsys: pytest.CaptureFixture[str], image_folder: Path) -> None:
+    """The printed top classes are the model's, whatever the batching."""
+    model = vitkit.load_model(CHECKPOINT)
+    path = image_folder / "a.png"
+    image = Preprocessing.google(model.config.img_size).eval_transform()(Image.open(path))
+    with torch.no_grad():
+        probabilities = model(image[None]).softmax(dim=-1)[0]
+    top = probabilities.topk(FIXTURE_CLASSES)
+    expected = [(round(p, 4), str(i)) for p, i in zip(top.values.tolist(), top.indices.tolist())]
+
+    outputs = []
+    for batch_size in ("1", "2", "32"):
+        args = [CHECKPOINT, image_folder, "--top-k", "10", "--batch-size", batch_size]
+        code, out, _ = run(capsys, "classify", *args)
+        assert code == 0
+        outputs.append(out)
+    assert outputs[0] == outputs[1] == outputs[2]
+    assert parse_predictions(outputs[0])[str(path)] == expected  # top-k capped at 7 classes
+
+
+def test_classify_with_labels_and_img_size(
+    capsys: pytest.CaptureFixture[str], image_folder: Path, tmp_path: Path
+) -> None:
+    labels = tmp_path / "labels.txt"
+    labels.write_text("".join(f"class-{i}\n" for i in range(FIXTURE_CLASSES)))
+    code, out, _ = run(
+        capsys, "classify", CHECKPOINT, image_folder / "b.png", "--labels", labels,
+        "--img-size", "128", "--top-k", "2",
+    )  # fmt: skip
+    assert code == 0
+    names = [name for _, name in parse_predictions(out)[str(image_folder / "b.png")]]
+    assert len(names) == 2
+    assert all(re.fullmatch(r"class-(\d) \(\1\)", name) for name in names)
+
+
+def assert_one_line_error(code: int, err: str, *fragments: str | Path) -> None:
+    assert code == 2
+    assert "Traceback" not in err
+    error_lines = [line for line in err.splitlines() if "error:" in line]
+    assert len(error_lines) == 1
+    for fragment in fragments:
+        assert str(fragment) in error_lines[0]
+
+
+def test_missing_checkpoint_exits_2(
+    capsys: pytest.CaptureFixture[str], image_folder: Path, tmp_path: Path
+) -> None:
+    missing = tmp_path / "nowhere" / "ViT-B_16.npz"
+    code, _, err = run(capsys, "classify", missing, image_folder)
+    assert_one_line_error(code, err, missing)
+
+
+def test_corrupt_image_exits_2_naming_it(
+    capsys: pytest.CaptureFixture[str], image_folder: Path
+) -> None:
+    corrupt = image_folder / "sub" / "corrupt.jpg"
+    corrupt.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    code, _, err = run(capsys, "classify", CHECKPOINT, image_folder)
+    assert_one_line_error(code, err, corrupt, "cannot read the image")
+
+
+@pytest.mark.parametrize("problem", ["empty folder", "missing image", "labels", "img-size"])
+def test_bad_input_exits_2(
+    capsys: pytest.CaptureFixture[str], image_folder: Path, tmp_path: Path, problem: str
+) -> None:
+    labels = tmp_path / "labels.txt"
+    labels.write_text("cat\ndog\n")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    args, fragments = {
+        "empty folder": ([empty], [empty, "no images found"]),
+        "missing image": ([tmp_path / "gone.png"], [tmp_path / "gone.png"]),
+        "labels": ([image_folder, "--labels", labels], [labels, "2 labels", "7 classes"]),
+        "img-size": ([image_folder, "--img-size", "60"], [CHECKPOINT, "patch size"]),
+    }[problem]
+    code, _, err = run(capsys, "classify", CHECKPOINT, *args)
+    assert_one_line_error(code, err, *fragments)
+
+
+def test_demo(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    code, out, _ = run(capsys, "demo", "--shared", SHARED, "--out", tmp_path, "--num-images", "4")
+    assert code == 0, out
+    assert re.search(r"^ViT-H/16\s", out, re.MULTILINE)
+    differences = re.findall(r"logit difference (\S+) \(tolerance 1e-05\): ok", out)
+    assert len(differences) == 2 and all(float(d) <= 1e-5 for d in differences)
+    assert "random weights" in out
+    images = sorted((tmp_path / "images").rglob("*.jpg"))
+    assert [path.relative_to(tmp_path / "images").as_posix() for path in images] == [
+        f"{name}/0000.jpg" for name in ("airplane", "automobile", "bird", "cat")
+    ]  # spread over the classes
+    assert set(parse_predictions(out)) >= {str(path) for path in images}
+
+
+def test_demo_without_shared_folder_names_it_and_the_flag(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    code, _, err = run(capsys, "demo", "--shared", tmp_path / "no-shared", "--out", tmp_path)
+    assert_one_line_error(code, err, tmp_path / "no-shared", "--shared")
+
+
+def test_default_shared_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("VITKIT_SHARED", raising=False)
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    assert demo.default_shared_dir().resolve() == SHARED.resolve()
+    monkeypatch.setenv("VITKIT_SHARED", str(tmp_path))
+    assert demo.default_shared_dir() == tmp_path

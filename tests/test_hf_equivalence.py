@@ -1,0 +1,207 @@
+"""Hugging Face transformers ViT directories, checked against transformers itself: small models
+with every parameter randomised, saved by `save_pretrained`, read by `vitkit.load_model`, must
+give transformers' logits (and `ViTModel`'s pooler output) in transformers' numerics: the GELU
+named by hidden_act and the LayerNorm eps of config.json (1e-12 by default)."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from torch import nn
+from transformers import ViTConfig as HFViTConfig
+from transformers import ViTForImageClassification, ViTModel
+
+import vitkit
+from vitkit import CheckpointError
+from vitkit.models.vit import VisionTransformer
+from vitkit.weights.hf import hf_to_vitkit
+from vitkit.weights.state_dict import load_checked
+
+TOLERANCE = 1e-5
+SMALL = dict(
+    hidden_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=128,
+    image_size=32,
+    patch_size=8,
+    num_labels=5,
+)
+
+
+@torch.no_grad()
+def randomise_(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Give every parameter random values (LayerNorm weights around 1, not 1; no zero biases or
+    zero head), with matrices at std 1/sqrt(fan_in) so the attention is far from uniform."""
+    generator = torch.Generator().manual_seed(seed)
+    layer_norms = [m for m in model.modules() if isinstance(m, nn.LayerNorm)]
+    for norm in layer_norms:
+        norm.weight.copy_(1.0 + 0.2 * torch.randn(norm.weight.shape, generator=generator))
+        norm.bias.copy_(0.1 * torch.randn(norm.bias.shape, generator=generator))
+    done = {id(p) for norm in layer_norms for p in norm.parameters()}
+    for name, param in model.named_parameters():
+        if id(param) in done:
+            continue
+        noise = torch.randn(param.shape, generator=generator)
+        if name.endswith(("cls_token", "position_embeddings")):
+            param.copy_(0.5 * noise)
+        elif param.ndim >= 2:
+            param.copy_(noise / math.sqrt(param[0].numel()) + 0.01)
+        else:
+            param.copy_(0.1 * noise + 0.01)
+    return model
+
+
+def hf_config(**overrides: object) -> HFViTConfig:
+    return HFViTConfig(**{**SMALL, **overrides})
+
+
+def images(config: HFViTConfig, seed: int = 1) -> torch.Tensor:
+    size = config.image_size
+    height, width = (size, size) if isinstance(size, int) else size
+    return torch.randn(3, 3, height, width, generator=torch.Generator().manual_seed(seed))
+
+
+def hf_output(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        out = model(pixel_values=x)
+    return out.logits if hasattr(out, "logits") else out.pooler_output
+
+
+def save_hf(model: nn.Module, directory: Path, fmt: str) -> Path:
+    """save_pretrained, as model.safetensors; "bin" gives a pytorch_model.bin directory like the
+    older files on the Hub (transformers 5 writes safetensors only, whatever
+    safe_serialization says), made from the same tensors with `torch.save`."""
+    if fmt == "safetensors":
+        model.save_pretrained(directory)
+        assert (directory / "model.safetensors").is_file()
+        return directory
+    model.save_pretrained(directory, safe_serialization=False)
+    if not (directory / "pytorch_model.bin").is_file():
+        weights = directory / "model.safetensors"
+        torch.save(load_file(str(weights)), directory / "pytorch_model.bin")
+        weights.unlink()
+    return directory
+
+
+def compare(expected: torch.Tensor, model: nn.Module, x: torch.Tensor, label: str) -> float:
+    with torch.no_grad():
+        got = model(x)
+    assert got.shape == expected.shape
+    # The outputs must carry signal, or agreement would prove nothing.
+    assert expected.std() > 0.05 and (expected[0] - expected[1]).abs().max() > 0.05
+    error = (got - expected).abs().max().item()
+    print(f"\n{label}: max |vitkit - transformers| = {error:.3e} (max {expected.abs().max():.2f})")
+    return error
+
+
+CASES: dict[str, dict] = {
+    "gelu": {},
+    "gelu_pytorch_tanh": dict(hidden_act="gelu_pytorch_tanh"),
+    "gelu_new": dict(hidden_act="gelu_new"),
+    "32x48-no-qkv-bias": dict(image_size=[32, 48], qkv_bias=False),
+    "eps-1e-2": dict(layer_norm_eps=1e-2),
+    "patch-size-pair": dict(patch_size=[8, 8]),
+}
+
+
+@functools.cache
+def classifier(case: str) -> nn.Module:
+    """The randomised ViTForImageClassification of CASES[case], built once (tests only read it)."""
+    return randomise_(ViTForImageClassification(hf_config(**CASES[case]))).eval()
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "bin"])
+@pytest.mark.parametrize("case", list(CASES))
+def test_classifier_logits_match_transformers(tmp_path: Path, case: str, fmt: str) -> None:
+    reference = classifier(case)
+    x = images(reference.config)
+    model = vitkit.load_model(save_hf(reference, tmp_path, fmt))
+    assert not model.training
+    hf = reference.config
+    assert model.config.layer_norm_eps == hf.layer_norm_eps
+    assert model.config.gelu == ("exact" if hf.hidden_act == "gelu" else "tanh")
+    assert model.config.qkv_bias == hf.qkv_bias
+    assert model.config.num_classes == hf.num_labels
+    error = compare(hf_output(reference, x), model, x, f"HF classifier {case} ({fmt})")
+    assert error <= TOLERANCE
+
+
+@pytest.mark.parametrize("case", ["gelu", "gelu_pytorch_tanh", "eps-1e-2"])
+def test_comparison_sees_the_numerics(tmp_path: Path, case: str) -> None:
+    """Control: the wrong GELU or LayerNorm eps gives a measurably different output, so the
+    equivalence tests above would catch a loader that ignored config.json's numerics."""
+    reference = classifier(case)
+    x = images(reference.config)
+    loaded = vitkit.load_model(save_hf(reference, tmp_path, "safetensors"))
+    config = loaded.config
+    if case == "eps-1e-2":
+        config = dataclasses.replace(config, layer_norm_eps=1e-12)
+    else:
+        config = dataclasses.replace(config, gelu="tanh" if config.gelu == "exact" else "exact")
+    wrong = VisionTransformer(config).eval()
+    wrong.load_state_dict(loaded.state_dict())
+    assert compare(hf_output(reference, x), wrong, x, f"HF {case}, wrong numerics") > 1e-4
+
+
+@pytest.mark.parametrize("pooler_output_size", [None, 48])
+def test_vit_model_pooler_output(tmp_path: Path, pooler_output_size: int | None) -> None:
+    """ViTModel's pooler (Linear + tanh on the [class] token) is the paper's pre-logits layer:
+    vitkit loads it as num_classes=0, representation_size=pooler width."""
+    config = hf_config(pooler_output_size=pooler_output_size)
+    reference = randomise_(ViTModel(config, add_pooling_layer=True), seed=2).eval()
+    x = images(config)
+    model = vitkit.load_model(save_hf(reference, tmp_path, "safetensors"))
+    assert model.config.num_classes == 0
+    assert model.config.representation_size == (pooler_output_size or config.hidden_size)
+    error = compare(hf_output(reference, x), model, x, f"HF ViTModel pooler {pooler_output_size}")
+    assert error <= TOLERANCE
+
+
+def test_vit_model_without_pooler(tmp_path: Path) -> None:
+    config = hf_config()
+    reference = randomise_(ViTModel(config, add_pooling_layer=False), seed=3).eval()
+    x = images(config)
+    with torch.no_grad():
+        expected = reference(pixel_values=x).last_hidden_state[:, 0]
+    model = vitkit.load_model(save_hf(reference, tmp_path, "safetensors"))
+    assert model.config.num_classes == 0 and model.config.representation_size is None
+    assert compare(expected, model, x, "HF ViTModel without pooler") <= TOLERANCE
+
+
+@pytest.mark.parametrize("kind", ["classifier", "pooler"])
+def test_in_memory_transformers5_names(kind: str) -> None:
+    """transformers 5 modules name their weights vit.layers.N.attention.q_proj, ... (the files
+    keep the Hub's names); `hf_to_vitkit` reads a live model's state_dict too."""
+    if kind == "classifier":
+        reference = classifier("gelu")
+    else:
+        reference = randomise_(ViTModel(hf_config(), add_pooling_layer=True), seed=4).eval()
+    state = reference.state_dict()
+    prefix = "vit." if kind == "classifier" else ""
+    assert f"{prefix}layers.0.attention.q_proj.weight" in state
+    assert f"{prefix}layers.1.mlp.fc2.bias" in state
+    config, converted = hf_to_vitkit(reference.config.to_dict(), state)
+    model = VisionTransformer(config)
+    load_checked(model, converted, source="in-memory transformers model")
+    x = images(reference.config)
+    error = compare(hf_output(reference, x), model.eval(), x, f"HF in-memory {kind}")
+    assert error <= TOLERANCE
+
+
+def test_pooler_activation_other_than_tanh_is_refused(tmp_path: Path) -> None:
+    reference = randomise_(ViTModel(hf_config(pooler_act="relu")), seed=5).eval()
+    with pytest.raises(CheckpointError, match="pooler_act='relu'"):
+        vitkit.load_model(save_hf(reference, tmp_path, "safetensors"))
+
+
+def test_non_gelu_activation_is_refused(tmp_path: Path) -> None:
+    reference = randomise_(ViTForImageClassification(hf_config(hidden_act="relu")), seed=6)
+    with pytest.raises(CheckpointError, match="hidden_act 'relu'"):
+        vitkit.load_model(save_hf(reference, tmp_path, "safetensors"))
