@@ -96,6 +96,24 @@ def test_classify_matches_the_model(capsys: pytest.CaptureFixture[str], image_fo
     assert parse_predictions(outputs[0])[str(path)] == expected  # top-k capped at 7 classes
 
 
+@pytest.mark.parametrize("normalization", ["google", "imagenet"])
+def test_classify_normalization(
+    capsys: pytest.CaptureFixture[str], image_folder: Path, normalization: str
+) -> None:
+    """--normalization picks the statistics the image is normalised with before the model."""
+    model = vitkit.load_model(CHECKPOINT)
+    path = image_folder / "b.png"
+    preprocessing = getattr(Preprocessing, normalization)(model.config.img_size)
+    with torch.no_grad():
+        logits = model(preprocessing.eval_transform()(Image.open(path))[None])
+    top = logits.softmax(dim=-1)[0].topk(FIXTURE_CLASSES)
+    expected = [(round(p, 4), str(i)) for p, i in zip(top.values.tolist(), top.indices.tolist())]
+    args = [CHECKPOINT, path, "--top-k", "7", "--normalization", normalization]
+    code, out, _ = run(capsys, "classify", *args)
+    assert code == 0
+    assert parse_predictions(out)[str(path)] == expected
+
+
 def test_classify_with_labels_and_img_size(
     capsys: pytest.CaptureFixture[str], image_folder: Path, tmp_path: Path
 ) -> None:

@@ -91,3 +91,15 @@ def test_resize_gives_the_model_resolution(resolution: int | tuple[int, int]) ->
 def test_preprocessing_is_frozen() -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         Preprocessing.google(224).resolution = (384, 384)  # type: ignore[misc]
+
+
+def test_imagenet_preprocessing_uses_timms_statistics() -> None:
+    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+    preprocessing = Preprocessing.imagenet(224)
+    assert preprocessing.mean == pytest.approx(IMAGENET_DEFAULT_MEAN)
+    assert preprocessing.std == pytest.approx(IMAGENET_DEFAULT_STD)
+    pixels = np.full((8, 8, 3), 255, np.uint8)
+    result = preprocessing.eval_transform()(Image.fromarray(pixels))
+    expected = (1 - torch.tensor(IMAGENET_DEFAULT_MEAN)) / torch.tensor(IMAGENET_DEFAULT_STD)
+    assert torch.allclose(result[:, 0, 0], expected, atol=1e-6)

@@ -19,6 +19,8 @@ from vitkit.data import DataError, Preprocessing, find_images, load_rgb
 from vitkit.models.vit import VisionTransformer
 from vitkit.weights import CheckpointError, load_model
 
+NORMALIZATIONS = {"google": Preprocessing.google, "imagenet": Preprocessing.imagenet}
+
 
 @dataclass(frozen=True)
 class Prediction:
@@ -96,17 +98,19 @@ def classify_and_print(
     top_k: int = 5,
     batch_size: int = 32,
     labels_file: Path | None = None,
+    normalization: str = "google",
 ) -> list[Prediction]:
     """Classify the images (files, or folders searched recursively) and print the top-k of each.
 
-    Google's normalisation ([-1, 1]) is used: that of the paper's checkpoints and their copies.
+    normalization: "google" ([-1, 1]: the paper's checkpoints and their timm and Hugging Face
+    copies) or "imagenet" (ImageNet mean and std, most other timm and torchvision weights).
     """
     images = find_images(paths)  # before loading the model, so a typo fails at once
     model = load_classifier(checkpoint, img_size=img_size)
     if torch.cuda.is_available():
         model = model.cuda()
     labels = read_labels(labels_file, model.config.num_classes) if labels_file else None
-    preprocessing = Preprocessing.google(model.config.img_size)
+    preprocessing = NORMALIZATIONS[normalization](model.config.img_size)
     predictions = predict(
         model, images, preprocessing=preprocessing, top_k=top_k, batch_size=batch_size
     )
@@ -123,6 +127,7 @@ def run(args: argparse.Namespace) -> int:
         top_k=args.top_k,
         batch_size=args.batch_size,
         labels_file=args.labels,
+        normalization=args.normalization,
     )
     return 0
 
@@ -151,4 +156,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--batch-size", type=positive_int, default=32)
     parser.add_argument("--labels", type=Path, help="class names, one per line")
+    parser.add_argument(
+        "--normalization",
+        choices=list(NORMALIZATIONS),
+        default="google",
+        help="input normalisation the weights were trained with (default: google, [-1, 1])",
+    )
     parser.set_defaults(run=run, command="classify")

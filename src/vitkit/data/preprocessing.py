@@ -35,6 +35,15 @@ class Preprocessing:
         [-1, 1], as vit_jax's input pipeline does with (x - 127.5) / 127.5."""
         return cls(resolution=as_pair(resolution), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
 
+    @classmethod
+    def imagenet(cls, resolution: int | tuple[int, int]) -> Preprocessing:
+        """ImageNet statistics, as most timm and torchvision weights other than Google's expect."""
+        return cls(
+            resolution=as_pair(resolution),
+            mean=(0.485, 0.456, 0.406),
+            std=(0.229, 0.224, 0.225),
+        )
+
     def eval_transform(self) -> v2.Compose:
         """PIL image -> normalised float tensor (3, H, W) at `resolution`.
 
