@@ -205,3 +205,29 @@ def test_non_gelu_activation_is_refused(tmp_path: Path) -> None:
     reference = randomise_(ViTForImageClassification(hf_config(hidden_act="relu")), seed=6)
     with pytest.raises(CheckpointError, match="hidden_act 'relu'"):
         vitkit.load_model(save_hf(reference, tmp_path, "safetensors"))
+
+
+def test_normalisation_read_from_the_image_processor(tmp_path: Path) -> None:
+    """preprocessor_config.json's image_mean/std become the model's; vitkit's preprocessing then
+    gives what transformers' ViTImageProcessor gives (image already at the model's size)."""
+    import numpy as np
+    from PIL import Image
+    from transformers import ViTImageProcessor
+
+    from vitkit.data import Preprocessing
+
+    config = hf_config()
+    save_hf(randomise_(ViTForImageClassification(config)), tmp_path, "safetensors")
+    assert vitkit.load_model(tmp_path).config.mean == (0.5, 0.5, 0.5)  # processor default
+
+    mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+    processor = ViTImageProcessor(image_mean=mean, image_std=std, size=config.image_size)
+    processor.save_pretrained(tmp_path)
+    model = vitkit.load_model(tmp_path)
+    assert model.config.mean == pytest.approx(mean) and model.config.std == pytest.approx(std)
+
+    size = config.image_size
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (size, size, 3), np.uint8))
+    expected = processor(image, return_tensors="pt")["pixel_values"][0]
+    got = Preprocessing.for_model(model.config).eval_transform()(image)
+    assert (got - expected).abs().max() <= 1e-5

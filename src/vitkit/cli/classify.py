@@ -19,7 +19,11 @@ from vitkit.data import DataError, Preprocessing, find_images, load_rgb
 from vitkit.models.vit import VisionTransformer
 from vitkit.weights import CheckpointError, load_model
 
-NORMALIZATIONS = {"google": Preprocessing.google, "imagenet": Preprocessing.imagenet}
+NORMALIZATIONS = {
+    "model": lambda config: Preprocessing.for_model(config),
+    "google": lambda config: Preprocessing.google(config.img_size),
+    "imagenet": lambda config: Preprocessing.imagenet(config.img_size),
+}
 
 
 @dataclass(frozen=True)
@@ -98,19 +102,19 @@ def classify_and_print(
     top_k: int = 5,
     batch_size: int = 32,
     labels_file: Path | None = None,
-    normalization: str = "google",
+    normalization: str = "model",
 ) -> list[Prediction]:
     """Classify the images (files, or folders searched recursively) and print the top-k of each.
 
-    normalization: "google" ([-1, 1]: the paper's checkpoints and their timm and Hugging Face
-    copies) or "imagenet" (ImageNet mean and std, most other timm and torchvision weights).
+    normalization: "model" (the mean and std the checkpoint records; Google's [-1, 1] where it
+    records none), "google" ([-1, 1]) or "imagenet" (ImageNet mean and std), to override it.
     """
     images = find_images(paths)  # before loading the model, so a typo fails at once
     model = load_classifier(checkpoint, img_size=img_size)
     if torch.cuda.is_available():
         model = model.cuda()
     labels = read_labels(labels_file, model.config.num_classes) if labels_file else None
-    preprocessing = NORMALIZATIONS[normalization](model.config.img_size)
+    preprocessing = NORMALIZATIONS[normalization](model.config)
     predictions = predict(
         model, images, preprocessing=preprocessing, top_k=top_k, batch_size=batch_size
     )
@@ -159,7 +163,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--normalization",
         choices=list(NORMALIZATIONS),
-        default="google",
-        help="input normalisation the weights were trained with (default: google, [-1, 1])",
+        default="model",
+        help="input normalisation: the one the checkpoint records (default), or google "
+        "([-1, 1]) or imagenet (ImageNet mean/std) to override it",
     )
     parser.set_defaults(run=run, command="classify")

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Literal
 
 import torch
 
-from vitkit.models.config import as_pair
+from vitkit.models.config import ViTConfig, as_pair
 
 if TYPE_CHECKING:
     from torchvision.transforms import v2
@@ -25,9 +25,14 @@ class Preprocessing:
     """Resolution (height, width) and per-channel normalisation of a model's inputs."""
 
     resolution: tuple[int, int]
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
     interpolation: Interpolation = "bilinear"
+
+    @classmethod
+    def for_model(cls, config: ViTConfig) -> Preprocessing:
+        """What the model's weights expect: its resolution and its recorded mean and std."""
+        return cls(resolution=config.img_size, mean=config.mean, std=config.std)
 
     @classmethod
     def google(cls, resolution: int | tuple[int, int]) -> Preprocessing:

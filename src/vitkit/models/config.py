@@ -37,6 +37,11 @@ class ViTConfig:
     img_size: tuple[int, int] = (224, 224)
     patch_size: int = 16
     in_chans: int = 3
+    # Per-channel normalisation of [0, 1] pixels that the weights expect, recorded here so that
+    # preprocessing follows the weights: Google's checkpoints take [-1, 1] (mean = std = 0.5),
+    # many timm/torchvision weights ImageNet's statistics.
+    mean: tuple[float, ...] = (0.5, 0.5, 0.5)
+    std: tuple[float, ...] = (0.5, 0.5, 0.5)
 
     # Transformer (Table 1 of the paper: width D, depth, heads, MLP width).
     width: int = 768
@@ -70,7 +75,11 @@ class ViTConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "img_size", as_pair(self.img_size))
+        object.__setattr__(self, "mean", tuple(float(value) for value in self.mean))
+        object.__setattr__(self, "std", tuple(float(value) for value in self.std))
         problems = []
+        if not len(self.mean) == len(self.std) == self.in_chans:
+            problems.append(f"mean and std need one value per input channel ({self.in_chans})")
         if self.width % self.num_heads:
             problems.append(f"width {self.width} is not divisible by num_heads {self.num_heads}")
         for axis, size in zip(("height", "width"), self.img_size):

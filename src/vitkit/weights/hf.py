@@ -55,8 +55,15 @@ def _patch_size(value: int | list[int]) -> int:
     return int(height)
 
 
-def config_from_hf(hf_config: dict, state: dict[str, torch.Tensor]) -> ViTConfig:
-    """vitkit's config for a transformers `ViTConfig` dict and its (vitkit-named) weights."""
+def config_from_hf(
+    hf_config: dict, state: dict[str, torch.Tensor], preprocessor: dict | None = None
+) -> ViTConfig:
+    """vitkit's config for a transformers `ViTConfig` dict and its (vitkit-named) weights.
+
+    preprocessor: the directory's preprocessor_config.json, whose image_mean/image_std are the
+    normalisation the weights expect (ViTImageProcessor's default is 0.5, i.e. [-1, 1]).
+    """
+    preprocessor = preprocessor or {}
     if hf_config.get("model_type", "vit") != "vit":
         raise CheckpointError(f"config.json: model_type {hf_config['model_type']!r} is not 'vit'")
     activation = hf_config.get("hidden_act", "gelu")
@@ -93,13 +100,15 @@ def config_from_hf(hf_config: dict, state: dict[str, torch.Tensor]) -> ViTConfig
             ),
             gelu="exact" if activation in _EXACT_GELUS else "tanh",
             layer_norm_eps=hf_config.get("layer_norm_eps", 1e-12),
+            mean=preprocessor.get("image_mean", (0.5, 0.5, 0.5)),
+            std=preprocessor.get("image_std", (0.5, 0.5, 0.5)),
         )
     except KeyError as error:
         raise CheckpointError(f"config.json: missing field {error.args[0]!r}") from error
 
 
 def hf_to_vitkit(
-    hf_config: dict, hf_state: dict[str, torch.Tensor]
+    hf_config: dict, hf_state: dict[str, torch.Tensor], preprocessor: dict | None = None
 ) -> tuple[ViTConfig, dict[str, torch.Tensor]]:
     """Convert a transformers ViT (config dict, state dict) to (config, vitkit state dict)."""
     state: dict[str, torch.Tensor] = {}
@@ -124,4 +133,4 @@ def hf_to_vitkit(
         if set(parts) != {"q", "k", "v"}:
             raise CheckpointError(f"block {block}: incomplete query/key/value {kind} tensors")
         state[f"blocks.{block}.attn.qkv.{kind}"] = torch.cat([parts["q"], parts["k"], parts["v"]])
-    return config_from_hf(hf_config, state), state
+    return config_from_hf(hf_config, state, preprocessor), state

@@ -62,14 +62,21 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def _read_hf_dir(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
+def _read_json(path: Path) -> dict:
     try:
-        hf_config = json.loads((path / "config.json").read_text())
+        return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as error:
-        raise CheckpointError(f"{path / 'config.json'}: unreadable: {error}") from error
+        raise CheckpointError(f"{path}: unreadable: {error}") from error
+
+
+def _read_hf_dir(path: Path) -> tuple[dict, dict[str, torch.Tensor], dict | None]:
+    """config.json, the weights, and preprocessor_config.json where the directory has one."""
+    hf_config = _read_json(path / "config.json")
+    preprocessor_file = path / "preprocessor_config.json"
+    preprocessor = _read_json(preprocessor_file) if preprocessor_file.is_file() else None
     for name in ("model.safetensors", "pytorch_model.bin"):
         if (path / name).is_file():
-            return hf_config, read_state_dict(path / name)
+            return hf_config, read_state_dict(path / name), preprocessor
     raise CheckpointError(f"{path}: has neither model.safetensors nor pytorch_model.bin")
 
 
