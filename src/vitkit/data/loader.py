@@ -21,10 +21,12 @@ class ArrayLoader:
 
     Training (`shuffle=True, drop_last=True`): each epoch a permutation seeded by (seed, epoch)
     is cut into global batches of `batch_size * world_size`; rank r takes the r-th slice of
-    `batch_size` images of each, every rank gets the same number of batches and the tail that fills no global batch is
-    left for another epoch. Evaluation (`shuffle=False, drop_last=False`): rank r takes the r-th
-    contiguous slice of the dataset, slices differing by at most one image, so that gathering the
-    results of all ranks counts every image exactly once.
+    `batch_size` images of each, so every rank gets the same number of batches, and the tail that
+    fills no global batch is left for another epoch.
+
+    Evaluation (`shuffle=False, drop_last=False`): rank r takes the r-th contiguous slice of the
+    dataset, slices differing by at most one image, so that gathering the results of all ranks
+    counts every image exactly once.
     """
 
     def __init__(
