@@ -11,7 +11,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from vitkit.cli import classify, demo, models
+from vitkit.cli import classify, demo, models, shard
 from vitkit.data import DataError
 from vitkit.weights import CheckpointError
 
@@ -23,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="vitkit", description="Vision Transformers (Dosovitskiy et al., ICLR 2021)."
     )
     subparsers = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
-    for command in (models, classify, demo):
+    for command in (models, classify, demo, shard):
         command.add_parser(subparsers)
     return parser
 

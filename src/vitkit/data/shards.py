@@ -1,0 +1,346 @@
+"""WebDataset tar shards: image datasets too large for one disk, streamed shard by shard.
+
+A shard is a plain tar of `<key>.png` (or `.jpg`) and `<key>.cls` pairs, the WebDataset layout,
+so `tar`, any WebDataset reader and any static HTTP server can handle it. `index.json` beside the
+shards records what a tar cannot say cheaply: the class names and how many samples each shard
+holds. Writing shuffles the whole set once, because a streaming reader can only shuffle within a
+buffer: shards cut from a class-sorted source would otherwise give class-sorted batches.
+"""
+
+from __future__ import annotations
+
+import http.client
+import io
+import json
+import os
+import random
+import shutil
+import tarfile
+import urllib.request
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any, Literal, Protocol
+from urllib.parse import urljoin, urlparse
+
+import numpy as np
+import torch
+import webdataset as wds
+from PIL import Image
+from torch.utils.data import IterableDataset, get_worker_info
+from tqdm import tqdm
+from webdataset.shardlists import expand_urls
+from webdataset.tariterators import group_by_keys, tar_file_expander
+
+from vitkit.data.images import IMAGE_EXTENSIONS, DataError
+
+ImageFormat = Literal["png", "jpg"]
+ImageLike = np.ndarray | torch.Tensor | bytes
+
+INDEX_NAME = "index.json"
+SHARD_DIGITS = 6
+SHARD_PREFIX = "shard-"
+# Near-lossless for training data at about a third of the bytes of quality 100.
+JPEG_QUALITY = 95
+# Seconds without data before a urllib download gives up (curl has its own retries).
+HTTP_TIMEOUT_S = 60
+# What reading a tar stream raises when the file, the download or the archive is broken;
+# webdataset reports duplicate names within a sample as ValueError.
+READ_ERRORS = (tarfile.TarError, OSError, EOFError, http.client.HTTPException, ValueError)
+# Pillow's extensions for the formats an encoded image may arrive in, where they differ.
+FORMAT_EXTENSIONS = {"JPEG": "jpg", "MPO": "jpg"}
+
+
+class IndexedSamples(Protocol):
+    """Random access to (image, label) pairs, e.g. an `ArrayDataset`.
+
+    An image is a (3, H, W) uint8 tensor (vitkit's dataset layout), an (H, W, 3) uint8 array, or
+    the bytes of an encoded image file.
+    """
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int) -> tuple[ImageLike, int]: ...
+
+
+def shard_name(number: int) -> str:
+    return f"{SHARD_PREFIX}{number:0{SHARD_DIGITS}d}.tar"
+
+
+def encode_image(image: ImageLike, image_format: ImageFormat) -> tuple[str, bytes]:
+    """(file extension, file bytes) of one image.
+
+    Arrays are encoded in `image_format`; encoded files are stored as they are, under the
+    extension of their own format, so a JPEG is never compressed a second time.
+    """
+    if isinstance(image, bytes):
+        try:
+            with Image.open(io.BytesIO(image)) as opened:
+                detected = opened.format or ""
+        except (OSError, SyntaxError, ValueError) as error:
+            raise DataError(f"not an image file: {error}") from error
+        extension = FORMAT_EXTENSIONS.get(detected, detected.lower())
+        if f".{extension}" not in IMAGE_EXTENSIONS:
+            raise DataError(f"image format {detected!r} is not one datasets are read in")
+        return extension, image
+    if isinstance(image, torch.Tensor):
+        image = image.permute(1, 2, 0).numpy(force=True)  # (3, H, W) -> (H, W, 3)
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
+        raise DataError(f"images must be uint8 (H, W, 3), got {image.dtype} {image.shape}")
+    buffer = io.BytesIO()
+    if image_format == "jpg":
+        Image.fromarray(image).save(buffer, format="JPEG", quality=JPEG_QUALITY)
+    else:
+        Image.fromarray(image).save(buffer, format="PNG")
+    return image_format, buffer.getvalue()
+
+
+@contextmanager
+def _atomic_file(path: Path) -> Iterator[IO[bytes]]:
+    """A file that appears at `path` only once complete and on disk, never half written."""
+    temporary = path.with_name(f".{path.name}.tmp")  # hidden: globs for shards skip it
+    try:
+        with open(temporary, "wb") as file:
+            yield file
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def write_shards(
+    samples: IndexedSamples,
+    out_dir: str | Path,
+    *,
+    classes: Sequence[str],
+    shard_size: int,
+    seed: int,
+    image_format: ImageFormat = "png",
+    progress: bool = False,
+) -> Path:
+    """Write `samples` as `out_dir/shard-000000.tar`, ... plus `index.json`; return the index.
+
+    Samples are shuffled across the whole set with `seed` before writing, by drawing a
+    permutation of their indices: that needs random access (`len` and `[i]`) up front, e.g. an
+    `ArrayDataset`, whose images are then read in the shuffled order. A one-pass stream could
+    only be shuffled by holding all of it. Every shard holds `shard_size` samples but the last.
+
+    Each shard is written under a hidden temporary name and renamed once complete, and the index
+    last, so a crashed run never leaves a file that looks finished; the same samples and seed
+    give byte-identical shards. `out_dir` must not hold shards or an index already.
+    """
+    if shard_size < 1:
+        raise ValueError(f"shard_size must be at least 1, got {shard_size}")
+    if image_format not in ("png", "jpg"):
+        raise ValueError(f"image_format must be 'png' or 'jpg', got {image_format!r}")
+    out_dir = Path(out_dir)
+    total = len(samples)
+    if total == 0:
+        raise DataError("no samples to write")
+    if (out_dir / INDEX_NAME).exists() or any(out_dir.glob(f"{SHARD_PREFIX}*.tar")):
+        raise DataError(f"{out_dir}: already holds shards; delete them or choose another folder")
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    order = np.random.default_rng(seed).permutation(total)
+    counts: list[int] = []
+    with tqdm(total=total, unit="img", desc="shards", disable=not progress) as bar:
+        for start in range(0, total, shard_size):
+            indices = order[start : start + shard_size]
+            path = out_dir / shard_name(len(counts))
+            # mtime fixed so that reruns give identical bytes (checksums, rsync).
+            with _atomic_file(path) as file, wds.TarWriter(file, encoder=False, mtime=0) as tar:
+                for index in map(int, indices):
+                    image, label = samples[index]
+                    if not 0 <= int(label) < len(classes):
+                        raise DataError(
+                            f"sample {index}: label {label} outside the {len(classes)} classes"
+                        )
+                    try:
+                        extension, data = encode_image(image, image_format)
+                    except DataError as error:
+                        raise DataError(f"sample {index}: {error}") from error
+                    key = f"{index:09d}"
+                    tar.write({"__key__": key, extension: data, "cls": str(int(label)).encode()})
+                    bar.update()
+            counts.append(len(indices))
+
+    last = len(counts) - 1
+    index = {
+        "pattern": f"{SHARD_PREFIX}{{{0:0{SHARD_DIGITS}d}..{last:0{SHARD_DIGITS}d}}}.tar",
+        "shards": [{"name": shard_name(n), "samples": c} for n, c in enumerate(counts)],
+        "total": total,
+        "classes": list(classes),
+        "image_format": image_format,
+        "seed": seed,
+    }
+    with _atomic_file(out_dir / INDEX_NAME) as file:
+        file.write(json.dumps(index, indent=1).encode())
+    return out_dir / INDEX_NAME
+
+
+def open_stream(url: str) -> IO[bytes]:
+    """A binary stream of a local file or a URL.
+
+    webdataset's `gopen` fetches http(s) with curl (redirects, retries); where curl is not
+    installed, urllib streams the response instead.
+    """
+    if urlparse(url).scheme in ("http", "https") and shutil.which("curl") is None:
+        return urllib.request.urlopen(url, timeout=HTTP_TIMEOUT_S)
+    return wds.gopen(url, "rb")
+
+
+def _is_url(source: str) -> bool:
+    return "://" in source
+
+
+def _read_index(url: str) -> tuple[list[str], dict[str, int], tuple[str, ...], int]:
+    """From an index.json: shard locations, each one's sample count, the classes and the total."""
+    try:
+        with open_stream(url) as stream:
+            index = json.load(stream)
+        names = [entry["name"] for entry in index["shards"]]
+        counts = [int(entry["samples"]) for entry in index["shards"]]
+        classes = tuple(str(name) for name in index["classes"])
+        total = int(index["total"])
+    except (OSError, ValueError, KeyError, TypeError) as error:  # ValueError: bad JSON
+        raise DataError(
+            f"{url}: not a readable shard index: {type(error).__name__}: {error}"
+        ) from error
+    if sum(counts) != total:
+        raise DataError(f"{url}: the shards' sample counts add up to {sum(counts)}, not {total}")
+    if _is_url(url):
+        shards = [urljoin(url, name) for name in names]
+    else:
+        shards = [str(Path(url).parent / name) for name in names]
+    return shards, dict(zip(shards, counts)), classes, total
+
+
+def _distributed_position(rank: int | None, world_size: int | None) -> tuple[int, int]:
+    """(rank, world size): as given, else from torch.distributed when initialised, else (0, 1)."""
+    if rank is None and world_size is None:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            return torch.distributed.get_rank(), torch.distributed.get_world_size()
+        return 0, 1
+    if rank is None or world_size is None:
+        raise ValueError("give rank and world_size together, or neither")
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank must lie in [0, {world_size}), got {rank}")
+    return rank, world_size
+
+
+class ShardDataset(IterableDataset):
+    """(image (3, H, W) uint8, label) pairs streamed from WebDataset tar shards.
+
+    `urls` is a folder written by `write_shards` or the path or URL of its index.json (then
+    `classes` and `num_samples`, the size of the whole set, are known and every shard's count is
+    checked, so a truncated shard fails instead of silently shrinking the epoch), or brace
+    patterns of shards (`.../shard-{000000..000099}.tar`, local paths or http(s) URLs).
+
+    Every shard is read by exactly one (rank, DataLoader worker) per epoch: shard i goes to rank
+    i % world_size, and the k-th shard of a rank to its worker k % num_workers. So there must be
+    at least world_size shards (else DataError). For equal work the shard count should be a
+    multiple of world_size * num_workers; otherwise some ranks read one shard more per epoch,
+    and under DDP, where every rank must run the same number of steps, the training loop has to
+    cap the steps per epoch; workers left without a shard yield nothing.
+
+    With `shuffle_buffer` > 0 the shard order is permuted every epoch (with `seed` and the epoch,
+    identically on every rank, so the split stays exact; call `set_epoch` before each epoch,
+    which reaches workers unless they are persistent) and samples are drawn at random from a
+    buffer of that many. `image_size` (height, width) resizes every image, so that shards of
+    images of different sizes can be batched.
+    """
+
+    def __init__(
+        self,
+        urls: str | Path | Sequence[str | Path],
+        *,
+        shuffle_buffer: int = 0,
+        seed: int = 0,
+        image_size: tuple[int, int] | None = None,
+        rank: int | None = None,
+        world_size: int | None = None,
+    ) -> None:
+        if shuffle_buffer < 0:
+            raise ValueError(f"shuffle_buffer must be at least 0, got {shuffle_buffer}")
+        source = str(urls) if isinstance(urls, str | Path) else None
+        if source is not None and not _is_url(source) and Path(source).is_dir():
+            source = str(Path(source) / INDEX_NAME)
+        self.classes: tuple[str, ...] | None = None
+        self.num_samples: int | None = None
+        self._counts: dict[str, int] = {}
+        if source is not None and source.endswith(".json"):
+            self.shards, self._counts, self.classes, self.num_samples = _read_index(source)
+        else:
+            patterns = [source] if source is not None else [str(url) for url in urls]
+            self.shards = [shard for pattern in patterns for shard in expand_urls(pattern)]
+        self.rank, self.world_size = _distributed_position(rank, world_size)
+        if len(self.shards) < self.world_size:
+            raise DataError(
+                f"{len(self.shards)} shards for {self.world_size} ranks: rank "
+                f"{self.world_size - 1} would read none; write smaller shards"
+            )
+        self.shuffle_buffer = shuffle_buffer
+        self.seed = seed
+        self.image_size = image_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Reshuffle differently in the next epoch (no effect without a shuffle buffer)."""
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, int]]:
+        worker = get_worker_info()
+        worker_id, num_workers = (worker.id, worker.num_workers) if worker else (0, 1)
+        shards = list(self.shards)
+        if self.shuffle_buffer:
+            random.Random(f"{self.seed}/{self.epoch}").shuffle(shards)
+        mine = shards[self.rank :: self.world_size][worker_id::num_workers]
+        samples = (sample for url in mine for sample in self._read_shard(url))
+        if self.shuffle_buffer:
+            rng = random.Random(f"{self.seed}/{self.epoch}/{self.rank}/{worker_id}")
+            # Encoded samples are buffered, not decoded ones: a few times less memory.
+            buffer = wds.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer, rng=rng)
+            samples = buffer(samples)
+        for sample in samples:
+            yield self._decode(sample)
+
+    def _read_shard(self, url: str) -> Iterator[dict[str, Any]]:
+        """The samples of one shard as {"__key__", "__url__", extension: bytes}."""
+        count = 0
+        try:
+            with open_stream(url) as stream:
+                for sample in group_by_keys(tar_file_expander([{"url": url, "stream": stream}])):
+                    count += 1
+                    yield sample
+        except READ_ERRORS as error:
+            # webdataset appends the stream and URL to the arguments; the first is the message.
+            reason = error.args[0] if error.args and isinstance(error.args[0], str) else error
+            raise DataError(f"{url}: cannot read the shard: {reason}") from error
+        expected = self._counts.get(url)
+        if expected is not None and count != expected:
+            raise DataError(
+                f"{url}: {count} samples but the index lists {expected}; truncated or replaced?"
+            )
+
+    def _decode(self, sample: dict[str, Any]) -> tuple[torch.Tensor, int]:
+        where = f"{sample['__url__']}, sample {sample['__key__']}"
+        if "cls" not in sample:
+            raise DataError(f"{where}: no cls entry (the label)")
+        images = [key for key in sample if f".{key}" in IMAGE_EXTENSIONS]
+        if len(images) != 1:
+            raise DataError(f"{where}: needs one image entry, found {images or 'none'}")
+        try:
+            label = int(sample["cls"])
+        except ValueError as error:
+            raise DataError(f"{where}: cls is no integer: {sample['cls'][:20]!r}") from error
+        if self.classes is not None and not 0 <= label < len(self.classes):
+            raise DataError(f"{where}: label {label} outside the {len(self.classes)} classes")
+        try:
+            with Image.open(io.BytesIO(sample[images[0]])) as opened:
+                image = opened.convert("RGB")  # convert() decodes every pixel
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+            raise DataError(f"{where}: cannot decode the image: {error}") from error
+        if self.image_size is not None and image.size != self.image_size[::-1]:
+            image = image.resize(self.image_size[::-1], Image.Resampling.BILINEAR)
+        return torch.from_numpy(np.array(image)).permute(2, 0, 1), label  # (H, W, 3) -> (3, H, W)
