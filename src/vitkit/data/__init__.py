@@ -3,10 +3,13 @@
 from vitkit.data.arrays import ArrayDataset
 from vitkit.data.cifar import load_cifar
 from vitkit.data.download import default_cache_dir, download
+from vitkit.data.fewshot import holdout_split, k_shot_indices
+from vitkit.data.folder import cached_image_folder, check_same_classes
 from vitkit.data.images import IMAGE_EXTENSIONS, DataError, find_images, list_images, load_rgb
 from vitkit.data.loader import ArrayLoader
 from vitkit.data.preprocessing import Preprocessing
 from vitkit.data.shards import ShardDataset, write_shards
+from vitkit.data.sources import open_dataset
 from vitkit.data.transforms import AugmentConfig, TrainAugment, eval_batch
 
 __all__ = [
@@ -18,12 +21,17 @@ __all__ = [
     "Preprocessing",
     "ShardDataset",
     "TrainAugment",
+    "cached_image_folder",
+    "check_same_classes",
     "default_cache_dir",
     "download",
     "eval_batch",
     "find_images",
+    "holdout_split",
+    "k_shot_indices",
     "list_images",
     "load_cifar",
     "load_rgb",
+    "open_dataset",
     "write_shards",
 ]

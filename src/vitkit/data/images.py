@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
+from typing import BinaryIO
 
 from PIL import Image
 
@@ -48,12 +49,17 @@ def find_images(paths: Iterable[str | Path]) -> list[Path]:
     return images
 
 
-def load_rgb(path: str | Path) -> Image.Image:
-    """Decode the image at `path` fully (so truncated files fail here) and convert it to RGB."""
+def load_rgb(source: str | Path | BinaryIO, *, name: str | None = None) -> Image.Image:
+    """Decode an image file (a path, or a file object such as an archive member's bytes) fully,
+    so truncated files fail here, as RGB (grayscale, palette and RGBA converted).
+
+    name: what errors call the image (default: the path); useful for archive members.
+    """
     try:
-        with Image.open(path) as image:
-            return image.convert("RGB")  # convert() loads every pixel
+        with Image.open(source) as image:
+            image.load()
+            return image if image.mode == "RGB" else image.convert("RGB")
     # Pillow reports broken files as OSError (UnidentifiedImageError, truncation), SyntaxError
     # (bad chunks in some plugins), ValueError or DecompressionBombError.
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-        raise DataError(f"{path}: cannot read the image: {error}") from error
+        raise DataError(f"{name or source}: cannot read the image: {error}") from error

@@ -1,0 +1,186 @@
+"""Decode once, memory-map after: a dataset's pixels cached on disk as one raw uint8 array.
+
+Decoding 50,000 JPEGs takes seconds and ImageNet's 1.3 million takes an hour, every epoch, on
+every rank; reading a memory map takes nothing. A cache lives in `<cache_dir>/<key>/`:
+    images.u8   raw (N, H, W, 3) uint8, C order, read back with np.memmap(mode="r")
+    labels.npy  (N,) int64
+    meta.json   shape, classes, sha256 of both files, the key it was built for, skipped images
+It is built in a temporary folder and renamed into place, so a killed build never leaves a cache
+that looks finished, and it is checked on every open: a damaged cache is rebuilt, never used.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import warnings
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+from tqdm import tqdm
+
+from vitkit.data.arrays import ArrayDataset
+from vitkit.data.images import DataError
+
+# Bump when the layout changes: every key hashes it, so old caches are simply not found.
+FORMAT_VERSION = 1
+# Read size for checksums; 8 MiB keeps hashlib at full speed with little memory.
+_BLOCK = 1 << 23
+
+
+class ImageStream(Protocol):
+    """What a builder hands the cache: labelled images of one size, and what it had to skip."""
+
+    @property
+    def classes(self) -> tuple[str, ...]: ...
+
+    @property
+    def skipped(self) -> Mapping[str, str]: ...  # image -> why; complete once iterated
+
+    def __len__(self) -> int: ...  # images it will try, for the progress bar
+
+    def __iter__(self) -> Iterator[tuple[np.ndarray, int]]: ...  # (H, W, 3) uint8, label
+
+
+def cache_path(key: Mapping[str, object], cache_dir: str | Path) -> Path:
+    """The folder that holds the cache for `key` (a JSON-serialisable description of the
+    source, split and decoding options)."""
+    text = json.dumps({"format": FORMAT_VERSION, **key}, sort_keys=True)
+    return Path(cache_dir) / hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def cached_dataset(
+    key: Mapping[str, object],
+    build: Callable[[], ImageStream],
+    cache_dir: str | Path,
+    *,
+    verify: bool = True,
+) -> ArrayDataset:
+    """The dataset cached for `key`, calling `build` only when there is no valid cache yet.
+
+    verify: checksum images.u8 on every open (about 1 s per GB); off, only its size is checked,
+    for datasets too large to re-read at each start.
+    One process builds a given key at a time (a lock file); the others wait and then open it.
+    """
+    directory = cache_path(key, cache_dir)
+    if directory.is_dir():  # the common case, without taking the lock
+        try:
+            return _open(directory, key, verify=verify)
+        except _Corrupt:
+            pass  # decided again under the lock: another process may be replacing it
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    with _locked(directory.with_name(directory.name + ".lock")):
+        if directory.is_dir():
+            try:
+                return _open(directory, key, verify=verify)
+            except _Corrupt as error:
+                warnings.warn(f"{directory}: cache corrupt ({error}), rebuilding", stacklevel=2)
+                shutil.rmtree(directory)
+        for partial in directory.parent.glob(f".{directory.name}-*"):
+            shutil.rmtree(partial, ignore_errors=True)  # left by a killed build: we hold the lock
+        _build(directory, key, build())
+        return _open(directory, key, verify=False)  # checksummed while it was written
+
+
+class _Corrupt(Exception):
+    """A cache folder that must not be used; the message says what is wrong."""
+
+
+def _open(directory: Path, key: Mapping[str, object], *, verify: bool) -> ArrayDataset:
+    try:
+        meta = json.loads((directory / "meta.json").read_text())
+        if meta["key"] != json.loads(json.dumps({"format": FORMAT_VERSION, **key})):
+            raise _Corrupt("it was built for another source")
+        shape = tuple(meta["shape"])
+        images_path = directory / "images.u8"
+        if images_path.stat().st_size != int(np.prod(shape)):
+            raise _Corrupt(f"images.u8 is not {shape} uint8")
+        if _sha256(directory / "labels.npy") != meta["labels_sha256"]:
+            raise _Corrupt("labels.npy does not match its checksum")
+        if verify and _sha256(images_path) != meta["images_sha256"]:
+            raise _Corrupt("images.u8 does not match its checksum")
+        labels = np.load(directory / "labels.npy", allow_pickle=False)
+        images = np.memmap(images_path, dtype=np.uint8, mode="r", shape=shape)
+        return ArrayDataset(images=images, labels=labels, classes=tuple(meta["classes"]))
+    except _Corrupt:
+        raise
+    except (OSError, ValueError, KeyError, TypeError) as error:  # missing or garbled files
+        raise _Corrupt(f"{type(error).__name__}: {error}") from error
+
+
+def _build(directory: Path, key: Mapping[str, object], stream: ImageStream) -> None:
+    """Write the cache into a temporary sibling folder, then rename it into place."""
+    partial = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
+    try:
+        shape, images_sha256, labels = _write_images(partial / "images.u8", stream, directory)
+        np.save(partial / "labels.npy", np.asarray(labels, dtype=np.int64))
+        meta = {
+            "key": {"format": FORMAT_VERSION, **key},
+            "shape": list(shape),
+            "classes": list(stream.classes),
+            "images_sha256": images_sha256,
+            "labels_sha256": _sha256(partial / "labels.npy"),
+            "skipped": dict(stream.skipped),
+        }
+        (partial / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
+        for name in ("labels.npy", "meta.json"):
+            _fsync(partial / name)
+        os.replace(partial, directory)  # atomic: the folder appears complete or not at all
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+
+
+def _write_images(
+    path: Path, stream: ImageStream, directory: Path
+) -> tuple[tuple[int, ...], str, list[int]]:
+    """Append each image's bytes to `path`, hashing as it goes: (N, H, W, 3), sha256, labels."""
+    digest = hashlib.sha256()
+    labels: list[int] = []
+    size: tuple[int, ...] | None = None
+    with path.open("wb") as file:
+        progress = tqdm(stream, total=len(stream), desc=f"caching {directory.name}", unit=" img")
+        for image, label in progress:
+            if size is None:
+                size = image.shape
+            if image.shape != size or image.dtype != np.uint8:
+                raise ValueError(f"image {len(labels)} is {image.dtype} {image.shape}, not {size}")
+            data = np.ascontiguousarray(image).data
+            digest.update(data)
+            file.write(data)
+            labels.append(label)
+        file.flush()
+        os.fsync(file.fileno())
+    if size is None:
+        raise DataError(f"{directory}: nothing to cache, no image could be decoded")
+    return (len(labels), *size), digest.hexdigest(), labels
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        while block := file.read(_BLOCK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _fsync(path: Path) -> None:
+    with path.open("rb") as file:
+        os.fsync(file.fileno())
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on `path`; the OS releases it if the process dies."""
+    with path.open("a") as file:
+        fcntl.flock(file, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(file, fcntl.LOCK_UN)

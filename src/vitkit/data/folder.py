@@ -1,0 +1,386 @@
+"""Image-folder datasets, `root/<split>/<class>/<image>`, as a directory or a tar archive of one.
+
+The class of an image is the folder it sits in and labels index the sorted class names, as in
+torchvision's ImageFolder, so a model trained on one reads the other's labels. Archives are read
+as a stream, never extracted: a .tar.gz cannot seek, and unpacking would take as much disk again.
+`cached_image_folder` decodes a split once and memory-maps the pixels after (`vitkit.data.cache`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import tarfile
+import warnings
+import zlib
+from collections import deque
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from vitkit.data.arrays import ArrayDataset
+from vitkit.data.cache import cached_dataset
+from vitkit.data.images import IMAGE_EXTENSIONS, DataError, list_images, load_rgb
+
+ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz")
+# Images handed to a decoding thread at once: enough to amortise the hand-off, small enough that
+# the threads stay busy on a short split.
+CHUNK = 64
+# What decoding one image gives: its pixels, or the error that names it (raised or skipped later).
+Decoded = np.ndarray | DataError
+
+
+@dataclass(frozen=True)
+class ImageSource:
+    """One split of an image folder or archive, listed but not yet decoded.
+
+    `entries` are (name, label) in the order `iter_decoded` yields them: a file path for a folder
+    (sorted), a member name for an archive (archive order, the only order a stream can read).
+    """
+
+    location: Path
+    split: str
+    classes: tuple[str, ...]
+    entries: tuple[tuple[str, int], ...]
+    archive: bool
+
+    def describe(self, name: str) -> str:
+        """Where the image `name` lives, as error messages should say it."""
+        return f"{self.location}: member {name}" if self.archive else name
+
+
+def is_archive(path: Path) -> bool:
+    return path.is_file() and path.name.lower().endswith(ARCHIVE_SUFFIXES)
+
+
+def scan(path: str | Path, split: str) -> ImageSource:
+    """List `split` of an image folder or of a .tar / .tar.gz / .tgz archive of one."""
+    path = Path(path)
+    if path.is_dir():
+        return scan_folder(path, split)
+    if is_archive(path):
+        return scan_tar(path, split)
+    if path.exists():
+        raise DataError(f"{path}: neither a folder nor a {'/'.join(ARCHIVE_SUFFIXES)} archive")
+    raise DataError(f"{path}: no such folder or archive")
+
+
+def scan_folder(root: str | Path, split: str) -> ImageSource:
+    """List `root/<split>/<class>/...`; every class folder must hold an image (recursively)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"{root}: not a folder")
+    split_dir = root / split
+    if not split_dir.is_dir():
+        found = sorted(child.name for child in root.iterdir() if child.is_dir())
+        raise DataError(f"{root}: no split {split!r} in it (splits found: {found or 'none'})")
+    classes = tuple(sorted(child.name for child in split_dir.iterdir() if child.is_dir()))
+    if not classes:
+        raise DataError(f"{split_dir}: no class folders in it, so the dataset is empty")
+    entries = tuple(
+        (str(path), label)
+        for label, name in enumerate(classes)
+        for path in list_images(split_dir / name)  # names an empty class folder
+    )
+    return ImageSource(root, split, classes, entries, archive=False)
+
+
+def scan_tar(archive: str | Path, split: str) -> ImageSource:
+    """List `split` of a tar archive of an image folder, optionally under one top-level folder.
+
+    Reads the whole archive once (a .tar.gz: decompresses it), since its members come in any order.
+    """
+    archive = Path(archive)
+    images: list[tuple[str, tuple[str, ...]]] = []  # (member name, its path parts)
+    folders: set[tuple[str, ...]] = set()
+    with _opened(archive) as tar:
+        for member in tqdm(tar, desc=f"listing {archive.name}", unit=" files"):
+            parts = _parts(member.name)
+            if not parts:  # the archive's root, "./"
+                continue
+            if member.isdir():
+                folders.add(parts)
+            elif member.isfile() and os.path.splitext(parts[-1])[1].lower() in IMAGE_EXTENSIONS:
+                images.append((member.name, parts))
+                folders.update(parts[:end] for end in range(1, len(parts)))
+    if not images:
+        raise DataError(f"{archive}: no images in the archive, so the dataset is empty")
+    split_parts = _split_folder(archive, folders, split)
+    depth = len(split_parts)  # the class name sits at parts[depth]
+    classes = tuple(sorted(parts[-1] for parts in folders if parts[:-1] == split_parts))
+    if not classes:
+        raise DataError(f"{archive}: no class folders in {'/'.join(split_parts)}, so it is empty")
+    label_of = {name: label for label, name in enumerate(classes)}
+    entries = tuple(
+        (name, label_of[parts[depth]])
+        for name, parts in images
+        if len(parts) > depth + 1 and parts[:depth] == split_parts
+    )
+    empty = sorted(set(classes) - {classes[label] for _, label in entries})
+    if empty:
+        raise DataError(f"{archive}: class folders with no images in {split!r}: {empty}")
+    return ImageSource(archive, split, classes, entries, archive=True)
+
+
+def _split_folder(archive: Path, folders: set[tuple[str, ...]], split: str) -> tuple[str, ...]:
+    """The path parts of the split's folder: `split` at the top, or below the one top folder."""
+    tops = sorted({parts[0] for parts in folders})
+    if (split,) in folders:
+        return (split,)
+    if len(tops) == 1 and (tops[0], split) in folders:
+        return (tops[0], split)
+    found = tops
+    if len(tops) == 1:
+        found += sorted("/".join(parts) for parts in folders if len(parts) == 2)
+    shown = ", ".join(found[:10]) + (", ..." if len(found) > 10 else "") if found else "none"
+    raise DataError(f"{archive}: no split {split!r} in it (folders found: {shown})")
+
+
+def check_same_classes(train: Sequence[str], test: Sequence[str], *, where: str | Path) -> None:
+    """Fail unless both splits have the same classes: else label 3 means two different things."""
+    if tuple(train) != tuple(test):
+        only_train = sorted(set(train) - set(test))
+        only_test = sorted(set(test) - set(train))
+        raise DataError(
+            f"{where}: train and test have different classes "
+            f"(only in train: {only_train}; only in test: {only_test})"
+        )
+
+
+@dataclass(eq=False)
+class DecodedImages:
+    """The images of a source as (H, W, 3) uint8 arrays with their labels, in `entries` order.
+
+    Each iteration decodes again; after one, `skipped` maps each image left out (skip_bad=True)
+    to why it could not be read.
+    """
+
+    source: ImageSource
+    image_size: tuple[int, int] | None
+    skip_bad: bool
+    workers: int
+    skipped: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return self.source.classes
+
+    def __len__(self) -> int:
+        """Images to decode; fewer come out when bad ones are skipped."""
+        return len(self.source.entries)
+
+    def __iter__(self) -> Iterator[tuple[np.ndarray, int]]:
+        first: tuple[str, tuple[int, ...]] | None = None  # without image_size all must match it
+        for (name, label), image in self._decode():
+            if isinstance(image, DataError):
+                if not self.skip_bad:
+                    raise image
+                self.skipped[name] = str(image)
+                continue
+            if first is None:
+                first = (name, image.shape[:2])
+            elif image.shape[:2] != first[1]:
+                raise DataError(
+                    f"{self.source.describe(name)}: image is {_hw(image.shape)} (H, W) but "
+                    f"{self.source.describe(first[0])} is {_hw(first[1])}; pass image_size "
+                    "to resize them all to one size"
+                )
+            yield image, label
+        if self.skipped:
+            names = ", ".join(list(self.skipped)[:5]) + (", ..." if len(self.skipped) > 5 else "")
+            warnings.warn(
+                f"{self.source.location} ({self.source.split}): skipped {len(self.skipped)} "
+                f"unreadable images: {names}",
+                stacklevel=2,
+            )
+
+    def _decode(self) -> Iterator[tuple[tuple[str, int], Decoded]]:
+        """Decode chunks on a thread pool (Pillow releases the GIL while decoding and resizing)
+        while this thread reads the next files, keeping a bounded number of chunks in flight."""
+        pending: deque[tuple[list[tuple[str, int]], Future[list[Decoded]]]] = deque()
+        with ThreadPoolExecutor(self.workers) as pool:
+            try:
+                for chunk in self._read():
+                    entries = [(name, label) for name, label, _ in chunk]
+                    work = [(self.source.describe(name), data) for name, _, data in chunk]
+                    pending.append((entries, pool.submit(_decode_chunk, work, self.image_size)))
+                    if len(pending) > 2 * self.workers:
+                        yield from _ready(*pending.popleft())
+                while pending:
+                    yield from _ready(*pending.popleft())
+            finally:
+                pool.shutdown(cancel_futures=True)
+
+    def _read(self) -> Iterator[list[tuple[str, int, Path | bytes]]]:
+        """Chunks of (name, label, file path or bytes), in `entries` order."""
+        entries = self.source.entries
+        chunk: list[tuple[str, int, Path | bytes]] = []
+        if self.source.archive:
+            items = _read_members(self.source.location, entries)
+        else:
+            items = ((name, label, Path(name)) for name, label in entries)
+        for item in items:
+            chunk.append(item)
+            if len(chunk) == CHUNK:
+                yield chunk
+                chunk = []
+        if chunk:
+            yield chunk
+
+
+def iter_decoded(
+    source: ImageSource,
+    *,
+    image_size: tuple[int, int] | None = None,
+    skip_bad: bool = False,
+    workers: int | None = None,
+) -> DecodedImages:
+    """Decode every image of `source` to RGB (H, W, 3) uint8, in `source.entries` order.
+
+    image_size (H, W): images of another size are resized so they cover it (Pillow's bilinear,
+    which widens its filter when shrinking, i.e. antialiased), then center-cropped: for a square
+    size the result equals torchvision's Resize(size) + CenterCrop(size) on the same image.
+    Without image_size every image must have the size of the first.
+    skip_bad: leave out unreadable images instead of failing; `.skipped` says which, and a
+    warning at the end counts them. workers: decoding threads (default: one per CPU, at most 8).
+    """
+    if workers is None:
+        workers = min(8, os.cpu_count() or 1)
+    return DecodedImages(source, image_size, skip_bad, workers)
+
+
+def cached_image_folder(
+    path: str | Path,
+    split: str,
+    *,
+    cache_dir: str | Path,
+    image_size: tuple[int, int] | None = None,
+    skip_bad: bool = False,
+) -> ArrayDataset:
+    """One split of an image folder or archive, decoded on first use and memory-mapped after.
+
+    The cache is rebuilt when the source changes: an archive's size or modification time, or for
+    a folder the name, size or modification time of any file in the split.
+    """
+    path = Path(path).resolve()
+    key = {
+        "source": _identity(path, split),
+        "split": split,
+        "image_size": list(image_size) if image_size else None,
+        "skip_bad": skip_bad,
+    }
+    return cached_dataset(
+        key,
+        lambda: iter_decoded(scan(path, split), image_size=image_size, skip_bad=skip_bad),
+        cache_dir,
+    )
+
+
+def fit_to_size(image: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """Resize `image` (bilinear) so it covers `size` (H, W), keeping its aspect, then crop the
+    center; images already of that size pass untouched."""
+    height, width = size
+    if image.size == (width, height):
+        return image
+    w, h = image.size
+    if height * w >= width * h:  # height is the tighter side: it becomes `height` exactly
+        resized = (max(width, int(w * height / h)), height)
+    else:
+        resized = (width, max(height, int(h * width / w)))
+    image = image.resize(resized, Image.Resampling.BILINEAR)
+    left = int(round((resized[0] - width) / 2))
+    top = int(round((resized[1] - height) / 2))
+    return image.crop((left, top, left + width, top + height))
+
+
+def _decode_chunk(
+    work: list[tuple[str, Path | bytes]], image_size: tuple[int, int] | None
+) -> list[Decoded]:
+    """Decode a chunk; a bad image becomes its DataError, so one bad file does not lose a chunk."""
+    results: list[Decoded] = []
+    for where, data in work:
+        try:
+            image = _load(where, data)
+        except DataError as error:
+            results.append(error)
+            continue
+        if image_size is not None:
+            image = fit_to_size(image, image_size)
+        results.append(np.asarray(image))
+    return results
+
+
+def _load(where: str, data: Path | bytes) -> Image.Image:
+    if isinstance(data, Path):
+        return load_rgb(data)  # its errors name the path
+    return load_rgb(io.BytesIO(data), name=where)
+
+
+def _ready(
+    entries: list[tuple[str, int]], future: Future[list[Decoded]]
+) -> Iterator[tuple[tuple[str, int], Decoded]]:
+    yield from zip(entries, future.result())
+
+
+def _read_members(
+    archive: Path, entries: Sequence[tuple[str, int]]
+) -> Iterator[tuple[str, int, bytes]]:
+    """The bytes of the `entries` members: one pass over the archive, stopping after the last."""
+    position = 0
+    with _opened(archive) as tar:
+        for member in tar:
+            if position == len(entries):
+                return
+            name, label = entries[position]
+            if member.name == name and member.isfile():
+                file = tar.extractfile(member)
+                assert file is not None  # regular files always have contents
+                yield name, label, file.read()
+                position += 1
+    if position < len(entries):
+        raise DataError(
+            f"{archive}: member {entries[position][0]} is missing; the archive changed since it "
+            "was scanned"
+        )
+
+
+@contextmanager
+def _opened(archive: Path) -> Iterator[tarfile.TarFile]:
+    """`archive` opened as a stream ('r|*': a .tar.gz needs no seeking); errors name it."""
+    try:
+        with tarfile.open(archive, "r|*") as tar:
+            yield tar
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as error:
+        raise DataError(f"{archive}: cannot read the archive: {error}") from error
+
+
+def _parts(name: str) -> tuple[str, ...]:
+    """Path components of a member name; "./a/b" and "/a//b" are both ("a", "b")."""
+    return tuple(part for part in name.split("/") if part not in ("", "."))
+
+
+def _identity(path: Path, split: str) -> dict[str, object]:
+    """What must not change for a cache to stay valid, cheap to compute: an archive's stat; for a
+    folder the names, sizes and modification times of the split's files (one stat per file)."""
+    if path.is_file():
+        stat = path.stat()
+        return {"path": str(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    digest = hashlib.sha256()
+    for folder, subfolders, files in os.walk(path / split):
+        subfolders.sort()
+        for name in sorted(files):
+            stat = os.stat(os.path.join(folder, name))
+            relative = os.path.relpath(os.path.join(folder, name), path)
+            digest.update(f"{relative}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return {"path": str(path), "files_sha256": digest.hexdigest()}
+
+
+def _hw(shape: tuple[int, ...]) -> str:
+    return f"{shape[0]}x{shape[1]}"

@@ -1,0 +1,109 @@
+"""`open_dataset`: one entry point that picks the reader from a name or a path.
+
+    open_dataset("cifar10", split="train", download=True)          # official archive, cached
+    open_dataset("../shared/data/cifar10-jpg.tar.gz", split="test")  # a tarred image tree
+    open_dataset("data/my-images", split="train", image_size=(64, 64))  # root/<split>/<class>/*
+    open_dataset("shards/", split="train")                          # WebDataset shards + index
+    open_dataset("https://host/shards-{000000..000099}.tar")        # streamed shards
+
+Map-style sources come back as an `ArrayDataset` (decoded once, memory-mapped from the cache
+after the first use); shards, which may not fit one disk, as a streaming `ShardDataset`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from vitkit.data.arrays import ArrayDataset
+from vitkit.data.cifar import load_cifar
+from vitkit.data.download import default_cache_dir
+from vitkit.data.folder import cached_image_folder, is_archive
+from vitkit.data.images import DataError
+from vitkit.data.shards import ShardDataset
+
+# Names of the datasets vitkit can fetch, and the folders / archives their releases unpack to.
+_CIFAR_NAMES = {"cifar10": "cifar10", "cifar-10": "cifar10", "cifar100": "cifar100",
+                "cifar-100": "cifar100"}  # fmt: skip
+_CIFAR_RELEASES = {
+    "cifar-10-batches-py": "cifar10",
+    "cifar-10-python.tar.gz": "cifar10",
+    "cifar-100-python": "cifar100",
+    "cifar-100-python.tar.gz": "cifar100",
+}
+
+
+def _is_shards(source: str) -> bool:
+    path = Path(source)
+    return "://" in source or "{" in source or (path.is_dir() and (path / "index.json").is_file())
+
+
+def _cifar_release(path: Path) -> tuple[str, Path] | None:
+    """(name, root) when `path` is a CIFAR release (its folder or archive) or holds one."""
+    if path.name in _CIFAR_RELEASES:
+        return _CIFAR_RELEASES[path.name], path.parent
+    if path.is_dir():
+        for release, name in _CIFAR_RELEASES.items():
+            if (path / release).exists():
+                return name, path
+    return None
+
+
+def open_dataset(
+    source: str | Path,
+    *,
+    split: str = "train",
+    image_size: tuple[int, int] | None = None,
+    cache_dir: str | Path | None = None,
+    download: bool = False,
+    skip_bad: bool = False,
+    shuffle_buffer: int = 0,
+    seed: int = 0,
+) -> ArrayDataset | ShardDataset:
+    """The `split` of `source`, read by the reader its name or path calls for.
+
+    source: "cifar10" / "cifar100" (looked for in the cache dir, fetched with download=True);
+        a CIFAR release folder or archive, or a folder holding one; a folder or .tar/.tar.gz of
+        `<split>/<class>/<image>` files; a shard folder with index.json, a brace pattern or an
+        http(s) URL of shards.
+    image_size: (H, W) every image is resized and centre-cropped to when decoding (needed when
+        a folder's images differ in size); CIFAR is always 32x32.
+    cache_dir: where decoded arrays and downloads are kept (default: $VITKIT_CACHE, else
+        ~/.cache/vitkit).
+    skip_bad: skip unreadable images of a folder or archive (counted and reported) instead of
+        stopping at the first.
+    shuffle_buffer, seed: for shards, the streaming shuffle.
+    """
+    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    text = str(source)
+    if text.lower() in _CIFAR_NAMES:
+        return load_cifar(
+            _CIFAR_NAMES[text.lower()],
+            split=_cifar_split(split),
+            root=cache_dir / "cifar",
+            download=download,
+        )
+    if _is_shards(text):
+        return ShardDataset(text, shuffle_buffer=shuffle_buffer, seed=seed, image_size=image_size)
+    path = Path(source)
+    if not path.exists():
+        raise DataError(
+            f"{path}: no such file or folder, and not a dataset name "
+            f"({', '.join(sorted(set(_CIFAR_NAMES.values())))})"
+        )
+    if release := _cifar_release(path):
+        name, root = release
+        return load_cifar(name, split=_cifar_split(split), root=root)
+    if path.is_dir() or is_archive(path):
+        return cached_image_folder(
+            path, split, cache_dir=cache_dir / "arrays", image_size=image_size, skip_bad=skip_bad
+        )
+    raise DataError(
+        f"{path}: not a dataset vitkit can read (expected a folder or .tar/.tar.gz of "
+        "<split>/<class>/<image> files, a CIFAR release, or WebDataset shards)"
+    )
+
+
+def _cifar_split(split: str) -> str:
+    if split not in ("train", "test"):
+        raise DataError(f"CIFAR has the splits 'train' and 'test', not {split!r}")
+    return split
