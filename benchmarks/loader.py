@@ -20,6 +20,7 @@ import os
 import platform
 import shutil
 import statistics
+import sys
 import tarfile
 import tempfile
 import time
@@ -124,7 +125,7 @@ def main() -> None:
         f"## Input pipeline, {date.today().isoformat()}",
         "",
         f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-        f"torch {torch.__version__}. Command: `.venv/bin/python benchmarks/loader.py`. "
+        f"torch {torch.__version__}. Command: `.venv/bin/python {' '.join(sys.argv)}`. "
         f"CIFAR-10 train split ({len(dataset)} JPEGs) from `{args.tarball.name}`, batches of "
         f"{args.batch_size}, Inception crop + flip to 32x32, normalised float; median of "
         f"{args.repeats} interleaved repeats of {args.images} images.",

@@ -83,3 +83,14 @@ def test_bad_arguments_are_named() -> None:
         ArrayLoader(_dataset(10), batch_size=8, shuffle=True, drop_last=True, world_size=2)
     with pytest.raises(ValueError, match="rank 2 is outside"):
         ArrayLoader(_dataset(), batch_size=8, shuffle=True, drop_last=True, rank=2, world_size=2)
+
+
+def test_memory_mapped_batches_keep_the_requested_order(tmp_path) -> None:
+    rng = np.random.default_rng(0)
+    images = np.memmap(tmp_path / "images.u8", dtype=np.uint8, mode="w+", shape=(50, 4, 4, 3))
+    images[:] = rng.integers(0, 256, images.shape, dtype=np.uint8)
+    dataset = ArrayDataset(images=images, labels=np.arange(50) % 5, classes=tuple("abcde"))
+    indices = np.array([42, 3, 17, 3, 0])
+    batch, labels = dataset.batch(indices)
+    np.testing.assert_array_equal(batch.permute(0, 2, 3, 1).numpy(), np.asarray(images)[indices])
+    np.testing.assert_array_equal(labels.numpy(), indices % 5)

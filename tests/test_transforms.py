@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
+import scipy.ndimage
 import torch
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
@@ -29,37 +31,35 @@ def test_full_box_at_same_size_is_identity() -> None:
     assert (crop_and_resize(images, boxes, (32, 32)) - images).abs().max() <= 1e-4
 
 
-def _grid_sample_crop(images: torch.Tensor, box: tuple[float, ...], out: tuple[int, int]):
-    """Bilinear point sampling of the continuous image over `box` with PyTorch's grid_sample: an
-    independent implementation of what roi_align computes when it enlarges."""
-    height, width = images.shape[-2:]
+def _scipy_crop(image: torch.Tensor, box: tuple[float, ...], out: tuple[int, int]) -> np.ndarray:
+    """Bilinear sampling of one (C, H, W) image over `box` with scipy: output pixel (i, j) reads
+    the continuous image at the centre of its cell, y1 + (i + 1/2) * box_h / out_h - 1/2 (pixel
+    centres at integers in scipy's convention), clamped at the border."""
     x1, y1, x2, y2 = box
-    theta = torch.tensor(
+    rows = y1 + (np.arange(out[0]) + 0.5) * (y2 - y1) / out[0] - 0.5
+    cols = x1 + (np.arange(out[1]) + 0.5) * (x2 - x1) / out[1] - 0.5
+    grid_y, grid_x = np.meshgrid(rows, cols, indexing="ij")
+    return np.stack(
         [
-            [(x2 - x1) / width, 0, (x1 + x2) / width - 1],
-            [0, (y2 - y1) / height, (y1 + y2) / height - 1],
+            scipy.ndimage.map_coordinates(channel, [grid_y, grid_x], order=1, mode="nearest")
+            for channel in image.double().numpy()
         ]
-    )
-    grid = torch.nn.functional.affine_grid(
-        theta.expand(len(images), 2, 3), [len(images), 3, *out], align_corners=False
-    )
-    return torch.nn.functional.grid_sample(
-        images, grid, mode="bilinear", padding_mode="border", align_corners=False
     )
 
 
 @pytest.mark.parametrize(
-    "box,out", [((3.0, 5.0, 23.0, 22.0), (32, 32)), ((0.5, 8.25, 16.0, 31.0), (40, 24))]
-)
-def test_enlarging_crop_matches_grid_sample(box, out) -> None:
-    images = _images(4).float()
-    boxes = torch.tensor([box]).repeat(len(images), 1)
-    got = crop_and_resize(images, boxes, out)
-    assert (got - _grid_sample_crop(images, box, out)).abs().max() <= 1e-3  # pixels in [0, 255]
+    "box,out", [((3.0, 5.0, 23.0, 22.0), (32, 32)), ((0.5, 8.25, 16.0, 31.0), (40, 24)),
+                ((2.0, 1.5, 30.0, 29.0), (16, 16))]
+)  # fmt: skip
+def test_crop_matches_scipy_bilinear_sampling(box, out) -> None:
+    images = _images(3).float()
+    got = crop_and_resize(images, torch.tensor([box]).repeat(len(images), 1), out)
+    for image, result in zip(images, got):
+        assert np.abs(result.double().numpy() - _scipy_crop(image, box, out)).max() <= 1e-3
 
 
 def test_enlarging_crop_matches_torchvision_inside_the_crop() -> None:
-    """torchvision crops first, then resizes, clamping at the crop's edge; roi_align samples the
+    """torchvision crops first, then resizes, clamping at the crop's edge; vitkit samples the
     image beyond it. Away from the one-pixel border the two agree exactly."""
     images = _images(4).float()
     left, top, width, height = 3, 5, 20, 17
@@ -70,11 +70,20 @@ def test_enlarging_crop_matches_torchvision_inside_the_crop() -> None:
 
 
 def test_halving_averages_2x2_blocks() -> None:
-    """Shrinking, roi_align averages samples (an area filter): halving is a 2x2 mean."""
     images = _images(4, (64, 64)).float()
     boxes = torch.tensor([[0.0, 0.0, 64.0, 64.0]]).repeat(4, 1)
     got = crop_and_resize(images, boxes, (32, 32))
     assert (got - torch.nn.functional.avg_pool2d(images, 2)).abs().max() <= 1e-3
+
+
+def test_flip_mirrors_the_crop() -> None:
+    images = _images(4).float()
+    boxes = torch.tensor([[3.0, 5.0, 23.0, 22.0]]).repeat(4, 1)
+    flip = torch.tensor([True, False, True, False])
+    plain = crop_and_resize(images, boxes, (24, 24))
+    flipped = crop_and_resize(images, boxes, (24, 24), flip=flip)
+    expected = torch.where(flip[:, None, None, None], plain.flip(-1), plain)
+    assert (flipped - expected).abs().max() <= 1e-3
 
 
 def test_crop_boxes_follow_inception_crop_statistics() -> None:

@@ -46,10 +46,13 @@ class ArrayDataset(Dataset):
 
     def batch(self, indices: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """Images (B, 3, H, W) uint8 and labels (B,) int64 for `indices`, in one gather."""
-        order = np.sort(indices)  # sorted reads are sequential on a memory map
-        inverse = np.argsort(np.argsort(indices))
-        images = torch.from_numpy(self.images[order][inverse])
-        return images.permute(0, 3, 1, 2), torch.from_numpy(self.labels[indices].astype(np.int64))
+        if isinstance(self.images, np.memmap):  # sorted reads are sequential on disk
+            order = np.sort(indices)
+            rows = self.images[order][np.argsort(np.argsort(indices))]
+        else:
+            rows = self.images[indices]
+        images = torch.from_numpy(rows).permute(0, 3, 1, 2).contiguous()  # (B, C, H, W)
+        return images, torch.from_numpy(self.labels[indices].astype(np.int64))
 
     def subset(self, indices: np.ndarray) -> ArrayDataset:
         """The images at `indices` (copied into memory), same classes."""

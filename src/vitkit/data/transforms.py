@@ -6,9 +6,10 @@ cropped, flipped, resized and normalised with a handful of batched tensor operat
 
 - Inception crop ("random resized crop", Szegedy et al. 2015; the paper's and AugReg's training
   augmentation): per image a box of random area fraction in `crop_scale` and aspect ratio in
-  `crop_ratio`, resampled to the model's resolution by `torchvision.ops.roi_align`, which samples
-  bilinearly and averages when shrinking (its adaptive sampling ratio), all images in one call.
-- Horizontal flip with probability 1/2 per image.
+  `crop_ratio`, resampled bilinearly to the model's resolution by one `grid_sample` call for the
+  whole batch (no antialiasing: crops shrink by at most the image/resolution ratio, and exactly
+  halving averages 2x2 blocks).
+- Horizontal flip with probability 1/2 per image, folded into the crop's sampling grid.
 - Optional RandAugment (Cubuk et al. 2020; torchvision's implementation, applied per image so that
   every image draws its own operations), and Mixup / CutMix (torchvision's, one draw per batch).
 
@@ -44,12 +45,18 @@ class AugmentConfig:
 
 
 def normalize(
-    images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]
+    images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...], *, inplace: bool = False
 ) -> torch.Tensor:
-    """Pixels in [0, 255] (any dtype) -> float32 (x / 255 - mean) / std, per channel."""
-    mean_t = torch.tensor(mean, device=images.device).view(1, -1, 1, 1)
-    std_t = torch.tensor(std, device=images.device).view(1, -1, 1, 1)
-    return (images.float() / 255.0 - mean_t) / std_t
+    """Pixels in [0, 255] -> float32 (x / 255 - mean) / std, per channel, as one multiply-add
+    (x * scale + shift); `inplace` overwrites a float32 input instead of copying it."""
+    std_t = torch.tensor(std, dtype=torch.float64)
+    scale = (1.0 / (255.0 * std_t)).float().view(1, -1, 1, 1).to(images.device)
+    shift = (-torch.tensor(mean, dtype=torch.float64) / std_t).float().view(1, -1, 1, 1)
+    if images.dtype != torch.float32:
+        pixels = images.float()
+    else:
+        pixels = images if inplace else images.clone()
+    return pixels.mul_(scale).add_(shift.to(images.device))
 
 
 def resize(images: torch.Tensor, resolution: tuple[int, int]) -> torch.Tensor:
@@ -85,7 +92,7 @@ def random_crop_boxes(
     Like torchvision's RandomResizedCrop: up to `attempts` draws of area fraction (uniform in
     `scale`) and aspect ratio (log-uniform in `ratio`), the first that fits is kept; an image with
     no fitting draw gets the largest centred box whose aspect ratio lies in `ratio`. Boxes are
-    continuous (sub-pixel), which roi_align resamples exactly.
+    continuous (sub-pixel); `crop_and_resize` samples them exactly.
     """
     area = height * width
     fractions = torch.empty(batch, attempts, device=device).uniform_(*scale)
@@ -117,19 +124,32 @@ def random_crop_boxes(
 
 
 def crop_and_resize(
-    images: torch.Tensor, boxes: torch.Tensor, resolution: tuple[int, int]
+    images: torch.Tensor,
+    boxes: torch.Tensor,
+    resolution: tuple[int, int],
+    *,
+    flip: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Resample box b of image b to `resolution`, for all images in one roi_align call.
+    """Resample box b of image b to `resolution` (mirrored where `flip[b]`), all images at once.
 
-    aligned=True puts pixel centres at half-integers, so the box (0, 0, W, H) at the image's own
-    size returns the image unchanged; sampling_ratio=-1 averages ceil(box/output) samples per
-    output pixel, an area filter when shrinking.
+    One affine sampling grid per image and one `grid_sample` call: bilinear sampling of the
+    continuous image (pixel centres at half-integers, so the box (0, 0, W, H) at the image's own
+    size returns the image unchanged; halving averages 2x2 blocks). The flip is a negative x scale
+    of the same grid, so it costs nothing. grid_sample runs on every CPU thread, where
+    torchvision's roi_align runs on one.
     """
-    from torchvision.ops import roi_align
-
-    indices = torch.arange(len(images), device=images.device, dtype=boxes.dtype)[:, None]
-    rois = torch.cat([indices, boxes.to(images.dtype)], dim=1)  # (B, 5): batch index, box
-    return roi_align(images, rois, output_size=resolution, sampling_ratio=-1, aligned=True)
+    batch, channels, height, width = images.shape
+    x1, y1, x2, y2 = boxes.to(images.dtype).unbind(1)
+    scale_x = (x2 - x1) / width
+    if flip is not None:
+        scale_x = torch.where(flip, -scale_x, scale_x)
+    theta = torch.zeros(batch, 2, 3, dtype=images.dtype, device=images.device)
+    theta[:, 0, 0] = scale_x
+    theta[:, 0, 2] = (x1 + x2) / width - 1  # box centre in [-1, 1] coordinates
+    theta[:, 1, 1] = (y2 - y1) / height
+    theta[:, 1, 2] = (y1 + y2) / height - 1
+    grid = F.affine_grid(theta, [batch, channels, *resolution], align_corners=False)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
 class TrainAugment:
@@ -164,6 +184,7 @@ class TrainAugment:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         config = self.config
         batch, _, height, width = images.shape
+        flip = torch.rand(batch, device=images.device) < 0.5 if config.hflip else None
         pixels = images.float()
         if config.crop_scale is not None:
             boxes = random_crop_boxes(
@@ -174,17 +195,16 @@ class TrainAugment:
                 ratio=config.crop_ratio,
                 device=images.device,
             )
-            pixels = crop_and_resize(pixels, boxes, config.resolution)
+            pixels = crop_and_resize(pixels, boxes, config.resolution, flip=flip)
         else:
             pixels = resize(pixels, config.resolution)
-        if config.hflip:
-            flip = torch.rand(batch, device=images.device) < 0.5
-            pixels = torch.where(flip[:, None, None, None], pixels.flip(-1), pixels)
+            if flip is not None:
+                pixels = torch.where(flip[:, None, None, None], pixels.flip(-1), pixels)
         if self._randaugment is not None:
             as_uint8 = pixels.round().clamp(0, 255).to(torch.uint8)
             pixels = torch.stack([self._randaugment(image) for image in as_uint8]).float()
 
-        inputs = normalize(pixels, config.mean, config.std)
+        inputs = normalize(pixels, config.mean, config.std, inplace=True)  # pixels is ours
         targets = F.one_hot(labels.to(images.device), config.num_classes).float()
         if self._mix is not None:
             # torchvision mixes integer labels into probabilities; smoothing is applied after.
