@@ -258,4 +258,25 @@ def test_shard_command_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[
     code = run_shard_command(
         source, tmp_path / "other", "--shard-size", 3, "--seed", 5, "--split", "val"
     )
-    assert code == 2 and "data/val: not a folder" in capsys.readouterr().err
+    assert code == 2 and "no split 'val' in it (splits found: ['train'])" in capsys.readouterr().err
+
+
+def test_shard_command_reads_archives_through_open_dataset(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("VITKIT_CACHE", str(tmp_path / "cache"))
+    rng = np.random.default_rng(2)
+    source = tmp_path / "tree"
+    for class_name in FOLDER_CLASSES:
+        (source / "test" / class_name).mkdir(parents=True)
+        for number in range(3):
+            pixels = rng.integers(0, 256, (5, 5, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(source / "test" / class_name / f"{number}.png")
+    archive = tmp_path / "tree.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(source, arcname=".")
+    code = run_shard_command(archive, tmp_path / "shards", "--shard-size", 4, "--seed", 0,
+                             "--split", "test")  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    shards = ShardDataset(tmp_path / "shards")
+    assert shards.classes == FOLDER_CLASSES and len(list(shards)) == 6

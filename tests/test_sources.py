@@ -80,3 +80,19 @@ def test_shared_cifar10_tarball_test_split(tmp_path: Path) -> None:
     assert isinstance(dataset.images, np.memmap) or isinstance(
         open_dataset(tarball, split="test", cache_dir=tmp_path).images, np.memmap
     )
+
+
+def test_train_and_test_must_share_classes(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from vitkit.data import open_train_test
+
+    for split, classes in (("train", ("cat", "dog")), ("test", ("cat", "emu"))):
+        for name in classes:
+            (tmp_path / "tree" / split / name).mkdir(parents=True)
+            Image.new("RGB", (4, 4)).save(tmp_path / "tree" / split / name / "0.png")
+    with pytest.raises(DataError, match=r"only in train: \['dog'\]; only in test: \['emu'\]"):
+        open_train_test(tmp_path / "tree", cache_dir=tmp_path / "cache")
+    (tmp_path / "tree" / "test" / "emu").rename(tmp_path / "tree" / "test" / "dog")
+    train, test = open_train_test(tmp_path / "tree", cache_dir=tmp_path / "cache")
+    assert train.classes == test.classes == ("cat", "dog")

@@ -9,49 +9,46 @@ from pathlib import Path
 
 import numpy as np
 
-from vitkit.data.images import DataError, list_images, load_rgb
+from vitkit.data.arrays import ArrayDataset
+from vitkit.data.folder import ImageSource, scan_folder
+from vitkit.data.images import DataError, load_rgb
 from vitkit.data.shards import write_shards
+from vitkit.data.sources import open_dataset
 
 
 @dataclass(frozen=True)
-class ImageFolderSplit:
-    """`root/<split>/<class>/**/image` as (H, W, 3) uint8 images and labels, decoded on access.
+class LazyImageFolder:
+    """One split of an image folder, decoded image by image when `write_shards` asks for it,
+    so a folder larger than memory or disk cache can be sharded."""
 
-    Random access like `ArrayDataset`, so `write_shards` can shuffle by index without decoding
-    the whole split into memory first.
-    """
+    source: ImageSource
 
-    paths: tuple[Path, ...]
-    labels: tuple[int, ...]
-    classes: tuple[str, ...]
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return self.source.classes
 
     def __len__(self) -> int:
-        return len(self.paths)
+        return len(self.source.entries)
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
-        return np.asarray(load_rgb(self.paths[index])), self.labels[index]
+        path, label = self.source.entries[index]
+        return np.asarray(load_rgb(path)), label
 
 
-def image_folder_split(root: Path, split: str) -> ImageFolderSplit:
-    """The images of `root/split`, labelled by their class folder, classes sorted by name."""
-    folder = root / split
-    if not folder.is_dir():
-        raise DataError(f"{folder}: not a folder (expected {root}/<split>/<class>/<images>)")
-    class_folders = sorted(path for path in folder.iterdir() if path.is_dir())
-    if not class_folders:
-        raise DataError(f"{folder}: no class folders in it")
-    paths: list[Path] = []
-    labels: list[int] = []
-    for label, class_folder in enumerate(class_folders):
-        images = list_images(class_folder)
-        paths.extend(images)
-        labels.extend([label] * len(images))
-    classes = tuple(path.name for path in class_folders)
-    return ImageFolderSplit(paths=tuple(paths), labels=tuple(labels), classes=classes)
+def open_for_sharding(source: str, split: str) -> LazyImageFolder | ArrayDataset:
+    """An image folder, read lazily; anything else `open_dataset` reads (CIFAR by name or
+    release, .tar/.tar.gz of an image tree) through its decoded array."""
+    path = Path(source)
+    if path.is_dir() and (path / split).is_dir():
+        return LazyImageFolder(scan_folder(path, split))
+    dataset = open_dataset(source, split=split)
+    if not isinstance(dataset, ArrayDataset):
+        raise DataError(f"{source}: is already sharded")
+    return dataset
 
 
 def run(args: argparse.Namespace) -> int:
-    dataset = image_folder_split(args.source, args.split)
+    dataset = open_for_sharding(args.source, args.split)
     index = write_shards(
         dataset,
         args.out_dir,
@@ -76,11 +73,14 @@ def positive_int(text: str) -> int:
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "shard",
-        help="pack an image folder split into shuffled WebDataset tar shards with an index",
-        description="Reads SOURCE/<split>/<class>/<images>, shuffles the whole split with "
-        "--seed and writes OUT_DIR/shard-000000.tar, ... and OUT_DIR/index.json.",
+        help="pack a dataset split into shuffled WebDataset tar shards with an index",
+        description="Reads one split of SOURCE (an image folder SOURCE/<split>/<class>/<images>, "
+        "a .tar/.tar.gz of one, or cifar10/cifar100), shuffles it with --seed and writes "
+        "OUT_DIR/shard-000000.tar, ... and OUT_DIR/index.json.",
     )
-    parser.add_argument("source", type=Path, metavar="SOURCE", help="image folder tree root")
+    parser.add_argument(
+        "source", metavar="SOURCE", help="image folder, archive of one, or a dataset name"
+    )
     parser.add_argument("out_dir", type=Path, metavar="OUT_DIR", help="new folder for shards")
     parser.add_argument("--shard-size", type=positive_int, required=True, help="images per shard")
     parser.add_argument("--seed", type=int, required=True, help="seed of the global shuffle")

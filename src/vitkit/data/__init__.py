@@ -9,7 +9,7 @@ from vitkit.data.images import IMAGE_EXTENSIONS, DataError, find_images, list_im
 from vitkit.data.loader import ArrayLoader
 from vitkit.data.preprocessing import Preprocessing
 from vitkit.data.shards import ShardDataset, write_shards
-from vitkit.data.sources import open_dataset
+from vitkit.data.sources import open_dataset, open_train_test
 from vitkit.data.transforms import AugmentConfig, TrainAugment, eval_batch
 
 __all__ = [
@@ -33,5 +33,6 @@ __all__ = [
     "load_cifar",
     "load_rgb",
     "open_dataset",
+    "open_train_test",
     "write_shards",
 ]

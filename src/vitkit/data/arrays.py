@@ -41,7 +41,7 @@ class ArrayDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         """One image as a (3, H, W) uint8 tensor, and its label."""
-        image = torch.from_numpy(np.ascontiguousarray(self.images[index]))
+        image = torch.from_numpy(np.array(self.images[index]))  # a copy: the cache is read-only
         return image.permute(2, 0, 1), int(self.labels[index])
 
     def batch(self, indices: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:

@@ -17,7 +17,7 @@ from pathlib import Path
 from vitkit.data.arrays import ArrayDataset
 from vitkit.data.cifar import load_cifar
 from vitkit.data.download import default_cache_dir
-from vitkit.data.folder import cached_image_folder, is_archive
+from vitkit.data.folder import cached_image_folder, check_same_classes, is_archive
 from vitkit.data.images import DataError
 from vitkit.data.shards import ShardDataset
 
@@ -107,3 +107,25 @@ def _cifar_split(split: str) -> str:
     if split not in ("train", "test"):
         raise DataError(f"CIFAR has the splits 'train' and 'test', not {split!r}")
     return split
+
+
+def open_train_test(
+    source: str | Path,
+    *,
+    train_split: str = "train",
+    test_split: str = "test",
+    image_size: tuple[int, int] | None = None,
+    cache_dir: str | Path | None = None,
+    download: bool = False,
+    skip_bad: bool = False,
+) -> tuple[ArrayDataset, ArrayDataset]:
+    """Both splits of a map-style source, checked to share one class list, so that a label means
+    the same class in training and in evaluation."""
+    options = dict(image_size=image_size, cache_dir=cache_dir, download=download, skip_bad=skip_bad)
+    train = open_dataset(source, split=train_split, **options)
+    test = open_dataset(source, split=test_split, **options)
+    for dataset in (train, test):
+        if not isinstance(dataset, ArrayDataset):
+            raise DataError(f"{source}: open_train_test reads map-style sources, not shards")
+    check_same_classes(train.classes, test.classes, where=source)
+    return train, test
