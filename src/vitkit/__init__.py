@@ -14,7 +14,7 @@ from vitkit.models import (
     list_models,
     resize_pos_embed,
 )
-from vitkit.weights import CheckpointError, load_model
+from vitkit.weights import CheckpointError, load_model, save_pretrained
 
 __version__ = "0.1.0"
 __all__ = [
@@ -26,4 +26,5 @@ __all__ = [
     "list_models",
     "load_model",
     "resize_pos_embed",
+    "save_pretrained",
 ]

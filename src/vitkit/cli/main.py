@@ -11,8 +11,9 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from vitkit.cli import classify, demo, models, shard
+from vitkit.cli import classify, demo, models, shard, train
 from vitkit.data import DataError
+from vitkit.training.loop import TrainingError
 from vitkit.weights import CheckpointError
 
 USAGE_ERROR = 2  # argparse's exit status for bad arguments; bad input files are the same kind
@@ -23,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="vitkit", description="Vision Transformers (Dosovitskiy et al., ICLR 2021)."
     )
     subparsers = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
-    for command in (models, classify, demo, shard):
+    for command in (models, classify, demo, shard, train):
         command.add_parser(subparsers)
     return parser
 
@@ -32,7 +33,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (CheckpointError, DataError) as error:
+    except (CheckpointError, DataError, TrainingError) as error:
         print(f"vitkit {args.command}: error: {error}", file=sys.stderr)
         return USAGE_ERROR
 

@@ -84,8 +84,12 @@ class ArrayLoader:
         return served // self.batch_size if self.drop_last else -(-served // self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return self.iter_from(0)
+
+    def iter_from(self, first_batch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The epoch's batches from number `first_batch` on: where a resumed run continues."""
         indices = self.indices()
-        for start in range(0, len(indices), self.batch_size):
+        for start in range(first_batch * self.batch_size, len(indices), self.batch_size):
             chunk = indices[start : start + self.batch_size]
             if self.drop_last and len(chunk) < self.batch_size:
                 return

@@ -1,2 +1,6 @@
-"""Evaluation: top-1/top-5 accuracy, the paper's few-shot linear evaluation and linear probes.
-Nothing here yet: it arrives with the evaluation issue."""
+"""Evaluation: top-1 accuracy (more — top-5, few-shot linear evaluation, linear probes — arrives
+with the evaluation issue)."""
+
+from vitkit.evaluation.accuracy import top1_accuracy
+
+__all__ = ["top1_accuracy"]

@@ -1,7 +1,9 @@
 """`load_model`: read any supported checkpoint, build the model it describes, load it strictly.
 
-Formats are detected from the path: a `.npz` file is Google's; a directory with `config.json` is
-Hugging Face transformers'; `.safetensors`, `.pth`, `.pt` and `.bin` files are timm state dicts.
+Formats are detected from the path: a `.npz` file is Google's; a directory whose `config.json`
+says `"format": "vitkit"` is vitkit's own (`save_pretrained`), any other directory with
+`config.json` is Hugging Face transformers'; `.safetensors`, `.pth`, `.pt` and `.bin` files are
+timm state dicts.
 """
 
 from __future__ import annotations
@@ -19,17 +21,18 @@ from vitkit.models.vit import VisionTransformer
 from vitkit.weights.errors import CheckpointError
 from vitkit.weights.google import google_to_vitkit, read_npz
 from vitkit.weights.hf import hf_to_vitkit
+from vitkit.weights.native import is_native_config, read_native
 from vitkit.weights.state_dict import load_checked
 from vitkit.weights.timm import timm_to_vitkit
 
-Format = Literal["npz", "timm", "hf"]
+Format = Literal["npz", "timm", "hf", "vitkit"]
 _TORCH_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
 
 
 def detect_format(path: Path) -> Format:
     if path.is_dir():
         if (path / "config.json").is_file():
-            return "hf"
+            return "vitkit" if is_native_config(_read_json(path / "config.json")) else "hf"
         raise CheckpointError(f"{path}: a directory without config.json is no known checkpoint")
     if not path.exists():
         raise CheckpointError(f"{path}: no such file or directory")
@@ -39,7 +42,7 @@ def detect_format(path: Path) -> Format:
         return "timm"
     raise CheckpointError(
         f"{path}: cannot tell the checkpoint format from the name; expected a Google .npz, a "
-        f"Hugging Face directory or a timm state dict ({', '.join(_TORCH_SUFFIXES)}); "
+        f"vitkit or Hugging Face directory or a timm state dict ({', '.join(_TORCH_SUFFIXES)}); "
         "pass format="
     )
 
@@ -94,7 +97,7 @@ def load_model(
         are resized on the patch grid (the paper's fine-tuning at higher resolution).
     num_classes: replace the head by a new zero-initialised one and drop the pre-logits layer,
         as the paper does for fine-tuning (even when the count equals the checkpoint's).
-    format: "npz", "hf" or "timm", when the path does not tell.
+    format: "npz", "hf", "timm" or "vitkit", when the path does not tell.
     num_heads: for timm state dicts whose width is no paper variant's (timm files omit it).
     """
     path = Path(path)
@@ -106,8 +109,12 @@ def load_model(
             config, state = hf_to_vitkit(*_read_hf_dir(path))
         elif format == "timm":
             config, state = timm_to_vitkit(read_state_dict(path), num_heads=num_heads)
+        elif format == "vitkit":
+            config, state = read_native(path)
         else:
-            raise CheckpointError(f"unknown format {format!r}; expected 'npz', 'hf' or 'timm'")
+            raise CheckpointError(
+                f"unknown format {format!r}; expected 'npz', 'hf', 'timm' or 'vitkit'"
+            )
     except CheckpointError as error:
         message = str(error)
         raise CheckpointError(message if str(path) in message else f"{path}: {message}") from None

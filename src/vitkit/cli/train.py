@@ -1,0 +1,44 @@
+"""`vitkit train --preset NAME --data PATH --out DIR [field=value ...]`: one training stage.
+
+Running the same command again resumes the run in DIR; a different config is refused unless
+--force. The fields and their defaults are listed by `vitkit train --help`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from pathlib import Path
+
+from vitkit.training.config import PRESETS, describe_fields, get_preset, parse_overrides
+from vitkit.training.loop import TrainingError, train
+
+
+def run(args: argparse.Namespace) -> int:
+    config = get_preset(args.preset)
+    if args.data:
+        config = dataclasses.replace(config, data=args.data)
+    try:
+        config = parse_overrides(config, args.fields)
+    except ValueError as error:
+        raise TrainingError(str(error)) from None
+    summary = train(config, args.out, force=args.force)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "train",
+        help="pre-train or fine-tune a ViT (resumable)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="fields (field=value):\n" + describe_fields(),
+    )
+    parser.add_argument("--preset", choices=list(PRESETS), required=True)
+    parser.add_argument("--data", help="dataset path or name (overrides the preset's data)")
+    parser.add_argument("--out", type=Path, required=True, help="run directory")
+    parser.add_argument("--force", action="store_true", help="resume despite a changed config")
+    parser.add_argument("fields", nargs="*", metavar="field=value", help="config overrides")
+    parser.set_defaults(run=run, command="train")

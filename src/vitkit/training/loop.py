@@ -1,0 +1,479 @@
+"""`train(config, out_dir)`: one loop for pre-training and fine-tuning, that never loses work.
+
+The run directory holds everything: the resolved config (`train_config.json`), checkpoints (the
+last two), `metrics.jsonl`, and at the end `model.safetensors` + `config.json` (loadable with
+`vitkit.load_model(out_dir)`), `summary.json` and `curves.png`. Running the same command again
+resumes from the newest readable checkpoint and ends with the same weights, bit for bit on a
+CPU, as a run that was never interrupted: the checkpoint holds the model, optimizer, EMA, loss
+scaler and RNG states, and the data position is a function of the step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import json
+import math
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from vitkit.data.arrays import ArrayDataset
+from vitkit.data.loader import ArrayLoader
+from vitkit.data.sources import open_dataset, open_train_test
+from vitkit.data.transforms import AugmentConfig, TrainAugment
+from vitkit.evaluation.accuracy import top1_accuracy
+from vitkit.io import atomic_write_json
+from vitkit.models.vit import VisionTransformer, create_model
+from vitkit.training.checkpoint import load_latest_checkpoint, save_checkpoint
+from vitkit.training.config import TrainConfig
+from vitkit.training.schedule import learning_rate
+from vitkit.weights.load import load_model
+from vitkit.weights.native import save_pretrained
+
+CALIBRATION_STEPS = 3  # timed optimizer steps that turn budget_seconds into a step count
+
+
+class TrainingError(RuntimeError):
+    """The run cannot go on (a non-finite loss, a changed config); the message says why."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise TrainingError(f"device {name!r} asked for, but no CUDA GPU is available")
+    return device
+
+
+def build_model(config: TrainConfig, num_classes: int) -> VisionTransformer:
+    """A new model of `config.model`, or the `config.init` checkpoint at `config.resolution` with
+    a new zero-initialised head and no pre-logits layer (the paper's fine-tuning)."""
+    if not config.init:
+        return create_model(
+            config.model,
+            img_size=config.resolution,
+            num_classes=num_classes,
+            representation_size=config.representation_size or None,
+            classifier=config.classifier,
+            class_token=config.classifier == "token",
+            drop_path=config.drop_path,
+            dropout=config.dropout,
+        )
+    loaded = load_model(config.init, img_size=config.resolution, num_classes=num_classes)
+    model_config = dataclasses.replace(
+        loaded.config, drop_path=config.drop_path, dropout=config.dropout
+    )
+    model = VisionTransformer(model_config)
+    model.load_state_dict(loaded.state_dict())
+    return model
+
+
+def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Weight decay on kernels only: not on biases, norms, position embeddings or [class] token."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        skip = param.ndim < 2 or name in ("pos_embed", "cls_token")
+        (no_decay if skip else decay).append(param)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    groups = _param_groups(model, config.weight_decay)
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum)
+    return torch.optim.AdamW(groups, lr=config.lr, betas=(config.beta1, config.beta2))
+
+
+def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy against class probabilities (one-hot, smoothed or mixed)."""
+    return -(targets * F.log_softmax(logits.float(), dim=-1)).sum(dim=-1).mean()
+
+
+class _StopRequest:
+    """Turns the first Ctrl-C into a request the loop honours at the next step boundary (it saves
+    a checkpoint and exits); a second Ctrl-C interrupts at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[None]:
+        try:
+            previous = signal.signal(signal.SIGINT, self._handle)
+        except ValueError:  # not the main thread: leave Ctrl-C alone
+            yield
+            return
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+
+@dataclasses.dataclass
+class _Run:
+    """What one training run needs at every step."""
+
+    config: TrainConfig
+    out_dir: Path
+    device: torch.device
+    model: VisionTransformer
+    optimizer: torch.optim.Optimizer
+    ema: torch.optim.swa_utils.AveragedModel | None
+    scaler: torch.amp.GradScaler | None
+    augment: TrainAugment
+    loader: ArrayLoader
+    test: ArrayDataset | None
+    total_steps: int
+    step: int = 0
+    elapsed: float = 0.0  # training seconds before this process, from the checkpoint
+
+    @property
+    def autocast_dtype(self) -> torch.dtype | None:
+        return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.config.precision)
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "elapsed": self.elapsed,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            },
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.step, self.elapsed = state["step"], state["elapsed"]
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
+        if self.scaler is not None:
+            self.scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["rng"]["torch"])
+        if state["rng"]["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+
+    def batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Global batches from the current step on, across epochs."""
+        per_epoch = len(self.loader)
+        epoch, first = divmod(self.step, per_epoch)
+        while True:
+            self.loader.set_epoch(epoch)
+            yield from self.loader.iter_from(first)
+            epoch, first = epoch + 1, 0
+
+    def train_step(self, images: torch.Tensor, labels: torch.Tensor, forward: nn.Module) -> float:
+        """One optimizer step on a global batch; returns its mean loss."""
+        config = self.config
+        lr = learning_rate(
+            self.step,
+            base=config.lr,
+            total_steps=self.total_steps,
+            warmup_steps=config.warmup_steps,
+            decay=config.decay,
+        )
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        inputs, targets = self.augment(
+            images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
+        )
+        total_loss = 0.0
+        for chunk_inputs, chunk_targets in zip(
+            inputs.chunk(config.accumulation), targets.chunk(config.accumulation)
+        ):
+            with torch.autocast(
+                self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None
+            ):
+                logits = forward(chunk_inputs)
+            loss = soft_cross_entropy(logits, chunk_targets) / config.accumulation
+            value = loss.item()
+            if not math.isfinite(value):
+                raise TrainingError(
+                    f"the loss became {value} at step {self.step}; stopping (learning rate "
+                    f"{lr:.3g}). The checkpoints in {self.out_dir / 'checkpoints'} hold the last "
+                    "finite state: lower lr or raise warmup_steps and run again"
+                )
+            total_loss += value
+            (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        if config.grad_clip > 0:
+            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.grad_clip)
+            if not torch.isfinite(norm) and self.scaler is None:
+                raise TrainingError(f"the gradient norm became {norm.item()} at step {self.step}")
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
+        self.step += 1
+        return total_loss
+
+
+def _steps_per_epoch(train: ArrayDataset, config: TrainConfig) -> int:
+    return len(train) // config.batch_size
+
+
+def _plan_steps(run: _Run, forward: nn.Module, train_steps_per_epoch: int) -> int:
+    """Total optimizer steps: given, from epochs, or from budget_seconds by timing a few steps of
+    a throw-away copy of the model (the real model and RNG streams are left untouched)."""
+    config = run.config
+    if config.steps:
+        return config.steps
+    if config.epochs:
+        return max(1, math.ceil(config.epochs * train_steps_per_epoch))
+    rng = torch.get_rng_state()
+    trial = copy.copy(run)
+    trial.model = copy.deepcopy(run.model)
+    trial.optimizer = build_optimizer(trial.model, config)
+    trial.ema, trial.total_steps, trial.step = None, 1, 0
+    trial_forward = trial.model if forward is run.model else torch.compile(trial.model)
+    batches = trial.batches()
+    trial.train_step(*next(batches), trial_forward)  # warm-up: allocation, compilation
+    start = time.perf_counter()
+    for _ in range(CALIBRATION_STEPS):
+        trial.train_step(*next(batches), trial_forward)
+    seconds_per_step = (time.perf_counter() - start) / CALIBRATION_STEPS
+    torch.set_rng_state(rng)
+    return max(1, int(config.budget_seconds / seconds_per_step))
+
+
+def _load_or_save_config(out_dir: Path, config: TrainConfig, *, force: bool) -> int | None:
+    """Save the requested config on a fresh run; on a resumed one refuse a different config
+    (unless forced) and return the step count resolved when the run started."""
+    path = out_dir / "train_config.json"
+    requested = dataclasses.asdict(config)
+    if not path.exists():
+        return None
+    saved = json.loads(path.read_text())
+    if saved["requested"] != requested and not force:
+        changed = sorted(k for k in requested if saved["requested"].get(k) != requested[k])
+        raise TrainingError(
+            f"{out_dir} holds a run with another config (changed: {', '.join(changed)}); use "
+            "another --out, or --force to resume it with the new values"
+        )
+    return saved["total_steps"]
+
+
+def train(config: TrainConfig, out_dir: str | Path, *, force: bool = False) -> dict[str, Any]:
+    """Train (or resume training) in `out_dir`; returns the summary also written there."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    saved_steps = _load_or_save_config(out_dir, config, force=force)
+    device = resolve_device(config.device)
+
+    if config.test_split:
+        train_set, test_set = open_train_test(
+            config.data,
+            train_split=config.train_split,
+            test_split=config.test_split,
+            download=config.download,
+        )
+    else:
+        train_set = open_dataset(config.data, split=config.train_split, download=config.download)
+        test_set = None
+    if not isinstance(train_set, ArrayDataset):
+        raise TrainingError(f"{config.data}: training reads map-style datasets, not shards (yet)")
+
+    torch.manual_seed(config.seed)
+    model = build_model(config, num_classes=len(train_set.classes)).to(device)
+    model_config = model.config
+    optimizer = build_optimizer(model, config)
+    ema = None
+    if config.ema_decay:
+        ema = torch.optim.swa_utils.AveragedModel(
+            model,
+            multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(config.ema_decay),
+            use_buffers=True,
+        )
+    scaler = torch.amp.GradScaler(device.type) if config.precision == "fp16" else None
+    augment = TrainAugment(
+        AugmentConfig(
+            resolution=model_config.img_size,
+            num_classes=len(train_set.classes),
+            mean=model_config.mean,
+            std=model_config.std,
+            crop_scale=(config.crop_scale_min, 1.0) if config.crop_scale_min < 1 else None,
+            hflip=config.hflip,
+            randaugment=(
+                (config.randaugment_ops, config.randaugment_magnitude)
+                if config.randaugment_ops
+                else None
+            ),
+            mixup_alpha=config.mixup_alpha,
+            cutmix_alpha=config.cutmix_alpha,
+            label_smoothing=config.label_smoothing,
+        )
+    )
+    loader = ArrayLoader(
+        train_set, batch_size=config.batch_size, shuffle=True, drop_last=True, seed=config.seed
+    )
+    run = _Run(config, out_dir, device, model, optimizer, ema, scaler, augment, loader, test_set, 0)
+    forward: nn.Module = torch.compile(model) if config.compile else model
+
+    resumed = load_latest_checkpoint(out_dir)
+    if resumed is not None:
+        state, path = resumed
+        run.total_steps = saved_steps if saved_steps is not None else config.steps
+        run.restore(state)
+        summary_path = out_dir / "summary.json"
+        if run.step >= run.total_steps and summary_path.exists():
+            print(f"{out_dir}: this run is complete ({run.step} steps)")
+            return json.loads(summary_path.read_text())
+        print(f"resuming from {path} (step {run.step} of {run.total_steps})")
+        _truncate_metrics(out_dir / "metrics.jsonl", run.step)
+    else:
+        _truncate_metrics(out_dir / "metrics.jsonl", 0)
+        run.total_steps = saved_steps or _plan_steps(
+            run, forward, _steps_per_epoch(train_set, config)
+        )
+        atomic_write_json(
+            out_dir / "train_config.json",
+            {"requested": dataclasses.asdict(config), "total_steps": run.total_steps},
+        )
+        torch.manual_seed(config.seed + 1)  # the augmentation stream, apart from the init's
+    return _loop(run, forward)
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop metric lines a killed process wrote after the checkpoint it resumes from."""
+    if not path.exists():
+        return
+    kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= step]
+    path.write_text("".join(line + "\n" for line in kept))
+
+
+def _checkpoint(run: _Run, started: float) -> None:
+    run.elapsed += time.perf_counter() - started
+    save_checkpoint(run.out_dir, run.step, run.state())
+
+
+def _loop(run: _Run, forward: nn.Module) -> dict[str, Any]:
+    config, out_dir = run.config, run.out_dir
+    stop = _StopRequest()
+    metrics = (out_dir / "metrics.jsonl").open("a")
+    started = time.perf_counter()
+    window_start, window_images = time.perf_counter(), 0
+    batches = run.batches()
+    progress = tqdm(total=run.total_steps, initial=run.step, desc="train", unit="step")
+    try:
+        with stop.installed():
+            while run.step < run.total_steps:
+                images, labels = next(batches)
+                loss = run.train_step(images, labels, forward)
+                window_images += len(labels)
+                if run.step % config.log_every == 0 or run.step == run.total_steps:
+                    rate = window_images / (time.perf_counter() - window_start)
+                    lr = run.optimizer.param_groups[0]["lr"]
+                    record = {"step": run.step, "loss": loss, "lr": lr, "images_per_s": rate}
+                    metrics.write(json.dumps(record) + "\n")
+                    metrics.flush()
+                    progress.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", img_s=f"{rate:.0f}")
+                    window_start, window_images = time.perf_counter(), 0
+                progress.update(1)
+                if config.eval_every and run.step % config.eval_every == 0 and run.test is not None:
+                    top1 = _evaluate(run, run.model)
+                    metrics.write(json.dumps({"step": run.step, "top1": top1}) + "\n")
+                    metrics.flush()
+                if run.step % config.checkpoint_every == 0 or stop.requested:
+                    _checkpoint(run, started)
+                    started = time.perf_counter()
+                if stop.requested:
+                    progress.close()
+                    print(f"stopped at step {run.step}; the same command resumes the run")
+                    return {"stopped_at_step": run.step}
+            if run.step % config.checkpoint_every:
+                _checkpoint(run, started)
+                started = time.perf_counter()
+    finally:
+        progress.close()
+        metrics.close()
+    return _finish(run)
+
+
+def _evaluate(run: _Run, model: nn.Module) -> float:
+    assert run.test is not None
+    return top1_accuracy(
+        model,
+        run.test,
+        resolution=run.model.config.img_size,
+        mean=run.model.config.mean,
+        std=run.model.config.std,
+        device=run.device,
+        autocast_dtype=run.autocast_dtype,
+    )
+
+
+def _finish(run: _Run) -> dict[str, Any]:
+    """Final weights, evaluation, summary and curves."""
+    final = run.model
+    if run.ema is not None:
+        final = copy.deepcopy(run.model)
+        final.load_state_dict(run.ema.module.state_dict())
+    summary: dict[str, Any] = {
+        "steps": run.step,
+        "images_seen": run.step * run.config.batch_size,
+        "resolution": run.model.config.img_size[0],
+        "seconds": round(run.elapsed, 1),
+    }
+    if run.test is not None:
+        start = time.perf_counter()
+        summary["top1"] = _evaluate(run, final)
+        if run.ema is not None:
+            summary["top1_without_ema"] = _evaluate(run, run.model)
+        summary["eval_seconds"] = round(time.perf_counter() - start, 1)
+        with (run.out_dir / "metrics.jsonl").open("a") as metrics:
+            metrics.write(json.dumps({"step": run.step, "top1": summary["top1"]}) + "\n")
+    save_pretrained(final.cpu(), run.out_dir)
+    atomic_write_json(run.out_dir / "summary.json", summary)
+    _plot_curves(run.out_dir)
+    return summary
+
+
+def _plot_curves(out_dir: Path) -> None:
+    """curves.png: training loss and, where evaluated, top-1 against the step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
+    losses = [(r["step"], r["loss"]) for r in records if "loss" in r]
+    accuracies = [(r["step"], r["top1"]) for r in records if "top1" in r]
+    figure, axis = plt.subplots(figsize=(6, 4))
+    if losses:
+        axis.plot(*zip(*losses), label="training loss", color="tab:blue")
+    axis.set_xlabel("step")
+    axis.set_ylabel("loss")
+    if accuracies:
+        other = axis.twinx()
+        other.plot(*zip(*accuracies), "o-", label="top-1", color="tab:orange")
+        other.set_ylabel("top-1")
+    figure.tight_layout()
+    figure.savefig(out_dir / "curves.png", dpi=100)
+    plt.close(figure)

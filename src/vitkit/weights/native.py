@@ -1,0 +1,105 @@
+"""vitkit's own format: a directory with `model.safetensors` and `config.json`.
+
+The weights are the model's state dict under vitkit's own names, so no conversion is needed; the
+config records every `ViTConfig` field, so a model reloads with exactly the architecture and
+numerics it was saved with (GELU flavour, LayerNorm eps, normalisation statistics, ...).
+config.json carries `"format": "vitkit"`, which tells it apart from a Hugging Face directory, and
+a `format_version`, so that an older vitkit refuses a newer layout instead of misreading it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
+
+from vitkit.io import atomic_write, atomic_write_json
+from vitkit.models.config import ViTConfig
+from vitkit.models.vit import VisionTransformer
+from vitkit.weights.errors import CheckpointError
+
+FORMAT = "vitkit"
+FORMAT_VERSION = 1
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+
+
+def save_pretrained(model: VisionTransformer, directory: Path) -> Path:
+    """Write `model` to `directory` (created if needed) in vitkit's format; returns `directory`.
+
+    Each file is replaced atomically. The weights are written first, so an interrupted save
+    over an older one leaves a config whose shapes `load_model` checks against the weights.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    # safetensors stores plain CPU buffers: no devices, no strided views.
+    tensors = {key: value.detach().cpu().contiguous() for key, value in model.state_dict().items()}
+    payload = safetensors_bytes(tensors)
+    atomic_write(directory / WEIGHTS_FILE, lambda file: file.write(payload))
+    atomic_write_json(directory / CONFIG_FILE, _config_json(model.config))
+    return directory
+
+
+def _config_json(config: ViTConfig) -> dict[str, Any]:
+    """The contents of config.json for `config` (tuples as JSON lists)."""
+    fields = {
+        name: list(value) if isinstance(value, tuple) else value
+        for name, value in dataclasses.asdict(config).items()
+    }
+    return {"format": FORMAT, "format_version": FORMAT_VERSION, "config": fields}
+
+
+def is_native_config(config_json: Any) -> bool:
+    """Whether a directory's parsed config.json is vitkit's (Hugging Face's has "model_type")."""
+    return isinstance(config_json, dict) and config_json.get("format") == FORMAT
+
+
+def read_native(directory: Path) -> tuple[ViTConfig, dict[str, torch.Tensor]]:
+    """The config and state dict of a directory written by `save_pretrained`."""
+    directory = Path(directory)
+    config = _read_config(directory / CONFIG_FILE)
+    weights_file = directory / WEIGHTS_FILE
+    if not weights_file.is_file():
+        raise CheckpointError(f"{weights_file}: missing")
+    try:
+        state = load_file(str(weights_file))
+    except Exception as error:  # safetensors raises its own SafetensorError, or OSError
+        raise CheckpointError(f"{weights_file}: corrupt or truncated: {error}") from None
+    return config, state
+
+
+def _read_config(path: Path) -> ViTConfig:
+    try:
+        content = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise CheckpointError(f"{path}: unreadable: {error}") from None
+    if not is_native_config(content):
+        raise CheckpointError(f'{path}: not a vitkit config (no "format": "{FORMAT}")')
+    version = content.get("format_version")
+    if not isinstance(version, int) or version < 1:
+        raise CheckpointError(f"{path}: format_version must be a positive integer, got {version!r}")
+    if version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path}: format_version {version} was written by a newer vitkit; this one reads "
+            f"format_version {FORMAT_VERSION} at most, so upgrade vitkit to load it"
+        )
+    values = content.get("config")
+    if not isinstance(values, dict):
+        raise CheckpointError(f'{path}: "config" must be an object of ViTConfig fields')
+    known = {field.name for field in dataclasses.fields(ViTConfig)}
+    problems = []
+    if unknown := sorted(set(values) - known):
+        problems.append(f"unknown field(s) {', '.join(unknown)}")
+    if missing := sorted(known - set(values)):
+        problems.append(f"missing field(s) {', '.join(missing)}")
+    if problems:
+        raise CheckpointError(f"{path}: " + "; ".join(problems))
+    try:
+        return ViTConfig(**values)
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(f"{path}: {error}") from None

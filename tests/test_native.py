@@ -1,0 +1,128 @@
+"""vitkit's own format (`save_pretrained` + `load_model`): every config field and every weight bit
+survives the round trip, and damaged directories fail with errors that name the culprit."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import vitkit
+from vitkit.models.vit import VisionTransformer
+from vitkit.weights.errors import CheckpointError
+from vitkit.weights.load import detect_format
+from vitkit.weights.native import FORMAT_VERSION, save_pretrained
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@pytest.fixture
+def model() -> VisionTransformer:
+    """A model far from the defaults, every parameter random (the head is zero at init)."""
+    config = vitkit.ViTConfig(
+        img_size=(32, 48),
+        patch_size=8,
+        width=64,
+        depth=2,
+        num_heads=4,
+        mlp_dim=96,
+        num_classes=7,
+        classifier="gap",
+        class_token=False,
+        representation_size=48,
+        gelu="tanh",
+        layer_norm_eps=1e-5,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        dropout=0.1,
+        dynamic_img_size=True,
+        pos_embed_interpolation="bicubic",
+    )
+    torch.manual_seed(0)
+    model = VisionTransformer(config)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.normal_(std=0.5)
+    return model.eval()
+
+
+@pytest.fixture
+def saved(model: VisionTransformer, tmp_path: Path) -> Path:
+    return save_pretrained(model, tmp_path / "model")
+
+
+def test_round_trip_keeps_config_and_outputs(model: VisionTransformer, saved: Path) -> None:
+    assert sorted(path.name for path in saved.iterdir()) == ["config.json", "model.safetensors"]
+    assert detect_format(saved) == "vitkit"
+    loaded = vitkit.load_model(saved)
+    assert loaded.config == model.config
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+    images = torch.randn(2, 3, 32, 48)
+    with torch.no_grad():
+        assert torch.equal(loaded(images), model(images))
+
+
+def test_config_json_is_plain_and_versioned(model: VisionTransformer, saved: Path) -> None:
+    content = json.loads((saved / "config.json").read_text())
+    assert content["format"] == "vitkit" and content["format_version"] == FORMAT_VERSION
+    assert content["config"]["img_size"] == [32, 48]
+    assert content["config"]["mean"] == list(IMAGENET_MEAN)
+
+
+def test_load_at_another_resolution_with_a_new_head(saved: Path) -> None:
+    loaded = vitkit.load_model(saved, img_size=48, num_classes=3)
+    assert loaded.config.img_size == (48, 48)
+    assert loaded.pos_embed.shape == (1, 36, 64)
+    assert loaded(torch.randn(1, 3, 48, 48)).shape == (1, 3)
+
+
+def test_corrupt_weights_are_an_error_naming_the_file(saved: Path) -> None:
+    weights = saved / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match=r"model\.safetensors: corrupt or truncated"):
+        vitkit.load_model(saved)
+
+
+def test_unparsable_config_is_an_error_naming_the_file(saved: Path) -> None:
+    (saved / "config.json").write_text('{"format": "vitkit", ')
+    with pytest.raises(CheckpointError, match=r"config\.json: unreadable"):
+        vitkit.load_model(saved)
+
+
+def edit_config(directory: Path, edit) -> None:
+    content = json.loads((directory / "config.json").read_text())
+    edit(content)
+    (directory / "config.json").write_text(json.dumps(content))
+
+
+def test_unknown_and_missing_fields_are_named(saved: Path) -> None:
+    def rename_width(content: dict) -> None:
+        content["config"]["hidden_size"] = content["config"].pop("width")
+
+    edit_config(saved, rename_width)
+    with pytest.raises(CheckpointError) as error:
+        vitkit.load_model(saved)
+    assert "config.json" in str(error.value)
+    assert "unknown field(s) hidden_size" in str(error.value)
+    assert "missing field(s) width" in str(error.value)
+
+
+def test_invalid_field_values_are_an_error(saved: Path) -> None:
+    edit_config(saved, lambda content: content["config"].update(classifier="token"))
+    with pytest.raises(CheckpointError, match=r"config\.json: .*class_token=True"):
+        vitkit.load_model(saved)
+
+
+def test_a_newer_format_version_asks_for_an_upgrade(saved: Path) -> None:
+    edit_config(saved, lambda content: content.update(format_version=FORMAT_VERSION + 1))
+    with pytest.raises(CheckpointError, match="newer vitkit"):
+        vitkit.load_model(saved)
+
+
+def test_a_hugging_face_directory_is_still_hugging_face(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "vit", "hidden_size": 64}))
+    assert detect_format(tmp_path) == "hf"

@@ -1,0 +1,219 @@
+"""The training loop: schedule, config parsing, a tiny run end to end, exact resume after a kill,
+Ctrl-C, non-finite losses, changed configs, gradient accumulation and fine-tuning from a run."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+import vitkit
+from vitkit.training.config import PRESETS, TrainConfig, get_preset, parse_overrides
+from vitkit.training.loop import TrainingError, build_model, build_optimizer, train
+from vitkit.training.schedule import learning_rate
+
+CLASSES = ("red", "green", "blue")
+
+
+@pytest.fixture(scope="module")
+def image_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 3-class folder dataset of 16x16 images whose colour gives the class."""
+    root = tmp_path_factory.mktemp("tree")
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 48), ("test", 12)):
+        for label, name in enumerate(CLASSES):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for index in range(count):
+                pixels = rng.integers(0, 100, (16, 16, 3), dtype=np.uint8)
+                pixels[..., label] += 120
+                Image.fromarray(pixels).save(folder / f"{index}.png")
+    return root
+
+
+@pytest.fixture(autouse=True)
+def cache_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VITKIT_CACHE", str(tmp_path / "cache"))
+
+
+def tiny(image_tree: Path, **fields: object) -> TrainConfig:
+    return dataclasses.replace(get_preset("tiny"), data=str(image_tree), **fields)
+
+
+def test_schedule_matches_torch_cosine_and_linear_warmup() -> None:
+    base, warmup, total = 0.1, 5, 25
+    model = torch.nn.Linear(1, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=base)
+    cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total - warmup)
+    for step in range(warmup):
+        ours = learning_rate(
+            step, base=base, total_steps=total, warmup_steps=warmup, decay="cosine"
+        )
+        assert ours == pytest.approx(base * (step + 1) / warmup)
+    for step in range(warmup, total + 1):
+        ours = learning_rate(
+            step, base=base, total_steps=total, warmup_steps=warmup, decay="cosine"
+        )
+        assert ours == pytest.approx(optimizer.param_groups[0]["lr"], abs=1e-12)
+        optimizer.step()
+        cosine.step()
+    linear = [learning_rate(s, base=1.0, total_steps=10, warmup_steps=0, decay="linear")
+              for s in range(11)]  # fmt: skip
+    assert linear == pytest.approx([1 - s / 10 for s in range(11)])
+
+
+def test_overrides_are_typed_and_checked() -> None:
+    config = parse_overrides(PRESETS["tiny"], ["lr=0.5", "steps=3", "hflip=false", "decay=linear"])
+    assert (config.lr, config.steps, config.hflip, config.decay) == (0.5, 3, False, "linear")
+    with pytest.raises(ValueError, match="unknown field 'lrate'"):
+        parse_overrides(PRESETS["tiny"], ["lrate=1"])
+    with pytest.raises(ValueError, match="steps must be a int"):
+        parse_overrides(PRESETS["tiny"], ["steps=many"])
+    with pytest.raises(ValueError, match="optimizer must be one of adamw, sgd"):
+        parse_overrides(PRESETS["tiny"], ["optimizer=lion"])
+    with pytest.raises(ValueError, match="not a multiple of micro_batch_size"):
+        parse_overrides(PRESETS["tiny"], ["micro_batch_size=5"])
+
+
+def test_tiny_run_end_to_end(image_tree: Path, tmp_path: Path) -> None:
+    summary = train(tiny(image_tree), tmp_path / "run")
+    run = tmp_path / "run"
+    for name in ("model.safetensors", "config.json", "summary.json", "curves.png",
+                 "train_config.json", "metrics.jsonl"):  # fmt: skip
+        assert (run / name).is_file(), name
+    assert summary["steps"] == 6 and 0.0 <= summary["top1"] <= 1.0 and summary["seconds"] > 0
+    assert json.loads((run / "summary.json").read_text()) == summary
+    model = vitkit.load_model(run)
+    assert model.config.img_size == (16, 16) and model.config.num_classes == 3
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps[:6] == [1, 2, 3, 4, 5, 6]
+    assert len(list((run / "checkpoints").glob("*.pt"))) == 2  # the last two are kept
+    # the same command again: the run is complete, nothing is redone
+    assert train(tiny(image_tree), run) == summary
+
+
+def _cli(*args: str, env: dict[str, str]) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "vitkit.cli.main", "train", *args],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+
+
+def _weights(run: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(run / "model.safetensors"))
+
+
+def _wait_for_checkpoint(run: Path, process: subprocess.Popen, minimum_step: int) -> None:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        steps = [int(p.stem.split("-")[1]) for p in (run / "checkpoints").glob("step-*.pt")]
+        if steps and max(steps) >= minimum_step:
+            return
+        assert process.poll() is None, process.communicate()[0]
+        time.sleep(0.01)
+    raise AssertionError("no checkpoint appeared")
+
+
+def test_resume_after_sigkill_is_bit_exact(image_tree: Path, tmp_path: Path) -> None:
+    env = {**os.environ, "VITKIT_CACHE": str(tmp_path / "cache")}
+    args = ["--preset", "tiny", "--data", str(image_tree), "steps=60", "checkpoint_every=10",
+            "drop_path=0.1", "randaugment_ops=1", "mixup_alpha=0.5"]  # fmt: skip
+    reference = _cli(*args, "--out", str(tmp_path / "reference"), env=env)
+    assert reference.wait(timeout=300) == 0, reference.communicate()[0]
+
+    killed = _cli(*args, "--out", str(tmp_path / "killed"), env=env)
+    _wait_for_checkpoint(tmp_path / "killed", killed, minimum_step=20)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    assert not (tmp_path / "killed" / "model.safetensors").exists()
+    resumed = _cli(*args, "--out", str(tmp_path / "killed"), env=env)
+    output = resumed.communicate(timeout=300)[0]
+    assert resumed.returncode == 0, output
+    assert "resuming from" in output
+
+    expected, got = _weights(tmp_path / "reference"), _weights(tmp_path / "killed")
+    assert expected.keys() == got.keys()
+    for key in expected:
+        assert torch.equal(expected[key], got[key]), key
+    summaries = [json.loads((tmp_path / run / "summary.json").read_text())
+                 for run in ("reference", "killed")]  # fmt: skip
+    assert summaries[0]["top1"] == summaries[1]["top1"]
+
+
+def test_ctrl_c_saves_and_exits_cleanly(image_tree: Path, tmp_path: Path) -> None:
+    env = {**os.environ, "VITKIT_CACHE": str(tmp_path / "cache")}
+    args = ["--preset", "tiny", "--data", str(image_tree), "steps=200", "checkpoint_every=1000"]
+    process = _cli(*args, "--out", str(tmp_path / "run"), env=env)
+    deadline = time.monotonic() + 120
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    while not (metrics.exists() and metrics.read_text().count("\n") >= 1):
+        assert time.monotonic() < deadline and process.poll() is None
+        time.sleep(0.01)
+    process.send_signal(signal.SIGINT)
+    output = process.communicate(timeout=120)[0]
+    assert process.returncode == 0, output
+    assert "stopped at step" in output
+    assert list((tmp_path / "run" / "checkpoints").glob("step-*.pt"))
+    resumed = _cli(*args, "--out", str(tmp_path / "run"), env=env)
+    output = resumed.communicate(timeout=300)[0]
+    assert resumed.returncode == 0 and "resuming from" in output, output
+
+
+def test_non_finite_loss_stops_naming_the_step(image_tree: Path, tmp_path: Path) -> None:
+    config = tiny(image_tree, lr=1e12, steps=50, warmup_steps=0, grad_clip=0.0)
+    with pytest.raises(TrainingError, match=r"the loss became (nan|inf) at step \d+"):
+        train(config, tmp_path / "run")
+    for path in (tmp_path / "run" / "checkpoints").glob("step-*.pt"):
+        state = torch.load(path, weights_only=True)
+        assert all(torch.isfinite(t).all() for t in state["model"].values())
+
+
+def test_changed_config_is_refused_unless_forced(image_tree: Path, tmp_path: Path) -> None:
+    train(tiny(image_tree, steps=2), tmp_path / "run")
+    with pytest.raises(TrainingError, match=r"another config \(changed: lr\)"):
+        train(tiny(image_tree, steps=2, lr=0.5), tmp_path / "run")
+    train(tiny(image_tree, steps=2, lr=0.5), tmp_path / "run", force=True)
+
+
+def test_gradient_accumulation_equals_the_full_batch(image_tree: Path) -> None:
+    """4 micro-batches of 8 give the same update as one batch of 32 (up to float summation)."""
+    results = []
+    for micro in (0, 8):
+        config = tiny(image_tree, micro_batch_size=micro)
+        torch.manual_seed(0)
+        model = build_model(config, num_classes=3)
+        optimizer = build_optimizer(model, config)
+        torch.manual_seed(1)
+        images, targets = torch.randn(32, 3, 16, 16), torch.randint(0, 3, (32,))
+        for chunk, chunk_targets in zip(images.chunk(config.accumulation),
+                                        targets.chunk(config.accumulation)):  # fmt: skip
+            loss = torch.nn.functional.cross_entropy(model(chunk), chunk_targets)
+            (loss / config.accumulation).backward()
+        optimizer.step()
+        results.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+    assert (results[0] - results[1]).abs().max() <= 1e-6
+
+
+def test_fine_tune_from_a_run_at_higher_resolution(image_tree: Path, tmp_path: Path) -> None:
+    train(tiny(image_tree, representation_size=32), tmp_path / "pretrain")
+    pretrained = vitkit.load_model(tmp_path / "pretrain")
+    config = tiny(image_tree, init=str(tmp_path / "pretrain"), resolution=32, optimizer="sgd",
+                  lr=0.01, weight_decay=0.0)  # fmt: skip
+    model = build_model(config, num_classes=3)
+    assert model.config.img_size == (32, 32) and model.config.representation_size is None
+    assert torch.count_nonzero(model.head.weight) == 0
+    expected = vitkit.resize_pos_embed(pretrained.pos_embed.detach(), new_grid=(4, 4))
+    assert torch.equal(model.pos_embed.detach(), expected)
+    summary = train(config, tmp_path / "finetune")
+    assert summary["resolution"] == 32
