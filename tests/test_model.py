@@ -26,6 +26,9 @@ def _timm_twin(config: vitkit.ViTConfig) -> nn.Module:
         mlp_ratio=config.mlp_dim / config.width,
         num_classes=config.num_classes,
         dynamic_img_size=config.dynamic_img_size,
+        class_token=config.class_token,
+        global_pool="token" if config.classifier == "token" else "avg",
+        fc_norm=False,  # vitkit's "gap" pools after the final norm, as Google's code
     )
 
 

@@ -152,6 +152,19 @@ def _paper_presets() -> dict[str, ViTConfig]:
 
 PRESETS: dict[str, ViTConfig] = {
     **_paper_presets(),
+    # The main job's model (vitkit demo): small enough to pre-train on CIFAR-10 at 16 px and
+    # fine-tune at 32 px within minutes on a laptop CPU; 4x4 patches, so 16 or 64 tokens.
+    "ViT-CIFAR/4": ViTConfig(
+        img_size=32,
+        patch_size=4,
+        width=128,
+        depth=6,
+        num_heads=4,
+        mlp_dim=256,
+        num_classes=10,
+        classifier="gap",
+        class_token=False,
+    ),  # fmt: skip
     # A model small enough for unit tests: 2 blocks of width 64 on 32x32 images.
     "ViT-Test/8": ViTConfig(
         img_size=32, patch_size=8, width=64, depth=2, num_heads=4, mlp_dim=128, num_classes=10

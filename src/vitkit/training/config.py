@@ -70,6 +70,9 @@ class TrainConfig:
         0.0,
     )
     warmup_steps: int = _help("linear warm-up steps", 0)
+    warmup_fraction: float = _help(
+        "linear warm-up as a fraction of all steps, when warmup_steps is 0 (for budgeted runs)", 0.0
+    )
     decay: Literal["cosine", "linear"] = _help("learning-rate decay after warm-up", "cosine")
     label_smoothing: float = _help("label smoothing", 0.0)
     ema_decay: float = _help("exponential moving average of the weights (0: off)", 0.0)
@@ -104,6 +107,10 @@ class TrainConfig:
             problems.append("fp16 autocast needs a GPU; use bf16 or fp32 on the CPU")
         if problems:
             raise ValueError("Invalid TrainConfig: " + "; ".join(problems))
+
+    def warmup_for(self, total_steps: int) -> int:
+        """Warm-up steps of a run of `total_steps`."""
+        return self.warmup_steps or round(self.warmup_fraction * total_steps)
 
     @property
     def accumulation(self) -> int:
@@ -195,6 +202,39 @@ PRESETS: dict[str, TrainConfig] = {
         warmup_steps=500,
         decay="cosine",
         crop_scale_min=0.08,
+    ),
+    # The main job's first stage (vitkit demo): pre-train ViT-CIFAR/4 from scratch on CIFAR-10 at
+    # 16 px for a time budget. Command: vitkit demo (or vitkit train --preset demo-pretrain
+    # --data ../shared/data/cifar10-jpg.tar.gz --out runs/pre budget_seconds=470).
+    # Hardware: 2 CPU cores. Expected: see benchmarks/RESULTS.md (demo).
+    "demo-pretrain": TrainConfig(
+        model="ViT-CIFAR/4",
+        classifier="gap",
+        resolution=16,
+        optimizer="adamw",
+        lr=2e-3,
+        weight_decay=0.05,
+        batch_size=256,
+        budget_seconds=470.0,
+        warmup_fraction=0.05,
+        decay="cosine",
+        label_smoothing=0.1,
+        crop_scale_min=0.35,
+        checkpoint_every=100,
+    ),
+    # The main job's second stage: fine-tune the demo-pretrain run at 32 px (init=its directory).
+    "demo-finetune": TrainConfig(
+        resolution=32,
+        optimizer="adamw",
+        lr=5e-4,
+        weight_decay=0.05,
+        batch_size=256,
+        budget_seconds=155.0,
+        warmup_fraction=0.05,
+        decay="cosine",
+        label_smoothing=0.1,
+        crop_scale_min=0.35,
+        checkpoint_every=50,
     ),
     # Seconds on a CPU, for tests: a 2-block model of width 64 on 16 px images.
     "tiny": TrainConfig(

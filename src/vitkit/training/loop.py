@@ -191,7 +191,7 @@ class _Run:
             self.step,
             base=config.lr,
             total_steps=self.total_steps,
-            warmup_steps=config.warmup_steps,
+            warmup_steps=config.warmup_for(self.total_steps),
             decay=config.decay,
         )
         for group in self.optimizer.param_groups:
@@ -299,6 +299,11 @@ def train(config: TrainConfig, out_dir: str | Path, *, force: bool = False) -> d
         test_set = None
     if not isinstance(train_set, ArrayDataset):
         raise TrainingError(f"{config.data}: training reads map-style datasets, not shards (yet)")
+    if len(train_set) < config.batch_size:
+        raise TrainingError(
+            f"{config.data}: {len(train_set)} training images do not fill one batch of "
+            f"{config.batch_size}; lower batch_size"
+        )
 
     torch.manual_seed(config.seed)
     model = build_model(config, num_classes=len(train_set.classes)).to(device)
