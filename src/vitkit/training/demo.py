@@ -63,6 +63,8 @@ def run_demo(
     for name, config in stage_configs(data, out, budget_seconds, download=download).items():
         print(f"\n== {name}: {config.resolution} px, about {config.budget_seconds:.0f} s ==")
         results[name] = train(config, out / name)
+        if "stopped_at_step" in results[name]:  # Ctrl-C: the same command resumes
+            return results[name]
     summary = {
         "top1": results["finetune"]["top1"],
         "top1_pretrain_res": results["finetune_at_pretrain_res"]["top1"],
