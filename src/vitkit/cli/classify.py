@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from vitkit.cli.arguments import positive_int
 from vitkit.data import DataError, Preprocessing, find_images, load_rgb
 from vitkit.models.vit import VisionTransformer
 from vitkit.weights import CheckpointError, load_model
@@ -134,13 +135,6 @@ def run(args: argparse.Namespace) -> int:
         normalization=args.normalization,
     )
     return 0
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return value
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vitkit.cli.arguments import positive_int
 from vitkit.data.arrays import ArrayDataset
 from vitkit.data.folder import ImageSource, scan_folder
 from vitkit.data.images import DataError, load_rgb
@@ -61,13 +62,6 @@ def run(args: argparse.Namespace) -> int:
     shards = math.ceil(len(dataset) / args.shard_size)
     print(f"{len(dataset)} images of {len(dataset.classes)} classes in {shards} shards; {index}")
     return 0
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
