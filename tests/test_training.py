@@ -217,3 +217,16 @@ def test_fine_tune_from_a_run_at_higher_resolution(image_tree: Path, tmp_path: P
     assert torch.equal(model.pos_embed.detach(), expected)
     summary = train(config, tmp_path / "finetune")
     assert summary["resolution"] == 32
+
+
+def test_ema_weights_are_the_final_model(image_tree: Path, tmp_path: Path) -> None:
+    """With ema_decay the saved model holds the averaged weights, which differ from the raw ones,
+    and the summary reports both accuracies."""
+    summary = train(tiny(image_tree, ema_decay=0.5, steps=4), tmp_path / "run")
+    assert {"top1", "top1_without_ema"} <= set(summary)
+    state = torch.load(sorted((tmp_path / "run" / "checkpoints").glob("step-*.pt"))[-1],
+                       weights_only=True)  # fmt: skip
+    saved = load_file(str(tmp_path / "run" / "model.safetensors"))
+    ema = {key.removeprefix("module."): value for key, value in state["ema"].items()}
+    assert all(torch.equal(saved[key], ema[key]) for key in saved)
+    assert any(not torch.equal(saved[key], state["model"][key]) for key in saved)
