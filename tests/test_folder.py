@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torchvision.transforms.functional as TF
-from conftest import SHARED
+from conftest import CIFAR_TAR
 from PIL import Image
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import pil_loader
@@ -26,7 +26,6 @@ from vitkit.data.folder import (
 )
 from vitkit.data.images import DataError
 
-CIFAR_TAR = SHARED / "data" / "cifar10-jpg.tar.gz"
 # Mixed case on purpose: the class order must be Python's sorted(), as torchvision's.
 CLASSES = ("Zebra", "cat", "dog")
 # (file name, Pillow mode) per class; the sub-folder checks that class folders are read recursively.

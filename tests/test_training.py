@@ -230,3 +230,26 @@ def test_ema_weights_are_the_final_model(image_tree: Path, tmp_path: Path) -> No
     ema = {key.removeprefix("module."): value for key, value in state["ema"].items()}
     assert all(torch.equal(saved[key], ema[key]) for key in saved)
     assert any(not torch.equal(saved[key], state["model"][key]) for key in saved)
+
+
+def test_budgeted_run_replans_when_the_machine_slows_down(
+    image_tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The step count planned from fast calibration steps is corrected at checkpoints from the
+    measured pace, so a run whose steps become slower still ends near its budget."""
+    from vitkit.training import loop
+
+    original = loop._Run.train_step
+
+    def slow_after_calibration(run, *args):  # the calibration trial has total_steps == 1
+        if run.total_steps != 1:
+            time.sleep(0.05)
+        return original(run, *args)
+
+    monkeypatch.setattr(loop._Run, "train_step", slow_after_calibration)
+    config = tiny(image_tree, steps=0, budget_seconds=3.0, checkpoint_every=5, log_every=5)
+    summary = train(config, tmp_path / "run")
+    planned = json.loads((tmp_path / "run" / "train_config.json").read_text())["total_steps"]
+    print(f"\nplanned {planned} steps, ran {summary['steps']} in {summary['seconds']:.1f} s")
+    assert summary["steps"] < planned
+    assert summary["seconds"] < 3.0 * 1.5

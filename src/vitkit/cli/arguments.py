@@ -1,8 +1,21 @@
-"""Argument types shared by the `vitkit` commands."""
+"""Argument types and argument groups shared by the `vitkit` commands."""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+
+import torch
+
+from vitkit.data import Preprocessing
+from vitkit.models.vit import VisionTransformer
+from vitkit.weights import CheckpointError, load_model
+
+NORMALIZATIONS = {
+    "model": lambda config: Preprocessing.for_model(config),
+    "google": lambda config: Preprocessing.google(config.img_size),
+    "imagenet": lambda config: Preprocessing.imagenet(config.img_size),
+}
 
 
 def positive_int(text: str) -> int:
@@ -10,3 +23,39 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
     return value
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """--img-size, --normalization, --batch-size and --device, for commands that run a model."""
+    parser.add_argument(
+        "--img-size",
+        type=positive_int,
+        help="resolution to run at (default: the checkpoint's); position embeddings are resized",
+    )
+    parser.add_argument(
+        "--normalization",
+        choices=list(NORMALIZATIONS),
+        default="model",
+        help="input normalisation: the one the checkpoint records (default), or google "
+        "([-1, 1]) or imagenet (ImageNet mean/std) to override it",
+    )
+    parser.add_argument("--batch-size", type=positive_int, default=128)
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+
+
+def load_for_inference(
+    checkpoint: Path, args: argparse.Namespace
+) -> tuple[VisionTransformer, Preprocessing]:
+    """The checkpoint's model on the chosen device in eval mode, and its input preprocessing."""
+    try:
+        model = load_model(checkpoint, img_size=args.img_size)
+    except CheckpointError:
+        raise
+    except ValueError as error:  # e.g. an img_size that is no multiple of the patch size
+        raise CheckpointError(
+            f"{checkpoint}: cannot build it at {args.img_size} px: {error}"
+        ) from None
+    device = args.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return model.to(device).eval(), NORMALIZATIONS[args.normalization](model.config)

@@ -15,16 +15,10 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from vitkit.cli.arguments import positive_int
+from vitkit.cli.arguments import NORMALIZATIONS, positive_int
 from vitkit.data import DataError, Preprocessing, find_images, load_rgb
 from vitkit.models.vit import VisionTransformer
 from vitkit.weights import CheckpointError, load_model
-
-NORMALIZATIONS = {
-    "model": lambda config: Preprocessing.for_model(config),
-    "google": lambda config: Preprocessing.google(config.img_size),
-    "imagenet": lambda config: Preprocessing.imagenet(config.img_size),
-}
 
 
 @dataclass(frozen=True)

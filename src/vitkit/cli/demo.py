@@ -11,7 +11,10 @@ import argparse
 import os
 from pathlib import Path
 
+from vitkit.cli.figures import figures_for_dataset
+from vitkit.data import Preprocessing, open_dataset
 from vitkit.training.demo import run_demo
+from vitkit.weights import load_model
 
 SHARED_TARBALL = Path("data/cifar10-jpg.tar.gz")
 DEFAULT_BUDGET_SECONDS = 780.0  # training time; data preparation and evaluation come on top
@@ -37,7 +40,16 @@ def default_data() -> str:
 def run(args: argparse.Namespace) -> int:
     data = args.data or default_data()
     print(f"vitkit demo: data {data}, output {args.out}, budget {args.budget:.0f} s of training")
-    run_demo(data, args.out, budget_seconds=args.budget, download=data == "cifar10")
+    summary = run_demo(data, args.out, budget_seconds=args.budget, download=data == "cifar10")
+    if "stopped_at_step" in summary:  # Ctrl-C: the same command resumes
+        return 0
+    model = load_model(args.out / "finetune")
+    test = open_dataset(data, split="test")
+    figures = figures_for_dataset(
+        model, Preprocessing.for_model(model.config), test, args.out / "figures",
+        label="vitkit demo, fine-tuned model",
+    )  # fmt: skip
+    print(f"inspection figures: {figures['index.html']}")
     return 0
 
 

@@ -1,16 +1,56 @@
-"""Top-1 accuracy of a classifier on an `ArrayDataset`, with the paper's test-time resize."""
+"""Classification accuracy with the paper's test-time pipeline (resize to the model's resolution,
+no crop): top-1 for the training loop, and the full report (top-1, top-5, per class, confusion
+matrix) that `vitkit eval` writes."""
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from vitkit.data.arrays import ArrayDataset
 from vitkit.data.loader import ArrayLoader
 from vitkit.data.transforms import eval_batch
 
+# Above this many classes the (K, K) confusion matrix is not kept (ImageNet-21k: 21843^2 counts).
+MAX_CONFUSION_CLASSES = 1000
+
 
 @torch.no_grad()
+def iter_outputs(
+    function: Callable[[torch.Tensor], torch.Tensor],
+    dataset: ArrayDataset,
+    *,
+    resolution: tuple[int, int],
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    device: torch.device,
+    batch_size: int = 256,
+    autocast_dtype: torch.dtype | None = None,
+    progress: str | None = None,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(function(inputs) on the CPU in float32, labels) for every batch of `dataset`, in order;
+    images resized to `resolution` and normalised. `progress`: a progress bar with that title."""
+    loader = ArrayLoader(dataset, batch_size=batch_size, shuffle=False, drop_last=False)
+    bar = tqdm(
+        total=len(dataset), desc=progress, unit="img", file=sys.stderr, disable=progress is None
+    )
+    with bar:
+        for images, labels in loader:
+            inputs = eval_batch(images.to(device), resolution, mean, std)
+            with torch.autocast(
+                device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None
+            ):
+                outputs = function(inputs)
+            bar.update(len(labels))
+            yield outputs.float().cpu(), labels
+
+
 def top1_accuracy(
     model: nn.Module,
     dataset: ArrayDataset,
@@ -22,17 +62,100 @@ def top1_accuracy(
     device: torch.device | None = None,
     autocast_dtype: torch.dtype | None = None,
 ) -> float:
-    """Fraction of `dataset` whose highest logit is the label; images resized to `resolution`
-    (no crop, as the paper's test-time pipeline) and normalised with the model's mean and std."""
+    """Fraction of `dataset` whose highest logit is the label."""
     device = device or next(model.parameters()).device
     was_training = model.training
     model.eval()
     correct = 0
-    loader = ArrayLoader(dataset, batch_size=batch_size, shuffle=False, drop_last=False)
-    for images, labels in loader:
-        inputs = eval_batch(images.to(device), resolution, mean, std)
-        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            logits = model(inputs)
-        correct += (logits.argmax(dim=-1).cpu() == labels).sum().item()
+    for logits, labels in iter_outputs(
+        model,
+        dataset,
+        resolution=resolution,
+        mean=mean,
+        std=std,
+        device=device,
+        batch_size=batch_size,
+        autocast_dtype=autocast_dtype,
+    ):
+        correct += (logits.argmax(dim=-1) == labels).sum().item()
     model.train(was_training)
     return correct / len(dataset)
+
+
+@dataclass(frozen=True)
+class ClassificationReport:
+    """Accuracies of a classifier on a labelled dataset."""
+
+    top1: float
+    top5: float
+    per_class: dict[str, float]  # class name -> top-1 among that class's images
+    counts: dict[str, int]  # class name -> images of that class
+    confusion: np.ndarray | None  # (K, K) counts, row = true class, column = prediction
+    images: int
+
+    def to_json(self) -> dict:
+        return {
+            "top1": self.top1,
+            "top5": self.top5,
+            "images": self.images,
+            "per_class": self.per_class,
+            "counts": self.counts,
+            "confusion": self.confusion.tolist() if self.confusion is not None else None,
+        }
+
+
+def classification_report(
+    model: nn.Module,
+    dataset: ArrayDataset,
+    *,
+    resolution: tuple[int, int],
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    batch_size: int = 256,
+    device: torch.device | None = None,
+    autocast_dtype: torch.dtype | None = None,
+    progress: str | None = "eval",
+) -> ClassificationReport:
+    """Top-1, top-5 (top-k for k = min(5, classes)), per-class accuracy and confusion matrix,
+    counted batch by batch so that no logits are kept."""
+    num_classes = len(dataset.classes)
+    device = device or next(model.parameters()).device
+    model.eval()
+    top_k = min(5, num_classes)
+    correct_1 = correct_k = 0
+    hits = np.zeros(num_classes, dtype=np.int64)
+    counts = np.bincount(dataset.labels, minlength=num_classes)
+    confusion = (
+        np.zeros((num_classes, num_classes), dtype=np.int64)
+        if num_classes <= MAX_CONFUSION_CLASSES
+        else None
+    )
+    for logits, labels in iter_outputs(
+        model,
+        dataset,
+        resolution=resolution,
+        mean=mean,
+        std=std,
+        device=device,
+        batch_size=batch_size,
+        autocast_dtype=autocast_dtype,
+        progress=progress,
+    ):
+        ranked = logits.topk(top_k, dim=-1).indices
+        first = ranked[:, 0]
+        right = first == labels
+        correct_1 += right.sum().item()
+        correct_k += (ranked == labels[:, None]).any(dim=-1).sum().item()
+        np.add.at(hits, labels[right].numpy(), 1)
+        if confusion is not None:
+            np.add.at(confusion, (labels.numpy(), first.numpy()), 1)
+    total = len(dataset)
+    names = dataset.classes
+    return ClassificationReport(
+        top1=correct_1 / total,
+        top5=correct_k / total,
+        per_class={names[c]: float(hits[c] / counts[c]) for c in range(num_classes) if counts[c]},
+        counts={names[c]: int(counts[c]) for c in range(num_classes)},
+        confusion=confusion,
+        images=total,
+    )

@@ -21,13 +21,27 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(width, 3 * width, bias=qkv_bias)
         self.proj = nn.Linear(width, width)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, D) -> (B, T, D)
+    def _heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         batch, tokens, _ = x.shape
         qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, self.head_dim)
         query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, heads, T, head_dim)
-        dropout = self.dropout if self.training else 0.0
-        out = F.scaled_dot_product_attention(query, key, value, dropout_p=dropout)
+        return query, key, value
+
+    def _merge(self, out: torch.Tensor) -> torch.Tensor:  # (B, heads, T, head_dim) -> (B, T, D)
         return self.proj(out.transpose(1, 2).flatten(2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, D) -> (B, T, D)
+        query, key, value = self._heads(x)
+        dropout = self.dropout if self.training else 0.0
+        return self._merge(F.scaled_dot_product_attention(query, key, value, dropout_p=dropout))
+
+    def forward_with_weights(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The same output as `forward` (without attention dropout) and the attention weights
+        (B, heads, T, T), rows summing to 1, computed explicitly: for analysis, not training, as
+        the fused kernel of `forward` never materialises them."""
+        query, key, value = self._heads(x)
+        weights = (query @ key.transpose(-2, -1) * self.head_dim**-0.5).softmax(dim=-1)
+        return self._merge(weights @ value), weights
 
 
 class Mlp(nn.Module):
@@ -90,3 +104,9 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.drop_path(self.attn_drop(self.attn(self.norm1(x))))
         return x + self.drop_path(self.mlp(self.norm2(x)))
+
+    def forward_with_attention(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`forward` in eval mode, plus the attention weights (B, heads, T, T)."""
+        attended, weights = self.attn.forward_with_weights(self.norm1(x))
+        x = x + attended
+        return x + self.mlp(self.norm2(x)), weights

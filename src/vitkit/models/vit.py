@@ -154,6 +154,17 @@ class VisionTransformer(nn.Module):
             outputs.append(tokens)
         return outputs
 
+    def forward_attention(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """The attention weights of every block, each (N, heads, T, T) with T = prefix tokens +
+        patches, rows (queries) summing to 1; the model should be in eval mode. For the paper's
+        attention maps and attention distances; the normal forward never computes them."""
+        tokens = self.embed(images)
+        weights = []
+        for block in self.blocks:
+            tokens, block_weights = block.forward_with_attention(tokens)
+            weights.append(block_weights)
+        return weights
+
     def pool(self, tokens: torch.Tensor) -> torch.Tensor:
         """(N, T, D) -> (N, D): the [class] token, or the mean of the patch tokens ("gap")."""
         if self.config.classifier == "token":

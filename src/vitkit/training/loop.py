@@ -6,6 +6,12 @@ last two), `metrics.jsonl`, and at the end `model.safetensors` + `config.json` (
 resumes from the newest readable checkpoint and ends with the same weights, bit for bit on a
 CPU, as a run that was never interrupted: the checkpoint holds the model, optimizer, EMA, loss
 scaler and RNG states, and the data position is a function of the step.
+
+A run given a time budget (`budget_seconds`) instead of steps cannot be reproduced bit for bit,
+since its length depends on the machine's speed: its step count is planned from a few timed steps
+at the start, then re-planned at each checkpoint (up to REPLAN_UNTIL of the run) from the
+measured pace, so that it ends on time even when the machine slows down or speeds up. The
+warm-up length stays as first planned; the cosine or linear decay stretches to the new end.
 """
 
 from __future__ import annotations
@@ -39,7 +45,8 @@ from vitkit.training.schedule import learning_rate
 from vitkit.weights.load import load_model
 from vitkit.weights.native import save_pretrained
 
-CALIBRATION_STEPS = 3  # timed optimizer steps that turn budget_seconds into a step count
+CALIBRATION_STEPS = 3  # timed optimizer steps that turn budget_seconds into a first step count
+REPLAN_UNTIL = 0.9  # budgeted runs re-plan their step count at checkpoints until this fraction
 
 
 class TrainingError(RuntimeError):
@@ -142,6 +149,7 @@ class _Run:
     loader: ArrayLoader
     test: ArrayDataset | None
     total_steps: int
+    warmup_steps: int = 0
     step: int = 0
     elapsed: float = 0.0  # training seconds before this process, from the checkpoint
 
@@ -152,6 +160,7 @@ class _Run:
     def state(self) -> dict[str, Any]:
         return {
             "step": self.step,
+            "total_steps": self.total_steps,
             "elapsed": self.elapsed,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -165,6 +174,7 @@ class _Run:
 
     def restore(self, state: dict[str, Any]) -> None:
         self.step, self.elapsed = state["step"], state["elapsed"]
+        self.total_steps = state.get("total_steps", self.total_steps)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         if self.ema is not None:
@@ -191,7 +201,7 @@ class _Run:
             self.step,
             base=config.lr,
             total_steps=self.total_steps,
-            warmup_steps=config.warmup_for(self.total_steps),
+            warmup_steps=self.warmup_steps,
             decay=config.decay,
         )
         for group in self.optimizer.param_groups:
@@ -263,9 +273,11 @@ def _plan_steps(run: _Run, forward: nn.Module, train_steps_per_epoch: int) -> in
     return max(1, int(config.budget_seconds / seconds_per_step))
 
 
-def _load_or_save_config(out_dir: Path, config: TrainConfig, *, force: bool) -> int | None:
-    """Save the requested config on a fresh run; on a resumed one refuse a different config
-    (unless forced) and return the step count resolved when the run started."""
+def _load_or_save_config(
+    out_dir: Path, config: TrainConfig, *, force: bool
+) -> dict[str, int] | None:
+    """On a resumed run, refuse a different config (unless forced) and return the plan made when
+    the run started: {"total_steps", "warmup_steps"}; None on a fresh run."""
     path = out_dir / "train_config.json"
     requested = dataclasses.asdict(config)
     if not path.exists():
@@ -277,14 +289,18 @@ def _load_or_save_config(out_dir: Path, config: TrainConfig, *, force: bool) -> 
             f"{out_dir} holds a run with another config (changed: {', '.join(changed)}); use "
             "another --out, or --force to resume it with the new values"
         )
-    return saved["total_steps"]
+    total = saved["total_steps"]
+    return {
+        "total_steps": total,
+        "warmup_steps": saved.get("warmup_steps", config.warmup_for(total)),
+    }
 
 
 def train(config: TrainConfig, out_dir: str | Path, *, force: bool = False) -> dict[str, Any]:
     """Train (or resume training) in `out_dir`; returns the summary also written there."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    saved_steps = _load_or_save_config(out_dir, config, force=force)
+    saved_plan = _load_or_save_config(out_dir, config, force=force)
     device = resolve_device(config.device)
 
     if config.test_split:
@@ -344,7 +360,8 @@ def train(config: TrainConfig, out_dir: str | Path, *, force: bool = False) -> d
     resumed = load_latest_checkpoint(out_dir)
     if resumed is not None:
         state, path = resumed
-        run.total_steps = saved_steps if saved_steps is not None else config.steps
+        plan = saved_plan or {"total_steps": config.steps, "warmup_steps": config.warmup_steps}
+        run.total_steps, run.warmup_steps = plan["total_steps"], plan["warmup_steps"]
         run.restore(state)
         summary_path = out_dir / "summary.json"
         if run.step >= run.total_steps and summary_path.exists():
@@ -354,12 +371,15 @@ def train(config: TrainConfig, out_dir: str | Path, *, force: bool = False) -> d
         _truncate_metrics(out_dir / "metrics.jsonl", run.step)
     else:
         _truncate_metrics(out_dir / "metrics.jsonl", 0)
-        run.total_steps = saved_steps or _plan_steps(
-            run, forward, _steps_per_epoch(train_set, config)
-        )
+        run.total_steps = _plan_steps(run, forward, _steps_per_epoch(train_set, config))
+        run.warmup_steps = config.warmup_for(run.total_steps)
         atomic_write_json(
             out_dir / "train_config.json",
-            {"requested": dataclasses.asdict(config), "total_steps": run.total_steps},
+            {
+                "requested": dataclasses.asdict(config),
+                "total_steps": run.total_steps,
+                "warmup_steps": run.warmup_steps,
+            },
         )
         torch.manual_seed(config.seed + 1)  # the augmentation stream, apart from the init's
     return _loop(run, forward)
@@ -376,6 +396,22 @@ def _truncate_metrics(path: Path, step: int) -> None:
 def _checkpoint(run: _Run, started: float) -> None:
     run.elapsed += time.perf_counter() - started
     save_checkpoint(run.out_dir, run.step, run.state())
+
+
+def _replan(run: _Run, started: float) -> bool:
+    """For a budgeted run past its warm-up: set the step count that ends the run on budget at the
+    pace measured so far; returns whether it changed."""
+    config = run.config
+    budgeted = config.budget_seconds and not (config.steps or config.epochs)
+    if not budgeted or run.step < run.warmup_steps or run.step >= REPLAN_UNTIL * run.total_steps:
+        return False
+    elapsed = run.elapsed + time.perf_counter() - started
+    seconds_per_step = elapsed / run.step
+    remaining = max(0.0, config.budget_seconds - elapsed)
+    total = max(run.step + 1, run.step + int(remaining / seconds_per_step))
+    changed = total != run.total_steps
+    run.total_steps = total
+    return changed
 
 
 def _loop(run: _Run, forward: nn.Module) -> dict[str, Any]:
@@ -406,6 +442,9 @@ def _loop(run: _Run, forward: nn.Module) -> dict[str, Any]:
                     metrics.write(json.dumps({"step": run.step, "top1": top1}) + "\n")
                     metrics.flush()
                 if run.step % config.checkpoint_every == 0 or stop.requested:
+                    if _replan(run, started):
+                        progress.total = run.total_steps
+                        progress.refresh()
                     _checkpoint(run, started)
                     started = time.perf_counter()
                 if stop.requested:

@@ -1,0 +1,164 @@
+"""The inspection figures as PNG files (matplotlib, no display needed).
+
+Each function takes plain arrays computed elsewhere (`attention.py`, `embeddings.py`, the
+evaluation) and writes one picture; none of them runs a model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402 (the backend must be chosen first)
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from vitkit.io import atomic_write  # noqa: E402
+
+
+def _save(figure: plt.Figure, path: Path) -> Path:
+    atomic_write(
+        path, lambda handle: figure.savefig(handle, format="png", dpi=110, bbox_inches="tight")
+    )
+    plt.close(figure)
+    return path
+
+
+def _grid_shape(count: int, columns: int) -> tuple[int, int]:
+    columns = min(columns, count)
+    return -(-count // columns), columns
+
+
+def plot_embedding_filters(components: torch.Tensor, path: Path) -> Path:
+    """Principal components (n, C, P, P) in [0, 1] as small RGB (or grey) images (Fig. 7 left)."""
+    rows, columns = _grid_shape(len(components), 7)
+    figure, axes = plt.subplots(rows, columns, figsize=(columns * 1.1, rows * 1.1 + 0.4))
+    for index, axis in enumerate(np.atleast_1d(axes).flat):
+        axis.set_axis_off()
+        if index < len(components):
+            image = components[index].permute(1, 2, 0).numpy()
+            axis.imshow(image if image.shape[-1] == 3 else image[..., 0], cmap="gray")
+    figure.suptitle("RGB embedding filters (first principal components)")
+    return _save(figure, path)
+
+
+def plot_position_similarity(similarity: torch.Tensor, path: Path) -> Path:
+    """The (h, w, h, w) similarities as an h x w mosaic of h x w maps (Fig. 7 centre), drawn as one
+    image so that large grids (24 x 24 at 384 px) stay fast."""
+    height, width = similarity.shape[:2]
+    gap = 1
+    mosaic = np.full(
+        (height * (height + gap) - gap, width * (width + gap) - gap), np.nan, dtype=np.float32
+    )
+    for row in range(height):
+        for column in range(width):
+            top, left = row * (height + gap), column * (width + gap)
+            mosaic[top : top + height, left : left + width] = similarity[row, column].numpy()
+    figure, axis = plt.subplots(figsize=(6.4, 6.4 * mosaic.shape[0] / mosaic.shape[1] + 0.6))
+    shown = axis.imshow(mosaic, cmap="viridis", vmin=-1, vmax=1, interpolation="nearest")
+    axis.set_xticks([(c + 0.5) * (width + gap) - gap for c in range(width)], range(1, width + 1))
+    axis.set_yticks([(r + 0.5) * (height + gap) - gap for r in range(height)], range(1, height + 1))
+    axis.set_xlabel("input patch column")
+    axis.set_ylabel("input patch row")
+    axis.tick_params(length=0, labelsize=7)
+    figure.colorbar(shown, ax=axis, fraction=0.046, pad=0.04, label="cosine similarity")
+    axis.set_title("Position embedding similarity")
+    return _save(figure, path)
+
+
+def plot_attention_distance(distances: torch.Tensor, patch_size: int, path: Path) -> Path:
+    """(blocks, heads) mean attention distance in pixels against depth, a point per head
+    (Fig. 7 right)."""
+    blocks, heads = distances.shape
+    figure, axis = plt.subplots(figsize=(5, 4))
+    for head in range(heads):
+        axis.scatter(np.arange(blocks), distances[:, head].numpy(), s=14, label=f"head {head + 1}")
+    axis.set_xlabel("network depth (layer)")
+    axis.set_ylabel("mean attention distance (pixels)")
+    axis.set_xticks(range(blocks))
+    axis.set_ylim(bottom=0)
+    axis.set_title(f"Mean attention distance (patch size {patch_size})")
+    if heads <= 16:
+        axis.legend(fontsize=6, ncol=2)
+    return _save(figure, path)
+
+
+def _upsample(maps: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
+    """(N, h, w) -> (N, H, W), bilinear, each map rescaled to [0, 1]."""
+    low = maps.flatten(1).min(dim=1).values[:, None, None]
+    high = maps.flatten(1).max(dim=1).values[:, None, None]
+    unit = (maps - low) / (high - low).clamp_min(1e-12)
+    return F.interpolate(unit[:, None].float(), size=size, mode="bilinear")[:, 0].numpy()
+
+
+def plot_attention_maps(
+    images: np.ndarray, maps: torch.Tensor, path: Path, *, titles: Sequence[str] = ()
+) -> Path:
+    """Images (N, H, W, 3) uint8 beside the images weighted by their attention map (N, h, w),
+    upsampled to the image (Fig. 6)."""
+    masks = _upsample(maps, images.shape[1:3])
+    count = len(images)
+    figure, axes = plt.subplots(count, 2, figsize=(3.2, 1.6 * count + 0.3), squeeze=False)
+    for index in range(count):
+        axes[index, 0].imshow(images[index])
+        axes[index, 1].imshow((images[index] * masks[index][..., None]).astype(np.uint8))
+        if index < len(titles):
+            axes[index, 0].set_title(titles[index], fontsize=7)
+        for axis in axes[index]:
+            axis.set_axis_off()
+    axes[0, 1].set_title("attention rollout", fontsize=7)
+    return _save(figure, path)
+
+
+def plot_head_attention(images: np.ndarray, maps: torch.Tensor, path: Path) -> Path:
+    """For each image (row), the last block's attention of the output token per head (columns),
+    (N, heads, h, w), overlaid on the image."""
+    count, heads = maps.shape[:2]
+    columns = heads + 1
+    figure, axes = plt.subplots(
+        count, columns, figsize=(1.3 * columns, 1.3 * count + 0.3), squeeze=False
+    )
+    size = images.shape[1:3]
+    for index in range(count):
+        axes[index, 0].imshow(images[index])
+        overlays = _upsample(maps[index], size)
+        for head in range(heads):
+            axes[index, head + 1].imshow(images[index])
+            axes[index, head + 1].imshow(overlays[head], cmap="inferno", alpha=0.6)
+            if index == 0:
+                axes[index, head + 1].set_title(f"head {head + 1}", fontsize=7)
+        for axis in axes[index]:
+            axis.set_axis_off()
+    figure.suptitle("Last block: attention of the output token, per head", fontsize=9)
+    return _save(figure, path)
+
+
+def plot_confusion_matrix(matrix: np.ndarray, classes: Sequence[str], path: Path) -> Path:
+    """Row-normalised confusion matrix: row = true class, column = predicted class."""
+    totals = matrix.sum(axis=1, keepdims=True)
+    rates = matrix / np.maximum(totals, 1)
+    count = len(classes)
+    side = min(max(4.0, 0.45 * count + 1.5), 30.0)
+    figure, axis = plt.subplots(figsize=(side + 1, side))
+    shown = axis.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    if count <= 40:
+        axis.set_xticks(range(count), classes, rotation=90, fontsize=7)
+        axis.set_yticks(range(count), classes, fontsize=7)
+    if count <= 20:
+        for row in range(count):
+            for column in range(count):
+                value = rates[row, column]
+                color = "white" if value > 0.5 else "black"
+                axis.text(
+                    column, row, f"{value:.2f}", ha="center", va="center", fontsize=6, color=color
+                )
+    axis.set_xlabel("predicted class")
+    axis.set_ylabel("true class")
+    figure.colorbar(shown, ax=axis, fraction=0.046, pad=0.04)
+    axis.set_title("Confusion matrix (rows sum to 1)")
+    return _save(figure, path)

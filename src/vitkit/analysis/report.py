@@ -1,0 +1,151 @@
+"""`write_figures`: every inspection figure of the paper for one model, plus an index.html page.
+
+Figures (PNG): embedding filters (Fig. 7 left), position-embedding similarity (Fig. 7 centre),
+mean attention distance (Fig. 7 right), attention rollout maps (Fig. 6) and the last block's
+per-head attention of the output token.
+"""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vitkit.analysis.attention import (
+    attention_rollout,
+    mean_attention_distance,
+    output_token_attention,
+)
+from vitkit.analysis.embeddings import (
+    embedding_filter_components,
+    position_similarity,
+    to_unit_range,
+)
+from vitkit.analysis.plots import (
+    plot_attention_distance,
+    plot_attention_maps,
+    plot_embedding_filters,
+    plot_head_attention,
+    plot_position_similarity,
+)
+from vitkit.data.preprocessing import Preprocessing
+from vitkit.data.transforms import eval_batch, resize
+from vitkit.io import atomic_write_json, atomic_write_text
+from vitkit.models.vit import VisionTransformer
+
+CAPTIONS = {
+    "embedding_filters.png": "Principal components of the patch-embedding filters (paper Fig. 7 "
+    "left): the image-space patterns the linear patch projection is most sensitive to.",
+    "position_similarity.png": "Cosine similarity between the position embedding of each patch "
+    "(tile) and those of all patches (Fig. 7 centre): nearby patches, rows and columns look "
+    "alike once the model has learned the 2D layout.",
+    "attention_distance.png": "Mean attention distance per head against depth (Fig. 7 right): "
+    "how far in pixels each head looks, averaged over the images; low layers mix local and "
+    "global heads, deep layers attend globally.",
+    "attention_rollout.png": "Attention rollout (Abnar & Zuidema 2020) from the output token to "
+    "the input, the image weighted by it (Fig. 6).",
+    "attention_heads.png": "Raw attention of the output token in the last block, per head.",
+}
+
+
+@torch.no_grad()
+def write_figures(
+    model: VisionTransformer,
+    images: np.ndarray,
+    out_dir: Path,
+    *,
+    preprocessing: Preprocessing | None = None,
+    titles: list[str] | None = None,
+    shown: int = 8,
+    description: str = "",
+) -> dict[str, Path]:
+    """Write the figures for `images` (N, H, W, 3) uint8 (all N average into the attention
+    distance, the first `shown` get attention maps) into `out_dir`; returns name -> path."""
+    if len(images) == 0:
+        raise ValueError("write_figures needs at least one image")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    config = model.config
+    preprocessing = preprocessing or Preprocessing.for_model(config)
+    model.eval()
+    device = next(model.parameters()).device
+    prefix = config.num_prefix_tokens
+    figures: dict[str, Path] = {}
+
+    kernel = model.patch_embed.proj.weight
+    components = to_unit_range(embedding_filter_components(kernel.cpu()))
+    figures["embedding_filters.png"] = plot_embedding_filters(
+        components, out_dir / "embedding_filters.png"
+    )
+    similarity = position_similarity(model.pos_embed.cpu(), config.grid_size, prefix)
+    figures["position_similarity.png"] = plot_position_similarity(
+        similarity, out_dir / "position_similarity.png"
+    )
+
+    pixels = torch.from_numpy(images).permute(0, 3, 1, 2)
+    distances = []
+    for start in range(0, len(pixels), 64):
+        batch = pixels[start : start + 64].to(device)
+        inputs = eval_batch(batch, preprocessing.resolution, preprocessing.mean, preprocessing.std)
+        weights = [w.cpu() for w in model.forward_attention(inputs)]
+        distances.append(
+            mean_attention_distance(weights, config.grid_size, config.patch_size, prefix)
+            * len(batch)
+        )
+        if start == 0:
+            first_weights = [w[:shown] for w in weights]
+    distance = torch.stack(distances).sum(dim=0) / len(pixels)
+    figures["attention_distance.png"] = plot_attention_distance(
+        distance, config.patch_size, out_dir / "attention_distance.png"
+    )
+
+    grid = config.grid_size
+    seen = resize(pixels[:shown].float(), preprocessing.resolution).round().clamp(0, 255)
+    seen = seen.to(torch.uint8).permute(0, 2, 3, 1).numpy()  # what the model saw, for display
+    rollout = attention_rollout(first_weights, prefix, config.classifier)
+    figures["attention_rollout.png"] = plot_attention_maps(
+        seen, rollout.reshape(-1, *grid), out_dir / "attention_rollout.png", titles=titles or ()
+    )
+    last = output_token_attention(first_weights[-1], prefix, config.classifier)
+    figures["attention_heads.png"] = plot_head_attention(
+        seen, last.reshape(len(seen), -1, *grid), out_dir / "attention_heads.png"
+    )
+
+    atomic_write_json(
+        out_dir / "attention_distance.json",
+        {"patch_size": config.patch_size, "pixels_by_layer_and_head": distance.tolist()},
+    )
+    write_index(out_dir, figures, description)
+    figures["index.html"] = out_dir / "index.html"
+    return figures
+
+
+def write_index(out_dir: Path, figures: dict[str, Path], description: str) -> None:
+    """index.html: every figure with its caption on one page (relative links, so the directory
+    can be moved or served as it is)."""
+    sections = "\n".join(
+        f'<figure><img src="{html.escape(path.name)}" alt="{html.escape(name)}">'
+        f"<figcaption>{html.escape(CAPTIONS.get(name, name))}</figcaption></figure>"
+        for name, path in figures.items()
+    )
+    page = f"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>vitkit figures</title>
+<style>
+body {{ font-family: sans-serif; max-width: 960px; margin: 2em auto; color: #222; }}
+figure {{ margin: 2em 0; }}
+img {{ max-width: 100%; }}
+figcaption {{ color: #555; font-size: 0.9em; }}
+</style>
+</head>
+<body>
+<h1>vitkit figures</h1>
+<p>{html.escape(description)}</p>
+{sections}
+</body>
+</html>
+"""
+    atomic_write_text(out_dir / "index.html", page)

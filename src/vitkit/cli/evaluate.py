@@ -1,0 +1,83 @@
+"""`vitkit eval --checkpoint CKPT --data PATH [--out DIR]`: top-1, top-5, per-class accuracy and a
+confusion-matrix picture, with the paper's test-time pipeline (resize to the model's resolution).
+
+Writes DIR/eval.json and DIR/confusion_matrix.png. The checkpoint's classes must be the data's
+(same count, same order, as a `vitkit train` run on that data has them); to judge a representation
+trained on other classes, use `vitkit fewshot`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+
+from vitkit.analysis.plots import plot_confusion_matrix
+from vitkit.cli.arguments import add_model_arguments, load_for_inference
+from vitkit.data import DataError, open_dataset
+from vitkit.data.arrays import ArrayDataset
+from vitkit.evaluation.accuracy import classification_report
+from vitkit.io import atomic_write_json
+
+
+def open_labelled(source: str, split: str) -> ArrayDataset:
+    dataset = open_dataset(source, split=split)
+    if not isinstance(dataset, ArrayDataset):
+        raise DataError(f"{source}: evaluation reads map-style datasets (not shards)")
+    return dataset
+
+
+def run(args: argparse.Namespace) -> int:
+    dataset = open_labelled(args.data, args.split)
+    model, preprocessing = load_for_inference(args.checkpoint, args)
+    classes = model.config.num_classes
+    if classes != len(dataset.classes):
+        raise DataError(
+            f"{args.checkpoint} classifies into {classes} classes but {args.data} ({args.split}) "
+            f"has {len(dataset.classes)}: top-1 needs the label set the head was trained on. "
+            "For a representation trained on other classes use `vitkit fewshot`, or fine-tune "
+            "it with `vitkit train --preset finetune`"
+        )
+    report = classification_report(
+        model,
+        dataset,
+        resolution=preprocessing.resolution,
+        mean=preprocessing.mean,
+        std=preprocessing.std,
+        batch_size=args.batch_size,
+    )
+    args.out.mkdir(parents=True, exist_ok=True)
+    result = {
+        "checkpoint": str(args.checkpoint),
+        "data": str(args.data),
+        "split": args.split,
+        "resolution": list(preprocessing.resolution),
+        "preprocessing": dataclasses.asdict(preprocessing),
+        **report.to_json(),
+    }
+    atomic_write_json(args.out / "eval.json", result)
+    if report.confusion is not None:
+        plot_confusion_matrix(report.confusion, dataset.classes, args.out / "confusion_matrix.png")
+    width = max(len(name) for name in report.per_class)
+    for name, accuracy in report.per_class.items():
+        print(f"  {name:<{width}}  {accuracy:7.2%}  ({report.counts[name]} images)")
+    print(
+        f"top-1 {report.top1:.2%}  top-5 {report.top5:.2%}  on {report.images} images "
+        f"at {preprocessing.resolution[0]}x{preprocessing.resolution[1]} px -> {args.out}"
+    )
+    return 0
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "eval",
+        help="top-1/top-5/per-class accuracy and a confusion matrix",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--checkpoint", type=Path, required=True, help="anything load_model takes")
+    parser.add_argument("--data", required=True, help="dataset path or name")
+    parser.add_argument("--split", default="test", help="split to evaluate (default: test)")
+    parser.add_argument("--out", type=Path, default=Path("eval"), help="output directory")
+    add_model_arguments(parser)
+    parser.set_defaults(run=run, command="eval")

@@ -1,0 +1,87 @@
+"""`vitkit figures --checkpoint CKPT --data PATH --out DIR`: the paper's inspection figures.
+
+Writes DIR/embedding_filters.png, position_similarity.png, attention_distance.png (+ .json),
+attention_rollout.png, attention_heads.png and index.html, which shows them on one page. The mean
+attention distance averages over --images test images; the first --shown get attention maps.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+from vitkit.analysis.report import write_figures
+from vitkit.cli.arguments import add_model_arguments, load_for_inference, positive_int
+from vitkit.cli.evaluate import open_labelled
+from vitkit.data import Preprocessing
+from vitkit.data.arrays import ArrayDataset
+from vitkit.data.fewshot import k_shot_indices
+from vitkit.models.vit import VisionTransformer
+
+
+def figures_for_dataset(
+    model: VisionTransformer,
+    preprocessing: Preprocessing,
+    dataset: ArrayDataset,
+    out: Path,
+    *,
+    images: int = 128,
+    shown: int = 8,
+    label: str = "",
+) -> dict[str, Path]:
+    """The figures for a class-balanced choice of `images` images of `dataset`, taken class after
+    class so that the `shown` ones with attention maps are of different classes."""
+    num_classes = len(dataset.classes)
+    per_class = max(1, -(-images // num_classes))
+    chosen = k_shot_indices(dataset.labels, per_class, seed=0, num_classes=num_classes)
+    by_class = chosen[np.argsort(dataset.labels[chosen], kind="stable")]
+    order = by_class.reshape(num_classes, per_class).T.ravel()[:images]
+    config = model.config
+    return write_figures(
+        model,
+        dataset.images[order],
+        out,
+        preprocessing=preprocessing,
+        titles=[dataset.classes[label] for label in dataset.labels[order]],
+        shown=shown,
+        description=f"{label}: width {config.width}, depth {config.depth}, "
+        f"{config.num_heads} heads, patch {config.patch_size}, "
+        f"{config.img_size[0]}x{config.img_size[1]} px, classifier {config.classifier}; "
+        f"{len(order)} images.",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    dataset = open_labelled(args.data, args.split)
+    model, preprocessing = load_for_inference(args.checkpoint, args)
+    figures = figures_for_dataset(
+        model,
+        preprocessing,
+        dataset,
+        args.out,
+        images=args.images,
+        shown=args.shown,
+        label=f"{args.checkpoint} on {args.data} ({args.split})",
+    )
+    for path in figures.values():
+        print(path)
+    return 0
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "figures",
+        help="the paper's inspection figures as PNGs and an index.html",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--checkpoint", type=Path, required=True, help="anything load_model takes")
+    parser.add_argument("--data", required=True, help="dataset path or name (images to look at)")
+    parser.add_argument("--out", type=Path, required=True, help="output directory")
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--images", type=positive_int, default=128, help="images averaged over")
+    parser.add_argument("--shown", type=positive_int, default=8, help="images with attention maps")
+    add_model_arguments(parser)
+    parser.set_defaults(run=run, command="figures")

@@ -1,0 +1,46 @@
+"""Frozen representations: what the few-shot evaluation and the linear probe fit on."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from vitkit.data.arrays import ArrayDataset
+from vitkit.data.preprocessing import Preprocessing
+from vitkit.evaluation.accuracy import iter_outputs
+from vitkit.models.vit import VisionTransformer
+
+
+def representation(model: VisionTransformer, inputs: torch.Tensor) -> torch.Tensor:
+    """The paper's representation for linear evaluation: the pre-logits (tanh) layer's output
+    where the model has one, else the pooled feature the head reads ([class] token or mean)."""
+    return model.forward_head(model.forward_features(inputs), pre_logits=True)
+
+
+def extract_features(
+    model: VisionTransformer,
+    dataset: ArrayDataset,
+    *,
+    preprocessing: Preprocessing | None = None,
+    batch_size: int = 256,
+    device: torch.device | None = None,
+    progress: str | None = "features",
+) -> tuple[torch.Tensor, np.ndarray]:
+    """(features (N, D) float32 on the CPU, labels (N,)) of every image of `dataset`, in order."""
+    preprocessing = preprocessing or Preprocessing.for_model(model.config)
+    device = device or next(model.parameters()).device
+    model.eval()
+    chunks = [
+        features
+        for features, _ in iter_outputs(
+            lambda inputs: representation(model, inputs),
+            dataset,
+            resolution=preprocessing.resolution,
+            mean=preprocessing.mean,
+            std=preprocessing.std,
+            device=device,
+            batch_size=batch_size,
+            progress=progress,
+        )
+    ]
+    return torch.cat(chunks), np.asarray(dataset.labels)

@@ -1,0 +1,209 @@
+"""Evaluation: the few-shot least-squares solver against numpy, the plan of held-out and k-shot
+images, and `vitkit eval` / `fewshot` / `figures` on a model trained on CIFAR-10 images and on
+Google's official checkpoint; index.html opened in headless Chromium."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import OFFICIAL_FIXTURE  # noqa: I001
+
+from vitkit.cli.main import main
+from vitkit.evaluation.fewshot import (
+    BIAS_FEATURE,
+    FewShotPlan,
+    LeastSquaresClassifier,
+    ridge_regression,
+)
+from vitkit.evaluation.linear_probe import LinearProbe
+from vitkit.training.config import get_preset
+from vitkit.training.loop import train
+
+
+@pytest.mark.parametrize("rows, dim", [(40, 6), (8, 30)])  # primal and dual forms
+def test_ridge_regression_agrees_with_numpy_lstsq(rows: int, dim: int) -> None:
+    rng = np.random.default_rng(0)
+    features, targets = rng.normal(size=(rows, dim)), rng.normal(size=(rows, 3))
+    l2 = 0.7
+    # Ridge as ordinary least squares on the augmented system [X; sqrt(l2) I] W = [Y; 0].
+    augmented = np.vstack([features, np.sqrt(l2) * np.eye(dim)])
+    expected = np.linalg.lstsq(augmented, np.vstack([targets, np.zeros((dim, 3))]), rcond=None)[0]
+    got = ridge_regression(torch.from_numpy(features), torch.from_numpy(targets), l2).numpy()
+    np.testing.assert_allclose(got, expected, atol=1e-10)
+
+
+def test_least_squares_classifier_targets_and_bias() -> None:
+    rng = np.random.default_rng(1)
+    labels = np.repeat(np.arange(3), 20)
+    centres = rng.normal(size=(3, 5)) * 4
+    features = torch.from_numpy(centres[labels] + rng.normal(size=(60, 5)))
+    classifier = LeastSquaresClassifier.fit(features, labels, 3, l2=1e-3)
+    assert classifier.accuracy(features, labels) == 1.0
+    # The fit regresses onto {-1, 1}: an image's outputs are close to +1 for its class.
+    design = torch.cat(
+        [
+            (features - classifier.mean) / classifier.std,
+            torch.full((60, 1), BIAS_FEATURE, dtype=torch.float64),
+        ],
+        dim=1,
+    )
+    outputs = (design @ classifier.weights).numpy()
+    assert np.abs(outputs[np.arange(60), labels] - 1).mean() < 0.3
+    assert np.abs(np.delete(outputs, labels + 3 * np.arange(60)) + 1).mean() < 0.3
+
+
+def test_fewshot_plan_holds_out_and_nests() -> None:
+    labels = np.repeat(np.arange(4), 50)
+    plan = FewShotPlan.build(labels, 4, shots=(1, 5), seeds=2, holdout_per_class=10)
+    assert len(plan.holdout) == 40 and np.bincount(labels[plan.holdout]).tolist() == [10] * 4
+    for (shots, _seed), indices in plan.subsets.items():
+        assert np.bincount(labels[indices], minlength=4).tolist() == [shots] * 4
+        assert not set(indices) & set(plan.holdout)
+    assert set(plan.subsets[(1, 0)]) <= set(plan.subsets[(5, 0)])
+    assert set(plan.needed()) == set(plan.holdout) | {
+        i for indices in plan.subsets.values() for i in indices
+    }
+
+
+def test_linear_probe_separates_separable_data() -> None:
+    rng = np.random.default_rng(2)
+    labels = np.repeat(np.arange(3), 30)
+    features = torch.from_numpy(rng.normal(size=(3, 8))[labels] * 3 + rng.normal(size=(90, 8)))
+    probe = LinearProbe.fit(features, labels, 3, l2=1e-4)
+    assert probe.accuracy(features, labels) > 0.95
+
+
+@pytest.fixture(scope="module")
+def trained_run(cifar_subset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """ViT-Test/8 trained for a few hundred steps on 2,000 CIFAR-10 images at 16 px."""
+    out = tmp_path_factory.mktemp("run")
+    os.environ.setdefault("VITKIT_CACHE", str(out / "cache"))
+    config = dataclasses.replace(
+        get_preset("tiny"), data=str(cifar_subset), steps=300, batch_size=64, lr=2e-3,
+        warmup_steps=20, checkpoint_every=1000, log_every=50, classifier="token",
+    )  # fmt: skip
+    summary = train(config, out)
+    assert summary["top1"] > 0.2, summary  # the model learned something
+    return out
+
+
+def run_cli(*args: object) -> int:
+    return main([str(arg) for arg in args])
+
+
+def test_fewshot_on_trained_features_beats_chance(
+    trained_run: Path, cifar_subset: Path, tmp_path: Path
+) -> None:
+    assert run_cli("fewshot", "--checkpoint", trained_run, "--data", cifar_subset,
+                   "--out", tmp_path, "--seeds", "3", "--linear-probe") == 0  # fmt: skip
+    report = json.loads((tmp_path / "fewshot.json").read_text())
+    assert set(report["shots"]) == {"1", "5", "10", "25"}
+    ten_shot = report["shots"]["10"]
+    assert len(ten_shot["accuracies"]) == 3
+    print(f"\n10-shot {ten_shot['mean']:.3f} +- {ten_shot['std']:.3f}, "
+          f"probe {report['linear_probe']['top1']:.3f}")  # fmt: skip
+    assert ten_shot["mean"] > 0.2  # chance is 0.1
+    assert report["shots"]["25"]["mean"] > report["shots"]["1"]["mean"]
+    assert report["linear_probe"]["top1"] > 0.2
+
+
+def test_eval_writes_report_and_confusion_matrix(
+    trained_run: Path, cifar_subset: Path, tmp_path: Path
+) -> None:
+    assert run_cli("eval", "--checkpoint", trained_run, "--data", cifar_subset,
+                   "--out", tmp_path) == 0  # fmt: skip
+    result = json.loads((tmp_path / "eval.json").read_text())
+    assert result["images"] == 500
+    summary = json.loads((trained_run / "summary.json").read_text())
+    assert result["top1"] == pytest.approx(summary["top1"])  # the training loop's own count
+    assert result["top1"] <= result["top5"] <= 1
+    confusion = np.array(result["confusion"])
+    assert confusion.sum() == 500 and np.trace(confusion) == round(result["top1"] * 500)
+    per_class = np.diag(confusion) / confusion.sum(axis=1)
+    np.testing.assert_allclose(per_class, list(result["per_class"].values()))
+    assert (tmp_path / "confusion_matrix.png").stat().st_size > 1000
+
+
+def test_eval_refuses_a_head_with_other_classes(
+    cifar_subset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = run_cli("eval", "--checkpoint", OFFICIAL_FIXTURE / "params.npz",
+                   "--data", cifar_subset, "--out", tmp_path)  # fmt: skip
+    assert code == 2
+    assert "7 classes" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("source", ["run", "official"])
+def test_figures_page_loads_every_image_in_chromium(
+    source: str, trained_run: Path, cifar_subset: Path, tmp_path: Path
+) -> None:
+    checkpoint = trained_run if source == "run" else OFFICIAL_FIXTURE / "params.npz"
+    out = tmp_path / "figures"
+    assert run_cli("figures", "--checkpoint", checkpoint, "--data", cifar_subset,
+                   "--out", out, "--images", "40", "--shown", "4") == 0  # fmt: skip
+    names = {path.name for path in out.iterdir()}
+    assert {
+        "embedding_filters.png",
+        "position_similarity.png",
+        "attention_distance.png",
+        "attention_rollout.png",
+        "attention_heads.png",
+        "index.html",
+    } <= names
+    loaded = images_loaded_in_chromium(out / "index.html", tmp_path)
+    assert loaded == {"images": 5, "loaded": 5}, loaded
+    if source == "run":  # the check sees a picture that does not load
+        (out / "attention_heads.png").write_bytes(b"not a png")
+        assert images_loaded_in_chromium(out / "index.html", tmp_path)["loaded"] == 4
+
+
+def chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def images_loaded_in_chromium(page: Path, workdir: Path) -> dict[str, int]:
+    """Open `page` in headless Chromium and count its <img> elements that decoded (naturalWidth
+    > 0). A harness page served from the same local HTTP server loads it in an iframe and writes
+    the counts into its own DOM, which --dump-dom prints."""
+    browser = chromium()
+    if browser is None:
+        if os.environ.get("VITKIT_REQUIRE_CHROMIUM"):
+            pytest.fail("chromium is required (VITKIT_REQUIRE_CHROMIUM) but not installed")
+        pytest.skip("chromium is not installed (Debian package chromium; .ci/run installs it)")
+    (page.parent / "harness.html").write_text(
+        "<!DOCTYPE html><html><body><iframe id='f' src='index.html'></iframe><pre id='out'>"
+        "</pre><script>document.getElementById('f').onload = function () {"
+        "  var images = Array.from(this.contentDocument.images);"
+        "  document.getElementById('out').textContent = JSON.stringify({images: images.length,"
+        "    loaded: images.filter(function (i) { return i.complete && i.naturalWidth > 0; })"
+        "    .length});"
+        "};</script></body></html>"
+    )
+    serve = [sys.executable, "-u", "-m", "http.server", "0", "--bind", "127.0.0.1"]
+    server = subprocess.Popen([*serve, "-d", str(page.parent)], stdout=subprocess.PIPE, text=True)
+    try:
+        line = server.stdout.readline()  # "Serving HTTP on 127.0.0.1 port N (...)"
+        port = int(line.split(" port ")[1].split()[0])
+        result = subprocess.run(
+            [browser, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=10000",
+             f"--user-data-dir={workdir / 'chromium-profile'}", "--dump-dom",
+             f"http://127.0.0.1:{port}/harness.html"],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    finally:
+        server.terminate()
+        server.wait()
+    dom = result.stdout
+    start = dom.index('<pre id="out">') + len('<pre id="out">')
+    text = dom[start : dom.index("</pre>", start)]
+    assert text, f"the harness wrote nothing; chromium said: {result.stderr[-2000:]}"
+    return json.loads(text)
