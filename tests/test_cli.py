@@ -199,6 +199,8 @@ def test_demo_runs_the_three_stages(
     assert vitkit.load_model(out / "finetune").config.img_size == (32, 32)
     assert vitkit.load_model(out / "finetune_at_pretrain_res").config.img_size == (16, 16)
     assert "Fine-tuning at the higher resolution" in output
+    assert (out / "figures" / "index.html").is_file()
+    assert (out / "figures" / "attention_rollout.png").stat().st_size > 1000
 
 
 def test_default_shared_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
