@@ -1,9 +1,14 @@
-"""Shared test fixtures: where ../shared lives, and Google's official reference files."""
+"""Shared test fixtures: where ../shared lives, Google's official reference files, and a real
+HTTP server on 127.0.0.1 for the download tests (datasets and pretrained weights)."""
 
 from __future__ import annotations
 
 import os
+import re
 import tarfile
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -50,3 +55,75 @@ def cifar_subset(tmp_path_factory: pytest.TempPathFactory) -> Path:
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(archive.extractfile(member).read())
     return root
+
+
+class FileServer(ThreadingHTTPServer):
+    """Serves the files under `root` and records each request's path and Range header."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(("127.0.0.1", 0), RangeHandler)
+        self.root = root
+        self.supports_range = True
+        self.drop_after: int | None = None  # cut the next response after this many body bytes
+        self.requests: list[tuple[str, str | None]] = []
+
+    def url(self, name: str) -> str:
+        return f"http://127.0.0.1:{self.server_port}/{name}"
+
+    def serve(self, name: str, content: bytes) -> str:
+        (self.root / name).parent.mkdir(parents=True, exist_ok=True)
+        (self.root / name).write_bytes(content)
+        return self.url(name)
+
+
+class RangeHandler(BaseHTTPRequestHandler):
+    server: FileServer
+
+    def do_GET(self) -> None:
+        range_header = self.headers.get("Range")
+        self.server.requests.append((self.path, range_header))
+        file = self.server.root / self.path.lstrip("/")
+        if not file.is_file():
+            self.send_error(404)
+            return
+        content = file.read_bytes()
+        start = 0
+        if range_header and self.server.supports_range:
+            start = int(re.fullmatch(r"bytes=(\d+)-", range_header).group(1))
+            if start >= len(content):
+                self.send_error(416)
+                return
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{len(content) - 1}/{len(content)}")
+        else:
+            self.send_response(200)
+        body = content[start:]
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.server.drop_after is not None:
+            body, self.server.drop_after = body[: self.server.drop_after], None
+        self.wfile.write(body)  # HTTP/1.0: the connection closes after each response
+
+    def log_message(self, format: str, *args: object) -> None:
+        """Keep test output free of access logs."""
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[FileServer]:
+    root = tmp_path / "served"
+    root.mkdir()
+    server = FileServer(root)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=5)
+
+
+@pytest.fixture
+def online(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests decide offline mode themselves, and reach 127.0.0.1 without any proxy."""
+    monkeypatch.delenv("VITKIT_OFFLINE", raising=False)
+    for proxy in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(proxy, raising=False)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import io
 import os
@@ -10,13 +9,11 @@ import pickle
 import shutil
 import struct
 import tarfile
-import threading
-from collections.abc import Iterator
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import FileServer
 
 from vitkit.data.cifar import load_cifar
 from vitkit.data.images import DataError
@@ -253,36 +250,12 @@ def test_extracts_the_archive_when_only_it_is_there(cifar10) -> None:
     ]
 
 
-class QuietHandler(SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:
-        """Keep test output free of access logs."""
-
-
-@pytest.fixture
-def mirror(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Path, str]]:
-    """A folder served over HTTP on 127.0.0.1, and its URL."""
-    monkeypatch.delenv("VITKIT_OFFLINE", raising=False)
-    for proxy in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
-        monkeypatch.delenv(proxy, raising=False)
-    served = tmp_path / "served"
-    served.mkdir()
-    handler = functools.partial(QuietHandler, directory=str(served))
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.start()
-    yield served, f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
-    server.server_close()
-    thread.join(timeout=5)
-
-
-def test_downloads_the_archive_from_a_mirror(cifar10, mirror, tmp_path: Path) -> None:
+@pytest.mark.usefixtures("online")
+def test_downloads_the_archive_from_a_mirror(cifar10, server: FileServer, tmp_path: Path) -> None:
     root, written = cifar10
     archive = pack(root, "cifar-10-batches-py", "cifar-10-python.tar.gz")
-    served, base_url = mirror
-    shutil.move(archive, served / archive.name)
-    url = f"{base_url}/{archive.name}"
-    md5 = hashlib.md5((served / archive.name).read_bytes()).hexdigest()
+    url = server.serve(archive.name, archive.read_bytes())
+    md5 = hashlib.md5(archive.read_bytes()).hexdigest()
 
     cache = tmp_path / "cache"
     with pytest.raises(DataError, match="checksum mismatch"):

@@ -3,90 +3,16 @@
 from __future__ import annotations
 
 import hashlib
-import re
 import socket
-import threading
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from conftest import FileServer
 
-from vitkit.data.download import default_cache_dir, download
-from vitkit.data.images import DataError
+from vitkit.download import DownloadError, default_cache_dir, download
 
 PAYLOAD = bytes(range(256)) * 40  # 10 KiB, every byte value, so an offset error shows
-
-
-class FileServer(ThreadingHTTPServer):
-    """Serves the files under `root` and records each request's path and Range header."""
-
-    def __init__(self, root: Path) -> None:
-        super().__init__(("127.0.0.1", 0), RangeHandler)
-        self.root = root
-        self.supports_range = True
-        self.drop_after: int | None = None  # cut the next response after this many body bytes
-        self.requests: list[tuple[str, str | None]] = []
-
-    def url(self, name: str) -> str:
-        return f"http://127.0.0.1:{self.server_port}/{name}"
-
-    def serve(self, name: str, content: bytes) -> str:
-        (self.root / name).write_bytes(content)
-        return self.url(name)
-
-
-class RangeHandler(BaseHTTPRequestHandler):
-    server: FileServer
-
-    def do_GET(self) -> None:
-        range_header = self.headers.get("Range")
-        self.server.requests.append((self.path, range_header))
-        file = self.server.root / self.path.lstrip("/")
-        if not file.is_file():
-            self.send_error(404)
-            return
-        content = file.read_bytes()
-        start = 0
-        if range_header and self.server.supports_range:
-            start = int(re.fullmatch(r"bytes=(\d+)-", range_header).group(1))
-            if start >= len(content):
-                self.send_error(416)
-                return
-            self.send_response(206)
-            self.send_header("Content-Range", f"bytes {start}-{len(content) - 1}/{len(content)}")
-        else:
-            self.send_response(200)
-        body = content[start:]
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        if self.server.drop_after is not None:
-            body, self.server.drop_after = body[: self.server.drop_after], None
-        self.wfile.write(body)  # HTTP/1.0: the connection closes after each response
-
-    def log_message(self, format: str, *args: object) -> None:
-        """Keep test output free of access logs."""
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[FileServer]:
-    root = tmp_path / "served"
-    root.mkdir()
-    server = FileServer(root)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
-    thread.join(timeout=5)
-
-
-@pytest.fixture(autouse=True)
-def online(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Tests decide offline mode themselves, and reach 127.0.0.1 without any proxy."""
-    monkeypatch.delenv("VITKIT_OFFLINE", raising=False)
-    for proxy in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
-        monkeypatch.delenv(proxy, raising=False)
+pytestmark = pytest.mark.usefixtures("online")
 
 
 def test_download_checks_both_digests_and_leaves_no_part(
@@ -111,7 +37,7 @@ def test_wrong_checksum_deletes_the_download_and_names_both_digests(
 ) -> None:
     url = server.serve("data.bin", PAYLOAD)
     destination = tmp_path / "data.bin"
-    with pytest.raises(DataError, match="checksum mismatch") as error:
+    with pytest.raises(DownloadError, match="checksum mismatch") as error:
         download(url, destination, sha256="0" * 64, progress=False)
     message = str(error.value)
     assert url in message and "0" * 64 in message
@@ -127,7 +53,7 @@ def test_interrupted_download_resumes_from_the_part_with_a_range_request(
     destination = tmp_path / "data.bin"
     part = tmp_path / "data.bin.part"
     server.drop_after = 3000
-    with pytest.raises(DataError, match="run again to resume") as error:
+    with pytest.raises(DownloadError, match="run again to resume") as error:
         download(url, destination, md5=hashlib.md5(PAYLOAD).hexdigest(), progress=False)
     assert url in str(error.value)
     assert part.read_bytes() == PAYLOAD[:3000]
@@ -146,7 +72,7 @@ def test_server_without_range_support_restarts_from_the_beginning(
     destination = tmp_path / "data.bin"
     server.supports_range = False
     server.drop_after = 3000
-    with pytest.raises(DataError):
+    with pytest.raises(DownloadError):
         download(url, destination, progress=False)
     download(url, destination, sha256=hashlib.sha256(PAYLOAD).hexdigest(), progress=False)
     assert server.requests[-1] == ("/data.bin", "bytes=3000-")  # asked, answered with 200
@@ -183,7 +109,7 @@ def test_offline_mode_names_the_missing_file_and_stays_off_the_network(
     url = server.serve("data.bin", PAYLOAD)
     monkeypatch.setenv("VITKIT_OFFLINE", "1")
     destination = tmp_path / "data.bin"
-    with pytest.raises(DataError, match="missing") as error:
+    with pytest.raises(DownloadError, match="missing") as error:
         download(url, destination, progress=False)
     assert str(destination) in str(error.value) and url in str(error.value)
 
@@ -194,7 +120,7 @@ def test_offline_mode_names_the_missing_file_and_stays_off_the_network(
 
 def test_http_errors_name_the_url(server: FileServer, tmp_path: Path) -> None:
     url = server.url("absent.bin")
-    with pytest.raises(DataError, match="404") as error:
+    with pytest.raises(DownloadError, match="404") as error:
         download(url, tmp_path / "absent.bin", progress=False)
     assert url in str(error.value)
     assert not (tmp_path / "absent.bin.part").exists()
@@ -205,7 +131,7 @@ def test_an_unreachable_server_names_the_url(tmp_path: Path) -> None:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     url = f"http://127.0.0.1:{port}/data.bin"
-    with pytest.raises(DataError, match="download failed") as error:
+    with pytest.raises(DownloadError, match="download failed") as error:
         download(url, tmp_path / "data.bin", progress=False)
     assert url in str(error.value)
 
@@ -225,11 +151,14 @@ def test_progress_bar_goes_to_stderr_only_when_asked(
 def test_default_cache_dir_follows_the_environment(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.delenv("VITKIT_HOME", raising=False)
     monkeypatch.delenv("VITKIT_CACHE", raising=False)
     monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))
     assert default_cache_dir() == tmp_path / ".cache" / "vitkit"
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert default_cache_dir() == tmp_path / "xdg" / "vitkit"
-    monkeypatch.setenv("VITKIT_CACHE", str(tmp_path / "mine"))
-    assert default_cache_dir() == tmp_path / "mine"
+    monkeypatch.setenv("VITKIT_CACHE", str(tmp_path / "old"))  # the older name still works
+    assert default_cache_dir() == tmp_path / "old"
+    monkeypatch.setenv("VITKIT_HOME", str(tmp_path / "home"))  # and yields to the new one
+    assert default_cache_dir() == tmp_path / "home"

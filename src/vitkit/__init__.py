@@ -3,6 +3,7 @@
 import vitkit
 model = vitkit.create_model("ViT-B/16", num_classes=1000, img_size=224)
 model = vitkit.load_model("ViT-B_16.npz", img_size=384, num_classes=10)
+model = vitkit.load_model("ViT-B/16@i21k", num_classes=10)  # downloaded on first use
 logits = model(images)  # images (N, C, H, W) -> (N, num_classes)
 """
 
@@ -14,7 +15,7 @@ from vitkit.models import (
     list_models,
     resize_pos_embed,
 )
-from vitkit.weights import CheckpointError, load_model, save_pretrained
+from vitkit.weights import CheckpointError, list_pretrained, load_model, save_pretrained
 
 __version__ = "0.1.0"
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "create_model",
     "get_config",
     "list_models",
+    "list_pretrained",
     "load_model",
     "resize_pos_embed",
     "save_pretrained",

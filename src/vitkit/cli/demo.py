@@ -11,6 +11,8 @@ import argparse
 import os
 from pathlib import Path
 
+import torch
+
 from vitkit.cli.figures import figures_for_dataset
 from vitkit.data import Preprocessing, open_dataset
 from vitkit.training.demo import run_demo
@@ -39,8 +41,16 @@ def default_data() -> str:
 
 def run(args: argparse.Namespace) -> int:
     data = args.data or default_data()
-    print(f"vitkit demo: data {data}, output {args.out}, budget {args.budget:.0f} s of training")
-    summary = run_demo(data, args.out, budget_seconds=args.budget, download=data == "cifar10")
+    hardware = args.hardware
+    if hardware == "auto":
+        hardware = "gpu" if torch.cuda.is_available() else "cpu"
+    print(
+        f"vitkit demo: data {data}, output {args.out}, budget {args.budget:.0f} s of training, "
+        f"{hardware} recipe"
+    )
+    summary = run_demo(
+        data, args.out, budget_seconds=args.budget, download=data == "cifar10", hardware=hardware
+    )
     if "stopped_at_step" in summary:  # Ctrl-C: the same command resumes
         return 0
     model = load_model(args.out / "finetune")
@@ -69,5 +79,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         type=float,
         default=DEFAULT_BUDGET_SECONDS,
         help=f"seconds of training over all stages (default {DEFAULT_BUDGET_SECONDS:.0f})",
+    )
+    parser.add_argument(
+        "--hardware",
+        choices=["auto", "cpu", "gpu"],
+        default="auto",
+        help="recipe: cpu (ViT-CIFAR/4, fp32) or gpu (ViT-CIFAR-L/4, bf16, batch 512, "
+        "Mixup/CutMix); auto picks gpu when CUDA is available",
     )
     parser.set_defaults(run=run, command="demo")

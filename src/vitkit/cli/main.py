@@ -11,7 +11,19 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from vitkit.cli import classify, demo, evaluate, fewshot, figures, models, shard, train
+from vitkit.cli import (
+    classify,
+    convert,
+    demo,
+    evaluate,
+    export_onnx,
+    fewshot,
+    figures,
+    models,
+    pretrained,
+    shard,
+    train,
+)
 from vitkit.data import DataError
 from vitkit.training.loop import TrainingError
 from vitkit.weights import CheckpointError
@@ -24,7 +36,19 @@ def build_parser() -> argparse.ArgumentParser:
         prog="vitkit", description="Vision Transformers (Dosovitskiy et al., ICLR 2021)."
     )
     subparsers = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
-    for command in (models, classify, demo, train, evaluate, fewshot, figures, shard):
+    for command in (
+        models,
+        pretrained,
+        classify,
+        demo,
+        train,
+        evaluate,
+        fewshot,
+        figures,
+        shard,
+        convert,
+        export_onnx,
+    ):
         command.add_parser(subparsers)
     return parser
 

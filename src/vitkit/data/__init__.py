@@ -2,7 +2,6 @@
 
 from vitkit.data.arrays import ArrayDataset
 from vitkit.data.cifar import load_cifar
-from vitkit.data.download import default_cache_dir, download
 from vitkit.data.fewshot import holdout_split, k_shot_indices
 from vitkit.data.folder import cached_image_folder, check_same_classes
 from vitkit.data.images import IMAGE_EXTENSIONS, DataError, find_images, list_images, load_rgb
@@ -23,8 +22,6 @@ __all__ = [
     "TrainAugment",
     "cached_image_folder",
     "check_same_classes",
-    "default_cache_dir",
-    "download",
     "eval_batch",
     "find_images",
     "holdout_split",

@@ -20,9 +20,9 @@ from typing import Any, Literal
 import numpy as np
 
 from vitkit.data.arrays import ArrayDataset
-from vitkit.data.download import default_cache_dir
-from vitkit.data.download import download as download_file
 from vitkit.data.images import DataError
+from vitkit.download import DownloadError, default_cache_dir
+from vitkit.download import download as download_file
 
 # Each row is one 32x32 image as three colour planes: R (1024 bytes), G, then B, row-major.
 IMAGE_BYTES = 3 * 32 * 32
@@ -112,7 +112,10 @@ def _find_folder(release: _Release, root: Path, *, fetch: bool, url: str, md5: s
                 f"or put the archive or its extracted folder there"
             )
         # The official checksum also holds for a mirror's copy, unless told otherwise.
-        download_file(url, archive, md5=md5 or release.md5)
+        try:
+            download_file(url, archive, md5=md5 or release.md5)
+        except DownloadError as error:
+            raise DataError(str(error)) from error
     _extract(archive, release.folder)
     return folder
 

@@ -16,10 +16,10 @@ from pathlib import Path
 
 from vitkit.data.arrays import ArrayDataset
 from vitkit.data.cifar import load_cifar
-from vitkit.data.download import default_cache_dir
 from vitkit.data.folder import cached_image_folder, check_same_classes, is_archive
 from vitkit.data.images import DataError
 from vitkit.data.shards import ShardDataset
+from vitkit.download import default_cache_dir
 
 # Names of the datasets vitkit can fetch, and the folders / archives their releases unpack to.
 _CIFAR_NAMES = {"cifar10": "cifar10", "cifar-10": "cifar10", "cifar100": "cifar100",
@@ -67,8 +67,8 @@ def open_dataset(
         http(s) URL of shards.
     image_size: (H, W) every image is resized and centre-cropped to when decoding (needed when
         a folder's images differ in size); CIFAR is always 32x32.
-    cache_dir: where decoded arrays and downloads are kept (default: $VITKIT_CACHE, else
-        ~/.cache/vitkit).
+    cache_dir: where decoded arrays and downloads are kept (default: $VITKIT_HOME, else
+        ~/.cache/vitkit; see `vitkit.download.default_cache_dir`).
     skip_bad: skip unreadable images of a folder or archive (counted and reported) instead of
         stopping at the first.
     shuffle_buffer, seed: for shards, the streaming shuffle.

@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from vitkit.io import atomic_write_json
 from vitkit.training.config import TrainConfig, get_preset
@@ -27,20 +27,31 @@ from vitkit.training.loop import train
 
 # Shares of the training budget; evaluation and the one-time data cache come on top.
 PRETRAIN_SHARE, FINETUNE_SHARE = 0.6, 0.2
+# (pre-training, fine-tuning) presets per kind of hardware.
+STAGE_PRESETS = {
+    "cpu": ("demo-pretrain", "demo-finetune"),
+    "gpu": ("demo-gpu-pretrain", "demo-gpu-finetune"),
+}
 
 
 def stage_configs(
-    data: str, out: Path, budget_seconds: float, *, download: bool = False
+    data: str,
+    out: Path,
+    budget_seconds: float,
+    *,
+    download: bool = False,
+    hardware: Literal["cpu", "gpu"] = "cpu",
 ) -> dict[str, TrainConfig]:
     """The three stages' configs: pre-training, fine-tuning at 32 px, fine-tuning at 16 px."""
+    pretrain_preset, finetune_preset = STAGE_PRESETS[hardware]
     pretrain = dataclasses.replace(
-        get_preset("demo-pretrain"),
+        get_preset(pretrain_preset),
         data=data,
         download=download,
         budget_seconds=PRETRAIN_SHARE * budget_seconds,
     )
     finetune = dataclasses.replace(
-        get_preset("demo-finetune"),
+        get_preset(finetune_preset),
         data=data,
         download=download,
         init=str(out / "pretrain"),
@@ -54,18 +65,25 @@ def stage_configs(
 
 
 def run_demo(
-    data: str, out: str | Path, *, budget_seconds: float, download: bool = False
+    data: str,
+    out: str | Path,
+    *,
+    budget_seconds: float,
+    download: bool = False,
+    hardware: Literal["cpu", "gpu"] = "cpu",
 ) -> dict[str, Any]:
     """Run (or resume) the three stages in `out` and write `out/summary.json`."""
     out = Path(out)
     start = time.perf_counter()
     results = {}
-    for name, config in stage_configs(data, out, budget_seconds, download=download).items():
+    stages = stage_configs(data, out, budget_seconds, download=download, hardware=hardware)
+    for name, config in stages.items():
         print(f"\n== {name}: {config.resolution} px, about {config.budget_seconds:.0f} s ==")
         results[name] = train(config, out / name)
         if "stopped_at_step" in results[name]:  # Ctrl-C: the same command resumes
             return results[name]
     summary = {
+        "hardware": hardware,
         "top1": results["finetune"]["top1"],
         "top1_pretrain_res": results["finetune_at_pretrain_res"]["top1"],
         "top1_pretrained": results["pretrain"]["top1"],

@@ -1,4 +1,5 @@
-"""Google's official ViT checkpoints (.npz, as released by google-research/vision_transformer).
+"""Google's official ViT checkpoints (.npz, as released by google-research/vision_transformer),
+read and written (`write_npz`, in the original release's naming).
 
 The files name parameters after the Flax modules that made them. Two block layouts exist: the
 original release ("pre-linen": MultiHeadDotProductAttention_1, LayerNorm_2, MlpBlock_3) and the
@@ -16,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from vitkit.io import atomic_write
 from vitkit.models.config import ViTConfig
 from vitkit.weights.errors import CheckpointError
 
@@ -247,3 +249,105 @@ def google_to_vitkit(
     state["head.weight"] = dense("head/kernel")
     state["head.bias"] = tensor("head/bias")
     return config, state
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing: vitkit -> Google, the inverse of `google_to_vitkit`, in the original ("pre-linen")
+# naming of the released files, which Google's vit_jax `checkpoint.load` and vitkit read.
+
+
+def _google_refusal(config: ViTConfig) -> str | None:
+    """Why Google's vit_jax model cannot express `config`, or None when it can. The file holds
+    only parameters, so whatever vit_jax fixes must match: its numerics, its token/pooling
+    pairs, its biases, its head."""
+    if config.gelu != "tanh" or config.layer_norm_eps != 1e-6:
+        return (
+            "Google's code computes tanh-GELU and LayerNorm eps 1e-6, and its files cannot record "
+            f"other numerics, but this model uses gelu={config.gelu!r} and "
+            f"layer_norm_eps={config.layer_norm_eps:g} (as timm, torchvision or Hugging Face "
+            "weights do); its outputs would change. Export to vitkit, timm or hf"
+        )
+    if config.classifier == "gap" and config.class_token:
+        return (
+            "Google's code adds a [class] token only when it reads it (classifier='token'); this "
+            "model has one but averages the patch tokens (classifier='gap')"
+        )
+    if not config.qkv_bias:
+        return "Google's attention always has query/key/value biases; this model has none"
+    if config.num_classes == 0:
+        return "Google's files always have a head; this model has none (num_classes=0)"
+    if config.img_size[0] != config.img_size[1]:
+        return (
+            f"Google's files do not record the image size and are read as square patch grids; "
+            f"this model's is {config.grid_size[0]}x{config.grid_size[1]}"
+        )
+    return None
+
+
+def vitkit_to_google(config: ViTConfig, state: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    """A vitkit state dict as the arrays of a Google checkpoint (key names and shapes of the
+    released files: Transformer/encoderblock_N/..., embedding, cls, pre_logits, head)."""
+    if problem := _google_refusal(config):
+        raise CheckpointError(problem)
+    layout = _BLOCK_LAYOUTS["pre-linen"]
+    heads, head_dim, width = config.num_heads, config.head_dim, config.width
+
+    def array(key: str) -> np.ndarray:
+        return state[key].detach().cpu().to(torch.float32).numpy()
+
+    def kernel(key: str) -> np.ndarray:  # torch (out, in) -> Flax (in, out)
+        return np.ascontiguousarray(array(key).T)
+
+    params: dict[str, np.ndarray] = {
+        # (D, C, P, P) OIHW -> (P, P, C, D) HWIO
+        "embedding/kernel": np.ascontiguousarray(
+            array("patch_embed.proj.weight").transpose(2, 3, 1, 0)
+        ),
+        "embedding/bias": array("patch_embed.proj.bias"),
+        "Transformer/posembed_input/pos_embedding": array("pos_embed"),
+        "Transformer/encoder_norm/scale": array("norm.weight"),
+        "Transformer/encoder_norm/bias": array("norm.bias"),
+    }
+    if config.class_token:
+        params["cls"] = array("cls_token")
+    for i in range(config.depth):
+        src, dst = f"blocks.{i}", f"Transformer/encoderblock_{i}"
+        attn, mlp = f"{dst}/{layout['attn']}", f"{dst}/{layout['mlp']}"
+        for name, norm in (("norm1", layout["ln1"]), ("norm2", layout["ln2"])):
+            params[f"{dst}/{norm}/scale"] = array(f"{src}.{name}.weight")
+            params[f"{dst}/{norm}/bias"] = array(f"{src}.{name}.bias")
+        # one fused (3D, D) projection -> query/key/value kernels (D, heads, head_dim)
+        qkv_weight = np.split(array(f"{src}.attn.qkv.weight"), 3)
+        qkv_bias = np.split(array(f"{src}.attn.qkv.bias"), 3)
+        for name, weight, bias in zip(("query", "key", "value"), qkv_weight, qkv_bias):
+            params[f"{attn}/{name}/kernel"] = np.ascontiguousarray(weight.T).reshape(
+                width, heads, head_dim
+            )
+            params[f"{attn}/{name}/bias"] = bias.reshape(heads, head_dim)
+        # (D, D) -> out kernel (heads, head_dim, D)
+        params[f"{attn}/out/kernel"] = kernel(f"{src}.attn.proj.weight").reshape(
+            heads, head_dim, width
+        )
+        params[f"{attn}/out/bias"] = array(f"{src}.attn.proj.bias")
+        params[f"{mlp}/Dense_0/kernel"] = kernel(f"{src}.mlp.fc1.weight")
+        params[f"{mlp}/Dense_0/bias"] = array(f"{src}.mlp.fc1.bias")
+        params[f"{mlp}/Dense_1/kernel"] = kernel(f"{src}.mlp.fc2.weight")
+        params[f"{mlp}/Dense_1/bias"] = array(f"{src}.mlp.fc2.bias")
+    if config.representation_size:
+        params["pre_logits/kernel"] = kernel("pre_logits.0.weight")
+        params["pre_logits/bias"] = array("pre_logits.0.bias")
+    params["head/kernel"] = kernel("head.weight")
+    params["head/bias"] = array("head.bias")
+    _check_shapes(params, _expected_shapes(config, layout))  # the reader's own expectations
+    return params
+
+
+def write_npz(model: torch.nn.Module, path: Path) -> Path:
+    """Write `model` (a vitkit VisionTransformer) as a Google .npz checkpoint (np.savez, float32),
+    atomically. Nothing is written when Google's model cannot express it."""
+    path = Path(path)
+    if path.suffix != ".npz":
+        raise CheckpointError(f"{path}: a Google checkpoint needs a .npz name")
+    params = vitkit_to_google(model.config, model.state_dict())
+    atomic_write(path, lambda file: np.savez(file, **params))
+    return path

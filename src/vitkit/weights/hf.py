@@ -1,4 +1,5 @@
-"""Hugging Face transformers ViT directories (config.json + model.safetensors/pytorch_model.bin).
+"""Hugging Face transformers ViT directories (config.json + model.safetensors/pytorch_model.bin),
+read and written.
 
 Handles `ViTForImageClassification` (head "classifier") and `ViTModel` (optionally with its
 pooler, Linear + tanh on the [class] token, which is the paper's pre-logits layer). Both the key
@@ -10,9 +11,11 @@ config: exact GELU for "gelu", LayerNorm eps usually 1e-12.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import torch
 
+from vitkit.io import atomic_write, atomic_write_json
 from vitkit.models.config import ViTConfig
 from vitkit.weights.errors import CheckpointError
 
@@ -134,3 +137,128 @@ def hf_to_vitkit(
             raise CheckpointError(f"block {block}: incomplete query/key/value {kind} tensors")
         state[f"blocks.{block}.attn.qkv.{kind}"] = torch.cat([parts["q"], parts["k"], parts["v"]])
     return config_from_hf(hf_config, state, preprocessor), state
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing: vitkit -> transformers, under the key names of the files on the Hub, which every
+# transformers version reads (transformers 5 renames them to its own modules when loading).
+
+_HUB_BLOCK = {
+    "norm1": "layernorm_before",
+    "norm2": "layernorm_after",
+    "attn.proj": "attention.output.dense",
+    "mlp.fc1": "intermediate.dense",
+    "mlp.fc2": "output.dense",
+}
+
+
+def _hf_refusal(config: ViTConfig) -> str | None:
+    """Why transformers' ViT cannot express `config`, or None when it can."""
+    if not config.class_token or config.classifier != "token":
+        return (
+            "transformers' ViT always prepends a [class] token and ViTForImageClassification "
+            f"reads it, but this model has classifier={config.classifier!r} and "
+            f"class_token={config.class_token}; export to vitkit, or to npz or timm, which have "
+            "average pooling"
+        )
+    if config.representation_size and config.num_classes:
+        return (
+            "ViTForImageClassification has no pre-logits layer (Linear + tanh) before its head, "
+            "and ViTModel's pooler, which is one, has no head; drop the pre-logits layer first "
+            "(load with num_classes=...) or export the features only (num_classes=0)"
+        )
+    return None
+
+
+def vitkit_to_hf(
+    config: ViTConfig, state: dict[str, torch.Tensor]
+) -> tuple[dict, dict[str, torch.Tensor], dict]:
+    """(config.json, state dict, preprocessor_config.json) of the transformers model computing
+    what a vitkit model of `config` computes: `ViTForImageClassification` when it has a head,
+    else `ViTModel` (with its pooler as the pre-logits layer where there is one)."""
+    if problem := _hf_refusal(config):
+        raise CheckpointError(problem)
+    classifier = config.num_classes > 0
+    prefix = "vit." if classifier else ""
+    hf_state: dict[str, torch.Tensor] = {
+        f"{prefix}embeddings.cls_token": state["cls_token"],
+        f"{prefix}embeddings.position_embeddings": state["pos_embed"],
+        f"{prefix}layernorm.weight": state["norm.weight"],
+        f"{prefix}layernorm.bias": state["norm.bias"],
+    }
+    for kind in ("weight", "bias"):
+        projection = state[f"patch_embed.proj.{kind}"]
+        hf_state[f"{prefix}embeddings.patch_embeddings.projection.{kind}"] = projection
+    for i in range(config.depth):
+        layer = f"{prefix}encoder.layer.{i}"
+        for name, hub_name in _HUB_BLOCK.items():
+            for kind in ("weight", "bias"):
+                hf_state[f"{layer}.{hub_name}.{kind}"] = state[f"blocks.{i}.{name}.{kind}"]
+        kinds = ("weight", "bias") if config.qkv_bias else ("weight",)
+        for kind in kinds:
+            query, key, value = state[f"blocks.{i}.attn.qkv.{kind}"].chunk(3, dim=0)
+            for name, part in (("query", query), ("key", key), ("value", value)):
+                hf_state[f"{layer}.attention.attention.{name}.{kind}"] = part
+    if classifier:
+        hf_state["classifier.weight"] = state["head.weight"]
+        hf_state["classifier.bias"] = state["head.bias"]
+    elif config.representation_size:
+        hf_state["pooler.dense.weight"] = state["pre_logits.0.weight"]
+        hf_state["pooler.dense.bias"] = state["pre_logits.0.bias"]
+    height, width = config.img_size
+    hf_config = {
+        "architectures": ["ViTForImageClassification" if classifier else "ViTModel"],
+        "model_type": "vit",
+        "image_size": height if height == width else [height, width],
+        "patch_size": config.patch_size,
+        "num_channels": config.in_chans,
+        "hidden_size": config.width,
+        "num_hidden_layers": config.depth,
+        "num_attention_heads": config.num_heads,
+        "intermediate_size": config.mlp_dim,
+        # ACT2FN: "gelu" is the exact (erf) GELU, "gelu_pytorch_tanh" nn.GELU(approximate="tanh").
+        "hidden_act": "gelu" if config.gelu == "exact" else "gelu_pytorch_tanh",
+        "layer_norm_eps": config.layer_norm_eps,
+        "qkv_bias": config.qkv_bias,
+        "hidden_dropout_prob": config.dropout,
+        "attention_probs_dropout_prob": config.attention_dropout,
+        "encoder_stride": config.patch_size,
+    }
+    if classifier:
+        hf_config["id2label"] = {str(i): f"LABEL_{i}" for i in range(config.num_classes)}
+        hf_config["label2id"] = {f"LABEL_{i}": i for i in range(config.num_classes)}
+    elif config.representation_size:
+        hf_config["pooler_output_size"] = config.representation_size
+        hf_config["pooler_act"] = "tanh"
+    preprocessor = {
+        "image_processor_type": "ViTImageProcessor",
+        "do_resize": True,
+        "size": {"height": height, "width": width},
+        "resample": 2,  # bilinear
+        "do_rescale": True,
+        "rescale_factor": 1 / 255,
+        "do_normalize": True,
+        "image_mean": list(config.mean),
+        "image_std": list(config.std),
+    }
+    return hf_config, hf_state, preprocessor
+
+
+def write_hf(model: torch.nn.Module, directory: Path) -> Path:
+    """Write `model` (a vitkit VisionTransformer) as a transformers directory that
+    `ViTForImageClassification.from_pretrained` (or `ViTModel`'s) loads: config.json,
+    model.safetensors and preprocessor_config.json, each replaced atomically, the weights first.
+    Nothing is written when transformers cannot express the model."""
+    from safetensors.torch import save as safetensors_bytes
+
+    directory = Path(directory)
+    hf_config, hf_state, preprocessor = vitkit_to_hf(model.config, model.state_dict())
+    if directory.exists() and not directory.is_dir():
+        raise CheckpointError(f"{directory}: exists and is not a directory")
+    tensors = {key: value.detach().cpu().contiguous() for key, value in hf_state.items()}
+    payload = safetensors_bytes(tensors, metadata={"format": "pt"})
+    directory.mkdir(parents=True, exist_ok=True)
+    atomic_write(directory / "model.safetensors", lambda file: file.write(payload))
+    atomic_write_json(directory / "preprocessor_config.json", preprocessor)
+    atomic_write_json(directory / "config.json", hf_config)
+    return directory

@@ -1,4 +1,4 @@
-"""timm's `VisionTransformer` state dicts (.safetensors, .pth, .bin).
+"""timm's `VisionTransformer` state dicts (.safetensors, .pth, .bin), read and written.
 
 vitkit's module names follow timm's (patch_embed.proj, blocks.N.attn.qkv, ...), the names most
 PyTorch ViT users know, so the conversion is a check of keys rather than a renaming. timm files do
@@ -14,10 +14,14 @@ same keys as a "token" model and would be read as one.
 
 from __future__ import annotations
 
+import functools
 import re
+from pathlib import Path
 
 import torch
+from torch import nn
 
+from vitkit.io import atomic_write
 from vitkit.models.config import VARIANTS, ViTConfig, as_pair
 from vitkit.weights.errors import CheckpointError
 
@@ -156,3 +160,95 @@ def timm_to_vitkit(
         converted[key] = value
     config = config_from_timm(converted, num_heads=num_heads, img_size=img_size)
     return config, converted
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing: vitkit -> timm. A timm state dict holds only tensors; the architecture and numerics go
+# into the arguments of `timm.create_model`, which `timm_model_kwargs` gives.
+
+# Any timm ViT name will do, as every architecture argument is passed explicitly; this one sets
+# nothing else (its model_args are patch_size, embed_dim, depth and num_heads).
+TIMM_MODEL_NAME = "vit_base_patch16_224"
+
+
+def timm_model_kwargs(config: ViTConfig) -> dict[str, object]:
+    """Keyword arguments for `timm.create_model(TIMM_MODEL_NAME, pretrained=False, **kwargs)`
+    that build the timm model computing what a vitkit model of `config` computes.
+
+    Raises CheckpointError for what timm's VisionTransformer cannot express: the pre-logits
+    layer (timm has no Linear + tanh before the head).
+    """
+    if config.representation_size:
+        raise CheckpointError(
+            f"timm's VisionTransformer has no pre-logits layer (Linear + tanh, here of size "
+            f"{config.representation_size}); drop it first (load with num_classes=...) or export "
+            "to vitkit, hf or npz"
+        )
+    # timm's MLP width is int(embed_dim * mlp_ratio); where mlp_dim / width rounds below
+    # mlp_dim (e.g. 49 / 44), aiming half a unit higher still truncates to mlp_dim.
+    mlp_ratio = config.mlp_dim / config.width
+    if int(config.width * mlp_ratio) != config.mlp_dim:
+        mlp_ratio = (config.mlp_dim + 0.5) / config.width
+    kwargs: dict[str, object] = dict(
+        img_size=config.img_size,
+        patch_size=config.patch_size,
+        in_chans=config.in_chans,
+        num_classes=config.num_classes,
+        embed_dim=config.width,
+        depth=config.depth,
+        num_heads=config.num_heads,
+        mlp_ratio=mlp_ratio,
+        qkv_bias=config.qkv_bias,
+        class_token=config.class_token,
+        # vitkit's "gap" averages the patch tokens after the final norm: timm's "avg" without
+        # fc_norm (timm leaves the [class] token out of the average, as vitkit does).
+        global_pool="token" if config.classifier == "token" else "avg",
+        fc_norm=False,
+    )
+    if config.gelu == "tanh":
+        kwargs["act_layer"] = "gelu_tanh"
+    if config.layer_norm_eps != 1e-6:  # timm's default
+        kwargs["norm_layer"] = functools.partial(nn.LayerNorm, eps=config.layer_norm_eps)
+    return kwargs
+
+
+def timm_create_model_call(config: ViTConfig) -> str:
+    """The Python line that builds the matching timm model, for printing."""
+    arguments = []
+    for name, value in timm_model_kwargs(config).items():
+        if name == "norm_layer":
+            value_text = f"functools.partial(torch.nn.LayerNorm, eps={config.layer_norm_eps!r})"
+        else:
+            value_text = repr(value)
+        arguments.append(f"{name}={value_text}")
+    return f"timm.create_model({TIMM_MODEL_NAME!r}, pretrained=False, {', '.join(arguments)})"
+
+
+def vitkit_to_timm(config: ViTConfig, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A vitkit state dict as timm's (the same names: vitkit follows timm's module names), after
+    checking that timm can express `config`."""
+    timm_model_kwargs(config)
+    return dict(state)
+
+
+def write_timm(model: torch.nn.Module, path: Path) -> Path:
+    """Write `model` (a vitkit VisionTransformer) as a timm state dict, atomically: .safetensors
+    by safetensors, .pth/.pt/.bin by `torch.save`. Nothing is written when timm cannot express
+    the model. Build the timm model with `timm_create_model_call(model.config)`."""
+    path = Path(path)
+    if path.suffix not in (".safetensors", ".pth", ".pt", ".bin"):
+        raise CheckpointError(
+            f"{path}: a timm state dict needs a .safetensors, .pth, .pt or .bin name"
+        )
+    tensors = {
+        key: value.detach().cpu().contiguous()
+        for key, value in vitkit_to_timm(model.config, model.state_dict()).items()
+    }
+    if path.suffix == ".safetensors":
+        from safetensors.torch import save as safetensors_bytes
+
+        payload = safetensors_bytes(tensors)
+        atomic_write(path, lambda file: file.write(payload))
+    else:
+        atomic_write(path, lambda file: torch.save(tensors, file))
+    return path

@@ -1,8 +1,10 @@
-"""Fetching dataset archives over HTTP: resumable, checksummed, and atomic.
+"""Fetching files over HTTP: resumable, checksummed, and atomic; and where they are kept.
 
-Datasets such as CIFAR are one large archive on a university server. A transfer that dies halfway
-should continue where it stopped, a corrupt file must never be taken for the real one, and a
-cluster without internet should say which file to copy where instead of hanging on a socket.
+Dataset archives (CIFAR on a university server) and pretrained checkpoints (Google's bucket) are
+large single files. A transfer that dies halfway should continue where it stopped, a corrupt file
+must never be taken for the real one, and a cluster without internet should say which file to
+copy where instead of hanging on a socket. `vitkit.data` and `vitkit.weights` both fetch through
+this one module, which is why it sits beside them rather than in either.
 """
 
 from __future__ import annotations
@@ -17,24 +19,29 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from vitkit.data.images import DataError
-
 # Seconds a connection may stay silent before the download fails (and can be resumed).
 TIMEOUT_S = 60
 # Bytes read per network call: large enough to be cheap, small enough for a smooth progress bar.
 CHUNK_BYTES = 1 << 20
 
 
+class DownloadError(ValueError):
+    """A file could not be fetched, or what was fetched fails its checksum; the message names
+    the URL and, where it helps, the local path. Callers re-raise it as their own error type."""
+
+
 def default_cache_dir() -> Path:
-    """Where downloads go: $VITKIT_CACHE, else $XDG_CACHE_HOME/vitkit, else ~/.cache/vitkit."""
-    if cache := os.environ.get("VITKIT_CACHE"):
-        return Path(cache)
+    """Where downloads and decoded data go: $VITKIT_HOME, else $VITKIT_CACHE (its older name, still
+    honoured), else $XDG_CACHE_HOME/vitkit, else ~/.cache/vitkit."""
+    for variable in ("VITKIT_HOME", "VITKIT_CACHE"):
+        if cache := os.environ.get(variable):
+            return Path(cache)
     if xdg_cache := os.environ.get("XDG_CACHE_HOME"):
         return Path(xdg_cache) / "vitkit"
     return Path.home() / ".cache" / "vitkit"
 
 
-def _offline() -> bool:
+def is_offline() -> bool:
     """Whether VITKIT_OFFLINE forbids network access (any value but empty or 0)."""
     return os.environ.get("VITKIT_OFFLINE", "") not in ("", "0")
 
@@ -59,9 +66,9 @@ def download(
     }
     if destination.is_file() and not _mismatches(destination, expected):
         return destination
-    if _offline():
+    if is_offline():
         state = "fails its checksum" if destination.is_file() else "is missing"
-        raise DataError(
+        raise DownloadError(
             f"{destination} {state} and VITKIT_OFFLINE is set, so it is not downloaded; "
             f"fetch {url} elsewhere and put the file at {destination}"
         )
@@ -72,13 +79,13 @@ def download(
     # URLError (refused, DNS, HTTP status) and resets, timeouts, disk errors are OSErrors.
     except (OSError, http.client.HTTPException) as error:
         kept = f" ({part} is kept: run again to resume)" if part.is_file() else ""
-        raise DataError(f"{url}: download failed: {error}{kept}") from error
+        raise DownloadError(f"{url}: download failed: {error}{kept}") from error
     if mismatches := _mismatches(part, expected):
         part.unlink()
         details = "; ".join(
             f"expected {name} {expected[name]}, found {found}" for name, found in mismatches.items()
         )
-        raise DataError(f"{url}: checksum mismatch, download deleted: {details}")
+        raise DownloadError(f"{url}: checksum mismatch, download deleted: {details}")
     os.replace(part, destination)
     return destination
 

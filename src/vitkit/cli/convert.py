@@ -1,0 +1,48 @@
+"""`vitkit convert SRC DST --to vitkit|timm|hf|npz`: rewrite a checkpoint in another format.
+
+SRC is anything `vitkit.load_model` reads; the model it describes is written in the target's
+format, or refused with the reason when the target cannot express it (nothing is written then).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from vitkit.cli.arguments import positive_int
+from vitkit.weights import load_model
+from vitkit.weights.export import WRITERS, export_model
+from vitkit.weights.timm import timm_create_model_call
+
+SOURCE_FORMATS = ("npz", "timm", "hf", "torchvision", "vitkit")
+
+
+def run(args: argparse.Namespace) -> int:
+    model = load_model(args.source, format=args.format, num_heads=args.num_heads)
+    written = export_model(model, args.destination, to=args.to)
+    print(f"wrote {written} ({args.to})")
+    if args.to == "timm":  # a state dict records no architecture: say how to build the model
+        print(f"build it with: {timm_create_model_call(model.config)}")
+    return 0
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "convert",
+        help="write a checkpoint in another format",
+        description="Read any checkpoint vitkit reads and write it as a vitkit directory, a timm "
+        "state dict (.safetensors or .pth), a Hugging Face transformers directory or a Google "
+        ".npz file. Refused, writing nothing, when the target cannot express the model.",
+    )
+    parser.add_argument("source", type=Path, help="checkpoint file or directory")
+    parser.add_argument("destination", type=Path, help="file (timm, npz) or directory to write")
+    parser.add_argument("--to", choices=list(WRITERS), required=True, help="target format")
+    parser.add_argument(
+        "--format", choices=SOURCE_FORMATS, help="the source's format, when its name does not tell"
+    )
+    parser.add_argument(
+        "--num-heads",
+        type=positive_int,
+        help="heads of a timm or torchvision state dict whose width is no paper variant's",
+    )
+    parser.set_defaults(run=run, command="convert")

@@ -1,0 +1,58 @@
+"""`vitkit export-onnx CKPT OUT.onnx [--img-size N] [--batch N|dynamic]`: an ONNX graph of any
+checkpoint `vitkit.load_model` reads, at the checkpoint's resolution or `--img-size`."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from vitkit.cli.arguments import positive_int
+from vitkit.weights import CheckpointError, load_model
+from vitkit.weights.onnx_export import INPUT_NAME, OUTPUT_NAME, export_onnx
+
+
+def batch_size(text: str) -> int | None:
+    return None if text == "dynamic" else positive_int(text)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        model = load_model(args.checkpoint, img_size=args.img_size)
+    except ValueError as error:  # CheckpointError, or an img_size no multiple of the patch size
+        if isinstance(error, CheckpointError):
+            raise
+        raise CheckpointError(
+            f"{args.checkpoint}: cannot build it at {args.img_size} px: {error}"
+        ) from None
+    export_onnx(model, args.output, batch_size=args.batch, opset_version=args.opset)
+    height, width = model.config.img_size
+    batch = "batch" if args.batch is None else args.batch
+    print(
+        f"wrote {args.output}: {INPUT_NAME} ({batch}, {model.config.in_chans}, {height}, {width}) "
+        f"float32 -> {OUTPUT_NAME} ({batch}, {model.config.num_classes or model.config.width})"
+    )
+    return 0
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "export-onnx",
+        help="write a checkpoint as an ONNX graph",
+        description="Export any checkpoint vitkit reads to ONNX (PyTorch's dynamo exporter; "
+        "needs the onnx and onnxscript packages). Inputs are normalised images at one size.",
+    )
+    parser.add_argument("checkpoint", type=Path, help="checkpoint file or directory")
+    parser.add_argument("output", type=Path, help="the .onnx file to write")
+    parser.add_argument(
+        "--img-size",
+        type=positive_int,
+        help="resolution of the graph (default: the checkpoint's); position embeddings resized",
+    )
+    parser.add_argument(
+        "--batch",
+        type=batch_size,
+        default=1,
+        help="batch size of the graph, or 'dynamic' for any (default: 1)",
+    )
+    parser.add_argument("--opset", type=positive_int, help="ONNX opset (default: PyTorch's)")
+    parser.set_defaults(run=run, command="export-onnx")

@@ -1,0 +1,78 @@
+"""`export_onnx`: a vitkit model as an ONNX graph (images (N, 3, H, W) -> logits), for inference
+outside PyTorch (onnxruntime, TensorRT, ...).
+
+It uses PyTorch's own exporter (`torch.onnx.export(dynamo=True)`, the default since PyTorch 2.9,
+which needs the `onnx` and `onnxscript` packages: `pip install onnx onnxscript`). The graph is
+traced at one resolution (position embeddings fixed for its patch grid); the batch dimension can
+be left dynamic. Like every vitkit export it is written all or nothing: into a temporary folder
+beside the target, then moved into place, the external weights file (models over ~2 GB) first.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from vitkit.models.vit import VisionTransformer
+from vitkit.weights.errors import CheckpointError
+
+INPUT_NAME = "images"
+OUTPUT_NAME = "logits"
+# A protobuf message holds at most 2 GiB; larger models keep their weights in OUT.onnx.data.
+_EXTERNAL_DATA_BYTES = 1_500_000_000
+
+
+def export_onnx(
+    model: VisionTransformer,
+    path: str | Path,
+    *,
+    batch_size: int | None = 1,
+    opset_version: int | None = None,
+) -> Path:
+    """Write `model` (exported in eval mode, on the CPU, in float32) to the ONNX file `path`, for
+    inputs at the model's `config.img_size`. batch_size=None leaves the batch dimension dynamic
+    (named "batch"); an int fixes it."""
+    path = Path(path)
+    if path.suffix != ".onnx":
+        raise CheckpointError(f"{path}: an ONNX export needs a .onnx name")
+    for package in ("onnx", "onnxscript"):
+        try:
+            __import__(package)
+        except ImportError:
+            raise CheckpointError(
+                f"exporting to ONNX needs the {package!r} package: pip install onnx onnxscript"
+            ) from None
+    model = model.eval().to("cpu", torch.float32)
+    height, width = model.config.img_size
+    example = torch.zeros(batch_size or 2, model.config.in_chans, height, width)
+    dynamic_shapes = None
+    if batch_size is None:
+        dynamic_shapes = {"images": {0: torch.export.Dim("batch", min=1)}}
+    program = torch.onnx.export(
+        model,
+        (example,),
+        dynamo=True,
+        input_names=[INPUT_NAME],
+        output_names=[OUTPUT_NAME],
+        dynamic_shapes=dynamic_shapes,
+        opset_version=opset_version,
+        verbose=False,
+    )
+    parameter_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    external = parameter_bytes > _EXTERNAL_DATA_BYTES
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        program.save(staging / path.name, external_data=external)
+        written = sorted(staging.iterdir(), key=lambda file: file.suffix == ".onnx")
+        for file in written:  # the weights file before the graph that names it
+            with open(file, "rb") as handle:
+                os.fsync(handle.fileno())
+            os.replace(file, path.parent / file.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return path

@@ -1,0 +1,189 @@
+"""Named pretrained weights: the checkpoints the paper released, fetched into the cache by name.
+
+Weights are named apart from architectures (timm's `arch.tag`, big_vision's variants):
+"ViT-B/16@i21k" is the ViT-B/16 architecture as pre-trained on ImageNet-21k, and
+"ViT-B/16@i21k+in1k-384" the same model fine-tuned on ImageNet-1k at 384 px. `resolve_checkpoint`
+turns such a name, or a Hugging Face hub id, into a local path that `load_model` reads; everything
+else is passed through as a path. Files come from Google's bucket (the URLs of the
+google-research/vision_transformer README) through the one download implementation,
+`vitkit.download`: resumable, checked against the registry's SHA-256 where one is recorded,
+and never touching the network when VITKIT_OFFLINE is set.
+
+A mirror with the bucket's layout replaces it through $VITKIT_WEIGHTS_URL; other weights are
+added with `register_pretrained`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from urllib.parse import urlsplit
+
+from vitkit.download import DownloadError, default_cache_dir, download
+from vitkit.weights.errors import CheckpointError
+from vitkit.weights.hub import HUB_PREFIX, fetch_hub
+
+GOOGLE_BUCKET = "https://storage.googleapis.com/vit_models"
+# A base URL (http(s)://host/path) with the bucket's layout, used instead of GOOGLE_BUCKET.
+MIRROR_VARIABLE = "VITKIT_WEIGHTS_URL"
+# Classes of the pre-training and fine-tuning datasets (ImageNet-21k's release has 21,843).
+IMAGENET21K_CLASSES = 21843
+IMAGENET1K_CLASSES = 1000
+# Google's checkpoints take pixels in [-1, 1]: (x - 0.5) / 0.5 for x in [0, 1].
+GOOGLE_MEAN = (0.5, 0.5, 0.5)
+GOOGLE_STD = (0.5, 0.5, 0.5)
+# File names that are checkpoints, never hub ids, even when they contain a single "/".
+_CHECKPOINT_SUFFIXES = (".npz", ".safetensors", ".pth", ".pt", ".bin", ".json")
+# A hub repository id: "org/name", as the hub spells them.
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
+@dataclass(frozen=True, kw_only=True)
+class PretrainedWeights:
+    """One released checkpoint: where it is, and what it was trained for and expects."""
+
+    name: str  # "ViT-B/16@i21k": architecture @ training data (+ fine-tuning data-resolution)
+    architecture: str  # the preset it fits ("ViT-B/16"); hybrids are not vitkit presets yet
+    url: str
+    resolution: int  # square input size the weights were trained at, in pixels
+    num_classes: int  # of the released head
+    dataset: str  # human-readable: what it was pre-trained and fine-tuned on
+    mean: tuple[float, float, float] = GOOGLE_MEAN
+    std: tuple[float, float, float] = GOOGLE_STD
+    sha256: str | None = None  # checked after every download when known
+    size_bytes: int | None = None  # of the file, for the listing; None where not recorded
+
+    @property
+    def file_name(self) -> str:
+        """The cache file: the name with "/" made safe, and the URL's suffix, which tells
+        `load_model` the format ("ViT-B_16@i21k.npz")."""
+        suffix = PurePosixPath(urlsplit(self.url).path).suffix
+        return self.name.replace("/", "_") + suffix
+
+
+def _google(architecture: str, tag: str, file: str) -> PretrainedWeights:
+    """An entry of the paper's release: "i21k" (pre-trained, 224 px, 21,843 classes) or
+    "i21k+in1k-<res>" (then fine-tuned on ImageNet-1k at <res> px)."""
+    if tag == "i21k":
+        folder, resolution, classes = "imagenet21k", 224, IMAGENET21K_CLASSES
+        dataset = "ImageNet-21k"
+    else:
+        folder, classes = "imagenet21k+imagenet2012", IMAGENET1K_CLASSES
+        resolution = int(tag.rsplit("-", 1)[1])
+        dataset = f"ImageNet-21k, fine-tuned on ImageNet-1k at {resolution} px"
+    return PretrainedWeights(
+        name=f"{architecture}@{tag}",
+        architecture=architecture,
+        url=f"{GOOGLE_BUCKET}/{folder}/{file}",
+        resolution=resolution,
+        num_classes=classes,
+        dataset=dataset,
+    )
+
+
+# The release of "An Image is Worth 16x16 Words" (google-research/vision_transformer README).
+# Google publishes no checksums for these files, so none are recorded here.
+_RELEASE = [
+    *(_google(arch, "i21k", f"{arch.replace('/', '_')}.npz")
+      for arch in ("ViT-B/16", "ViT-B/32", "ViT-L/16", "ViT-L/32", "ViT-H/14", "R50+ViT-B/16")),
+    *(_google(arch, "i21k+in1k-384", f"{arch.replace('/', '_')}.npz")
+      for arch in ("ViT-B/16", "ViT-B/32", "ViT-L/16", "ViT-L/32", "R50+ViT-B/16")),
+    *(_google(arch, "i21k+in1k-224", f"{arch.replace('/', '_')}-224.npz")
+      for arch in ("ViT-B/16", "ViT-L/16")),
+]  # fmt: skip
+PRETRAINED: dict[str, PretrainedWeights] = {weights.name: weights for weights in _RELEASE}
+
+
+def list_pretrained() -> list[str]:
+    """Names accepted by `load_model` for downloadable weights, in registry order."""
+    return list(PRETRAINED)
+
+
+def register_pretrained(weights: PretrainedWeights, *, replace: bool = False) -> None:
+    """Add `weights` to the registry, so that `load_model(weights.name)` fetches them.
+
+    An existing name is only replaced with `replace=True`, so that a typo cannot silently
+    redirect the paper's names to another file.
+    """
+    if _find(weights.name) is not None and not replace:
+        raise ValueError(f"{weights.name!r} is registered already; pass replace=True")
+    PRETRAINED[weights.name] = weights
+
+
+def get_pretrained(name: str) -> PretrainedWeights:
+    """The entry called `name`, matched case-insensitively and with "_" for "/" ("ViT-B_16@i21k",
+    as in Google's file names)."""
+    if (weights := _find(name)) is None:
+        raise CheckpointError(
+            f"{name}: no pretrained weights of that name; known: {', '.join(PRETRAINED)}"
+        )
+    return weights
+
+
+def _find(name: str) -> PretrainedWeights | None:
+    wanted = name.replace("_", "/").lower()
+    for key, weights in PRETRAINED.items():
+        if key.replace("_", "/").lower() == wanted:
+            return weights
+    return None
+
+
+def weights_url(weights: PretrainedWeights) -> str:
+    """Where `weights` are fetched from: their URL, with Google's bucket replaced by
+    $VITKIT_WEIGHTS_URL when set (a mirror with the same layout)."""
+    mirror = os.environ.get(MIRROR_VARIABLE, "").rstrip("/")
+    if mirror and weights.url.startswith(GOOGLE_BUCKET + "/"):
+        return mirror + weights.url[len(GOOGLE_BUCKET) :]
+    return weights.url
+
+
+def weights_path(weights: PretrainedWeights, *, cache_dir: Path | None = None) -> Path:
+    """The file `weights` are kept in: <cache dir>/weights/<file_name>."""
+    return Path(cache_dir or default_cache_dir()) / "weights" / weights.file_name
+
+
+def fetch_pretrained(name: str, *, cache_dir: Path | None = None, progress: bool = True) -> Path:
+    """The local file of the weights called `name`, downloaded on first use.
+
+    A file in the cache that fails the registry's SHA-256 is fetched again (online) or refused
+    (offline); a download that fails it is deleted. Either way it is never loaded.
+    """
+    weights = get_pretrained(name)
+    url = weights_url(weights)
+    destination = weights_path(weights, cache_dir=cache_dir)
+    try:
+        return download(url, destination, sha256=weights.sha256, progress=progress)
+    except DownloadError as error:
+        raise CheckpointError(f"{weights.name}: {error}") from None
+
+
+def resolve_checkpoint(checkpoint: str | Path) -> Path:
+    """A local path for what `load_model` was given.
+
+    A path that exists is returned as it is (local files always win). Otherwise a registered
+    name ("ViT-B/16@i21k") is fetched into the cache, and "hf:org/name[@revision]" or a bare
+    "org/name" from the Hugging Face hub; anything else comes back unchanged, for the format
+    detection to report as missing.
+    """
+    path = Path(checkpoint)
+    if path.exists():
+        return path
+    text = str(checkpoint)
+    if text.startswith(HUB_PREFIX):
+        repo_id, _, revision = text.removeprefix(HUB_PREFIX).partition("@")
+        return fetch_hub(repo_id, revision=revision or None)
+    if _find(text) is not None:
+        return fetch_pretrained(text)
+    if "@" in text:  # looks like a weights name, but is none
+        raise CheckpointError(
+            f"{text}: no such file, and no pretrained weights of that name; "
+            f"`vitkit pretrained` lists them: {', '.join(PRETRAINED)}"
+        )
+    if _HUB_ID.fullmatch(text) and not text.lower().endswith(_CHECKPOINT_SUFFIXES):
+        try:
+            return fetch_hub(text)
+        except CheckpointError as error:
+            raise CheckpointError(f"{text}: no such file or directory, nor {error}") from None
+    return path
