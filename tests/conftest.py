@@ -1,8 +1,10 @@
-"""Shared test fixtures: where ../shared lives, Google's official reference files, and a real
-HTTP server on 127.0.0.1 for the download tests (datasets and pretrained weights)."""
+"""Shared test fixtures: where ../shared lives, Google's official reference files, a real HTTP
+server on 127.0.0.1 for the download tests (datasets and pretrained weights), a slice of CIFAR-10,
+and `randomise_` for the reference models of the equivalence tests."""
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import tarfile
@@ -12,11 +14,17 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+import torch
+from torch import nn
 
 SHARED = Path(
     os.environ.get("VITKIT_SHARED", Path(__file__).resolve().parents[1].parent / "shared")
 )
 OFFICIAL_FIXTURE = SHARED / "fixtures" / "official-vit-jax" / "tiny_gap_repr"
+# [class] token and position embeddings under the names of timm, transformers and torchvision.
+EMBEDDING_NAMES = (
+    "cls_token", "pos_embed", "reg_token", "position_embeddings", "class_token", "pos_embedding"
+)  # fmt: skip
 
 
 @pytest.fixture(scope="session")
@@ -127,3 +135,28 @@ def online(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("VITKIT_OFFLINE", raising=False)
     for proxy in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
         monkeypatch.delenv(proxy, raising=False)
+
+
+@torch.no_grad()
+def randomise_(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Give every parameter of a reference model (timm, transformers, torchvision) random values:
+    LayerNorm weights around 1 (not 1), no zero biases, no zero head or [class] token, matrices at
+    std 1/sqrt(fan_in) so the attention is far from uniform and a wrong head split or q/k/v order
+    shows in the outputs."""
+    generator = torch.Generator().manual_seed(seed)
+    layer_norms = [m for m in model.modules() if isinstance(m, nn.LayerNorm)]
+    for norm in layer_norms:
+        norm.weight.copy_(1.0 + 0.2 * torch.randn(norm.weight.shape, generator=generator))
+        norm.bias.copy_(0.1 * torch.randn(norm.bias.shape, generator=generator))
+    done = {id(p) for norm in layer_norms for p in norm.parameters()}
+    for name, param in model.named_parameters():
+        if id(param) in done:
+            continue
+        noise = torch.randn(param.shape, generator=generator)
+        if name.endswith(EMBEDDING_NAMES):
+            param.copy_(0.5 * noise)
+        elif param.ndim >= 2:
+            param.copy_(noise / math.sqrt(param[0].numel()) + 0.01)
+        else:
+            param.copy_(0.1 * noise + 0.01)
+    return model

@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_hf_equivalence import hf_config, randomise_  # noqa: I001 (a sibling test module)
+from conftest import randomise_  # noqa: I001
+from test_hf_equivalence import hf_config  # noqa: I001 (a sibling test module)
 from transformers import ViTModel
 
 import vitkit

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import randomise_  # noqa: I001
 from safetensors.torch import load_file
 from torch import nn
 from transformers import ViTConfig as HFViTConfig
@@ -33,29 +33,6 @@ SMALL = dict(
     patch_size=8,
     num_labels=5,
 )
-
-
-@torch.no_grad()
-def randomise_(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Give every parameter random values (LayerNorm weights around 1, not 1; no zero biases or
-    zero head), with matrices at std 1/sqrt(fan_in) so the attention is far from uniform."""
-    generator = torch.Generator().manual_seed(seed)
-    layer_norms = [m for m in model.modules() if isinstance(m, nn.LayerNorm)]
-    for norm in layer_norms:
-        norm.weight.copy_(1.0 + 0.2 * torch.randn(norm.weight.shape, generator=generator))
-        norm.bias.copy_(0.1 * torch.randn(norm.bias.shape, generator=generator))
-    done = {id(p) for norm in layer_norms for p in norm.parameters()}
-    for name, param in model.named_parameters():
-        if id(param) in done:
-            continue
-        noise = torch.randn(param.shape, generator=generator)
-        if name.endswith(("cls_token", "position_embeddings")):
-            param.copy_(0.5 * noise)
-        elif param.ndim >= 2:
-            param.copy_(noise / math.sqrt(param[0].numel()) + 0.01)
-        else:
-            param.copy_(0.1 * noise + 0.01)
-    return model
 
 
 def hf_config(**overrides: object) -> HFViTConfig:

@@ -6,12 +6,12 @@ inferred architecture and the numerics (exact GELU, LayerNorm eps 1e-6) together
 from __future__ import annotations
 
 import functools
-import math
 from pathlib import Path
 
 import pytest
 import timm
 import torch
+from conftest import randomise_  # noqa: I001
 from safetensors.torch import load_file, save_file
 from timm.layers import SwiGLUPacked
 from torch import nn
@@ -23,36 +23,6 @@ from vitkit.weights.state_dict import load_checked
 from vitkit.weights.timm import timm_to_vitkit
 
 TOLERANCE = 1e-5
-
-
-@torch.no_grad()
-def randomise_(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Give every parameter random values, so that no zero-initialised head, unit LayerNorm or
-    zero bias can hide a wrong mapping. Matrices get std 1/sqrt(fan_in), which keeps activations
-    of order one and the attention far from uniform (so a wrong head split shows)."""
-    generator = torch.Generator().manual_seed(seed)
-
-    def randn(param: torch.Tensor) -> torch.Tensor:
-        return torch.randn(param.shape, generator=generator)
-
-    for module in model.modules():
-        if isinstance(module, nn.LayerNorm):
-            module.weight.copy_(1.0 + 0.2 * randn(module.weight))
-            module.bias.copy_(0.1 * randn(module.bias))
-    layer_norm_params = {
-        id(p) for m in model.modules() if isinstance(m, nn.LayerNorm) for p in m.parameters()
-    }
-    for name, param in model.named_parameters():
-        if id(param) in layer_norm_params:
-            continue
-        if name.endswith(("cls_token", "pos_embed", "reg_token")):
-            param.copy_(0.5 * randn(param))
-        elif param.ndim >= 2:
-            fan_in = param[0].numel()
-            param.copy_(randn(param) / math.sqrt(fan_in) + 0.01)
-        else:
-            param.copy_(0.1 * randn(param) + 0.01)
-    return model
 
 
 def make_timm(name: str, seed: int = 0, **kwargs: object) -> nn.Module:

@@ -5,11 +5,11 @@ numerics (exact GELU, LayerNorm eps 1e-6, the [class] token's row in the positio
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import randomise_  # noqa: I001
 from safetensors.torch import save_file
 from torch import nn
 from torchvision.models.vision_transformer import VisionTransformer as TorchvisionViT
@@ -28,30 +28,6 @@ SMALL = dict(
     mlp_dim=128,
     num_classes=5,
 )
-
-
-@torch.no_grad()
-def randomise_(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Give every parameter random values (LayerNorm weights around 1, no zero biases, no zero
-    head or [class] token), with matrices at std 1/sqrt(fan_in) so the attention is far from
-    uniform and a wrong head split or q/k/v order shows."""
-    generator = torch.Generator().manual_seed(seed)
-    layer_norms = [m for m in model.modules() if isinstance(m, nn.LayerNorm)]
-    for norm in layer_norms:
-        norm.weight.copy_(1.0 + 0.2 * torch.randn(norm.weight.shape, generator=generator))
-        norm.bias.copy_(0.1 * torch.randn(norm.bias.shape, generator=generator))
-    done = {id(p) for norm in layer_norms for p in norm.parameters()}
-    for name, param in model.named_parameters():
-        if id(param) in done:
-            continue
-        noise = torch.randn(param.shape, generator=generator)
-        if name.endswith(("class_token", "pos_embedding")):
-            param.copy_(0.5 * noise)
-        elif param.ndim >= 2:
-            param.copy_(noise / math.sqrt(param[0].numel()) + 0.01)
-        else:
-            param.copy_(0.1 * noise + 0.01)
-    return model
 
 
 def make_torchvision(seed: int = 0, **overrides: object) -> nn.Module:

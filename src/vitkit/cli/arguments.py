@@ -27,6 +27,13 @@ def positive_int(text: str) -> int:
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """--img-size, --normalization, --batch-size and --device, for commands that run a model."""
+    add_input_arguments(parser)
+    parser.add_argument("--batch-size", type=positive_int, default=128)
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+
+
+def add_input_arguments(parser: argparse.ArgumentParser) -> None:
+    """--img-size and --normalization: how images become the model's inputs."""
     parser.add_argument(
         "--img-size",
         type=positive_int,
@@ -39,22 +46,23 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         help="input normalisation: the one the checkpoint records (default), or google "
         "([-1, 1]) or imagenet (ImageNet mean/std) to override it",
     )
-    parser.add_argument("--batch-size", type=positive_int, default=128)
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+
+
+def load_checkpoint(checkpoint: Path, img_size: int | None) -> VisionTransformer:
+    """`load_model`, with a size the model cannot take reported as a checkpoint problem."""
+    try:
+        return load_model(checkpoint, img_size=img_size)
+    except CheckpointError:
+        raise
+    except ValueError as error:  # e.g. an img_size that is no multiple of the patch size
+        raise CheckpointError(f"{checkpoint}: cannot build it at {img_size} px: {error}") from None
 
 
 def load_for_inference(
     checkpoint: Path, args: argparse.Namespace
 ) -> tuple[VisionTransformer, Preprocessing]:
     """The checkpoint's model on the chosen device in eval mode, and its input preprocessing."""
-    try:
-        model = load_model(checkpoint, img_size=args.img_size)
-    except CheckpointError:
-        raise
-    except ValueError as error:  # e.g. an img_size that is no multiple of the patch size
-        raise CheckpointError(
-            f"{checkpoint}: cannot build it at {args.img_size} px: {error}"
-        ) from None
+    model = load_checkpoint(checkpoint, args.img_size)
     device = args.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"

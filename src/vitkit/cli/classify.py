@@ -15,10 +15,15 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from vitkit.cli.arguments import NORMALIZATIONS, positive_int
+from vitkit.cli.arguments import (
+    NORMALIZATIONS,
+    add_input_arguments,
+    load_checkpoint,
+    positive_int,
+)
 from vitkit.data import DataError, Preprocessing, find_images, load_rgb
 from vitkit.models.vit import VisionTransformer
-from vitkit.weights import CheckpointError, load_model
+from vitkit.weights import CheckpointError
 
 
 @dataclass(frozen=True)
@@ -45,12 +50,7 @@ def read_labels(path: Path, num_classes: int) -> list[str]:
 
 
 def load_classifier(checkpoint: Path, *, img_size: int | None) -> VisionTransformer:
-    try:
-        model = load_model(checkpoint, img_size=img_size)
-    except CheckpointError:
-        raise
-    except ValueError as error:  # e.g. an img_size that is no multiple of the patch size
-        raise CheckpointError(f"{checkpoint}: cannot build it at {img_size} px: {error}") from None
+    model = load_checkpoint(checkpoint, img_size)
     if model.config.num_classes == 0:
         raise CheckpointError(f"{checkpoint}: has no classification head (num_classes=0)")
     return model
@@ -141,18 +141,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("checkpoint", type=Path, help="checkpoint file or directory")
     parser.add_argument("paths", type=Path, nargs="+", metavar="PATH", help="images or folders")
     parser.add_argument("--top-k", type=positive_int, default=5, help="classes shown per image")
-    parser.add_argument(
-        "--img-size",
-        type=positive_int,
-        help="resolution to run at (default: the checkpoint's); position embeddings are resized",
-    )
+    add_input_arguments(parser)
     parser.add_argument("--batch-size", type=positive_int, default=32)
     parser.add_argument("--labels", type=Path, help="class names, one per line")
-    parser.add_argument(
-        "--normalization",
-        choices=list(NORMALIZATIONS),
-        default="model",
-        help="input normalisation: the one the checkpoint records (default), or google "
-        "([-1, 1]) or imagenet (ImageNet mean/std) to override it",
-    )
     parser.set_defaults(run=run, command="classify")

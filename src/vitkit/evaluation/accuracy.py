@@ -51,37 +51,6 @@ def iter_outputs(
             yield outputs.float().cpu(), labels
 
 
-def top1_accuracy(
-    model: nn.Module,
-    dataset: ArrayDataset,
-    *,
-    resolution: tuple[int, int],
-    mean: tuple[float, ...],
-    std: tuple[float, ...],
-    batch_size: int = 256,
-    device: torch.device | None = None,
-    autocast_dtype: torch.dtype | None = None,
-) -> float:
-    """Fraction of `dataset` whose highest logit is the label."""
-    device = device or next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    correct = 0
-    for logits, labels in iter_outputs(
-        model,
-        dataset,
-        resolution=resolution,
-        mean=mean,
-        std=std,
-        device=device,
-        batch_size=batch_size,
-        autocast_dtype=autocast_dtype,
-    ):
-        correct += (logits.argmax(dim=-1) == labels).sum().item()
-    model.train(was_training)
-    return correct / len(dataset)
-
-
 @dataclass(frozen=True)
 class ClassificationReport:
     """Accuracies of a classifier on a labelled dataset."""
@@ -117,9 +86,11 @@ def classification_report(
     progress: str | None = "eval",
 ) -> ClassificationReport:
     """Top-1, top-5 (top-k for k = min(5, classes)), per-class accuracy and confusion matrix,
-    counted batch by batch so that no logits are kept."""
+    counted batch by batch so that no logits are kept. The model is run in eval mode and left in
+    the mode it came in."""
     num_classes = len(dataset.classes)
     device = device or next(model.parameters()).device
+    was_training = model.training
     model.eval()
     top_k = min(5, num_classes)
     correct_1 = correct_k = 0
@@ -149,6 +120,7 @@ def classification_report(
         np.add.at(hits, labels[right].numpy(), 1)
         if confusion is not None:
             np.add.at(confusion, (labels.numpy(), first.numpy()), 1)
+    model.train(was_training)
     total = len(dataset)
     names = dataset.classes
     return ClassificationReport(
@@ -159,3 +131,28 @@ def classification_report(
         confusion=confusion,
         images=total,
     )
+
+
+def top1_accuracy(
+    model: nn.Module,
+    dataset: ArrayDataset,
+    *,
+    resolution: tuple[int, int],
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    batch_size: int = 256,
+    device: torch.device | None = None,
+    autocast_dtype: torch.dtype | None = None,
+) -> float:
+    """Fraction of `dataset` whose highest logit is the label (the training loop's evaluation)."""
+    return classification_report(
+        model,
+        dataset,
+        resolution=resolution,
+        mean=mean,
+        std=std,
+        batch_size=batch_size,
+        device=device,
+        autocast_dtype=autocast_dtype,
+        progress=None,
+    ).top1
