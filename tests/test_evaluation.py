@@ -207,3 +207,35 @@ def images_loaded_in_chromium(page: Path, workdir: Path) -> dict[str, int]:
     text = dom[start : dom.index("</pre>", start)]
     assert text, f"the harness wrote nothing; chromium said: {result.stderr[-2000:]}"
     return json.loads(text)
+
+
+def test_eval_runs_an_official_checkpoint_on_data_with_its_classes(tmp_path: Path) -> None:
+    """Google's fixture classifies into 7 classes: on a 7-class folder, eval reports every class,
+    and its top-1 is the agreement of the official model's argmax with the labels, recomputed
+    here from the logits of `vitkit.load_model` (checked against vit_jax elsewhere)."""
+    from PIL import Image
+
+    import vitkit
+    from vitkit.data.preprocessing import Preprocessing
+
+    rng = np.random.default_rng(0)
+    for label in range(7):
+        folder = tmp_path / "data" / "test" / f"c{label}"
+        folder.mkdir(parents=True)
+        for index in range(3):
+            pixels = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(folder / f"{index}.png")
+    checkpoint = OFFICIAL_FIXTURE / "params.npz"
+    assert run_cli("eval", "--checkpoint", checkpoint, "--data", tmp_path / "data",
+                   "--out", tmp_path / "eval") == 0  # fmt: skip
+    result = json.loads((tmp_path / "eval" / "eval.json").read_text())
+    assert result["images"] == 21 and len(result["per_class"]) == 7
+    model = vitkit.load_model(checkpoint)
+    transform = Preprocessing.for_model(model.config).eval_transform()
+    hits = 0
+    for label in range(7):
+        for index in range(3):
+            image = Image.open(tmp_path / "data" / "test" / f"c{label}" / f"{index}.png")
+            with torch.no_grad():
+                hits += int(model(transform(image.convert("RGB"))[None]).argmax() == label)
+    assert result["top1"] == pytest.approx(hits / 21)
