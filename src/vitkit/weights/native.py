@@ -51,7 +51,21 @@ def _config_json(config: ViTConfig) -> dict[str, Any]:
         name: list(value) if isinstance(value, tuple) else value
         for name, value in dataclasses.asdict(config).items()
     }
-    return {"format": FORMAT, "format_version": FORMAT_VERSION, "config": fields}
+    # For readers other than vitkit: how images become this model's inputs (the config's own
+    # img_size/mean/std fields are what vitkit reads back).
+    preprocessing = {
+        "resolution": list(config.img_size),
+        "mean": list(config.mean),
+        "std": list(config.std),
+        "interpolation": "bilinear",
+        "resize": "whole image to resolution, no crop",
+    }
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "config": fields,
+        "preprocessing": preprocessing,
+    }
 
 
 def is_native_config(config_json: Any) -> bool:
