@@ -71,7 +71,7 @@ def plot_position_similarity(similarity: torch.Tensor, path: Path) -> Path:
     return _save(figure, path)
 
 
-def plot_attention_distance(distances: torch.Tensor, patch_size: int, path: Path) -> Path:
+def plot_attention_distance(distances: torch.Tensor, token_pixels: int, path: Path) -> Path:
     """(blocks, heads) mean attention distance in pixels against depth, a point per head
     (Fig. 7 right)."""
     blocks, heads = distances.shape
@@ -82,7 +82,7 @@ def plot_attention_distance(distances: torch.Tensor, patch_size: int, path: Path
     axis.set_ylabel("mean attention distance (pixels)")
     axis.set_xticks(range(blocks))
     axis.set_ylim(bottom=0)
-    axis.set_title(f"Mean attention distance (patch size {patch_size})")
+    axis.set_title(f"Mean attention distance ({token_pixels} px per token)")
     if heads <= 16:
         axis.legend(fontsize=6, ncol=2)
     return _save(figure, path)

@@ -73,11 +73,12 @@ def write_figures(
     prefix = config.num_prefix_tokens
     figures: dict[str, Path] = {}
 
-    kernel = model.patch_embed.proj.weight
-    components = to_unit_range(embedding_filter_components(kernel.cpu()))
-    figures["embedding_filters.png"] = plot_embedding_filters(
-        components, out_dir / "embedding_filters.png"
-    )
+    if config.resnet_layers is None:  # a hybrid's embedding reads ResNet features, not pixels
+        kernel = model.patch_embed.proj.weight
+        components = to_unit_range(embedding_filter_components(kernel.cpu()))
+        figures["embedding_filters.png"] = plot_embedding_filters(
+            components, out_dir / "embedding_filters.png"
+        )
     similarity = position_similarity(model.pos_embed.cpu(), config.grid_size, prefix)
     figures["position_similarity.png"] = plot_position_similarity(
         similarity, out_dir / "position_similarity.png"
@@ -90,14 +91,14 @@ def write_figures(
         inputs = eval_batch(batch, preprocessing.resolution, preprocessing.mean, preprocessing.std)
         weights = [w.cpu() for w in model.forward_attention(inputs)]
         distances.append(
-            mean_attention_distance(weights, config.grid_size, config.patch_size, prefix)
+            mean_attention_distance(weights, config.grid_size, config.total_stride, prefix)
             * len(batch)
         )
         if start == 0:
             first_weights = [w[:shown] for w in weights]
     distance = torch.stack(distances).sum(dim=0) / len(pixels)
     figures["attention_distance.png"] = plot_attention_distance(
-        distance, config.patch_size, out_dir / "attention_distance.png"
+        distance, config.total_stride, out_dir / "attention_distance.png"
     )
 
     grid = config.grid_size
@@ -114,7 +115,7 @@ def write_figures(
 
     atomic_write_json(
         out_dir / "attention_distance.json",
-        {"patch_size": config.patch_size, "pixels_by_layer_and_head": distance.tolist()},
+        {"pixels_per_token": config.total_stride, "pixels_by_layer_and_head": distance.tolist()},
     )
     write_index(out_dir, figures, description)
     figures["index.html"] = out_dir / "index.html"

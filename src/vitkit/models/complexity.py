@@ -10,6 +10,39 @@ from __future__ import annotations
 from vitkit.models.config import ViTConfig
 
 
+def _resnet_cost(config: ViTConfig) -> tuple[int, int]:
+    """(FLOPs, parameters) of a hybrid's ResNet stem (0, 0 for a plain ViT). Weight
+    standardisation and GroupNorm are element-wise work, left out of the FLOPs."""
+    if config.resnet_layers is None:
+        return 0, 0
+    height, width = config.img_size
+
+    def conv(k: int, cin: int, cout: int, stride_from_input: int) -> tuple[int, int]:
+        positions = (height // stride_from_input) * (width // stride_from_input)
+        return 2 * positions * k * k * cin * cout, k * k * cin * cout
+
+    root = config.resnet_width
+    flops, params = conv(7, config.in_chans, root, 2)
+    params += 2 * root  # GroupNorm
+    chans, stride = root, 4
+    for i, num_units in enumerate(config.resnet_layers):
+        unit_width, in_stride = root * 2**i, stride
+        stride = stride if i == 0 else 2 * stride
+        for j in range(num_units):
+            convs = [
+                (1, chans, unit_width, in_stride if j == 0 else stride),
+                (3, unit_width, unit_width, stride),
+                (1, unit_width, 4 * unit_width, stride),
+            ]
+            if j == 0:
+                convs.append((1, chans, 4 * unit_width, stride))
+            for kernel, cin, cout, at in convs:
+                conv_flops, conv_params = conv(kernel, cin, cout, at)
+                flops, params = flops + conv_flops, params + conv_params + 2 * cout
+            chans = 4 * unit_width
+    return flops, params
+
+
 def count_flops(config: ViTConfig) -> int:
     """FLOPs of the matrix products and the patch convolution in one forward pass of one image at
     `config.img_size`, a multiply-add counted as 2 FLOPs.
@@ -20,7 +53,7 @@ def count_flops(config: ViTConfig) -> int:
     """
     width, tokens = config.width, config.num_tokens
     grid_h, grid_w = config.grid_size
-    patch_pixels = config.in_chans * config.patch_size**2
+    patch_pixels = config.embed_in_chans * config.patch_size**2
 
     patch_embed = 2 * grid_h * grid_w * patch_pixels * width  # one dense map per patch
     qkv = 2 * tokens * width * 3 * width
@@ -36,7 +69,8 @@ def count_flops(config: ViTConfig) -> int:
         features = config.representation_size
         pre_logits = 2 * width * features
     head = 2 * features * config.num_classes
-    return patch_embed + config.depth * block + pre_logits + head
+    resnet = _resnet_cost(config)[0]
+    return resnet + patch_embed + config.depth * block + pre_logits + head
 
 
 def count_params(config: ViTConfig) -> int:
@@ -44,7 +78,8 @@ def count_params(config: ViTConfig) -> int:
     ViT-H/14 for real takes seconds and gigabytes, too much for a table of every preset."""
     width, mlp_dim = config.width, config.mlp_dim
     layer_norm = 2 * width
-    patch_embed = config.in_chans * config.patch_size**2 * width + width
+    patch_embed = config.embed_in_chans * config.patch_size**2 * width + width
+    patch_embed += _resnet_cost(config)[1]
     class_token = width if config.class_token else 0
     pos_embed = config.num_tokens * width
 

@@ -14,6 +14,19 @@ from typing import Literal
 Classifier = Literal["token", "gap"]
 Gelu = Literal["exact", "tanh"]
 PosEmbedInterpolation = Literal["bilinear", "bicubic"]
+ResNetNumerics = Literal["google", "timm"]
+
+# ResNet stage layouts of the hybrids (units per stage). Google's code takes any tuple; vitkit
+# accepts the ResNets of the paper and of the released checkpoints, so that a typo in a layout
+# is an error rather than a new, untrained architecture.
+RESNET_LAYOUTS: dict[tuple[int, ...], str] = {
+    (): "R (root only: 7x7 conv + max-pool, stride 4)",
+    (2, 2, 2, 2): "R26",
+    (3, 4, 9): "R50 with 3 stages (the paper's hybrids, stride 16)",
+    (3, 4, 6, 3): "R50",
+    (3, 4, 23, 3): "R101",
+    (3, 8, 36, 3): "R152",
+}
 
 
 def as_pair(size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
@@ -73,19 +86,49 @@ class ViTConfig:
     dynamic_img_size: bool = False
     pos_embed_interpolation: PosEmbedInterpolation = "bilinear"
 
+    # Hybrid (section 3.1 of the paper): a BiT ResNet stem (models/resnet.py) turns the image into
+    # a feature map, which the patch embedding cuts into patch_size x patch_size patches (1 for
+    # R50+ViT-B/16). resnet_layers: units per stage (see RESNET_LAYOUTS); None: a plain ViT.
+    resnet_layers: tuple[int, ...] | None = None
+    resnet_width: int = 64  # the root's channels; stage i has resnet_width * 2^i (x4 out)
+    # "google": weight standardisation (w - mean) / (std + 1e-5), GroupNorm eps 1e-6 (vit_jax);
+    # "timm": (w - mean) / sqrt(var + 1e-8), GroupNorm eps 1e-5 (timm's hybrid ViTs).
+    resnet_numerics: ResNetNumerics = "google"
+
     def __post_init__(self) -> None:
         object.__setattr__(self, "img_size", as_pair(self.img_size))
         object.__setattr__(self, "mean", tuple(float(value) for value in self.mean))
         object.__setattr__(self, "std", tuple(float(value) for value in self.std))
+        if self.resnet_layers is not None:
+            object.__setattr__(self, "resnet_layers", tuple(int(n) for n in self.resnet_layers))
         problems = []
+        if self.resnet_layers is not None and self.resnet_layers not in RESNET_LAYOUTS:
+            known = ", ".join(f"{layout} ({name})" for layout, name in RESNET_LAYOUTS.items())
+            problems.append(
+                f"unknown ResNet stage layout resnet_layers={self.resnet_layers}; known: {known}"
+            )
+        if self.resnet_layers is not None and self.resnet_width % 32:
+            problems.append(
+                f"resnet_width {self.resnet_width} is not a multiple of GroupNorm's 32 groups"
+            )
+        if self.resnet_numerics not in ("google", "timm"):
+            problems.append(
+                f"resnet_numerics must be 'google' or 'timm', got {self.resnet_numerics!r}"
+            )
         if not len(self.mean) == len(self.std) == self.in_chans:
             problems.append(f"mean and std need one value per input channel ({self.in_chans})")
         if self.width % self.num_heads:
             problems.append(f"width {self.width} is not divisible by num_heads {self.num_heads}")
+        stride = self.total_stride
         for axis, size in zip(("height", "width"), self.img_size):
-            if size % self.patch_size:
+            if size % stride and self.resnet_layers is None:
                 problems.append(
                     f"image {axis} {size} is not a multiple of the patch size {self.patch_size}"
+                )
+            elif size % stride:
+                problems.append(
+                    f"image {axis} {size} is not a multiple of the total stride {stride} "
+                    f"(ResNet stride {self.resnet_stride} x patch size {self.patch_size})"
                 )
         if self.classifier == "token" and not self.class_token:
             problems.append("classifier='token' needs class_token=True")
@@ -102,9 +145,34 @@ class ViTConfig:
             raise ValueError("Invalid ViTConfig: " + "; ".join(problems))
 
     @property
+    def is_hybrid(self) -> bool:
+        return self.resnet_layers is not None
+
+    @property
+    def resnet_stride(self) -> int:
+        """Pixels per position of the ResNet's feature map (1 without a ResNet)."""
+        if self.resnet_layers is None:
+            return 1
+        return 4 * 2 ** max(len(self.resnet_layers) - 1, 0)
+
+    @property
+    def embed_in_chans(self) -> int:
+        """Channels the patch embedding reads: the image's, or the ResNet's output."""
+        if self.resnet_layers is None:
+            return self.in_chans
+        if not self.resnet_layers:
+            return self.resnet_width
+        return 4 * self.resnet_width * 2 ** (len(self.resnet_layers) - 1)
+
+    @property
+    def total_stride(self) -> int:
+        """Pixels per token along each side: the patch size times the ResNet's stride."""
+        return self.patch_size * self.resnet_stride
+
+    @property
     def grid_size(self) -> tuple[int, int]:
         """Patches along (height, width) at the build resolution."""
-        return (self.img_size[0] // self.patch_size, self.img_size[1] // self.patch_size)
+        return (self.img_size[0] // self.total_stride, self.img_size[1] // self.total_stride)
 
     @property
     def num_prefix_tokens(self) -> int:
@@ -185,9 +253,33 @@ PRESETS: dict[str, ViTConfig] = {
 }
 
 
+def _hybrid(variant: str, patch_size: int, layers: tuple[int, ...]) -> ViTConfig:
+    return ViTConfig(
+        img_size=224,
+        patch_size=patch_size,
+        resnet_layers=layers,
+        **dataclasses.asdict(VARIANTS[variant]),
+    )
+
+
+# ResNet + ViT hybrids (section 3.1 and Table 6 of the paper; vit_jax's configs/models.py). The
+# name's "/16" or "/32" is the total stride: patch size 1 on the ResNet's feature map, whose
+# stride is 16 with three stages (the paper's option (ii): stage 4's units moved into stage 3)
+# and 32 with four. R+ViT-Ti/16 (AugReg) has only the root (stride 4) and 8x8 patches.
+HYBRID_PRESETS: dict[str, ViTConfig] = {
+    "R50+ViT-B/16": _hybrid("B", 1, (3, 4, 9)),
+    "R50+ViT-B/32": _hybrid("B", 1, (3, 4, 6, 3)),
+    "R50+ViT-L/16": _hybrid("L", 1, (3, 4, 9)),
+    "R50+ViT-L/32": _hybrid("L", 1, (3, 4, 6, 3)),
+    "R26+ViT-S/32": _hybrid("S", 1, (2, 2, 2, 2)),
+    "R26+ViT-B/32": _hybrid("B", 1, (2, 2, 2, 2)),
+    "R+ViT-Ti/16": _hybrid("Ti", 8, ()),
+}
+
+
 def list_models() -> list[str]:
-    """Names accepted by `vitkit.create_model`, in registry order."""
-    return list(PRESETS)
+    """Names accepted by `vitkit.create_model`, in registry order (plain ViTs, then hybrids)."""
+    return [*PRESETS, *HYBRID_PRESETS]
 
 
 def get_config(name: str, **overrides: object) -> ViTConfig:
@@ -195,11 +287,12 @@ def get_config(name: str, **overrides: object) -> ViTConfig:
 
     Names are matched case-insensitively, and "ViT-B_16" (Google's file names) works too.
     """
+    presets = {**PRESETS, **HYBRID_PRESETS}
     wanted = name.replace("_", "/").lower()
-    matches = [key for key in PRESETS if key.lower() == wanted]
+    matches = [key for key in presets if key.lower() == wanted]
     if not matches:
-        raise KeyError(f"Unknown model {name!r}. Known models: {', '.join(PRESETS)}")
+        raise KeyError(f"Unknown model {name!r}. Known models: {', '.join(presets)}")
     unknown = set(overrides) - {field.name for field in dataclasses.fields(ViTConfig)}
     if unknown:
         raise TypeError(f"Unknown ViTConfig field(s): {', '.join(sorted(unknown))}")
-    return dataclasses.replace(PRESETS[matches[0]], **overrides)
+    return dataclasses.replace(presets[matches[0]], **overrides)

@@ -1,7 +1,8 @@
 """Patch embedding: cut the image into PxP patches and project each to D dimensions.
 
 A convolution with kernel = stride = P is exactly "flatten each patch and apply one shared linear
-map" (equation 1 of the paper), computed without materialising the patches.
+map" (equation 1 of the paper), computed without materialising the patches. In the hybrids a
+ResNet (`backbone`) first turns the image into a feature map, and the patches are cut from that.
 """
 
 from __future__ import annotations
@@ -11,11 +12,24 @@ from torch import nn
 
 
 class PatchEmbed(nn.Module):
-    def __init__(self, patch_size: int, in_chans: int, width: int):
+    def __init__(
+        self,
+        patch_size: int,
+        in_chans: int,
+        width: int,
+        *,
+        backbone: nn.Module | None = None,
+        backbone_stride: int = 1,
+        backbone_chans: int | None = None,
+    ):
         super().__init__()
         self.patch_size = patch_size
         self.in_chans = in_chans
-        self.proj = nn.Conv2d(in_chans, width, kernel_size=patch_size, stride=patch_size)
+        self.stride = patch_size * backbone_stride  # image pixels per token along each side
+        if backbone is not None:
+            self.backbone = backbone  # no attribute at all for plain ViTs: unchanged state dict
+        embed_chans = in_chans if backbone_chans is None else backbone_chans
+        self.proj = nn.Conv2d(embed_chans, width, kernel_size=patch_size, stride=patch_size)
 
     def grid_size(self, images: torch.Tensor) -> tuple[int, int]:
         """The patch grid of `images` (N, C, H, W), with a clear error for unusable sizes."""
@@ -30,14 +44,17 @@ class PatchEmbed(nn.Module):
                 f"Expected {self.in_chans} input channels, got {channels} in an input of shape "
                 f"{tuple(images.shape)}{hint}."
             )
-        patch = self.patch_size
+        patch = self.stride
         if height % patch or width % patch:
             fit_h, fit_w = (max(patch, side // patch * patch) for side in (height, width))
+            what = "patch size" if patch == self.patch_size else "total stride (ResNet x patch)"
             raise ValueError(
-                f"Image size {height}x{width} is not a multiple of the patch size {patch}: "
+                f"Image size {height}x{width} is not a multiple of the {what} {patch}: "
                 f"resize or crop to a multiple of {patch} (e.g. {fit_h}x{fit_w})."
             )
         return (height // patch, width // patch)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:  # (N, C, H, W) -> (N, h*w, D)
+        if "backbone" in self._modules:
+            images = self.backbone(images)  # (N, C', H/s, W/s)
         return self.proj(images).flatten(2).transpose(1, 2)

@@ -1,7 +1,7 @@
 """The Vision Transformer of Dosovitskiy et al. (ICLR 2021), read top to bottom:
 
 images (N, C, H, W)
-  -> patch embedding            (N, h*w, D)     equation 1
+  -> patch embedding            (N, h*w, D)     equation 1 (hybrids: of a ResNet's feature map)
   -> [class] token prepended    (N, 1+h*w, D)   (only when config.class_token)
   -> + position embeddings, dropout
   -> pre-LN encoder blocks      (N, T, D)       equations 2-3
@@ -23,6 +23,7 @@ from vitkit.models.config import ViTConfig
 from vitkit.models.layers import Block
 from vitkit.models.patch_embed import PatchEmbed
 from vitkit.models.pos_embed import resize_pos_embed
+from vitkit.models.resnet import ResNetStem
 
 
 class VisionTransformer(nn.Module):
@@ -30,7 +31,22 @@ class VisionTransformer(nn.Module):
         super().__init__()
         self.config = config
         width = config.width
-        self.patch_embed = PatchEmbed(config.patch_size, config.in_chans, width)
+        backbone = None
+        if config.resnet_layers is not None:  # hybrid: a ResNet feeds the patch embedding
+            backbone = ResNetStem(
+                config.in_chans,
+                config.resnet_layers,
+                width=config.resnet_width,
+                numerics=config.resnet_numerics,
+            )
+        self.patch_embed = PatchEmbed(
+            config.patch_size,
+            config.in_chans,
+            width,
+            backbone=backbone,
+            backbone_stride=config.resnet_stride,
+            backbone_chans=config.embed_in_chans,
+        )
         self.cls_token = nn.Parameter(torch.zeros(1, 1, width)) if config.class_token else None
         self.pos_embed = nn.Parameter(torch.zeros(1, config.num_tokens, width))
         self.pos_drop = nn.Dropout(config.dropout)
@@ -112,7 +128,7 @@ class VisionTransformer(nn.Module):
         if grid == self.config.grid_size:
             return self.pos_embed
         if not self.config.dynamic_img_size:
-            height, width = (side * self.config.patch_size for side in grid)
+            height, width = (side * self.config.total_stride for side in grid)
             built_h, built_w = self.config.img_size
             raise ValueError(
                 f"This model was built for {built_h}x{built_w} images but got {height}x{width}. "

@@ -6,6 +6,12 @@ original release ("pre-linen": MultiHeadDotProductAttention_1, LayerNorm_2, MlpB
 Linen one of later releases such as AugReg (MultiHeadDotProductAttention_0, LayerNorm_1,
 MlpBlock_0). Both convert to the same vitkit state dict. The architecture is read from the
 shapes, and the numerics are Google's: tanh-GELU, LayerNorm eps 1e-6, "gap" after the final norm.
+
+ResNet + ViT hybrids add vit_jax's `models_resnet` parameters at the top level: conv_root and
+gn_root, then block{i}/unit{j}/conv1..3, gn1..3 and, in each stage's first unit, conv_proj and
+gn_proj. Kernels are stored unstandardised (HWIO); the model standardises them on every forward
+pass, in Google's numerics (resnet_numerics="google"). GroupNorm parameters are (C,) or, in some
+files, (1, 1, 1, C).
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import numpy as np
 import torch
 
 from vitkit.io import atomic_write
-from vitkit.models.config import ViTConfig
+from vitkit.models.config import RESNET_LAYOUTS, ViTConfig
 from vitkit.weights.errors import CheckpointError
 
 # Some releases store the parameters under an optimizer or variables prefix.
@@ -30,6 +36,82 @@ _BLOCK_LAYOUTS = {
               "ln2": "LayerNorm_1", "mlp": "MlpBlock_0"},
 }  # fmt: skip
 _HYBRID_KEYS = ("conv_root/kernel", "gn_root/scale")
+_UNIT_KEY = re.compile(r"block(\d+)/unit(\d+)/")
+_GROUP_NORM_KEY = re.compile(r"(^|/)gn_?\w*/(scale|bias)$")
+_BACKBONE = "patch_embed.backbone"
+
+
+def _is_hybrid(params: dict[str, np.ndarray]) -> bool:
+    return any(key in params for key in _HYBRID_KEYS) or any(map(_UNIT_KEY.match, params))
+
+
+def _resnet_layers(params: dict[str, np.ndarray]) -> tuple[int, ...]:
+    """Units per stage, from the block{i}/unit{j} keys (both numbered from 1)."""
+    if "conv_root/kernel" not in params:
+        found = next(key for key in params if _UNIT_KEY.match(key) or key in _HYBRID_KEYS)
+        raise CheckpointError(
+            f"has ResNet keys ({found!r}) but no root convolution 'conv_root/kernel': this "
+            "matches no ResNet + ViT hybrid"
+        )
+    units: dict[int, set[int]] = {}
+    for key in params:
+        if m := _UNIT_KEY.match(key):
+            units.setdefault(int(m.group(1)), set()).add(int(m.group(2)))
+    for stage in range(1, max(units, default=0) + 1):
+        ids = units.get(stage, set())
+        if sorted(ids) != list(range(1, len(ids) + 1)) or not ids:
+            raise CheckpointError(
+                f"ResNet stage block{stage} has units {sorted(ids)}, not unit1..unitN"
+            )
+    layers = tuple(len(units[stage]) for stage in sorted(units))
+    if layers not in RESNET_LAYOUTS:
+        known = ", ".join(f"{layout} ({name})" for layout, name in RESNET_LAYOUTS.items())
+        raise CheckpointError(
+            f"unknown ResNet stage layout {layers} (units per block{{i}}): this matches no "
+            f"hybrid preset; known layouts: {known}"
+        )
+    return layers
+
+
+def _resnet_key_map(config: ViTConfig) -> list[tuple[str, str, str]]:
+    """(Google key, vitkit key, "conv" or "norm") for every parameter of the ResNet stem."""
+    mapping = [("conv_root/kernel", f"{_BACKBONE}.stem.conv.weight", "conv"),
+               ("gn_root/scale", f"{_BACKBONE}.stem.norm.weight", "norm"),
+               ("gn_root/bias", f"{_BACKBONE}.stem.norm.bias", "norm")]  # fmt: skip
+    for i, num_units in enumerate(config.resnet_layers or ()):
+        for j in range(num_units):
+            src, dst = f"block{i + 1}/unit{j + 1}", f"{_BACKBONE}.stages.{i}.blocks.{j}"
+            # A stage's first unit always projects: the first stage widens 64 -> 256 channels,
+            # the later ones stride.
+            names = [("1", "1"), ("2", "2"), ("3", "3")] + ([("_proj", "")] if j == 0 else [])
+            for google, torch_name in names:
+                conv = f"{dst}.conv{torch_name}" if torch_name else f"{dst}.downsample.conv"
+                norm = f"{dst}.norm{torch_name}" if torch_name else f"{dst}.downsample.norm"
+                mapping += [(f"{src}/conv{google}/kernel", f"{conv}.weight", "conv"),
+                            (f"{src}/gn{google}/scale", f"{norm}.weight", "norm"),
+                            (f"{src}/gn{google}/bias", f"{norm}.bias", "norm")]  # fmt: skip
+    return mapping
+
+
+def _resnet_shapes(config: ViTConfig) -> dict[str, tuple[int, ...]]:
+    """The shapes of the ResNet stem's parameters in a Google checkpoint for `config`."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    root = config.resnet_width
+    shapes["conv_root/kernel"] = (7, 7, config.in_chans, root)
+    shapes["gn_root/scale"] = shapes["gn_root/bias"] = (root,)
+    chans = root
+    for i, num_units in enumerate(config.resnet_layers or ()):
+        width = root * 2**i
+        for j in range(num_units):
+            unit = f"block{i + 1}/unit{j + 1}"
+            convs = {"1": (1, chans, width), "2": (3, width, width), "3": (1, width, 4 * width)}
+            if j == 0:
+                convs["_proj"] = (1, chans, 4 * width)
+            for name, (kernel, cin, cout) in convs.items():
+                shapes[f"{unit}/conv{name}/kernel"] = (kernel, kernel, cin, cout)
+                shapes[f"{unit}/gn{name}/scale"] = shapes[f"{unit}/gn{name}/bias"] = (cout,)
+            chans = 4 * width
+    return shapes
 
 
 def read_npz(path: str | Path) -> dict[str, np.ndarray]:
@@ -83,11 +165,12 @@ def _block_layout(params: dict[str, np.ndarray]) -> dict[str, str]:
 
 def config_from_google(params: dict[str, np.ndarray]) -> ViTConfig:
     """Infer the architecture of a Google checkpoint from its keys and shapes."""
-    if any(key in params for key in _HYBRID_KEYS):
-        raise CheckpointError(
-            "this is a ResNet+ViT hybrid checkpoint (it has 'conv_root'); hybrids are not "
-            "supported by vitkit yet"
-        )
+    hybrid: dict[str, object] = {}
+    if _is_hybrid(params):
+        layers = _resnet_layers(params)  # first: it names a missing root
+        root = _require(params, "conv_root/kernel", 4)  # (7, 7, in, width)
+        hybrid = dict(resnet_layers=layers, resnet_width=int(root.shape[3]),
+                      resnet_numerics="google")  # fmt: skip
     if any(key.startswith("Transformer/encoderblock/") for key in params):
         raise CheckpointError(
             "this is a big_vision checkpoint with stacked (scanned) encoder blocks "
@@ -95,6 +178,18 @@ def config_from_google(params: dict[str, np.ndarray]) -> ViTConfig:
         )
     kernel = _require(params, "embedding/kernel", 4)  # (P, P, C, D)
     patch_h, patch_w, in_chans, width = kernel.shape
+    stride = patch_h
+    if hybrid:
+        in_chans = params["conv_root/kernel"].shape[2]
+        probe = ViTConfig(patch_size=int(patch_h), img_size=0, width=int(width), num_heads=1,
+                          **hybrid)  # fmt: skip
+        stride = probe.total_stride
+        if kernel.shape[2] != probe.embed_in_chans:
+            raise CheckpointError(
+                f"embedding/kernel: reads {kernel.shape[2]} channels, but the ResNet "
+                f"{hybrid['resnet_layers']} of width {hybrid['resnet_width']} gives "
+                f"{probe.embed_in_chans}"
+            )
     if patch_h != patch_w:
         raise CheckpointError(f"embedding/kernel: non-square patches {patch_h}x{patch_w}")
     layout = _block_layout(params)
@@ -121,7 +216,8 @@ def config_from_google(params: dict[str, np.ndarray]) -> ViTConfig:
         representation_size = int(_require(params, "pre_logits/kernel", 2).shape[1])
     num_classes = int(_require(params, "head/kernel", 2).shape[1])
     return ViTConfig(
-        img_size=grid * patch_h,
+        **hybrid,
+        img_size=grid * stride,
         patch_size=int(patch_h),
         in_chans=int(in_chans),
         width=int(width),
@@ -143,7 +239,8 @@ def _expected_shapes(config: ViTConfig, layout: dict[str, str]) -> dict[str, tup
     width, heads, head_dim, mlp = config.width, config.num_heads, config.head_dim, config.mlp_dim
     patch = config.patch_size
     shapes: dict[str, tuple[int, ...]] = {
-        "embedding/kernel": (patch, patch, config.in_chans, width),
+        **(_resnet_shapes(config) if config.is_hybrid else {}),
+        "embedding/kernel": (patch, patch, config.embed_in_chans, width),
         "embedding/bias": (width,),
         "Transformer/posembed_input/pos_embedding": (1, config.num_tokens, width),
         "Transformer/encoder_norm/scale": (width,),
@@ -200,6 +297,10 @@ def google_to_vitkit(
     """Convert a Google checkpoint's arrays to (config, state dict in vitkit's naming)."""
     config = config_from_google(params)
     layout = _block_layout(params)
+    if config.is_hybrid:  # GroupNorm parameters (1, 1, 1, C) -> (C,)
+        params = {key: value.reshape(value.shape[-1]) if _GROUP_NORM_KEY.search(key)
+                  and value.ndim == 4 and value.shape[:3] == (1, 1, 1) else value
+                  for key, value in params.items()}  # fmt: skip
     _check_shapes(params, _expected_shapes(config, layout))
 
     def tensor(key: str) -> torch.Tensor:
@@ -220,6 +321,10 @@ def google_to_vitkit(
     }
     if config.class_token:
         state["cls_token"] = tensor("cls")
+    if config.is_hybrid:
+        for google, name, kind in _resnet_key_map(config):
+            value = tensor(google)
+            state[name] = value.permute(3, 2, 0, 1).contiguous() if kind == "conv" else value
     for i in range(config.depth):
         src, dst = f"Transformer/encoderblock_{i}", f"blocks.{i}"
         attn = f"{src}/{layout['attn']}"
@@ -260,6 +365,12 @@ def _google_refusal(config: ViTConfig) -> str | None:
     """Why Google's vit_jax model cannot express `config`, or None when it can. The file holds
     only parameters, so whatever vit_jax fixes must match: its numerics, its token/pooling
     pairs, its biases, its head."""
+    if config.is_hybrid and config.resnet_numerics != "google":
+        return (
+            f"Google's ResNet computes its own numerics (weight standardisation with the eps "
+            f"added to the std, GroupNorm eps 1e-6), but this hybrid uses "
+            f"resnet_numerics={config.resnet_numerics!r}; its outputs would change"
+        )
     if config.gelu != "tanh" or config.layer_norm_eps != 1e-6:
         return (
             "Google's code computes tanh-GELU and LayerNorm eps 1e-6, and its files cannot record "
@@ -310,6 +421,11 @@ def vitkit_to_google(config: ViTConfig, state: dict[str, torch.Tensor]) -> dict[
     }
     if config.class_token:
         params["cls"] = array("cls_token")
+    if config.is_hybrid:  # OIHW -> HWIO kernels, (C,) GroupNorm parameters
+        for google, name, kind in _resnet_key_map(config):
+            value = array(name)
+            params[google] = np.ascontiguousarray(value.transpose(2, 3, 1, 0)) if kind == "conv" \
+                else value  # fmt: skip
     for i in range(config.depth):
         src, dst = f"blocks.{i}", f"Transformer/encoderblock_{i}"
         attn, mlp = f"{dst}/{layout['attn']}", f"{dst}/{layout['mlp']}"

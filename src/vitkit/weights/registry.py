@@ -45,7 +45,7 @@ class PretrainedWeights:
     """One released checkpoint: where it is, and what it was trained for and expects."""
 
     name: str  # "ViT-B/16@i21k": architecture @ training data (+ fine-tuning data-resolution)
-    architecture: str  # the preset it fits ("ViT-B/16"); hybrids are not vitkit presets yet
+    architecture: str  # the preset it fits ("ViT-B/16", "R50+ViT-B/16")
     url: str
     resolution: int  # square input size the weights were trained at, in pixels
     num_classes: int  # of the released head

@@ -6,6 +6,12 @@ not record the number of heads; it is taken from the paper's variant with the sa
 given. Nor do they record the image size: a square patch grid is assumed unless `img_size` is
 given. Numerics are timm's: exact GELU, LayerNorm eps 1e-6.
 
+timm's ResNet + ViT hybrids (`timm.models.vision_transformer_hybrid`: vit_base_r50_s16_224, ...)
+load too, their ResNetV2 under patch_embed.backbone (vitkit's module names are timm's), in timm's
+numerics (resnet_numerics="timm": its StdConv2dSame eps and GroupNorm eps 1e-5, TF-'SAME'
+padding). Hybrids built with padding_same=False pad symmetrically, which a state dict cannot show
+and vitkit does not model.
+
 A state dict cannot tell timm's pooling either: with a [class] token the token is read (timm's
 default global_pool="token"), without one the patch tokens are averaged ("avg" with
 fc_norm=False). A model built with class_token=True, global_pool="avg" and fc_norm=False has the
@@ -22,7 +28,7 @@ import torch
 from torch import nn
 
 from vitkit.io import atomic_write
-from vitkit.models.config import VARIANTS, ViTConfig, as_pair
+from vitkit.models.config import RESNET_LAYOUTS, VARIANTS, ViTConfig, as_pair
 from vitkit.weights.errors import CheckpointError
 
 # timm features with parameters that vitkit does not model (yet): refuse rather than drop them.
@@ -55,10 +61,44 @@ _REQUIRED = {
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
 
+_BACKBONE = "patch_embed.backbone."
+# timm's root-only hybrid (vit_tiny_r_s16_p8) has its stem at the backbone's top level.
+_ROOT_ONLY_RENAMES = {f"{_BACKBONE}conv.": f"{_BACKBONE}stem.conv.",
+                      f"{_BACKBONE}norm.": f"{_BACKBONE}stem.norm."}  # fmt: skip
+
+
+def _resnet_fields(state: dict[str, torch.Tensor]) -> dict[str, object]:
+    """The ViTConfig fields of a timm hybrid's ResNetV2 backbone ({} for a plain ViT)."""
+    backbone_keys = [key for key in state if key.startswith(_BACKBONE)]
+    if not backbone_keys:
+        return {}
+    root = f"{_BACKBONE}stem.conv.weight"
+    if root not in state:
+        raise CheckpointError(
+            f"has a hybrid backbone that is not timm's ResNetV2 (no {root!r}; found "
+            f"{backbone_keys[0]!r}), which vitkit does not support"
+        )
+    units: dict[int, set[int]] = {}
+    for key in backbone_keys:
+        if m := re.match(rf"{re.escape(_BACKBONE)}stages\.(\d+)\.blocks\.(\d+)\.", key):
+            units.setdefault(int(m.group(1)), set()).add(int(m.group(2)))
+    if sorted(units) != list(range(len(units))) or any(
+        sorted(ids) != list(range(len(ids))) for ids in units.values()
+    ):
+        raise CheckpointError(f"ResNet stages or units are not numbered from 0 ({sorted(units)})")
+    layers = tuple(len(units[i]) for i in range(len(units)))
+    if layers not in RESNET_LAYOUTS:
+        known = ", ".join(f"{layout} ({name})" for layout, name in RESNET_LAYOUTS.items())
+        raise CheckpointError(f"unknown ResNet stage layout {layers}; known: {known}")
+    return dict(resnet_layers=layers, resnet_width=int(state[root].shape[0]),
+                resnet_numerics="timm")  # fmt: skip
+
+
 def _grid(
     num_patches: int, patch: int, class_token: bool, img_size: tuple[int, int] | None
 ) -> tuple[int, int]:
-    """The patch grid (rows, cols) of `num_patches` position embeddings."""
+    """The patch grid (rows, cols) of `num_patches` position embeddings; `patch` counts image
+    pixels per token (the total stride for hybrids)."""
     if img_size is not None:
         grid = (img_size[0] // patch, img_size[1] // patch)
         if img_size[0] % patch or img_size[1] % patch or grid[0] * grid[1] != num_patches:
@@ -112,6 +152,17 @@ def config_from_timm(
         raise CheckpointError(
             f"uses non-square {patch}x{patch_w} patches, which vitkit does not support"
         )
+    hybrid = _resnet_fields(state)
+    stride = patch
+    if hybrid:
+        in_chans = state[f"{_BACKBONE}stem.conv.weight"].shape[1]
+        probe = ViTConfig(patch_size=patch, img_size=0, width=width, num_heads=1, **hybrid)
+        stride = probe.total_stride
+        if probe.embed_in_chans != state["patch_embed.proj.weight"].shape[1]:
+            raise CheckpointError(
+                f"patch_embed.proj.weight: reads {state['patch_embed.proj.weight'].shape[1]} "
+                f"channels but the ResNet {hybrid['resnet_layers']} gives {probe.embed_in_chans}"
+            )
     depth = len({m.group(1) for key in state if (m := re.match(r"blocks\.(\d+)\.", key))})
     if num_heads is None:
         widths = {variant.width: variant.num_heads for variant in VARIANTS.values()}
@@ -123,9 +174,10 @@ def config_from_timm(
         num_heads = widths[width]
     class_token = "cls_token" in state
     num_patches = state["pos_embed"].shape[1] - int(class_token)
-    grid = _grid(num_patches, patch, class_token, None if img_size is None else as_pair(img_size))
+    grid = _grid(num_patches, stride, class_token, None if img_size is None else as_pair(img_size))
     return ViTConfig(
-        img_size=(grid[0] * patch, grid[1] * patch),
+        **hybrid,
+        img_size=(grid[0] * stride, grid[1] * stride),
         patch_size=patch,
         in_chans=in_chans,
         width=width,
@@ -157,6 +209,9 @@ def timm_to_vitkit(
     for key, value in state.items():
         for prefix in _WRAPPER_PREFIXES:
             key = key.removeprefix(prefix)
+        for old, new in _ROOT_ONLY_RENAMES.items():
+            if key.startswith(old):
+                key = new + key.removeprefix(old)
         converted[key] = value
     config = config_from_timm(converted, num_heads=num_heads, img_size=img_size)
     return config, converted
@@ -178,6 +233,11 @@ def timm_model_kwargs(config: ViTConfig) -> dict[str, object]:
     Raises CheckpointError for what timm's VisionTransformer cannot express: the pre-logits
     layer (timm has no Linear + tanh before the head).
     """
+    if config.is_hybrid:
+        raise CheckpointError(
+            "exporting ResNet + ViT hybrids to timm is not supported yet (timm builds them from "
+            "named models such as vit_base_r50_s16_224); export to vitkit or npz"
+        )
     if config.representation_size:
         raise CheckpointError(
             f"timm's VisionTransformer has no pre-logits layer (Linear + tanh, here of size "
