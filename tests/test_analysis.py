@@ -5,6 +5,7 @@ transformers' own `output_attentions`)."""
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -129,10 +130,13 @@ def test_forward_attention_matches_transformers_output_attentions(tmp_path: Path
             torch.testing.assert_close(tokens, fused, atol=1e-5, rtol=0)
 
 
-def test_write_figures_for_a_gap_model_on_a_non_square_grid(tmp_path: Path) -> None:
+@pytest.mark.parametrize("stem", ["patches", "resnet-root"])
+def test_write_figures_for_a_gap_model_on_a_non_square_grid(tmp_path: Path, stem: str) -> None:
+    hybrid = dict(patch_size=1, resnet_layers=(), resnet_width=32) if stem == "resnet-root" else {}
     model = create_model(
-        "ViT-Test/8", img_size=(16, 24), num_classes=3, classifier="gap", class_token=False
-    ).eval()
+        "ViT-Test/8", img_size=(16, 24), num_classes=3, classifier="gap", class_token=False,
+        **hybrid,
+    ).eval()  # fmt: skip
     images = np.random.default_rng(0).integers(0, 256, (5, 20, 30, 3), dtype=np.uint8)
     figures = write_figures(model, images, tmp_path, shown=3)
     for name in (
@@ -144,4 +148,5 @@ def test_write_figures_for_a_gap_model_on_a_non_square_grid(tmp_path: Path) -> N
         "index.html",
     ):
         assert figures[name].is_file() and figures[name].stat().st_size > 1000, name
-    assert (tmp_path / "attention_distance.json").is_file()
+    distances = json.loads((tmp_path / "attention_distance.json").read_text())
+    assert distances["pixels_per_token"] == (8 if stem == "patches" else 4)

@@ -37,7 +37,8 @@ from vitkit.models.vit import VisionTransformer
 
 CAPTIONS = {
     "embedding_filters.png": "Principal components of the patch-embedding filters (paper Fig. 7 "
-    "left): the image-space patterns the linear patch projection is most sensitive to.",
+    "left): the image-space patterns the linear patch projection is most sensitive to (for a "
+    "hybrid, those of the ResNet root's 7x7 filters, the first to see pixels).",
     "position_similarity.png": "Cosine similarity between the position embedding of each patch "
     "(tile) and those of all patches (Fig. 7 centre): nearby patches, rows and columns look "
     "alike once the model has learned the 2D layout.",
@@ -48,6 +49,18 @@ CAPTIONS = {
     "the input, the image weighted by it (Fig. 6).",
     "attention_heads.png": "Raw attention of the output token in the last block, per head.",
 }
+
+
+def pixel_filters(model: VisionTransformer) -> torch.Tensor:
+    """The first filters that see pixels, (out, C, k, k): the patch embedding of a ViT; for a
+    hybrid, whose embedding reads ResNet features, the ResNet root's 7x7 convolution as applied
+    (weight-standardised per output filter)."""
+    if model.config.resnet_layers is None:
+        return model.patch_embed.proj.weight.detach()
+    kernel = model.patch_embed.backbone.stem.conv.weight.detach()
+    flat = kernel.flatten(1)
+    standardised = (flat - flat.mean(dim=1, keepdim=True)) / flat.std(dim=1, keepdim=True)
+    return standardised.reshape(kernel.shape)
 
 
 @torch.no_grad()
@@ -73,12 +86,10 @@ def write_figures(
     prefix = config.num_prefix_tokens
     figures: dict[str, Path] = {}
 
-    if config.resnet_layers is None:  # a hybrid's embedding reads ResNet features, not pixels
-        kernel = model.patch_embed.proj.weight
-        components = to_unit_range(embedding_filter_components(kernel.cpu()))
-        figures["embedding_filters.png"] = plot_embedding_filters(
-            components, out_dir / "embedding_filters.png"
-        )
+    components = to_unit_range(embedding_filter_components(pixel_filters(model).cpu()))
+    figures["embedding_filters.png"] = plot_embedding_filters(
+        components, out_dir / "embedding_filters.png"
+    )
     similarity = position_similarity(model.pos_embed.cpu(), config.grid_size, prefix)
     figures["position_similarity.png"] = plot_position_similarity(
         similarity, out_dir / "position_similarity.png"

@@ -84,7 +84,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--hardware",
         choices=["auto", "cpu", "gpu"],
         default="auto",
-        help="recipe: cpu (ViT-CIFAR/4, fp32) or gpu (ViT-CIFAR-L/4, bf16, batch 512, "
+        help="recipe: cpu (R+ViT-CIFAR/4, fp32) or gpu (ViT-CIFAR-L/4, bf16, batch 512, "
         "Mixup/CutMix); auto picks gpu when CUDA is available",
     )
     parser.set_defaults(run=run, command="demo")
