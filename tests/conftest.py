@@ -160,3 +160,15 @@ def randomise_(model: nn.Module, seed: int = 0) -> nn.Module:
         else:
             param.copy_(0.1 * noise + 0.01)
     return model
+
+
+def compare_outputs(reference: nn.Module, model: nn.Module, x: torch.Tensor, label: str) -> float:
+    """max |model(x) - reference(x)|, printed; asserts the reference's outputs carry signal (differ
+    between inputs and from zero), or agreement would prove nothing."""
+    with torch.no_grad():
+        expected, got = reference(x), model(x)
+    assert got.shape == expected.shape
+    assert expected.std() > 0.05 and (expected[0] - expected[1]).abs().max() > 0.05
+    error = (got - expected).abs().max().item()
+    print(f"\n{label}: max |vitkit - reference| = {error:.3e} (max {expected.abs().max():.2f})")
+    return error

@@ -239,3 +239,34 @@ def test_eval_runs_an_official_checkpoint_on_data_with_its_classes(tmp_path: Pat
             with torch.no_grad():
                 hits += int(model(transform(image.convert("RGB"))[None]).argmax() == label)
     assert result["top1"] == pytest.approx(hits / 21)
+
+
+@pytest.mark.parametrize(
+    "args, fragments",
+    [
+        (["eval", "--checkpoint", "missing-run", "--data", "{data}"], ["missing-run"]),
+        (["figures", "--checkpoint", "{run}", "--data", "no-such-data", "--out", "{out}"],
+         ["no-such-data", "no such file"]),
+        (["fewshot", "--checkpoint", "{run}", "--data", "{data}", "--shots", "5000"],
+         ["5000", "class"]),
+        (["fewshot", "--checkpoint", "{run}", "--data", "{data}", "--shots", "1,x"],
+         ["--shots", "1,x"]),
+        (["eval", "--checkpoint", "{run}", "--data", "{data}", "--img-size", "30"],
+         ["30", "patch"]),
+    ],
+    ids=["missing-checkpoint", "missing-data", "too-many-shots", "bad-shots", "bad-img-size"],
+)  # fmt: skip
+def test_bad_input_exits_2_naming_the_problem(
+    args: list[str], fragments: list[str], trained_run: Path, cifar_subset: Path,
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    values = {"run": trained_run, "data": cifar_subset, "out": tmp_path / "out"}
+    argv = [arg.format(**values) for arg in args]
+    try:
+        code = run_cli(*argv)
+    except SystemExit as exit_:  # argparse's own errors
+        code = exit_.code
+    err = capsys.readouterr().err
+    assert code == 2, err
+    for fragment in fragments:
+        assert fragment.lower() in err.lower(), (fragment, err)

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import timm
 import torch
+from conftest import compare_outputs as compare  # noqa: I001
 from conftest import randomise_  # noqa: I001
 from safetensors.torch import load_file, save_file
 from timm.layers import SwiGLUPacked
@@ -42,17 +43,6 @@ def save(state: dict, path: Path) -> Path:
 def images(img_size: int | tuple[int, int], seed: int = 1) -> torch.Tensor:
     height, width = (img_size, img_size) if isinstance(img_size, int) else img_size
     return torch.randn(3, 3, height, width, generator=torch.Generator().manual_seed(seed))
-
-
-def compare(reference: nn.Module, model: nn.Module, x: torch.Tensor, label: str) -> float:
-    with torch.no_grad():
-        expected, got = reference(x), model(x)
-    assert got.shape == expected.shape
-    # The outputs must carry signal, or agreement would prove nothing.
-    assert expected.std() > 0.05 and (expected[0] - expected[1]).abs().max() > 0.05
-    error = (got - expected).abs().max().item()
-    print(f"\n{label}: max |vitkit - timm| = {error:.3e} (|timm| max {expected.abs().max():.2f})")
-    return error
 
 
 CASES: dict[str, tuple[str, dict]] = {

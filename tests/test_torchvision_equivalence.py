@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import compare_outputs as compare  # noqa: I001
 from conftest import randomise_  # noqa: I001
 from safetensors.torch import save_file
 from torch import nn
@@ -36,17 +37,6 @@ def make_torchvision(seed: int = 0, **overrides: object) -> nn.Module:
 
 def images(size: int, seed: int = 1) -> torch.Tensor:
     return torch.randn(3, 3, size, size, generator=torch.Generator().manual_seed(seed))
-
-
-def compare(reference: nn.Module, model: nn.Module, x: torch.Tensor, label: str) -> float:
-    with torch.no_grad():
-        expected, got = reference(x), model(x)
-    assert got.shape == expected.shape
-    # The outputs must carry signal, or agreement would prove nothing.
-    assert expected.std() > 0.05 and (expected[0] - expected[1]).abs().max() > 0.05
-    error = (got - expected).abs().max().item()
-    print(f"\n{label}: max |vitkit - torchvision| = {error:.3e} (max {expected.abs().max():.2f})")
-    return error
 
 
 CASES: dict[str, dict] = {

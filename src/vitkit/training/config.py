@@ -165,6 +165,37 @@ def describe_fields() -> str:
     return "\n".join(lines)
 
 
+# The main job's first stage (vitkit demo): pre-train R+ViT-CIFAR/4 (the paper's hybrid with the
+# ResNet root only; it learns faster than the plain ViT-CIFAR/4 at this budget) from scratch on
+# CIFAR-10 at 16 px for a time budget. Command: vitkit demo (or vitkit train --preset
+# demo-pretrain --data ../shared/data/cifar10-jpg.tar.gz --out runs/pre).
+# Hardware: 2 CPU cores. Expected: see benchmarks/RESULTS.md (demo).
+_DEMO_PRETRAIN = TrainConfig(
+    model="R+ViT-CIFAR/4",
+    classifier="gap",
+    resolution=16,
+    optimizer="adamw",
+    lr=1e-3,
+    weight_decay=0.05,
+    batch_size=128,
+    budget_seconds=470.0,
+    warmup_fraction=0.05,
+    decay="cosine",
+    label_smoothing=0.1,
+    crop_scale_min=0.35,
+    checkpoint_every=100,
+)
+# The main job's second stage: fine-tune the demo-pretrain run at 32 px (init=its directory).
+_DEMO_FINETUNE = dataclasses.replace(
+    _DEMO_PRETRAIN, model="ViT-Ti/16", classifier="token", resolution=32, budget_seconds=155.0,
+    checkpoint_every=50,
+)  # fmt: skip
+# What the GPU recipe changes in both stages.
+_GPU_CHANGES: dict[str, Any] = dict(
+    batch_size=512, mixup_alpha=0.8, cutmix_alpha=1.0, drop_path=0.1, precision="bf16"
+)
+
+
 PRESETS: dict[str, TrainConfig] = {
     # The paper's pre-training (Appendix B.1): Adam(0.9, 0.999), weight decay 0.1, batch 4096,
     # linear warm-up of 10k steps then linear decay, dropout 0.1 on ImageNet-21k.
@@ -203,79 +234,17 @@ PRESETS: dict[str, TrainConfig] = {
         decay="cosine",
         crop_scale_min=0.08,
     ),
-    # The main job's first stage (vitkit demo): pre-train R+ViT-CIFAR/4 (the paper's hybrid with
-    # the ResNet root only; it learns faster than the plain ViT-CIFAR/4 at this budget) from
-    # scratch on CIFAR-10 at 16 px for a time budget. Command: vitkit demo (or vitkit train
-    # --preset demo-pretrain --data ../shared/data/cifar10-jpg.tar.gz --out runs/pre).
-    # Hardware: 2 CPU cores. Expected: see benchmarks/RESULTS.md (demo).
-    "demo-pretrain": TrainConfig(
-        model="R+ViT-CIFAR/4",
-        classifier="gap",
-        resolution=16,
-        optimizer="adamw",
-        lr=1e-3,
-        weight_decay=0.05,
-        batch_size=128,
-        budget_seconds=470.0,
-        warmup_fraction=0.05,
-        decay="cosine",
-        label_smoothing=0.1,
-        crop_scale_min=0.35,
-        checkpoint_every=100,
-    ),
-    # The main job's second stage: fine-tune the demo-pretrain run at 32 px (init=its directory).
-    "demo-finetune": TrainConfig(
-        resolution=32,
-        optimizer="adamw",
-        lr=1e-3,
-        weight_decay=0.05,
-        batch_size=128,
-        budget_seconds=155.0,
-        warmup_fraction=0.05,
-        decay="cosine",
-        label_smoothing=0.1,
-        crop_scale_min=0.35,
-        checkpoint_every=50,
-    ),
+    "demo-pretrain": _DEMO_PRETRAIN,
+    "demo-finetune": _DEMO_FINETUNE,
     # The main job on a GPU (vitkit demo --hardware gpu, chosen automatically when CUDA is
-    # there): a 3.7M-parameter model, batch 512, bf16 autocast, Mixup/CutMix and stochastic depth
-    # for the hundreds of epochs a GPU fits in the budget. Expected: 90%+ top-1 after fine-tuning;
-    # NOT measured yet (no GPU was available to the session that wrote it).
-    "demo-gpu-pretrain": TrainConfig(
-        model="ViT-CIFAR-L/4",
-        classifier="gap",
-        resolution=16,
-        optimizer="adamw",
-        lr=1e-3,
-        weight_decay=0.05,
-        batch_size=512,
-        budget_seconds=470.0,
-        warmup_fraction=0.05,
-        decay="cosine",
-        label_smoothing=0.1,
-        crop_scale_min=0.35,
-        mixup_alpha=0.8,
-        cutmix_alpha=1.0,
-        drop_path=0.1,
-        precision="bf16",
-        checkpoint_every=1000,
+    # there): the CPU recipe with a 4.8M-parameter model, batch 512, bf16 autocast, Mixup/CutMix
+    # and stochastic depth, for the hundreds of epochs a GPU fits in the budget. Expected: 90%+
+    # top-1 after fine-tuning; NOT measured yet (no GPU was available to the session that wrote it).
+    "demo-gpu-pretrain": dataclasses.replace(
+        _DEMO_PRETRAIN, model="ViT-CIFAR-L/4", checkpoint_every=1000, **_GPU_CHANGES
     ),
-    "demo-gpu-finetune": TrainConfig(
-        resolution=32,
-        optimizer="adamw",
-        lr=5e-4,
-        weight_decay=0.05,
-        batch_size=512,
-        budget_seconds=155.0,
-        warmup_fraction=0.05,
-        decay="cosine",
-        label_smoothing=0.1,
-        crop_scale_min=0.35,
-        mixup_alpha=0.8,
-        cutmix_alpha=1.0,
-        drop_path=0.1,
-        precision="bf16",
-        checkpoint_every=500,
+    "demo-gpu-finetune": dataclasses.replace(
+        _DEMO_FINETUNE, lr=5e-4, checkpoint_every=500, **_GPU_CHANGES
     ),
     # Seconds on a CPU, for tests: a 2-block model of width 64 on 16 px images.
     "tiny": TrainConfig(
