@@ -2,6 +2,9 @@
 
 Running the same command again resumes the run in DIR; a different config is refused unless
 --force. The fields and their defaults are listed by `vitkit train --help`.
+
+On several processes, the same command under torchrun (`torchrun --standalone --nproc-per-node
+8 -m vitkit train ...`; the README shows several nodes); it resumes on any number of processes.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import json
 from pathlib import Path
 
 from vitkit.training.config import PRESETS, describe_fields, get_preset, parse_overrides
+from vitkit.training.distributed import launch
 from vitkit.training.loop import TrainingError, train
 
 
@@ -24,7 +28,8 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as error:
         raise TrainingError(str(error)) from None
     summary = train(config, args.out, force=args.force)
-    print(json.dumps(summary, indent=2))
+    if launch().rank == 0:
+        print(json.dumps(summary, indent=2))
     return 0
 
 

@@ -33,12 +33,27 @@ def iter_outputs(
     batch_size: int = 256,
     autocast_dtype: torch.dtype | None = None,
     progress: str | None = None,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """(function(inputs) on the CPU in float32, labels) for every batch of `dataset`, in order;
-    images resized to `resolution` and normalised. `progress`: a progress bar with that title."""
-    loader = ArrayLoader(dataset, batch_size=batch_size, shuffle=False, drop_last=False)
+    images resized to `resolution` and normalised. `progress`: a progress bar with that title.
+    With `world_size` > 1, only the batches of the `rank`-th contiguous slice of the dataset,
+    without padding: the slices of all ranks hold every image exactly once."""
+    loader = ArrayLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        drop_last=False,
+        rank=rank,
+        world_size=world_size,
+    )
     bar = tqdm(
-        total=len(dataset), desc=progress, unit="img", file=sys.stderr, disable=progress is None
+        total=len(loader.indices()),
+        desc=progress,
+        unit="img",
+        file=sys.stderr,
+        disable=progress is None,
     )
     with bar:
         for images, labels in loader:
@@ -131,6 +146,44 @@ def classification_report(
         confusion=confusion,
         images=total,
     )
+
+
+@torch.no_grad()
+def top1_counts(
+    model: nn.Module,
+    dataset: ArrayDataset,
+    *,
+    resolution: tuple[int, int],
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    device: torch.device,
+    batch_size: int = 256,
+    autocast_dtype: torch.dtype | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+) -> tuple[int, int]:
+    """(images whose highest logit is the label, images) in the `rank`-th of `world_size`
+    contiguous slices of `dataset`: summed over all ranks, every image counts exactly once. The
+    model runs in eval mode and is left in the mode it came in."""
+    was_training = model.training
+    model.eval()
+    correct = total = 0
+    for logits, labels in iter_outputs(
+        model,
+        dataset,
+        resolution=resolution,
+        mean=mean,
+        std=std,
+        device=device,
+        batch_size=batch_size,
+        autocast_dtype=autocast_dtype,
+        rank=rank,
+        world_size=world_size,
+    ):
+        correct += int((logits.argmax(dim=-1) == labels).sum())
+        total += len(labels)
+    model.train(was_training)
+    return correct, total
 
 
 def top1_accuracy(

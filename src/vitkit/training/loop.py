@@ -12,6 +12,16 @@ since its length depends on the machine's speed: its step count is planned from 
 at the start, then re-planned at each checkpoint (up to REPLAN_UNTIL of the run) from the
 measured pace, so that it ends on time even when the machine slows down or speeds up. The
 warm-up length stays as first planned; the cosine or linear decay stretches to the new end.
+
+Under torchrun every process runs `train` with the same arguments (see training.distributed and
+training.parallel). `batch_size` stays the global batch: each of N processes takes its 1/N share
+of the same global batches (so the learning-rate schedule and the step count do not depend on
+N), and `micro_batch_size` splits a process's share into accumulated passes. Only rank 0 logs,
+shows progress and writes the run directory; checkpoints hold the full, unsharded state, so a
+run resumes on any number of processes. Random augmentation, dropout and stochastic depth draw,
+in each process, from a generator seeded by (seed, step, rank) at every step: a resumed run draws
+what the interrupted one would have, without saving a generator state per process. (One process
+keeps its single checkpointed stream, as above.)
 """
 
 from __future__ import annotations
@@ -21,12 +31,14 @@ import copy
 import dataclasses
 import json
 import math
+import re
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -36,29 +48,44 @@ from vitkit.data.arrays import ArrayDataset
 from vitkit.data.loader import ArrayLoader
 from vitkit.data.sources import open_dataset, open_train_test
 from vitkit.data.transforms import AugmentConfig, TrainAugment
-from vitkit.evaluation.accuracy import top1_accuracy
+from vitkit.evaluation.accuracy import top1_counts
 from vitkit.io import atomic_write_json
+from vitkit.models.config import ViTConfig
 from vitkit.models.vit import VisionTransformer, create_model
+from vitkit.training import parallel
 from vitkit.training.checkpoint import load_latest_checkpoint, save_checkpoint
 from vitkit.training.config import TrainConfig
+from vitkit.training.distributed import Launch, World, launch, lost_peer, process_group
+from vitkit.training.optim import build_optimizer, clip_gradients
 from vitkit.training.schedule import learning_rate
 from vitkit.weights.load import load_model
 from vitkit.weights.native import save_pretrained
 
 CALIBRATION_STEPS = 3  # timed optimizer steps that turn budget_seconds into a first step count
 REPLAN_UNTIL = 0.9  # budgeted runs re-plan their step count at checkpoints until this fraction
+# Fields that say how to run, not what to compute: a run resumes with other values of these
+# (e.g. sharded on 8 GPUs what one GPU started), where another value of any other is refused.
+EXECUTION_FIELDS = frozenset({"parallel", "activation_checkpointing", "dist_timeout_seconds"})
 
 
 class TrainingError(RuntimeError):
     """The run cannot go on (a non-finite loss, a changed config); the message says why."""
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, launched: Launch | None = None) -> torch.device:
+    """The training device; with several processes on GPUs, the GPU of this one's LOCAL_RANK."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise TrainingError(f"device {name!r} asked for, but no CUDA GPU is available")
+    if device.type == "cuda" and launched is not None and launched.world_size > 1:
+        if device.index is not None:
+            raise TrainingError(
+                f"device {name!r}: with several processes each uses the GPU of its LOCAL_RANK; "
+                "give device=cuda or auto"
+            )
+        device = torch.device("cuda", launched.local_rank)
     return device
 
 
@@ -85,28 +112,41 @@ def build_model(config: TrainConfig, num_classes: int) -> VisionTransformer:
     return model
 
 
-def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Weight decay on kernels only: not on biases, norms, position embeddings or [class] token."""
-    decay, no_decay = [], []
-    for name, param in model.named_parameters():
-        skip = param.ndim < 2 or name in ("pos_embed", "cls_token")
-        (no_decay if skip else decay).append(param)
-    return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-
-
-def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    groups = _param_groups(model, config.weight_decay)
-    if config.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum)
-    return torch.optim.AdamW(groups, lr=config.lr, betas=(config.beta1, config.beta2))
+def build_augment(
+    config: TrainConfig, model_config: ViTConfig, *, num_classes: int
+) -> TrainAugment:
+    """The batched training augmentation `config` asks for, at the model's resolution and
+    normalisation."""
+    return TrainAugment(
+        AugmentConfig(
+            resolution=model_config.img_size,
+            num_classes=num_classes,
+            mean=model_config.mean,
+            std=model_config.std,
+            crop_scale=(config.crop_scale_min, 1.0) if config.crop_scale_min < 1 else None,
+            hflip=config.hflip,
+            randaugment=(
+                (config.randaugment_ops, config.randaugment_magnitude)
+                if config.randaugment_ops
+                else None
+            ),
+            mixup_alpha=config.mixup_alpha,
+            cutmix_alpha=config.cutmix_alpha,
+            label_smoothing=config.label_smoothing,
+        )
+    )
 
 
 def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Cross-entropy against class probabilities (one-hot, smoothed or mixed)."""
     return -(targets * F.log_softmax(logits.float(), dim=-1)).sum(dim=-1).mean()
+
+
+def augmentation_seed(seed: int, step: int, rank: int) -> int:
+    """The seed of process `rank`'s random draws (augmentation, dropout, stochastic depth) at
+    `step` of a run on several processes: distinct per process and step, and reproducible on
+    resuming, on any number of processes, without a saved generator state."""
+    return int(np.random.SeedSequence([seed, step, rank]).generate_state(1, np.uint64)[0])
 
 
 class _StopRequest:
@@ -152,19 +192,23 @@ class _Run:
     warmup_steps: int = 0
     step: int = 0
     elapsed: float = 0.0  # training seconds before this process, from the checkpoint
+    micro_batches: int = 1  # forward/backward passes per step in this process
+    world: World = World()
 
     @property
     def autocast_dtype(self) -> torch.dtype | None:
         return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.config.precision)
 
     def state(self) -> dict[str, Any]:
+        """The full training state as one process saves it; under FSDP every rank must call
+        this (it gathers the shards), and only rank 0's result is complete."""
         return {
             "step": self.step,
             "total_steps": self.total_steps,
             "elapsed": self.elapsed,
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "model": parallel.model_state(self.model),
+            "optimizer": parallel.optimizer_state(self.model, self.optimizer),
+            "ema": parallel.model_state(self.ema) if self.ema is not None else None,
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "rng": {
                 "torch": torch.get_rng_state(),
@@ -175,10 +219,10 @@ class _Run:
     def restore(self, state: dict[str, Any]) -> None:
         self.step, self.elapsed = state["step"], state["elapsed"]
         self.total_steps = state.get("total_steps", self.total_steps)
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        parallel.load_model_state(self.model, state["model"])
+        parallel.load_optimizer_state(self.model, self.optimizer, state["optimizer"])
         if self.ema is not None:
-            self.ema.load_state_dict(state["ema"])
+            parallel.load_model_state(self.ema, state["ema"])
         if self.scaler is not None:
             self.scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["rng"]["torch"])
@@ -195,7 +239,8 @@ class _Run:
             epoch, first = epoch + 1, 0
 
     def train_step(self, images: torch.Tensor, labels: torch.Tensor, forward: nn.Module) -> float:
-        """One optimizer step on a global batch; returns its mean loss."""
+        """One optimizer step on a global batch, of which this process holds its share; returns
+        the mean loss of that share."""
         config = self.config
         lr = learning_rate(
             self.step,
@@ -206,31 +251,37 @@ class _Run:
         )
         for group in self.optimizer.param_groups:
             group["lr"] = lr
+        if self.world.distributed:
+            torch.manual_seed(augmentation_seed(config.seed, self.step, self.world.rank))
         inputs, targets = self.augment(
             images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
         )
+        passes = self.micro_batches
         total_loss = 0.0
-        for chunk_inputs, chunk_targets in zip(
-            inputs.chunk(config.accumulation), targets.chunk(config.accumulation)
+        for index, (chunk_inputs, chunk_targets) in enumerate(
+            zip(inputs.chunk(passes), targets.chunk(passes))
         ):
-            with torch.autocast(
-                self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None
-            ):
-                logits = forward(chunk_inputs)
-            loss = soft_cross_entropy(logits, chunk_targets) / config.accumulation
-            value = loss.item()
-            if not math.isfinite(value):
-                raise TrainingError(
-                    f"the loss became {value} at step {self.step}; stopping (learning rate "
-                    f"{lr:.3g}). The checkpoints in {self.out_dir / 'checkpoints'} hold the last "
-                    "finite state: lower lr or raise warmup_steps and run again"
-                )
-            total_loss += value
-            (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+            with parallel.gradient_sync(forward, enabled=index == passes - 1):
+                with torch.autocast(
+                    self.device.type,
+                    dtype=self.autocast_dtype,
+                    enabled=self.autocast_dtype is not None,
+                ):
+                    logits = forward(chunk_inputs)
+                loss = soft_cross_entropy(logits, chunk_targets) / passes
+                value = loss.item()
+                if not math.isfinite(value):
+                    raise TrainingError(
+                        f"the loss became {value} at step {self.step}; stopping (learning rate "
+                        f"{lr:.3g}). The checkpoints in {self.out_dir / 'checkpoints'} hold the "
+                        "last finite state: lower lr or raise warmup_steps and run again"
+                    )
+                total_loss += value
+                (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         if config.grad_clip > 0:
-            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.grad_clip)
+            norm = clip_gradients(self.model.parameters(), config.grad_clip)
             if not torch.isfinite(norm) and self.scaler is None:
                 raise TrainingError(f"the gradient norm became {norm.item()} at step {self.step}")
         if self.scaler is not None:
@@ -249,9 +300,14 @@ def _steps_per_epoch(train: ArrayDataset, config: TrainConfig) -> int:
     return len(train) // config.batch_size
 
 
-def _plan_steps(run: _Run, forward: nn.Module, train_steps_per_epoch: int) -> int:
+def _plan_steps(
+    run: _Run,
+    new_model: Callable[[], tuple[VisionTransformer, nn.Module]],
+    train_steps_per_epoch: int,
+) -> int:
     """Total optimizer steps: given, from epochs, or from budget_seconds by timing a few steps of
-    a throw-away copy of the model (the real model and RNG streams are left untouched)."""
+    a throw-away model, `new_model()` = (model, forward) prepared like the real one (the real
+    model and RNG streams are left untouched); with several processes, rank 0's plan."""
     config = run.config
     if config.steps:
         return config.steps
@@ -259,10 +315,9 @@ def _plan_steps(run: _Run, forward: nn.Module, train_steps_per_epoch: int) -> in
         return max(1, math.ceil(config.epochs * train_steps_per_epoch))
     rng = torch.get_rng_state()
     trial = copy.copy(run)
-    trial.model = copy.deepcopy(run.model)
+    trial.model, trial_forward = new_model()
     trial.optimizer = build_optimizer(trial.model, config)
     trial.ema, trial.total_steps, trial.step = None, 1, 0
-    trial_forward = trial.model if forward is run.model else torch.compile(trial.model)
     batches = trial.batches()
     trial.train_step(*next(batches), trial_forward)  # warm-up: allocation, compilation
     start = time.perf_counter()
@@ -270,21 +325,26 @@ def _plan_steps(run: _Run, forward: nn.Module, train_steps_per_epoch: int) -> in
         trial.train_step(*next(batches), trial_forward)
     seconds_per_step = (time.perf_counter() - start) / CALIBRATION_STEPS
     torch.set_rng_state(rng)
-    return max(1, int(config.budget_seconds / seconds_per_step))
+    return run.world.broadcast(max(1, int(config.budget_seconds / seconds_per_step)))
 
 
 def _load_or_save_config(
     out_dir: Path, config: TrainConfig, *, force: bool
 ) -> dict[str, int] | None:
-    """On a resumed run, refuse a different config (unless forced) and return the plan made when
-    the run started: {"total_steps", "warmup_steps"}; None on a fresh run."""
+    """On a resumed run, refuse a different config (unless forced; EXECUTION_FIELDS may differ)
+    and return the plan made when the run started: {"total_steps", "warmup_steps"}; None on a
+    fresh run."""
     path = out_dir / "train_config.json"
     requested = dataclasses.asdict(config)
     if not path.exists():
         return None
     saved = json.loads(path.read_text())
-    if saved["requested"] != requested and not force:
-        changed = sorted(k for k in requested if saved["requested"].get(k) != requested[k])
+    changed = sorted(
+        key
+        for key, value in requested.items()
+        if key not in EXECUTION_FIELDS and saved["requested"].get(key) != value
+    )
+    if changed and not force:
         raise TrainingError(
             f"{out_dir} holds a run with another config (changed: {', '.join(changed)}); use "
             "another --out, or --force to resume it with the new values"
@@ -297,11 +357,36 @@ def _load_or_save_config(
 
 
 def train(config: TrainConfig, out_dir: str | Path, *, force: bool = False) -> dict[str, Any]:
-    """Train (or resume training) in `out_dir`; returns the summary also written there."""
+    """Train (or resume training) in `out_dir`; returns the summary also written there. Under
+    torchrun, every process calls this with the same arguments."""
     out_dir = Path(out_dir)
+    launched = launch()
+    device = resolve_device(config.device, launched)
+    timeout = config.dist_timeout_seconds
+    with process_group(launched, device=device, timeout_seconds=timeout) as world:
+        try:
+            return _train(config, out_dir, force=force, device=device, world=world)
+        except TrainingError:
+            raise
+        except Exception as error:
+            if not (world.distributed and lost_peer(error)):
+                raise
+            # gloo starts with its source location and ends with advice: keep what happened.
+            message = re.sub(r"^\[[^]]*\]\s*", "", str(error).strip())
+            reason = message.splitlines()[0].split(". ")[0][:300]
+            raise TrainingError(
+                f"process {world.rank} of {world.size} lost contact with the others ({reason}). "
+                f"Another process died or hangs: each waits at most dist_timeout_seconds="
+                f"{timeout:g} s for the others; its own log says why it stopped. Running the same "
+                f"command again resumes from the last checkpoint in {out_dir / 'checkpoints'}"
+            ) from error
+
+
+def _train(
+    config: TrainConfig, out_dir: Path, *, force: bool, device: torch.device, world: World
+) -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
     saved_plan = _load_or_save_config(out_dir, config, force=force)
-    device = resolve_device(config.device)
 
     if config.test_split:
         train_set, test_set = open_train_test(
@@ -320,69 +405,91 @@ def train(config: TrainConfig, out_dir: str | Path, *, force: bool = False) -> d
             f"{config.data}: {len(train_set)} training images do not fill one batch of "
             f"{config.batch_size}; lower batch_size"
         )
+    try:
+        micro_batches = config.micro_batches(processes=world.size)
+    except ValueError as error:
+        raise TrainingError(str(error)) from None
+    num_classes = len(train_set.classes)
 
     torch.manual_seed(config.seed)
-    model = build_model(config, num_classes=len(train_set.classes)).to(device)
+    model = build_model(config, num_classes=num_classes).to(device)
     model_config = model.config
-    optimizer = build_optimizer(model, config)
     ema = None
-    if config.ema_decay:
+    if config.ema_decay:  # copied before parallelize: a sharded model cannot be copied
         ema = torch.optim.swa_utils.AveragedModel(
             model,
             multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(config.ema_decay),
             use_buffers=True,
         )
+    forward = parallel.parallelize(model, config=config, world=world)
+    if ema is not None and parallel.is_sharded(model):
+        parallel.shard(ema.module, precision=config.precision)  # averaged shard by shard
+    optimizer = build_optimizer(model, config)  # after sharding: it steps on this rank's shards
     scaler = torch.amp.GradScaler(device.type) if config.precision == "fp16" else None
-    augment = TrainAugment(
-        AugmentConfig(
-            resolution=model_config.img_size,
-            num_classes=len(train_set.classes),
-            mean=model_config.mean,
-            std=model_config.std,
-            crop_scale=(config.crop_scale_min, 1.0) if config.crop_scale_min < 1 else None,
-            hflip=config.hflip,
-            randaugment=(
-                (config.randaugment_ops, config.randaugment_magnitude)
-                if config.randaugment_ops
-                else None
-            ),
-            mixup_alpha=config.mixup_alpha,
-            cutmix_alpha=config.cutmix_alpha,
-            label_smoothing=config.label_smoothing,
-        )
-    )
+    augment = build_augment(config, model_config, num_classes=len(train_set.classes))
     loader = ArrayLoader(
-        train_set, batch_size=config.batch_size, shuffle=True, drop_last=True, seed=config.seed
+        train_set,
+        batch_size=config.batch_size // world.size,
+        shuffle=True,
+        drop_last=True,
+        seed=config.seed,
+        rank=world.rank,
+        world_size=world.size,
     )
-    run = _Run(config, out_dir, device, model, optimizer, ema, scaler, augment, loader, test_set, 0)
-    forward: nn.Module = torch.compile(model) if config.compile else model
+    run = _Run(
+        config, out_dir, device, model, optimizer, ema, scaler, augment, loader, test_set,
+        total_steps=0, micro_batches=micro_batches, world=world,
+    )  # fmt: skip
 
     resumed = load_latest_checkpoint(out_dir)
+    _check_same_checkpoint(world, out_dir, resumed[1].name if resumed else None)
     if resumed is not None:
         state, path = resumed
         plan = saved_plan or {"total_steps": config.steps, "warmup_steps": config.warmup_steps}
         run.total_steps, run.warmup_steps = plan["total_steps"], plan["warmup_steps"]
         run.restore(state)
+        del state, resumed  # a copy of the full state in every process, no longer needed
         summary_path = out_dir / "summary.json"
         if run.step >= run.total_steps and summary_path.exists():
-            print(f"{out_dir}: this run is complete ({run.step} steps)")
+            if world.is_main:
+                print(f"{out_dir}: this run is complete ({run.step} steps)")
             return json.loads(summary_path.read_text())
-        print(f"resuming from {path} (step {run.step} of {run.total_steps})")
-        _truncate_metrics(out_dir / "metrics.jsonl", run.step)
+        if world.is_main:
+            print(f"resuming from {path} (step {run.step} of {run.total_steps})")
+            _truncate_metrics(out_dir / "metrics.jsonl", run.step)
     else:
-        _truncate_metrics(out_dir / "metrics.jsonl", 0)
-        run.total_steps = _plan_steps(run, forward, _steps_per_epoch(train_set, config))
+        if world.is_main:
+            _truncate_metrics(out_dir / "metrics.jsonl", 0)
+
+        def new_model() -> tuple[VisionTransformer, nn.Module]:
+            trial = build_model(config, num_classes=num_classes).to(device)
+            return trial, parallel.parallelize(trial, config=config, world=world)
+
+        run.total_steps = _plan_steps(run, new_model, _steps_per_epoch(train_set, config))
         run.warmup_steps = config.warmup_for(run.total_steps)
-        atomic_write_json(
-            out_dir / "train_config.json",
-            {
-                "requested": dataclasses.asdict(config),
-                "total_steps": run.total_steps,
-                "warmup_steps": run.warmup_steps,
-            },
-        )
+        if world.is_main:
+            atomic_write_json(
+                out_dir / "train_config.json",
+                {
+                    "requested": dataclasses.asdict(config),
+                    "total_steps": run.total_steps,
+                    "warmup_steps": run.warmup_steps,
+                },
+            )
         torch.manual_seed(config.seed + 1)  # the augmentation stream, apart from the init's
     return _loop(run, forward)
+
+
+def _check_same_checkpoint(world: World, out_dir: Path, name: str | None) -> None:
+    """All processes must resume from the same checkpoint (or none); this also keeps rank 0
+    from writing to the run directory before every process has read it."""
+    names = world.gather(name)
+    if len(set(names)) > 1:
+        seen = ", ".join(f"rank {rank}: {name or 'none'}" for rank, name in enumerate(names))
+        raise TrainingError(
+            f"the processes find different checkpoints in {out_dir} ({seen}); the run directory "
+            "must be on a file system that every node sees"
+        )
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
@@ -394,13 +501,18 @@ def _truncate_metrics(path: Path, step: int) -> None:
 
 
 def _checkpoint(run: _Run, started: float) -> None:
+    """Rank 0 saves the full state (gathered from every rank under FSDP); the others wait."""
     run.elapsed += time.perf_counter() - started
-    save_checkpoint(run.out_dir, run.step, run.state())
+    state = run.state()
+    if run.world.is_main:
+        save_checkpoint(run.out_dir, run.step, state)
+    run.world.barrier()
 
 
 def _replan(run: _Run, started: float) -> bool:
     """For a budgeted run past its warm-up: set the step count that ends the run on budget at the
-    pace measured so far; returns whether it changed."""
+    pace measured so far (rank 0's, so that all processes stop together); returns whether it
+    changed."""
     config = run.config
     budgeted = config.budget_seconds and not (config.steps or config.epochs)
     if not budgeted or run.step < run.warmup_steps or run.step >= REPLAN_UNTIL * run.total_steps:
@@ -408,39 +520,62 @@ def _replan(run: _Run, started: float) -> bool:
     elapsed = run.elapsed + time.perf_counter() - started
     seconds_per_step = elapsed / run.step
     remaining = max(0.0, config.budget_seconds - elapsed)
-    total = max(run.step + 1, run.step + int(remaining / seconds_per_step))
+    total = run.world.broadcast(max(run.step + 1, run.step + int(remaining / seconds_per_step)))
     changed = total != run.total_steps
     run.total_steps = total
     return changed
 
 
+class _Metrics:
+    """metrics.jsonl, one JSON record a line, flushed at once so that a killed run keeps every
+    line it logged; only rank 0 writes it."""
+
+    def __init__(self, path: Path, *, enabled: bool) -> None:
+        self._file = path.open("a") if enabled else None
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self._file is not None:
+            self._file.write(json.dumps(record) + "\n")
+            self._file.flush()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+
+
 def _loop(run: _Run, forward: nn.Module) -> dict[str, Any]:
-    config, out_dir = run.config, run.out_dir
+    config, out_dir, world = run.config, run.out_dir, run.world
     stop = _StopRequest()
-    metrics = (out_dir / "metrics.jsonl").open("a")
+    # Under torchrun, Ctrl-C reaches every process and torchrun ends the job: the same command
+    # then resumes from the last checkpoint. Only a single process turns it into a clean stop.
+    stop_on_ctrl_c = contextlib.nullcontext() if world.distributed else stop.installed()
+    metrics = _Metrics(out_dir / "metrics.jsonl", enabled=world.is_main)
     started = time.perf_counter()
     window_start, window_images = time.perf_counter(), 0
     batches = run.batches()
-    progress = tqdm(total=run.total_steps, initial=run.step, desc="train", unit="step")
+    progress = tqdm(
+        total=run.total_steps,
+        initial=run.step,
+        desc="train",
+        unit="step",
+        disable=not world.is_main,
+    )
     try:
-        with stop.installed():
+        with stop_on_ctrl_c:
             while run.step < run.total_steps:
                 images, labels = next(batches)
                 loss = run.train_step(images, labels, forward)
-                window_images += len(labels)
+                window_images += config.batch_size
                 if run.step % config.log_every == 0 or run.step == run.total_steps:
+                    loss = world.mean(loss)
                     rate = window_images / (time.perf_counter() - window_start)
                     lr = run.optimizer.param_groups[0]["lr"]
-                    record = {"step": run.step, "loss": loss, "lr": lr, "images_per_s": rate}
-                    metrics.write(json.dumps(record) + "\n")
-                    metrics.flush()
+                    metrics.write({"step": run.step, "loss": loss, "lr": lr, "images_per_s": rate})
                     progress.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", img_s=f"{rate:.0f}")
                     window_start, window_images = time.perf_counter(), 0
                 progress.update(1)
                 if config.eval_every and run.step % config.eval_every == 0 and run.test is not None:
-                    top1 = _evaluate(run, run.model)
-                    metrics.write(json.dumps({"step": run.step, "top1": top1}) + "\n")
-                    metrics.flush()
+                    metrics.write({"step": run.step, "top1": _evaluate(run, run.model)})
                 if run.step % config.checkpoint_every == 0 or stop.requested:
                     if _replan(run, started):
                         progress.total = run.total_steps
@@ -460,25 +595,28 @@ def _loop(run: _Run, forward: nn.Module) -> dict[str, Any]:
     return _finish(run)
 
 
-def _evaluate(run: _Run, model: nn.Module) -> float:
+def _evaluate(run: _Run, model: VisionTransformer) -> float:
+    """Top-1 on the test set: each process counts its own contiguous slice, without padding,
+    and the counts are summed, so that every test image counts exactly once."""
     assert run.test is not None
-    return top1_accuracy(
-        model,
+    correct, total = top1_counts(
+        parallel.unsharded(model),
         run.test,
         resolution=run.model.config.img_size,
         mean=run.model.config.mean,
         std=run.model.config.std,
         device=run.device,
         autocast_dtype=run.autocast_dtype,
+        rank=run.world.rank,
+        world_size=run.world.size,
     )
+    correct, total = run.world.sum([correct, total])
+    return correct / total
 
 
 def _finish(run: _Run) -> dict[str, Any]:
-    """Final weights, evaluation, summary and curves."""
-    final = run.model
-    if run.ema is not None:
-        final = copy.deepcopy(run.model)
-        final.load_state_dict(run.ema.module.state_dict())
+    """Final weights, evaluation, summary and curves (written by rank 0)."""
+    final = parallel.unsharded(run.ema.module if run.ema is not None else run.model)
     summary: dict[str, Any] = {
         "steps": run.step,
         "images_seen": run.step * run.config.batch_size,
@@ -491,6 +629,9 @@ def _finish(run: _Run) -> dict[str, Any]:
         if run.ema is not None:
             summary["top1_without_ema"] = _evaluate(run, run.model)
         summary["eval_seconds"] = round(time.perf_counter() - start, 1)
+    if not run.world.is_main:
+        return summary
+    if run.test is not None:
         with (run.out_dir / "metrics.jsonl").open("a") as metrics:
             metrics.write(json.dumps({"step": run.step, "top1": summary["top1"]}) + "\n")
     save_pretrained(final.cpu(), run.out_dir)

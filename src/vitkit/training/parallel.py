@@ -1,0 +1,164 @@
+"""Parallelism applied to a finished model: activation checkpointing, DDP or FSDP2, compile.
+
+The model class holds no parallel code; `parallelize` returns the module the loop calls (the
+"forward"), while the model stays the VisionTransformer whose parameters the optimizer steps:
+- DDP (the default): every process holds the whole model, and the gradients are averaged across
+  processes during the backward pass.
+- FSDP2 (`fully_shard` on each block, then on the root): parameters, gradients and optimizer
+  state are split across processes, 1/N each; a block's parameters are gathered only for its
+  forward and backward. For models whose training state does not fit one GPU (ViT-H).
+- Activation checkpointing (PyTorch's composable `checkpoint`, which keeps every parameter name):
+  each block's activations are recomputed in the backward pass instead of kept.
+Either way the averaged gradient is that of the global batch, as in one process.
+
+Checkpoints always hold the full, unsharded state a single process saves (`model.state_dict()`,
+`optimizer.state_dict()`); under FSDP they are gathered to rank 0 with
+torch.distributed.checkpoint's state-dict helpers and sharded again on loading, so a run resumes
+on any number of processes, sharded or not.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import nn
+from torch.distributed._composable import checkpoint
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
+from torch.nn.parallel import DistributedDataParallel
+
+from vitkit.models.vit import VisionTransformer
+from vitkit.training.config import TrainConfig
+from vitkit.training.distributed import World
+
+# Gathered on rank 0 only, in CPU memory: how a checkpoint is written.
+_TO_SAVE = StateDictOptions(full_state_dict=True, cpu_offload=True)
+# Every rank passes the full state it read and keeps its own shard: how a checkpoint is read.
+_TO_LOAD = StateDictOptions(full_state_dict=True)
+
+
+def parallelize(model: VisionTransformer, *, config: TrainConfig, world: World) -> nn.Module:
+    """Apply the config's activation checkpointing and, with several processes, DDP or FSDP2 to
+    `model` (FSDP and checkpointing in place); return the module to call for training."""
+    if config.activation_checkpointing:
+        for block in model.blocks:
+            checkpoint(block)
+    forward: nn.Module = model
+    if world.distributed and config.parallel == "fsdp":
+        shard(model, precision=config.precision)
+    elif world.distributed:
+        device_ids = [world.device] if world.device.type == "cuda" else None
+        forward = DistributedDataParallel(model, device_ids=device_ids)
+    return torch.compile(forward) if config.compile else forward
+
+
+def shard(model: nn.Module, *, precision: str) -> None:
+    """FSDP2 on each encoder block, then on the rest (embeddings, final norm, head). With bf16 the
+    gathered parameters are cast to bf16 for compute while gradients are averaged in fp32."""
+    policy = MixedPrecisionPolicy()
+    if precision == "bf16":
+        policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    for block in model.blocks:
+        fully_shard(block, mp_policy=policy)
+    fully_shard(model, mp_policy=policy)
+
+
+def is_sharded(module: nn.Module) -> bool:
+    return any(isinstance(part, FSDPModule) for part in module.modules())
+
+
+@contextlib.contextmanager
+def gradient_sync(forward: nn.Module, *, enabled: bool) -> Iterator[None]:
+    """Within it, backward passes average gradients across processes only if `enabled`: off for
+    all but the last micro-batch of an accumulated step, whose backward then averages the sum
+    (DDP's no_sync, FSDP2's set_requires_gradient_sync)."""
+    module = getattr(forward, "_orig_mod", forward)  # under torch.compile
+    if isinstance(module, DistributedDataParallel) and not enabled:
+        with module.no_sync():
+            yield
+        return
+    if isinstance(module, FSDPModule):
+        module.set_requires_gradient_sync(enabled)
+    yield
+
+
+def model_state(module: nn.Module) -> dict[str, Any]:
+    """`module.state_dict()` as one process holds it: gathered to rank 0 when sharded (the other
+    ranks get an empty dict)."""
+    if is_sharded(module):
+        return get_model_state_dict(module, options=_TO_SAVE)
+    return module.state_dict()
+
+
+def load_model_state(module: nn.Module, state: dict[str, Any]) -> None:
+    """Load a full state dict (every rank passes it) into `module`, sharded or not."""
+    if is_sharded(module):
+        set_model_state_dict(module, state, options=_TO_LOAD)
+    else:
+        module.load_state_dict(state)
+
+
+def optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """`optimizer.state_dict()` as one process holds it (parameters numbered in the order of the
+    optimizer's groups): gathered to rank 0 when sharded, an empty dict on the other ranks."""
+    if not is_sharded(model):
+        return optimizer.state_dict()
+    state = get_optimizer_state_dict(model, optimizer, options=_TO_SAVE)
+    if not state:
+        return {}
+    names = [name for group in state["param_groups"] for name in group["params"]]
+    number = {name: index for index, name in enumerate(names)}
+    return {
+        "state": {number[name]: value for name, value in state["state"].items()},
+        "param_groups": [
+            {**group, "params": [number[name] for name in group["params"]]}
+            for group in state["param_groups"]
+        ],
+    }
+
+
+def load_optimizer_state(
+    model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]
+) -> None:
+    """Load what `optimizer_state` returned (every rank passes it), sharded or not."""
+    if not is_sharded(model):
+        optimizer.load_state_dict(state)
+        return
+    name_of = {id(param): name for name, param in model.named_parameters()}
+    names = [name_of[id(param)] for group in optimizer.param_groups for param in group["params"]]
+    by_name = {
+        "state": {names[index]: value for index, value in state["state"].items()},
+        "param_groups": [
+            {**group, "params": [names[index] for index in group["params"]]}
+            for group in state["param_groups"]
+        ],
+    }
+    set_optimizer_state_dict(model, optimizer, by_name, options=_TO_LOAD)
+    # The saved hyperparameters as they were, as optimizer.load_state_dict restores them (DCP's
+    # loader turns tuples such as Adam's betas into lists).
+    for group, saved in zip(optimizer.param_groups, state["param_groups"]):
+        group.update((key, value) for key, value in saved.items() if key != "params")
+
+
+def unsharded(model: VisionTransformer) -> VisionTransformer:
+    """`model` itself, or under FSDP a plain copy with the full weights on every rank: what
+    evaluation and the final weights need, where each rank runs its own share of the images
+    without waiting for the others."""
+    if not is_sharded(model):
+        return model
+    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
+    with torch.device("meta"):
+        copy = VisionTransformer(model.config)
+    device = next(iter(state.values())).device
+    copy.to_empty(device=device)
+    copy.load_state_dict(state)
+    return copy
