@@ -295,6 +295,7 @@ def measure(
     device: torch.device,
 ) -> dict:
     """One table row: both toolkits timed interleaved, FLOP rate, memory."""
+    torch._dynamo.reset()  # each row compiles afresh, for its own static shapes
     batch = batch_for(row, task, device)
     models = build_pair(row, device)
     flops = count_flops(models["vitkit"], task, batch, row.img_size, device)
@@ -415,7 +416,8 @@ def pipeline(args: argparse.Namespace, device: torch.device) -> str:
             times[name].append(time_calls(call, steps, device))
     lines = [
         f"\nMain job's input pipeline (`demo-pretrain`: {config.model} at {config.resolution} px, "
-        f"batch {config.batch_size}, Inception crop + flip + label smoothing; data {args.data}), "
+        f"batch {config.batch_size}, crop_scale_min {config.crop_scale_min}, flips, label "
+        f"smoothing {config.label_smoothing}; data {args.data}), "
         f"{args.repeats} repeats of {steps} steps:\n",
         "| what | images/s (median, min-max) |",
         "| --- | ---: |",
@@ -425,6 +427,48 @@ def pipeline(args: argparse.Namespace, device: torch.device) -> str:
         lines.append(
             f"| {name} | {statistics.median(rates):,.0f} ({rates[0]:,.0f}-{rates[-1]:,.0f}) |"
         )
+    return "\n".join(lines) + "\n"
+
+
+def profile_step(row: Row, device: torch.device, steps: int = 5) -> str:
+    """Where vitkit's fp32 training step of `row` spends its time (torch.profiler, self time per
+    operator, summed over `steps` steps), as a Markdown table."""
+    from torch.profiler import ProfilerActivity, profile
+
+    batch = batch_for(row, "train", device)
+    model = build_pair(row, device)["vitkit"]
+    step = make_call("vitkit", model, "train", batch, row.img_size, torch.float32, False, device)
+    for _ in range(3):
+        step()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as profiler:
+        for _ in range(steps):
+            step()
+        synchronize(device)
+    events = sorted(
+        profiler.key_averages(),
+        key=lambda e: e.self_device_time_total if device.type == "cuda" else e.self_cpu_time_total,
+        reverse=True,
+    )
+    self_time = [
+        (
+            e.key,
+            (e.self_device_time_total if device.type == "cuda" else e.self_cpu_time_total)
+            / steps
+            / 1e3,
+            e.count // steps,
+        )
+        for e in events
+    ]
+    total = sum(ms for _, ms, _ in self_time)
+    lines = [
+        f"\nProfile of vitkit's fp32 training step, {row.key}, batch {batch} (`speed.py "
+        f"--profile {row.key}`): {total:.1f} ms of operator self time per step.\n",
+        "| operator | ms per step | share | calls per step |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    for name, ms, calls in self_time[:15]:
+        lines.append(f"| `{name}` | {ms:.1f} | {ms / total:.0%} | {calls} |")
     return "\n".join(lines) + "\n"
 
 
@@ -463,6 +507,11 @@ def main() -> None:
     )
     parser.add_argument("--write", action="store_true", help="append the table to RESULTS.md")
     parser.add_argument(
+        "--profile",
+        choices=[row.key for row in ROWS],
+        help="only profile vitkit's fp32 training step of this row",
+    )
+    parser.add_argument(
         "--probe-memory", nargs=3, metavar=("ROW", "TASK", "DTYPE"), help=argparse.SUPPRESS
     )
     args = parser.parse_args()
@@ -476,6 +525,13 @@ def main() -> None:
         key, task, dtype_name = args.probe_memory
         row = next(row for row in ROWS if row.key == key)
         print(json.dumps(probe_memory(row, task, dtype_name, device)))
+        return
+    if args.profile:
+        table = profile_step(next(row for row in ROWS if row.key == args.profile), device)
+        print(table)
+        if args.write:
+            with RESULTS.open("a") as file:
+                file.write(table)
         return
 
     peaks = {name: matmul_peak(DTYPES[name], device, args.repeats) for name in args.dtypes}
