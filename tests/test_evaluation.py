@@ -270,3 +270,27 @@ def test_bad_input_exits_2_naming_the_problem(
     assert code == 2, err
     for fragment in fragments:
         assert fragment.lower() in err.lower(), (fragment, err)
+
+
+def test_top1_counts_split_over_ranks_agree_with_the_report(
+    trained_run: Path, cifar_subset: Path
+) -> None:
+    """The loop's count (each rank its slice, summed) and the eval report count the same images
+    the same way, and top1_accuracy is their ratio."""
+    from vitkit.data.sources import open_dataset
+    from vitkit.evaluation.accuracy import classification_report, top1_accuracy, top1_counts
+    from vitkit.weights.load import load_model
+
+    model = load_model(trained_run)
+    test = open_dataset(str(cifar_subset), split="test")
+    settings = dict(resolution=model.config.img_size, mean=model.config.mean,
+                    std=model.config.std)  # fmt: skip
+    report = classification_report(model, test, progress=None, **settings)
+    counts = [
+        top1_counts(model, test, device=torch.device("cpu"), rank=rank, world_size=3, **settings)
+        for rank in range(3)
+    ]
+    assert sum(total for _, total in counts) == len(test) == report.images
+    assert sum(correct for correct, _ in counts) == round(report.top1 * len(test))
+    assert top1_accuracy(model, test, **settings) == report.top1
+    assert 0.1 < report.top1 < 1.0  # a trained model: the counts are not all zero or all one

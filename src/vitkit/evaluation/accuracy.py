@@ -197,15 +197,16 @@ def top1_accuracy(
     device: torch.device | None = None,
     autocast_dtype: torch.dtype | None = None,
 ) -> float:
-    """Fraction of `dataset` whose highest logit is the label (the training loop's evaluation)."""
-    return classification_report(
+    """Fraction of `dataset` whose highest logit is the label: `top1_counts` in one process, as
+    the training loop counts it."""
+    correct, total = top1_counts(
         model,
         dataset,
         resolution=resolution,
         mean=mean,
         std=std,
+        device=device or next(model.parameters()).device,
         batch_size=batch_size,
-        device=device,
         autocast_dtype=autocast_dtype,
-        progress=None,
-    ).top1
+    )
+    return correct / total
