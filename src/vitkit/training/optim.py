@@ -1,9 +1,9 @@
 """The optimizers of the paper's two stages and gradient clipping, in PyTorch's multi-tensor form.
 
 PyTorch picks its multi-tensor (`foreach`) kernels by default only for CUDA tensors; on a CPU it
-falls back to one small kernel per parameter and operation, which for a small ViT costs several
-times the optimizer's arithmetic (benchmarks/speed.py, training rows). vitkit asks for `foreach`
-on every device: the same update, computed in a few grouped calls.
+falls back to one small kernel per parameter and operation. vitkit asks for `foreach` on every
+device: the same update in a few grouped calls (the training rows of benchmarks/speed.py compare
+it with timm, which keeps PyTorch's default), at the price of whole-model temporaries in memory.
 """
 
 from __future__ import annotations
