@@ -73,6 +73,10 @@ class FileServer(ThreadingHTTPServer):
         self.root = root
         self.supports_range = True
         self.drop_after: int | None = None  # cut the next response after this many body bytes
+        # Send this many body bytes of every response, then fall silent with the connection open
+        # (a stalled mirror), until the fixture ends: readers must give up on their own.
+        self.stall_after: int | None = None
+        self.released = threading.Event()
         self.requests: list[tuple[str, str | None]] = []
 
     def url(self, name: str) -> str:
@@ -110,6 +114,11 @@ class RangeHandler(BaseHTTPRequestHandler):
         self.end_headers()
         if self.server.drop_after is not None:
             body, self.server.drop_after = body[: self.server.drop_after], None
+        if self.server.stall_after is not None:
+            self.wfile.write(body[: self.server.stall_after])
+            self.wfile.flush()
+            self.server.released.wait()
+            return
         self.wfile.write(body)  # HTTP/1.0: the connection closes after each response
 
     def log_message(self, format: str, *args: object) -> None:
@@ -124,6 +133,7 @@ def server(tmp_path: Path) -> Iterator[FileServer]:
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
     thread.start()
     yield server
+    server.released.set()
     server.shutdown()
     server.server_close()
     thread.join(timeout=5)

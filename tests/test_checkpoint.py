@@ -21,7 +21,7 @@ from vitkit.training.checkpoint import (
     load_latest_checkpoint,
     save_checkpoint,
 )
-from vitkit.weights.errors import CheckpointError
+from vitkit.errors import CheckpointError
 
 
 def assert_same(actual: Any, expected: Any) -> None:

@@ -11,7 +11,7 @@ import torch
 
 import vitkit
 from vitkit.models.vit import VisionTransformer
-from vitkit.weights.errors import CheckpointError
+from vitkit.errors import CheckpointError
 from vitkit.weights.load import detect_format
 from vitkit.weights.native import FORMAT_VERSION, save_pretrained
 

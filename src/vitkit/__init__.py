@@ -7,6 +7,14 @@ model = vitkit.load_model("ViT-B/16@i21k", num_classes=10)  # downloaded on firs
 logits = model(images)  # images (N, C, H, W) -> (N, num_classes)
 """
 
+from vitkit.errors import (
+    CheckpointError,
+    ConfigError,
+    DataError,
+    DownloadError,
+    TrainingError,
+    VitkitError,
+)
 from vitkit.models import (
     VisionTransformer,
     ViTConfig,
@@ -15,11 +23,16 @@ from vitkit.models import (
     list_models,
     resize_pos_embed,
 )
-from vitkit.weights import CheckpointError, list_pretrained, load_model, save_pretrained
+from vitkit.weights import list_pretrained, load_model, save_pretrained
 
 __version__ = "0.1.0"
 __all__ = [
     "CheckpointError",
+    "ConfigError",
+    "DataError",
+    "DownloadError",
+    "TrainingError",
+    "VitkitError",
     "ViTConfig",
     "VisionTransformer",
     "create_model",

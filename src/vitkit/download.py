@@ -19,15 +19,13 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-# Seconds a connection may stay silent before the download fails (and can be resumed).
-TIMEOUT_S = 60
+from vitkit.errors import DownloadError
+
+# Seconds a connection may stay silent before a download or a streamed shard fails (a download
+# can then be resumed); VITKIT_HTTP_TIMEOUT overrides it.
+DEFAULT_TIMEOUT_S = 60.0
 # Bytes read per network call: large enough to be cheap, small enough for a smooth progress bar.
 CHUNK_BYTES = 1 << 20
-
-
-class DownloadError(ValueError):
-    """A file could not be fetched, or what was fetched fails its checksum; the message names
-    the URL and, where it helps, the local path. Callers re-raise it as their own error type."""
 
 
 def default_cache_dir() -> Path:
@@ -39,6 +37,20 @@ def default_cache_dir() -> Path:
     if xdg_cache := os.environ.get("XDG_CACHE_HOME"):
         return Path(xdg_cache) / "vitkit"
     return Path.home() / ".cache" / "vitkit"
+
+
+def http_timeout() -> float:
+    """Seconds an HTTP connection may stay silent: $VITKIT_HTTP_TIMEOUT, else DEFAULT_TIMEOUT_S."""
+    text = os.environ.get("VITKIT_HTTP_TIMEOUT", "")
+    if not text:
+        return DEFAULT_TIMEOUT_S
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = float("nan")
+    if not 0 < seconds < float("inf"):
+        raise DownloadError(f"VITKIT_HTTP_TIMEOUT must be a positive number of seconds, got {text!r}")
+    return seconds
 
 
 def is_offline() -> bool:
@@ -96,7 +108,7 @@ def _fetch(url: str, part: Path, *, progress: bool) -> None:
     headers = {"Range": f"bytes={offset}-"} if offset else {}
     try:
         response = urllib.request.urlopen(
-            urllib.request.Request(url, headers=headers), timeout=TIMEOUT_S
+            urllib.request.Request(url, headers=headers), timeout=http_timeout()
         )
     except urllib.error.HTTPError as error:
         if error.code != 416 or not offset:

@@ -24,9 +24,7 @@ from vitkit.cli import (
     shard,
     train,
 )
-from vitkit.data import DataError
-from vitkit.training.loop import TrainingError
-from vitkit.weights import CheckpointError
+from vitkit.errors import VitkitError
 
 USAGE_ERROR = 2  # argparse's exit status for bad arguments; bad input files are the same kind
 
@@ -57,7 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (CheckpointError, DataError, TrainingError) as error:
+    except VitkitError as error:
         print(f"vitkit {args.command}: error: {error}", file=sys.stderr)
         return USAGE_ERROR
 

@@ -12,12 +12,10 @@ from typing import BinaryIO
 
 from PIL import Image
 
+from vitkit.errors import DataError
+
 # Formats Pillow decodes that image datasets actually ship in; matched case-insensitively.
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
-
-
-class DataError(ValueError):
-    """Input data (an image, a folder, a label file) cannot be used; the message says which."""
 
 
 def list_images(folder: str | Path) -> list[Path]:

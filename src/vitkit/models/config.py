@@ -11,6 +11,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
+from vitkit.errors import ConfigError
+
 Classifier = Literal["token", "gap"]
 Gelu = Literal["exact", "tanh"]
 PosEmbedInterpolation = Literal["bilinear", "bicubic"]
@@ -142,7 +144,7 @@ class ViTConfig:
                 f"got {self.pos_embed_interpolation!r}"
             )
         if problems:
-            raise ValueError("Invalid ViTConfig: " + "; ".join(problems))
+            raise ConfigError("Invalid ViTConfig: " + "; ".join(problems))
 
     @property
     def is_hybrid(self) -> bool:

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from vitkit.io import atomic_write, atomic_write_text, temp_files
-from vitkit.weights.errors import CheckpointError
+from vitkit.errors import CheckpointError
 
 CHECKPOINT_DIR = "checkpoints"
 _NAME = re.compile(r"step-(\d{8,})\.pt")

@@ -12,6 +12,8 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from vitkit.errors import ConfigError
+
 
 def _help(text: str, default: Any) -> Any:
     return field(default=default, metadata={"help": text})
@@ -129,7 +131,7 @@ class TrainConfig:
                 "fp16 with fsdp would need a gradient scaler that agrees across shards; use bf16"
             )
         if problems:
-            raise ValueError("Invalid TrainConfig: " + "; ".join(problems))
+            raise ConfigError("Invalid TrainConfig: " + "; ".join(problems))
 
     def warmup_for(self, total_steps: int) -> int:
         """Warm-up steps of a run of `total_steps`."""

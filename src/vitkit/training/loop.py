@@ -48,6 +48,7 @@ from vitkit.data.arrays import ArrayDataset
 from vitkit.data.loader import ArrayLoader
 from vitkit.data.sources import open_dataset, open_train_test
 from vitkit.data.transforms import AugmentConfig, TrainAugment
+from vitkit.errors import TrainingError
 from vitkit.evaluation.accuracy import top1_counts
 from vitkit.io import atomic_write_json
 from vitkit.models.config import ViTConfig
@@ -66,10 +67,6 @@ REPLAN_UNTIL = 0.9  # budgeted runs re-plan their step count at checkpoints unti
 # Fields that say how to run, not what to compute: a run resumes with other values of these
 # (e.g. sharded on 8 GPUs what one GPU started), where another value of any other is refused.
 EXECUTION_FIELDS = frozenset({"parallel", "activation_checkpointing", "dist_timeout_seconds"})
-
-
-class TrainingError(RuntimeError):
-    """The run cannot go on (a non-finite loss, a changed config); the message says why."""
 
 
 def resolve_device(name: str, launched: Launch | None = None) -> torch.device:
@@ -621,7 +618,7 @@ def _finish(run: _Run) -> dict[str, Any]:
         "steps": run.step,
         "images_seen": run.step * run.config.batch_size,
         "resolution": run.model.config.img_size[0],
-        "seconds": round(run.elapsed, 1),
+        "seconds": round(run.elapsed, 3),
     }
     if run.test is not None:
         start = time.perf_counter()

@@ -1,6 +1,6 @@
 """Reading checkpoints of Google, timm and Hugging Face into vitkit models, by path or by name."""
 
-from vitkit.weights.errors import CheckpointError
+from vitkit.errors import CheckpointError
 from vitkit.weights.load import load_model
 from vitkit.weights.native import save_pretrained
 from vitkit.weights.registry import (

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Literal
 
 from vitkit.models.vit import VisionTransformer
-from vitkit.weights.errors import CheckpointError
+from vitkit.errors import CheckpointError
 from vitkit.weights.google import write_npz
 from vitkit.weights.hf import write_hf
 from vitkit.weights.native import save_pretrained

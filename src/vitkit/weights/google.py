@@ -25,7 +25,7 @@ import torch
 
 from vitkit.io import atomic_write
 from vitkit.models.config import RESNET_LAYOUTS, ViTConfig
-from vitkit.weights.errors import CheckpointError
+from vitkit.errors import CheckpointError
 
 # Some releases store the parameters under an optimizer or variables prefix.
 _PREFIXES = ("opt/target/", "params/")

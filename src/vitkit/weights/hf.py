@@ -17,7 +17,7 @@ import torch
 
 from vitkit.io import atomic_write, atomic_write_json
 from vitkit.models.config import ViTConfig
-from vitkit.weights.errors import CheckpointError
+from vitkit.errors import CheckpointError
 
 # transformers' ACT2FN names: the exact (erf) GELU, and the tanh approximation.
 _EXACT_GELUS = ("gelu", "gelu_python")

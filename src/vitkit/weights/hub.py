@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 
 from vitkit.download import is_offline
-from vitkit.weights.errors import CheckpointError
+from vitkit.errors import CheckpointError
 
 HUB_PREFIX = "hf:"
 _TRUE = ("1", "true", "yes", "on")  # the values huggingface_hub reads as set

@@ -21,7 +21,7 @@ import torch
 from vitkit.models.config import as_pair
 from vitkit.models.pos_embed import resize_pos_embed
 from vitkit.models.vit import VisionTransformer
-from vitkit.weights.errors import CheckpointError
+from vitkit.errors import CheckpointError
 from vitkit.weights.google import google_to_vitkit, read_npz
 from vitkit.weights.hf import hf_to_vitkit
 from vitkit.weights.native import is_native_config, read_native

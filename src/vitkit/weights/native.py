@@ -21,7 +21,7 @@ from safetensors.torch import save as safetensors_bytes
 from vitkit.io import atomic_write, atomic_write_json
 from vitkit.models.config import ViTConfig
 from vitkit.models.vit import VisionTransformer
-from vitkit.weights.errors import CheckpointError
+from vitkit.errors import CheckpointError
 
 FORMAT = "vitkit"
 FORMAT_VERSION = 1

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from vitkit.models.vit import VisionTransformer
-from vitkit.weights.errors import CheckpointError
+from vitkit.errors import CheckpointError
 
 INPUT_NAME = "images"
 OUTPUT_NAME = "logits"

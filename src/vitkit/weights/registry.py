@@ -22,7 +22,7 @@ from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit
 
 from vitkit.download import DownloadError, default_cache_dir, download
-from vitkit.weights.errors import CheckpointError
+from vitkit.errors import CheckpointError
 from vitkit.weights.hub import HUB_PREFIX, fetch_hub
 
 GOOGLE_BUCKET = "https://storage.googleapis.com/vit_models"

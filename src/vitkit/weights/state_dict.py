@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from vitkit.weights.errors import CheckpointError
+from vitkit.errors import CheckpointError
 
 
 class PartialLoadWarning(UserWarning):

@@ -29,7 +29,7 @@ from torch import nn
 
 from vitkit.io import atomic_write
 from vitkit.models.config import RESNET_LAYOUTS, VARIANTS, ViTConfig, as_pair
-from vitkit.weights.errors import CheckpointError
+from vitkit.errors import CheckpointError
 
 # timm features with parameters that vitkit does not model (yet): refuse rather than drop them.
 _UNSUPPORTED = {

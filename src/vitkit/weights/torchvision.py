@@ -18,7 +18,7 @@ from collections.abc import Iterable
 import torch
 
 from vitkit.models.config import VARIANTS, ViTConfig
-from vitkit.weights.errors import CheckpointError
+from vitkit.errors import CheckpointError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
