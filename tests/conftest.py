@@ -4,6 +4,7 @@ and `randomise_` for the reference models of the equivalence tests."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import re
@@ -13,9 +14,13 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torch import nn
+
+from vitkit.training.config import TrainConfig, get_preset
 
 SHARED = Path(
     os.environ.get("VITKIT_SHARED", Path(__file__).resolve().parents[1].parent / "shared")
@@ -182,3 +187,34 @@ def compare_outputs(reference: nn.Module, model: nn.Module, x: torch.Tensor, lab
     error = (got - expected).abs().max().item()
     print(f"\n{label}: max |vitkit - reference| = {error:.3e} (max {expected.abs().max():.2f})")
     return error
+
+
+CLASSES = ("red", "green", "blue")
+
+
+@pytest.fixture(scope="session")
+def image_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 3-class folder dataset of 16x16 images whose colour gives the class: what the training
+    tests learn from in seconds."""
+    root = tmp_path_factory.mktemp("tree")
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 48), ("test", 12)):
+        for label, name in enumerate(CLASSES):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for index in range(count):
+                pixels = rng.integers(0, 100, (16, 16, 3), dtype=np.uint8)
+                pixels[..., label] += 120
+                Image.fromarray(pixels).save(folder / f"{index}.png")
+    return root
+
+
+@pytest.fixture
+def cache_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Decoded-data caches in the test's own folder, not the user's."""
+    monkeypatch.setenv("VITKIT_CACHE", str(tmp_path / "cache"))
+
+
+def tiny(image_tree: Path, **fields: object) -> TrainConfig:
+    """The `tiny` training preset on `image_tree`, with `fields` changed."""
+    return dataclasses.replace(get_preset("tiny"), data=str(image_tree), **fields)

@@ -15,13 +15,14 @@ import pytest
 import torch
 
 import vitkit
+from vitkit.errors import CheckpointError
 from vitkit.io import atomic_write, atomic_write_json, atomic_write_text
 from vitkit.training.checkpoint import (
+    NonFiniteStateError,
     checkpoint_path,
     load_latest_checkpoint,
     save_checkpoint,
 )
-from vitkit.errors import CheckpointError
 
 
 def assert_same(actual: Any, expected: Any) -> None:
@@ -162,7 +163,7 @@ def test_a_non_finite_state_is_refused_and_the_checkpoints_untouched(tmp_path: P
     before = {path.name: path.read_bytes() for path in (tmp_path / "checkpoints").iterdir()}
     state = training_state(step=3)
     state["optimizer"]["state"][0]["exp_avg"][0, 0] = float("nan")
-    with pytest.raises(ValueError, match=r"optimizer\.state\.0\.exp_avg"):
+    with pytest.raises(NonFiniteStateError, match=r"optimizer\.state\.0\.exp_avg"):
         save_checkpoint(tmp_path, 3, state, keep=1)
     after = {path.name: path.read_bytes() for path in (tmp_path / "checkpoints").iterdir()}
     assert after == before

@@ -16,17 +16,14 @@ from pathlib import Path
 
 from vitkit.training.config import PRESETS, describe_fields, get_preset, parse_overrides
 from vitkit.training.distributed import launch
-from vitkit.training.loop import TrainingError, train
+from vitkit.training.loop import train
 
 
 def run(args: argparse.Namespace) -> int:
     config = get_preset(args.preset)
     if args.data:
         config = dataclasses.replace(config, data=args.data)
-    try:
-        config = parse_overrides(config, args.fields)
-    except ValueError as error:
-        raise TrainingError(str(error)) from None
+    config = parse_overrides(config, args.fields)
     summary = train(config, args.out, force=args.force)
     if launch().rank == 0:
         print(json.dumps(summary, indent=2))
@@ -44,6 +41,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--preset", choices=list(PRESETS), required=True)
     parser.add_argument("--data", help="dataset path or name (overrides the preset's data)")
     parser.add_argument("--out", type=Path, required=True, help="run directory")
-    parser.add_argument("--force", action="store_true", help="resume despite a changed config")
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="resume a run with changed fields (its length, schedule, optimiser hyperparameters, "
+        "regularisation, augmentation, cadence, device); the changes are recorded in "
+        "train_config.json. Fields that define the model, the data or the saved state cannot "
+        "change",
+    )
     parser.add_argument("fields", nargs="*", metavar="field=value", help="config overrides")
     parser.set_defaults(run=run, command="train")

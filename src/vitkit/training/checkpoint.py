@@ -14,16 +14,28 @@ import hashlib
 import re
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
+from vitkit.errors import CheckpointError, TrainingError
 from vitkit.io import atomic_write, atomic_write_text, temp_files
-from vitkit.errors import CheckpointError
 
 CHECKPOINT_DIR = "checkpoints"
 _NAME = re.compile(r"step-(\d{8,})\.pt")
 _DIGEST_SUFFIX = ".sha256"
+
+
+class NonFiniteStateError(TrainingError):
+    """The training state to be saved holds NaN or inf: the run has diverged. `keys` names the
+    offending tensors (the first five, and how many more)."""
+
+    def __init__(self, step: int, keys: list[str]) -> None:
+        self.keys = ", ".join(keys[:5]) + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
+        super().__init__(
+            f"refusing to save the checkpoint of step {step}: non-finite values (NaN or inf) in "
+            f"{self.keys}; no checkpoint is overwritten with non-finite values"
+        )
 
 
 def checkpoint_path(run_dir: Path, step: int) -> Path:
@@ -34,29 +46,39 @@ def checkpoint_path(run_dir: Path, step: int) -> Path:
 def save_checkpoint(run_dir: Path, step: int, state: dict[str, Any], *, keep: int = 2) -> Path:
     """Save `state` as the checkpoint of `step`, then delete all but the newest `keep`.
 
-    Refuses (ValueError naming the keys) a state whose floating-point tensors hold NaN or inf, so
-    that no good checkpoint is ever rotated out in favour of a diverged one. Python floats are
-    not checked: `best_loss = inf` is a legitimate initial value.
+    Refuses (NonFiniteStateError naming the keys) a state whose floating-point tensors hold NaN
+    or inf, so that no good checkpoint is ever rotated out in favour of a diverged one. Python
+    floats are not checked: `best_loss = inf` is a legitimate initial value.
     """
     if keep < 1:
         raise ValueError(f"keep must be at least 1, got {keep}")
     if step < 0:
         raise ValueError(f"step must be non-negative, got {step}")
-    non_finite = _non_finite_keys(state, prefix="")
-    if non_finite:
-        shown = ", ".join(non_finite[:5])
-        if len(non_finite) > 5:
-            shown += f" and {len(non_finite) - 5} more"
-        raise ValueError(
-            f"refusing to save the checkpoint of step {step}: non-finite values (NaN or inf) in "
-            f"{shown}; no checkpoint is overwritten with non-finite values"
-        )
+    if non_finite := _non_finite_keys(state, prefix=""):
+        raise NonFiniteStateError(step, non_finite)
     path = checkpoint_path(run_dir, step)
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda file: torch.save(state, file))
+    atomic_write(path, lambda file: _write_state(state, file))
     atomic_write_text(_digest_path(path), f"{_sha256(path)}  {path.name}\n")
     _prune(path.parent, keep=keep)
     return path
+
+
+def saved_steps(run_dir: Path) -> list[int]:
+    """The steps of the checkpoints in `run_dir`, oldest first (intact or not)."""
+    paths = _checkpoints(Path(run_dir) / CHECKPOINT_DIR)
+    return [int(_NAME.fullmatch(path.name).group(1)) for path in paths]
+
+
+def _write_state(state: dict[str, Any], file: BinaryIO) -> None:
+    """torch.save into `file`, letting a failed write (a full disk) surface as the OSError it is:
+    torch's zip writer otherwise replaces it by a RuntimeError about file positions."""
+    try:
+        torch.save(state, file)
+    except RuntimeError as error:
+        if isinstance(error.__context__, OSError):
+            raise error.__context__ from None
+        raise
 
 
 def load_latest_checkpoint(run_dir: Path) -> tuple[dict[str, Any], Path] | None:

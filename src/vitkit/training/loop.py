@@ -34,7 +34,7 @@ import math
 import re
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -50,23 +50,32 @@ from vitkit.data.sources import open_dataset, open_train_test
 from vitkit.data.transforms import AugmentConfig, TrainAugment
 from vitkit.errors import TrainingError
 from vitkit.evaluation.accuracy import top1_counts
-from vitkit.io import atomic_write_json
+from vitkit.io import atomic_write_json, atomic_write_text
 from vitkit.models.config import ViTConfig
 from vitkit.models.vit import VisionTransformer, create_model
 from vitkit.training import parallel
-from vitkit.training.checkpoint import load_latest_checkpoint, save_checkpoint
-from vitkit.training.config import TrainConfig
+from vitkit.training.checkpoint import (
+    NonFiniteStateError,
+    load_latest_checkpoint,
+    save_checkpoint,
+    saved_steps,
+)
+from vitkit.training.config import EXECUTION_FIELDS, FORCEABLE_FIELDS, TrainConfig
 from vitkit.training.distributed import Launch, World, launch, lost_peer, process_group
 from vitkit.training.optim import build_optimizer, clip_gradients
+from vitkit.training.run_dir import run_lock
 from vitkit.training.schedule import learning_rate
 from vitkit.weights.load import load_model
 from vitkit.weights.native import save_pretrained
+from vitkit.weights.state_dict import compare_keys
 
 CALIBRATION_STEPS = 3  # timed optimizer steps that turn budget_seconds into a first step count
 REPLAN_UNTIL = 0.9  # budgeted runs re-plan their step count at checkpoints until this fraction
-# Fields that say how to run, not what to compute: a run resumes with other values of these
-# (e.g. sharded on 8 GPUs what one GPU started), where another value of any other is refused.
-EXECUTION_FIELDS = frozenset({"parallel", "activation_checkpointing", "dist_timeout_seconds"})
+# The fields that set a run's length, and with the warm-up ones, its learning-rate plan.
+LENGTH_FIELDS = frozenset({"steps", "epochs", "budget_seconds"})
+WARMUP_FIELDS = frozenset({"warmup_steps", "warmup_fraction"})
+# What a training checkpoint must hold to be resumed from.
+STATE_KEYS = ("step", "elapsed", "model", "optimizer", "rng")
 
 
 def resolve_device(name: str, launched: Launch | None = None) -> torch.device:
@@ -201,7 +210,6 @@ class _Run:
         this (it gathers the shards), and only rank 0's result is complete."""
         return {
             "step": self.step,
-            "total_steps": self.total_steps,
             "elapsed": self.elapsed,
             "model": parallel.model_state(self.model),
             "optimizer": parallel.optimizer_state(self.model, self.optimizer),
@@ -213,9 +221,20 @@ class _Run:
             },
         }
 
-    def restore(self, state: dict[str, Any]) -> None:
+    def restore(self, state: dict[str, Any], source: Path) -> None:
+        """Continue from a checkpoint's state; TrainingError when it is not a training state of
+        this model (e.g. another run's checkpoints copied into the folder)."""
+        if missing := [key for key in STATE_KEYS if key not in state]:
+            raise TrainingError(f"{source}: not a training checkpoint (no {', '.join(missing)})")
+        if report := compare_keys(self.model, state["model"]):
+            first = (report.mismatched or report.missing or report.unexpected)[0]
+            raise TrainingError(
+                f"{source}: saved by another model than this run's ({len(report.missing)} "
+                f"missing, {len(report.unexpected)} unexpected and {len(report.mismatched)} "
+                f"misshapen keys, e.g. {first}); train in another --out, or delete the folder's "
+                "checkpoints"
+            )
         self.step, self.elapsed = state["step"], state["elapsed"]
-        self.total_steps = state.get("total_steps", self.total_steps)
         parallel.load_model_state(self.model, state["model"])
         parallel.load_optimizer_state(self.model, self.optimizer, state["optimizer"])
         if self.ema is not None:
@@ -306,10 +325,8 @@ def _plan_steps(
     a throw-away model, `new_model()` = (model, forward) prepared like the real one (the real
     model and RNG streams are left untouched); with several processes, rank 0's plan."""
     config = run.config
-    if config.steps:
-        return config.steps
-    if config.epochs:
-        return max(1, math.ceil(config.epochs * train_steps_per_epoch))
+    if total := _steps_from_length(config, train_steps_per_epoch):
+        return total
     rng = torch.get_rng_state()
     trial = copy.copy(run)
     trial.model, trial_forward = new_model()
@@ -325,32 +342,80 @@ def _plan_steps(
     return run.world.broadcast(max(1, int(config.budget_seconds / seconds_per_step)))
 
 
-def _load_or_save_config(
-    out_dir: Path, config: TrainConfig, *, force: bool
-) -> dict[str, int] | None:
-    """On a resumed run, refuse a different config (unless forced; EXECUTION_FIELDS may differ)
-    and return the plan made when the run started: {"total_steps", "warmup_steps"}; None on a
-    fresh run."""
+def _steps_from_length(config: TrainConfig, train_steps_per_epoch: int) -> int | None:
+    """The step count `steps` or `epochs` asks for; None for a run given a time budget."""
+    if config.steps:
+        return config.steps
+    if config.epochs:
+        return max(1, math.ceil(config.epochs * train_steps_per_epoch))
+    return None
+
+
+def _read_saved_config(out_dir: Path) -> dict[str, Any] | None:
+    """train_config.json of the run in `out_dir`, or None when it has none."""
     path = out_dir / "train_config.json"
-    requested = dataclasses.asdict(config)
     if not path.exists():
         return None
-    saved = json.loads(path.read_text())
-    changed = sorted(
-        key
+    try:
+        saved = json.loads(path.read_text())
+        total, warmup = saved.get("total_steps"), saved.get("warmup_steps", 0)
+        if not isinstance(saved.get("requested"), dict) or not all(
+            isinstance(value, int) and value >= 0 for value in (total, warmup)
+        ):
+            raise ValueError("no requested config, or no step counts")
+    except (OSError, ValueError, AttributeError) as error:
+        raise TrainingError(
+            f"{path}: unreadable ({error}); this file records the run in {out_dir}: restore it, "
+            "or train in another --out"
+        ) from None
+    return saved
+
+
+def _config_changes(
+    out_dir: Path, saved: dict[str, Any], config: TrainConfig, *, force: bool
+) -> dict[str, tuple[Any, Any]]:
+    """The fields `config` changes against the run saved in `out_dir`, as {field: (saved,
+    requested)}, EXECUTION_FIELDS aside. Refused unless forced, and fields outside
+    FORCEABLE_FIELDS always (the checkpoints fit only their saved values)."""
+    requested = json.loads(json.dumps(dataclasses.asdict(config)))  # as JSON would give it back
+    changes = {
+        key: (saved["requested"].get(key), value)
         for key, value in requested.items()
         if key not in EXECUTION_FIELDS and saved["requested"].get(key) != value
-    )
-    if changed and not force:
-        raise TrainingError(
-            f"{out_dir} holds a run with another config (changed: {', '.join(changed)}); use "
-            "another --out, or --force to resume it with the new values"
-        )
-    total = saved["total_steps"]
-    return {
-        "total_steps": total,
-        "warmup_steps": saved.get("warmup_steps", config.warmup_for(total)),
     }
+    if changes and not force:
+        raise TrainingError(
+            f"{out_dir} holds a run with another config (changed: {', '.join(sorted(changes))}); "
+            "use another --out, or --force to resume it with the new values"
+        )
+    if fixed := sorted(set(changes) - FORCEABLE_FIELDS):
+        raise TrainingError(
+            f"{out_dir} holds a run with another config, and --force cannot change "
+            f"{', '.join(fixed)}: the run's checkpoints fit only the saved value(s); train in "
+            "another --out (with init= this run to start from its weights). --force may change: "
+            f"{', '.join(sorted(FORCEABLE_FIELDS))}"
+        )
+    return changes
+
+
+def _replan_resumed(run: _Run, changed: Collection[str], train_steps_per_epoch: int) -> None:
+    """Re-plan a resumed run whose length or warm-up fields `changed` (by --force, or all of
+    them when the folder lost its train_config.json). A time budget is turned into steps at the
+    pace the run has had so far."""
+    config = run.config
+    if LENGTH_FIELDS & set(changed):
+        total = _steps_from_length(config, train_steps_per_epoch)
+        if total is None:
+            seconds_per_step = run.elapsed / max(run.step, 1)
+            total = max(run.step, int(config.budget_seconds / seconds_per_step))
+        if total < run.step:
+            raise TrainingError(
+                f"{run.out_dir} is at step {run.step} already; the forced length asks for "
+                f"{total} steps in all"
+            )
+        run.total_steps = total
+    if (LENGTH_FIELDS | WARMUP_FIELDS) & set(changed):
+        run.warmup_steps = config.warmup_for(run.total_steps)
 
 
 def train(config: TrainConfig, out_dir: str | Path, *, force: bool = False) -> dict[str, Any]:
@@ -362,7 +427,8 @@ def train(config: TrainConfig, out_dir: str | Path, *, force: bool = False) -> d
     timeout = config.dist_timeout_seconds
     with process_group(launched, device=device, timeout_seconds=timeout) as world:
         try:
-            return _train(config, out_dir, force=force, device=device, world=world)
+            with _held_by_this_job(out_dir, world):
+                return _train(config, out_dir, force=force, device=device, world=world)
         except TrainingError:
             raise
         except Exception as error:
@@ -379,11 +445,63 @@ def train(config: TrainConfig, out_dir: str | Path, *, force: bool = False) -> d
             ) from error
 
 
+@contextlib.contextmanager
+def _held_by_this_job(out_dir: Path, world: World) -> Iterator[None]:
+    """Create `out_dir` and hold its run lock (rank 0, for the whole job) while the block runs;
+    every process learns whether the lock was had, so that all stop together when it was not."""
+    with _disk_errors(out_dir), contextlib.ExitStack() as stack:
+        refusal = None
+        if world.is_main:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            try:
+                stack.enter_context(run_lock(out_dir))
+            except TrainingError as error:
+                refusal = str(error)
+        if refusal := world.broadcast(refusal):
+            raise TrainingError(refusal)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        yield
+
+
+@contextlib.contextmanager
+def _disk_errors(out_dir: Path) -> Iterator[None]:
+    """Turn a failed write in the run directory (a full disk, a read-only folder, a quota) into
+    a TrainingError that says so and which checkpoints are intact (writes are atomic)."""
+    try:
+        yield
+    except OSError as error:
+        steps = saved_steps(out_dir) if out_dir.is_dir() else []
+        kept = (
+            f"the checkpoints saved before it (last: step {steps[-1]}) are intact"
+            if steps
+            else "no checkpoint had been saved yet"
+        )
+        where = f" ({error.filename})" if error.filename else ""
+        raise TrainingError(
+            f"cannot write to {out_dir}: {error.strerror or error}{where}; {kept}. Free space or "
+            "make the folder writable, then run the same command to resume"
+        ) from error
+
+
+def _write_config(out_dir: Path, config: TrainConfig, run: _Run, forced: list[dict]) -> None:
+    """train_config.json: the config, the step plan made from it (the one record of the plan:
+    rewritten when a budgeted run re-plans), and every --force change."""
+    record: dict[str, Any] = {
+        "requested": dataclasses.asdict(config),
+        "total_steps": run.total_steps,
+        "warmup_steps": run.warmup_steps,
+    }
+    if forced:
+        record["forced"] = forced
+    with _disk_errors(out_dir):
+        atomic_write_json(out_dir / "train_config.json", record)
+
+
 def _train(
     config: TrainConfig, out_dir: Path, *, force: bool, device: torch.device, world: World
 ) -> dict[str, Any]:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    saved_plan = _load_or_save_config(out_dir, config, force=force)
+    saved = _read_saved_config(out_dir)
+    changes = _config_changes(out_dir, saved, config, force=force) if saved else {}
 
     if config.test_split:
         train_set, test_set = open_train_test(
@@ -402,10 +520,7 @@ def _train(
             f"{config.data}: {len(train_set)} training images do not fill one batch of "
             f"{config.batch_size}; lower batch_size"
         )
-    try:
-        micro_batches = config.micro_batches(processes=world.size)
-    except ValueError as error:
-        raise TrainingError(str(error)) from None
+    micro_batches = config.micro_batches(processes=world.size)
     num_classes = len(train_set.classes)
 
     torch.manual_seed(config.seed)
@@ -442,10 +557,13 @@ def _train(
     _check_same_checkpoint(world, out_dir, resumed[1].name if resumed else None)
     if resumed is not None:
         state, path = resumed
-        plan = saved_plan or {"total_steps": config.steps, "warmup_steps": config.warmup_steps}
-        run.total_steps, run.warmup_steps = plan["total_steps"], plan["warmup_steps"]
-        run.restore(state)
+        run.restore(state, path)
         del state, resumed  # a copy of the full state in every process, no longer needed
+        if saved:  # the plan is train_config.json's, with what --force changed re-planned
+            run.total_steps = saved["total_steps"]
+            run.warmup_steps = saved.get("warmup_steps", config.warmup_for(run.total_steps))
+        replanned = changes.keys() if saved else LENGTH_FIELDS
+        _replan_resumed(run, replanned, _steps_per_epoch(train_set, config))
         summary_path = out_dir / "summary.json"
         if run.step >= run.total_steps and summary_path.exists():
             if world.is_main:
@@ -453,6 +571,11 @@ def _train(
             return json.loads(summary_path.read_text())
         if world.is_main:
             print(f"resuming from {path} (step {run.step} of {run.total_steps})")
+            if changes:
+                described = ", ".join(f"{key} {a!r} -> {b!r}" for key, (a, b) in changes.items())
+                print(f"with the changes --force allows: {described}")
+                record = {"at_step": run.step, "changed": {k: list(v) for k, v in changes.items()}}
+                _write_config(out_dir, config, run, [*saved.get("forced", []), record])
             _truncate_metrics(out_dir / "metrics.jsonl", run.step)
     else:
         if world.is_main:
@@ -465,16 +588,18 @@ def _train(
         run.total_steps = _plan_steps(run, new_model, _steps_per_epoch(train_set, config))
         run.warmup_steps = config.warmup_for(run.total_steps)
         if world.is_main:
-            atomic_write_json(
-                out_dir / "train_config.json",
-                {
-                    "requested": dataclasses.asdict(config),
-                    "total_steps": run.total_steps,
-                    "warmup_steps": run.warmup_steps,
-                },
-            )
+            _write_config(out_dir, config, run, forced=[])
         torch.manual_seed(config.seed + 1)  # the augmentation stream, apart from the init's
     return _loop(run, forward)
+
+
+def _record_plan(run: _Run) -> None:
+    """Write a re-planned step count into train_config.json, keeping the rest of it."""
+    path = run.out_dir / "train_config.json"
+    record = json.loads(path.read_text())
+    record["total_steps"] = run.total_steps
+    with _disk_errors(run.out_dir):
+        atomic_write_json(path, record)
 
 
 def _check_same_checkpoint(world: World, out_dir: Path, name: str | None) -> None:
@@ -490,11 +615,19 @@ def _check_same_checkpoint(world: World, out_dir: Path, name: str | None) -> Non
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop metric lines a killed process wrote after the checkpoint it resumes from."""
+    """Drop metric lines a killed process wrote after the checkpoint it resumes from (and a
+    half-written last line)."""
     if not path.exists():
         return
-    kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= step]
-    path.write_text("".join(line + "\n" for line in kept))
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                kept.append(line)
+        except (ValueError, KeyError, TypeError):
+            continue
+    with _disk_errors(path.parent):
+        atomic_write_text(path, "".join(line + "\n" for line in kept))
 
 
 def _checkpoint(run: _Run, started: float) -> None:
@@ -502,7 +635,18 @@ def _checkpoint(run: _Run, started: float) -> None:
     run.elapsed += time.perf_counter() - started
     state = run.state()
     if run.world.is_main:
-        save_checkpoint(run.out_dir, run.step, state)
+        try:
+            with _disk_errors(run.out_dir):
+                save_checkpoint(run.out_dir, run.step, state)
+        except NonFiniteStateError as error:
+            steps = saved_steps(run.out_dir)
+            last = f"step {steps[-1]}" if steps else "none yet"
+            raise TrainingError(
+                f"stopped at step {run.step}: the weights or optimizer state became NaN or inf "
+                f"({error.keys}). The checkpoints in "
+                f"{run.out_dir / 'checkpoints'} hold the last finite state ({last}): lower lr, "
+                "set grad_clip or raise warmup_steps and run again"
+            ) from None
     run.world.barrier()
 
 
@@ -528,12 +672,15 @@ class _Metrics:
     line it logged; only rank 0 writes it."""
 
     def __init__(self, path: Path, *, enabled: bool) -> None:
-        self._file = path.open("a") if enabled else None
+        self._path = path
+        with _disk_errors(path.parent):
+            self._file = path.open("a") if enabled else None
 
     def write(self, record: dict[str, Any]) -> None:
         if self._file is not None:
-            self._file.write(json.dumps(record) + "\n")
-            self._file.flush()
+            with _disk_errors(self._path.parent):
+                self._file.write(json.dumps(record) + "\n")
+                self._file.flush()
 
     def close(self) -> None:
         if self._file is not None:
@@ -577,6 +724,8 @@ def _loop(run: _Run, forward: nn.Module) -> dict[str, Any]:
                     if _replan(run, started):
                         progress.total = run.total_steps
                         progress.refresh()
+                        if world.is_main:
+                            _record_plan(run)
                     _checkpoint(run, started)
                     started = time.perf_counter()
                 if stop.requested:
@@ -628,12 +777,13 @@ def _finish(run: _Run) -> dict[str, Any]:
         summary["eval_seconds"] = round(time.perf_counter() - start, 1)
     if not run.world.is_main:
         return summary
-    if run.test is not None:
-        with (run.out_dir / "metrics.jsonl").open("a") as metrics:
-            metrics.write(json.dumps({"step": run.step, "top1": summary["top1"]}) + "\n")
-    save_pretrained(final.cpu(), run.out_dir)
-    atomic_write_json(run.out_dir / "summary.json", summary)
-    _plot_curves(run.out_dir)
+    with _disk_errors(run.out_dir):
+        if run.test is not None:
+            with (run.out_dir / "metrics.jsonl").open("a") as metrics:
+                metrics.write(json.dumps({"step": run.step, "top1": summary["top1"]}) + "\n")
+        save_pretrained(final.cpu(), run.out_dir)
+        atomic_write_json(run.out_dir / "summary.json", summary)
+        _plot_curves(run.out_dir)
     return summary
 
 
