@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file
 
 import vitkit
 from vitkit.cli.main import main
+from vitkit.errors import DownloadError
 from vitkit.weights import (
     CheckpointError,
     PartialLoadWarning,
@@ -120,7 +121,7 @@ def test_an_interrupted_download_resumes(
     entry: PretrainedWeights, server: FileServer, home: Path, official_fixture: Path
 ) -> None:
     server.drop_after = 4000
-    with pytest.raises(CheckpointError, match="run again to resume") as error:
+    with pytest.raises(DownloadError, match="run again to resume") as error:
         load_model(NAME)
     assert NAME in str(error.value)
     assert (home / "weights" / "ViT-Tiny_8@fixture.npz.part").stat().st_size == 4000
@@ -135,7 +136,7 @@ def test_a_file_that_fails_the_registered_checksum_is_refused(
     entry: PretrainedWeights, home: Path
 ) -> None:
     register_pretrained(PretrainedWeights(**{**vars(entry), "sha256": "0" * 64}), replace=True)
-    with pytest.raises(CheckpointError, match="checksum mismatch") as error:
+    with pytest.raises(DownloadError, match="checksum mismatch") as error:
         load_model(NAME)
     assert NAME in str(error.value) and "0" * 64 in str(error.value)
     assert list((home / "weights").iterdir()) == []  # deleted, never loaded
@@ -148,7 +149,7 @@ def test_a_corrupt_cached_file_is_fetched_again_online_and_refused_offline(
     cached.parent.mkdir(parents=True)
     cached.write_bytes(b"not the checkpoint")
     monkeypatch.setenv("VITKIT_OFFLINE", "1")
-    with pytest.raises(CheckpointError, match="fails its checksum"):
+    with pytest.raises(DownloadError, match="is unusable"):
         load_model(NAME)
     assert server.requests == []
 
@@ -161,7 +162,7 @@ def test_offline_mode_names_the_missing_file_and_stays_off_the_network(
     entry: PretrainedWeights, server: FileServer, home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("VITKIT_OFFLINE", "1")
-    with pytest.raises(CheckpointError, match="VITKIT_OFFLINE") as error:
+    with pytest.raises(DownloadError, match="VITKIT_OFFLINE") as error:
         load_model(NAME)
     message = str(error.value)
     assert "missing" in message and str(home / "weights" / "ViT-Tiny_8@fixture.npz") in message
@@ -182,7 +183,7 @@ def test_mirror_variable_only_rewrites_googles_bucket(
 
 def test_registry_names_are_not_silently_replaced(home: Path) -> None:
     b16 = get_pretrained("ViT-B/16@i21k")
-    with pytest.raises(ValueError, match="replace=True"):
+    with pytest.raises(CheckpointError, match="replace=True"):
         register_pretrained(PretrainedWeights(**{**vars(b16), "name": "vit-b_16@i21k"}))
 
 

@@ -4,7 +4,9 @@ The hub client keeps its own cache ($HF_HOME, shared with transformers and timm,
 one of them downloaded is not fetched again) and honours $HF_ENDPOINT and $HF_TOKEN. Only the
 files `load_model` reads are fetched: the configs and one weights file, safetensors preferred.
 Offline mode ($HF_HUB_OFFLINE or $VITKIT_OFFLINE) reads the cache and never the network; both are
-read at call time, where the hub client reads its own variable once at import.
+read at call time, where the hub client reads its own variable once at import. A malformed id, or
+any failure of the client (a missing repository, a malformed reply from $HF_ENDPOINT), is a
+one-line CheckpointError naming the id.
 """
 
 from __future__ import annotations
@@ -34,7 +36,8 @@ def fetch_hub(repo_id: str, *, revision: str | None = None) -> Path:
     from huggingface_hub import snapshot_download  # imported here: `import vitkit` stays fast
 
     offline = hub_offline()
-    name = f"{HUB_PREFIX}{repo_id}" + (f"@{revision}" if revision else "")
+    name = f"{HUB_PREFIX}{repo_id}" + (f"@{revision}" if revision is not None else "")
+    _check_id(name, repo_id, revision)
     try:
         for weights in _WEIGHTS:
             directory = Path(
@@ -47,7 +50,9 @@ def fetch_hub(repo_id: str, *, revision: str | None = None) -> Path:
             )
             if (directory / weights).is_file():
                 break
-    except (OSError, ValueError) as error:  # hub errors are OSErrors; a bad id a ValueError
+    # The client raises OSErrors and ValueErrors, and a malformed reply from $HF_ENDPOINT can make
+    # it raise anything (a KeyError for a missing field): all are about the request, not vitkit.
+    except Exception as error:  # noqa: BLE001
         if offline:
             raise CheckpointError(
                 f"{name}: not in the Hugging Face cache and offline mode is set (HF_HUB_OFFLINE or "
@@ -55,8 +60,34 @@ def fetch_hub(repo_id: str, *, revision: str | None = None) -> Path:
                 f"(`hf download {repo_id}`) and copy the cache ($HF_HOME, default "
                 f"~/.cache/huggingface) here, or pass the path of a local copy"
             ) from None
-        raise CheckpointError(f"{name}: cannot fetch it from the hub: {error}") from None
+        raise CheckpointError(
+            f"{name}: cannot fetch it from the hub: {type(error).__name__}: {_one_line(error)}"
+        ) from None
     return _checkpoint_in(directory)
+
+
+def _check_id(name: str, repo_id: str, revision: str | None) -> None:
+    """Refuse a malformed id before the client sees it: offline, its error would otherwise read
+    as "not in the cache", and online it would cost a request."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as error:
+        raise CheckpointError(
+            f"{name}: not a Hugging Face hub id: {_one_line(error)} Expected hf:ORG/NAME or "
+            "hf:ORG/NAME@REVISION"
+        ) from None
+    if revision is not None and not revision.strip():
+        raise CheckpointError(
+            f"{name}: no revision after '@'; expected hf:ORG/NAME@REVISION (a branch, tag or "
+            "commit)"
+        )
+
+
+def _one_line(error: BaseException) -> str:
+    """The hub client's message, which spans several lines, as one."""
+    return " ".join(str(error).split())
 
 
 def _checkpoint_in(directory: Path) -> Path:
@@ -65,7 +96,8 @@ def _checkpoint_in(directory: Path) -> Path:
     config_file = directory / "config.json"
     try:
         config = json.loads(config_file.read_text()) if config_file.is_file() else {}
-    except (OSError, json.JSONDecodeError):
+    # Not UTF-8, not JSON, or nested deeper than the parser's recursion limit.
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         return directory  # load_model reports the broken file
     if isinstance(config, dict) and "architecture" in config and "model_type" not in config:
         for weights in _WEIGHTS:

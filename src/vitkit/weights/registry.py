@@ -7,26 +7,32 @@ turns such a name, or a Hugging Face hub id, into a local path that `load_model`
 else is passed through as a path. Files come from Google's bucket (the URLs of the
 google-research/vision_transformer README) through the one download implementation,
 `vitkit.download`: resumable, checked against the registry's SHA-256 where one is recorded,
-and never touching the network when VITKIT_OFFLINE is set.
+and never touching the network when VITKIT_OFFLINE is set. A fetched file must also look like
+its format (a zip archive for .npz) before it enters the cache, since a mirror may answer a
+missing file with an error page and status 200.
 
-A mirror with the bucket's layout replaces it through $VITKIT_WEIGHTS_URL; other weights are
-added with `register_pretrained`.
+A mirror with the bucket's layout replaces it through $VITKIT_WEIGHTS_URL: http(s)://HOST/PATH,
+or file:///PATH for a copy on a shared disk (clusters without internet); other weights are added
+with `register_pretrained`. A bad name, entry, mirror or hub id is a one-line VitkitError.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit
 
-from vitkit.download import DownloadError, default_cache_dir, download
-from vitkit.errors import CheckpointError
+from vitkit.download import Validator, default_cache_dir, download, url_problem
+from vitkit.errors import CheckpointError, DownloadError
 from vitkit.weights.hub import HUB_PREFIX, fetch_hub
 
 GOOGLE_BUCKET = "https://storage.googleapis.com/vit_models"
-# A base URL (http(s)://host/path) with the bucket's layout, used instead of GOOGLE_BUCKET.
+# A base URL (http(s)://HOST/PATH or file:///PATH) with the bucket's layout, used instead of
+# GOOGLE_BUCKET.
 MIRROR_VARIABLE = "VITKIT_WEIGHTS_URL"
 # Classes of the pre-training and fine-tuning datasets (ImageNet-21k's release has 21,843).
 IMAGENET21K_CLASSES = 21843
@@ -38,6 +44,7 @@ GOOGLE_STD = (0.5, 0.5, 0.5)
 _CHECKPOINT_SUFFIXES = (".npz", ".safetensors", ".pth", ".pt", ".bin", ".json")
 # A hub repository id: "org/name", as the hub spells them.
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+_SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -54,6 +61,24 @@ class PretrainedWeights:
     std: tuple[float, float, float] = GOOGLE_STD
     sha256: str | None = None  # checked after every download when known
     size_bytes: int | None = None  # of the file, for the listing; None where not recorded
+
+    def __post_init__(self) -> None:
+        """Refuse an entry that could only fail later, and more obscurely: when it is downloaded
+        (a URL that cannot be fetched, a digest that nothing matches) or built."""
+        if not self.name or not self.name.isprintable():
+            raise CheckpointError(f"pretrained weights {self.name!r}: the name must be printable")
+        if problem := url_problem(self.url):
+            raise CheckpointError(f"pretrained weights {self.name}: url {self.url!r}: {problem}")
+        if self.sha256 is not None and not _SHA256.fullmatch(self.sha256):
+            raise CheckpointError(
+                f"pretrained weights {self.name}: sha256 must be 64 hex digits, got {self.sha256!r}"
+            )
+        for field in ("resolution", "num_classes"):
+            value = getattr(self, field)
+            if type(value) is not int or value <= 0:
+                raise CheckpointError(
+                    f"pretrained weights {self.name}: {field} must be a positive int, got {value!r}"
+                )
 
     @property
     def file_name(self) -> str:
@@ -108,7 +133,7 @@ def register_pretrained(weights: PretrainedWeights, *, replace: bool = False) ->
     redirect the paper's names to another file.
     """
     if _find(weights.name) is not None and not replace:
-        raise ValueError(f"{weights.name!r} is registered already; pass replace=True")
+        raise CheckpointError(f"{weights.name!r} is registered already; pass replace=True")
     PRETRAINED[weights.name] = weights
 
 
@@ -133,10 +158,27 @@ def _find(name: str) -> PretrainedWeights | None:
 def weights_url(weights: PretrainedWeights) -> str:
     """Where `weights` are fetched from: their URL, with Google's bucket replaced by
     $VITKIT_WEIGHTS_URL when set (a mirror with the same layout)."""
-    mirror = os.environ.get(MIRROR_VARIABLE, "").rstrip("/")
+    mirror = _mirror()
     if mirror and weights.url.startswith(GOOGLE_BUCKET + "/"):
         return mirror + weights.url[len(GOOGLE_BUCKET) :]
     return weights.url
+
+
+def _mirror() -> str | None:
+    """$VITKIT_WEIGHTS_URL without its trailing "/", or None when unset; a value that is no base
+    URL is refused here, by name, rather than surfacing as a puzzling download error."""
+    value = os.environ.get(MIRROR_VARIABLE, "")
+    if not value:
+        return None
+    problem = url_problem(value)
+    if problem is None and (urlsplit(value).query or urlsplit(value).fragment):
+        problem = "a base URL has no ?query or #fragment"
+    if problem:
+        raise DownloadError(
+            f"{MIRROR_VARIABLE}={value!r} is no mirror URL: {problem}; it must name a folder laid "
+            f"out as {GOOGLE_BUCKET}, such as https://HOST/PATH or file:///PATH"
+        )
+    return value.rstrip("/")
 
 
 def weights_path(weights: PretrainedWeights, *, cache_dir: Path | None = None) -> Path:
@@ -147,16 +189,75 @@ def weights_path(weights: PretrainedWeights, *, cache_dir: Path | None = None) -
 def fetch_pretrained(name: str, *, cache_dir: Path | None = None, progress: bool = True) -> Path:
     """The local file of the weights called `name`, downloaded on first use.
 
-    A file in the cache that fails the registry's SHA-256 is fetched again (online) or refused
-    (offline); a download that fails it is deleted. Either way it is never loaded.
+    A file in the cache that fails the registry's SHA-256, or does not look like its format (a
+    mirror's error page), is fetched again (online) or refused (offline); a download that fails
+    either check is deleted. Either way it is never loaded. Failures are DownloadErrors that
+    start with the weights' name.
     """
     weights = get_pretrained(name)
-    url = weights_url(weights)
     destination = weights_path(weights, cache_dir=cache_dir)
     try:
-        return download(url, destination, sha256=weights.sha256, progress=progress)
+        url = weights_url(weights)
+        return download(
+            url,
+            destination,
+            sha256=weights.sha256,
+            validate=_format_check(Path(weights.file_name).suffix),
+            progress=progress,
+        )
     except DownloadError as error:
-        raise CheckpointError(f"{weights.name}: {error}") from None
+        raise DownloadError(f"{weights.name}: {error}") from None
+
+
+def _format_check(suffix: str) -> Validator:
+    """A cheap check, from a file's first bytes (and a zip's directory at its end), that it can be
+    weights in the format `suffix` names; it says what the file is instead ("got an HTML page")."""
+    signature = _SIGNATURES.get(suffix.lower())
+
+    def check(path: Path) -> str | None:
+        size = path.stat().st_size
+        with path.open("rb") as file:
+            head = file.read(64)
+        # Without a signature to test, an HTML or XML page (the usual error reply) is refused.
+        looks_right = signature(path, head) if signature else not head.lstrip().startswith(b"<")
+        if size and looks_right:
+            return None
+        return f"got {_describe(head, size)}, not a {suffix or 'weights'} file"
+
+    return check
+
+
+def _describe(head: bytes, size: int) -> str:
+    """What a file that starts with `head` seems to be, for an error message."""
+    if not size:
+        return "an empty file"
+    text = head.lstrip().lower()
+    if text.startswith(b"<?xml"):
+        return f"an XML document ({size} bytes)"
+    if text.startswith(b"<"):
+        return f"an HTML page ({size} bytes)"
+    return f"{size} bytes starting {head[:16]!r}"
+
+
+def _is_torch_file(path: Path, head: bytes) -> bool:
+    """torch.save's zip archive, or its legacy pickle (protocol 2 and later begin with 0x80)."""
+    return head[:1] == b"\x80" or zipfile.is_zipfile(path)
+
+
+def _is_safetensors(path: Path, head: bytes) -> bool:
+    """An 8-byte little-endian header length within the file, then the header's JSON."""
+    header_bytes = int.from_bytes(head[:8], "little")
+    return head[8:9] == b"{" and 0 < header_bytes <= path.stat().st_size - 8
+
+
+# Each weights format's signature, by file suffix: numpy's .npz is a zip archive.
+_SIGNATURES: dict[str, Callable[[Path, bytes], bool]] = {
+    ".npz": lambda path, head: zipfile.is_zipfile(path),
+    ".safetensors": _is_safetensors,
+    ".pth": _is_torch_file,
+    ".pt": _is_torch_file,
+    ".bin": _is_torch_file,
+}
 
 
 def resolve_checkpoint(checkpoint: str | Path) -> Path:
@@ -168,12 +269,17 @@ def resolve_checkpoint(checkpoint: str | Path) -> Path:
     detection to report as missing.
     """
     path = Path(checkpoint)
-    if path.exists():
-        return path
     text = str(checkpoint)
+    try:
+        if path.exists():
+            return path
+    except (OSError, ValueError) as error:  # a name too long for the file system, a NUL byte
+        raise CheckpointError(
+            f"{text!r}: not a usable path ({error}), nor a pretrained name or hub id"
+        ) from None
     if text.startswith(HUB_PREFIX):
-        repo_id, _, revision = text.removeprefix(HUB_PREFIX).partition("@")
-        return fetch_hub(repo_id, revision=revision or None)
+        repo_id, at, revision = text.removeprefix(HUB_PREFIX).partition("@")
+        return fetch_hub(repo_id, revision=revision if at else None)
     if _find(text) is not None:
         return fetch_pretrained(text)
     if "@" in text:  # looks like a weights name, but is none
