@@ -292,3 +292,24 @@ def test_a_full_disk_says_so_and_the_saved_checkpoints_resume(
     assert main([*args, "steps=4"]) == 0
     state = torch.load(run / "checkpoints" / "step-00000004.pt", weights_only=True)
     assert state["step"] == 4
+
+
+def test_init_decides_the_architecture_and_train_config_records_it(
+    image_tree: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pretrained = tmp_path / "pretrained"
+    train(tiny(image_tree, steps=2, classifier="gap"), pretrained)
+    capsys.readouterr()
+    finetuned = tmp_path / "finetuned"
+    train(tiny(image_tree, steps=2, init=str(pretrained), resolution=32), finetuned)
+    assert (
+        "the architecture is init's (width 64, depth 2, 4 heads, patch 8, gap pooling); not used: "
+        "model='ViT-Test/8', representation_size=0, classifier='token'"
+    ) in capsys.readouterr().err
+    saved = json.loads((finetuned / "train_config.json").read_text())
+    built = json.loads((pretrained / "config.json").read_text())["config"]
+    assert saved["architecture"]["classifier"] == "gap"  # the checkpoint's, not the default
+    assert saved["architecture"]["img_size"] == [32, 32]
+    assert {key: value for key, value in saved["architecture"].items() if key != "img_size"} == {
+        key: value for key, value in built.items() if key != "img_size"
+    }

@@ -281,6 +281,9 @@ class TrainConfig:
         return share // self.micro_batch_size
 
 
+# Fields that choose the architecture of a model built from scratch; with `init`, the checkpoint
+# decides them (the run says so, and records the architecture it trained).
+ARCHITECTURE_FIELDS = ("model", "representation_size", "classifier")
 # The declared type of every field (resolved once: the annotations are strings under
 # `from __future__ import annotations`).
 _FIELD_TYPES: dict[str, Any] = typing.get_type_hints(TrainConfig)

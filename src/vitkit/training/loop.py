@@ -33,6 +33,7 @@ import json
 import math
 import re
 import signal
+import sys
 import time
 from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
@@ -60,7 +61,12 @@ from vitkit.training.checkpoint import (
     save_checkpoint,
     saved_steps,
 )
-from vitkit.training.config import EXECUTION_FIELDS, FORCEABLE_FIELDS, TrainConfig
+from vitkit.training.config import (
+    ARCHITECTURE_FIELDS,
+    EXECUTION_FIELDS,
+    FORCEABLE_FIELDS,
+    TrainConfig,
+)
 from vitkit.training.distributed import Launch, World, launch, lost_peer, process_group
 from vitkit.training.optim import build_optimizer, clip_gradients
 from vitkit.training.run_dir import run_lock
@@ -116,6 +122,15 @@ def build_model(config: TrainConfig, num_classes: int) -> VisionTransformer:
     model = VisionTransformer(model_config)
     model.load_state_dict(loaded.state_dict())
     return model
+
+
+def _describe(config: ViTConfig) -> str:
+    """A model's architecture in one phrase: width, depth, heads, patch, pooling, stem."""
+    stem = f", ResNet stages {config.resnet_layers}" if config.is_hybrid else ""
+    return (
+        f"width {config.width}, depth {config.depth}, {config.num_heads} heads, patch "
+        f"{config.patch_size}, {config.classifier} pooling{stem}"
+    )
 
 
 def build_augment(
@@ -484,10 +499,13 @@ def _disk_errors(out_dir: Path) -> Iterator[None]:
 
 
 def _write_config(out_dir: Path, config: TrainConfig, run: _Run, forced: list[dict]) -> None:
-    """train_config.json: the config, the step plan made from it (the one record of the plan:
-    rewritten when a budgeted run re-plans), and every --force change."""
+    """train_config.json: the config, the architecture trained (its ViTConfig fields), the step
+    plan (the one record of it: rewritten when a budgeted run re-plans) and every --force
+    change."""
     record: dict[str, Any] = {
         "requested": dataclasses.asdict(config),
+        # What was built: from `model` or, with `init`, from the checkpoint.
+        "architecture": dataclasses.asdict(run.model.config),
         "total_steps": run.total_steps,
         "warmup_steps": run.warmup_steps,
     }
@@ -526,6 +544,12 @@ def _train(
     torch.manual_seed(config.seed)
     model = build_model(config, num_classes=num_classes).to(device)
     model_config = model.config
+    if config.init and world.is_main:
+        ignored = ", ".join(f"{name}={getattr(config, name)!r}" for name in ARCHITECTURE_FIELDS)
+        print(
+            f"the architecture is init's ({_describe(model_config)}); not used: {ignored}",
+            file=sys.stderr,
+        )
     ema = None
     if config.ema_decay:  # copied before parallelize: a sharded model cannot be copied
         ema = torch.optim.swa_utils.AveragedModel(
