@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 import vitkit
+from vitkit.errors import ConfigError
 from vitkit.models.config import PRESETS, VARIANTS
 
 PAPER_NAMES = [f"ViT-{v}/{p}" for v in ("Ti", "S", "B", "L", "H") for p in (8, 14, 16, 32)]
@@ -171,3 +172,100 @@ def test_config_is_frozen_and_validated() -> None:
     with pytest.raises(TypeError, match="hidden_size"):
         vitkit.create_model("ViT-B/16", hidden_size=3)
     assert set(VARIANTS) == {"Ti", "S", "B", "L", "H"}
+
+
+# ---- Every field is checked for type, range and choice, and named when wrong (issue 15) ----
+
+B16 = PRESETS["ViT-B/16"]
+BAD_FIELDS: dict[str, tuple[dict[str, object], str]] = {
+    "heads-zero": (dict(num_heads=0), "num_heads must be between 1 and 16777216, got 0"),
+    "heads-not-dividing": (dict(num_heads=7), "width 768 is not divisible by num_heads 7"),
+    "patch-zero": (dict(patch_size=0), "patch_size must be between 1"),
+    "width-negative": (dict(width=-768), "width must be between 1"),
+    "depth-string": (dict(depth="12"), "depth must be an integer, got '12'"),
+    "depth-bool": (dict(depth=True), "depth must be an integer, got True"),
+    "mlp-float": (dict(mlp_dim=3072.0), "mlp_dim must be an integer, got 3072.0"),
+    "classes-huge": (dict(num_classes=10**30), "num_classes must be between 0 and 16777216"),
+    "classes-negative": (dict(num_classes=-1), "num_classes must be between 0"),
+    "channels-none": (dict(in_chans=None), "in_chans must be an integer, got None"),
+    "eps-nan": (dict(layer_norm_eps=float("nan")), "layer_norm_eps must be in (0, inf), got nan"),
+    "eps-zero": (dict(layer_norm_eps=0.0), "layer_norm_eps must be in (0, inf), got 0.0"),
+    "eps-string": (dict(layer_norm_eps="1e-6"), "layer_norm_eps must be a number, got '1e-6'"),
+    "dropout-inf": (dict(dropout=float("inf")), "dropout must be in [0, 1), got inf"),
+    "drop-path-negative": (dict(drop_path=-0.1), "drop_path must be in [0, 1), got -0.1"),
+    "attention-dropout-one": (dict(attention_dropout=1), "attention_dropout must be in [0, 1)"),
+    "qkv-bias-string": (dict(qkv_bias="yes"), "qkv_bias must be true or false, got 'yes'"),
+    "class-token-int": (dict(class_token=1), "class_token must be true or false, got 1"),
+    "dynamic-none": (dict(dynamic_img_size=None), "dynamic_img_size must be true or false"),
+    "classifier-unknown": (dict(classifier="cls"), "classifier must be one of 'token', 'gap'"),
+    "gelu-list": (dict(gelu=["exact"]), "gelu must be one of 'exact', 'tanh', got ['exact']"),
+    "interpolation-unknown": (
+        dict(pos_embed_interpolation="nearest"),
+        "pos_embed_interpolation must be one of",
+    ),
+    "image-three-sides": (dict(img_size=[224, 224, 3]), "img_size must be an integer or a ["),
+    "image-string": (dict(img_size="224"), "img_size must be an integer, got '224'"),
+    "image-zero": (dict(img_size=(0, 224)), "img_size must be between 1"),
+    "image-not-a-multiple": (dict(img_size=200), "img_size 200x200 is not a multiple of the patch"),
+    "mean-string": (dict(mean="0.5"), "mean must be a list of numbers, got '0.5'"),
+    "mean-short": (dict(mean=(0.5,)), "mean and std need one value per input channel"),
+    "std-nan": (dict(std=(0.5, float("nan"), 0.5)), "std must be in (0, inf), got nan"),
+    "std-zero": (dict(std=(0.5, 0.0, 0.5)), "std must be in (0, inf), got 0.0"),
+    "representation-zero": (dict(representation_size=0), "representation_size must be between 1"),
+    "resnet-layers-string": (dict(resnet_layers="3,4,9"), "resnet_layers must be a list"),
+    "resnet-layers-unknown": (dict(resnet_layers=(3, 4, 5)), "unknown ResNet stage layout"),
+    "resnet-width-odd": (
+        dict(resnet_layers=(3, 4, 9), patch_size=1, resnet_width=48),
+        "resnet_width 48 is not a multiple of GroupNorm's 32 groups",
+    ),
+    "resnet-numerics-unknown": (dict(resnet_numerics="keras"), "resnet_numerics must be one of"),
+    "token-without-class-token": (dict(class_token=False), "classifier='token' needs class_token"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_FIELDS)
+def test_every_bad_field_is_a_config_error_naming_it(case: str) -> None:
+    overrides, message = BAD_FIELDS[case]
+    with pytest.raises(ConfigError) as error:
+        dataclasses.replace(B16, **overrides)
+    assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_every_field_is_checked() -> None:
+    from vitkit.models.config import _CHECKS
+
+    assert list(_CHECKS) == [field.name for field in dataclasses.fields(vitkit.ViTConfig)]
+
+
+def test_every_problem_is_listed_at_once() -> None:
+    """A file with several bad fields is fixed in one pass, not one error at a time."""
+    with pytest.raises(ConfigError) as error:
+        dataclasses.replace(B16, num_heads=0, patch_size="16", gelu=None)
+    message = str(error.value)
+    assert "num_heads" in message and "patch_size" in message and "gelu" in message
+
+
+def test_numpy_and_list_values_are_normalised() -> None:
+    """Sizes read off numpy shapes become ints, JSON lists become tuples: the config equals one
+    written by hand (and so compares and hashes alike)."""
+    import numpy as np
+
+    config = dataclasses.replace(
+        B16, width=np.int64(768), img_size=[224, 224], mean=[0.5, 0.5, 0.5], std=(1, 1, 1)
+    )
+    assert type(config.width) is int and config.img_size == (224, 224)
+    assert config.mean == (0.5, 0.5, 0.5) and config.std == (1.0, 1.0, 1.0)
+    assert config == dataclasses.replace(B16, std=(1.0, 1.0, 1.0))
+
+
+@pytest.mark.parametrize("name", vitkit.list_models())
+def test_shapes_known_before_building_are_the_models(name: str) -> None:
+    """Checkpoints are compared with `expected_shapes` (one block, on the meta device) before a
+    model is built; it must list exactly the built model's keys and shapes, in its order."""
+    from vitkit.weights.state_dict import expected_shapes
+
+    config = vitkit.get_config(name, num_classes=7, representation_size=48)
+    with torch.device("meta"):
+        model = vitkit.VisionTransformer(config)
+    shapes = [(key, tuple(tensor.shape)) for key, tensor in model.state_dict().items()]
+    assert list(expected_shapes(config).items()) == shapes

@@ -8,8 +8,9 @@ from pathlib import Path
 import torch
 
 from vitkit.data import Preprocessing
+from vitkit.errors import ConfigError
 from vitkit.models.vit import VisionTransformer
-from vitkit.weights import CheckpointError, load_model
+from vitkit.weights import load_model
 
 NORMALIZATIONS = {
     "model": lambda config: Preprocessing.for_model(config),
@@ -52,10 +53,8 @@ def load_checkpoint(checkpoint: Path, img_size: int | None) -> VisionTransformer
     """`load_model`, with a size the model cannot take reported as a checkpoint problem."""
     try:
         return load_model(checkpoint, img_size=img_size)
-    except CheckpointError:
-        raise
-    except ValueError as error:  # e.g. an img_size that is no multiple of the patch size
-        raise CheckpointError(f"{checkpoint}: cannot build it at {img_size} px: {error}") from None
+    except ConfigError as error:  # e.g. an img_size that is no multiple of the patch size
+        raise ConfigError(f"{checkpoint}: cannot build it at {img_size} px: {error}") from None
 
 
 def load_for_inference(

@@ -6,8 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from vitkit.cli.arguments import positive_int
-from vitkit.weights import CheckpointError, load_model
+from vitkit.cli.arguments import load_checkpoint, positive_int
 from vitkit.weights.onnx_export import INPUT_NAME, OUTPUT_NAME, export_onnx
 
 
@@ -16,14 +15,7 @@ def batch_size(text: str) -> int | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        model = load_model(args.checkpoint, img_size=args.img_size)
-    except ValueError as error:  # CheckpointError, or an img_size no multiple of the patch size
-        if isinstance(error, CheckpointError):
-            raise
-        raise CheckpointError(
-            f"{args.checkpoint}: cannot build it at {args.img_size} px: {error}"
-        ) from None
+    model = load_checkpoint(args.checkpoint, args.img_size)
     export_onnx(model, args.output, batch_size=args.batch, opset_version=args.opset)
     height, width = model.config.img_size
     batch = "batch" if args.batch is None else args.batch

@@ -8,8 +8,12 @@ weights live in `vitkit.weights`, apart from architectures (timm's `arch.tag` co
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
+import numbers
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal, get_args
 
 from vitkit.errors import ConfigError
 
@@ -37,6 +41,21 @@ def as_pair(size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
         return (size, size)
     height, width = size
     return (int(height), int(width))
+
+
+def resnet_stride(resnet_layers: tuple[int, ...] | None) -> int:
+    """Pixels per position of a ResNet stem's feature map (1 without a ResNet): the root's 4,
+    doubled by every stage after the first."""
+    if resnet_layers is None:
+        return 1
+    return 4 * 2 ** max(len(resnet_layers) - 1, 0)
+
+
+def resnet_channels(resnet_layers: tuple[int, ...], resnet_width: int) -> int:
+    """Channels of a ResNet stem's output: the root's, or 4x the last stage's width."""
+    if not resnet_layers:
+        return resnet_width
+    return 4 * resnet_width * 2 ** (len(resnet_layers) - 1)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -98,53 +117,11 @@ class ViTConfig:
     resnet_numerics: ResNetNumerics = "google"
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "img_size", as_pair(self.img_size))
-        object.__setattr__(self, "mean", tuple(float(value) for value in self.mean))
-        object.__setattr__(self, "std", tuple(float(value) for value in self.std))
-        if self.resnet_layers is not None:
-            object.__setattr__(self, "resnet_layers", tuple(int(n) for n in self.resnet_layers))
-        problems = []
-        if self.resnet_layers is not None and self.resnet_layers not in RESNET_LAYOUTS:
-            known = ", ".join(f"{layout} ({name})" for layout, name in RESNET_LAYOUTS.items())
-            problems.append(
-                f"unknown ResNet stage layout resnet_layers={self.resnet_layers}; known: {known}"
-            )
-        if self.resnet_layers is not None and self.resnet_width % 32:
-            problems.append(
-                f"resnet_width {self.resnet_width} is not a multiple of GroupNorm's 32 groups"
-            )
-        if self.resnet_numerics not in ("google", "timm"):
-            problems.append(
-                f"resnet_numerics must be 'google' or 'timm', got {self.resnet_numerics!r}"
-            )
-        if not len(self.mean) == len(self.std) == self.in_chans:
-            problems.append(f"mean and std need one value per input channel ({self.in_chans})")
-        if self.width % self.num_heads:
-            problems.append(f"width {self.width} is not divisible by num_heads {self.num_heads}")
-        stride = self.total_stride
-        for axis, size in zip(("height", "width"), self.img_size):
-            if size % stride and self.resnet_layers is None:
-                problems.append(
-                    f"image {axis} {size} is not a multiple of the patch size {self.patch_size}"
-                )
-            elif size % stride:
-                problems.append(
-                    f"image {axis} {size} is not a multiple of the total stride {stride} "
-                    f"(ResNet stride {self.resnet_stride} x patch size {self.patch_size})"
-                )
-        if self.classifier == "token" and not self.class_token:
-            problems.append("classifier='token' needs class_token=True")
-        if self.classifier not in ("token", "gap"):
-            problems.append(f"classifier must be 'token' or 'gap', got {self.classifier!r}")
-        if self.gelu not in ("exact", "tanh"):
-            problems.append(f"gelu must be 'exact' or 'tanh', got {self.gelu!r}")
-        if self.pos_embed_interpolation not in ("bilinear", "bicubic"):
-            problems.append(
-                "pos_embed_interpolation must be 'bilinear' or 'bicubic', "
-                f"got {self.pos_embed_interpolation!r}"
-            )
-        if problems:
-            raise ConfigError("Invalid ViTConfig: " + "; ".join(problems))
+        """Check and normalise every field (`checked_fields`): a config from code, a JSON file
+        or a checkpoint's shapes is valid, or a ConfigError names each bad field."""
+        fields = {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
+        for name, value in checked_fields(fields).items():
+            object.__setattr__(self, name, value)
 
     @property
     def is_hybrid(self) -> bool:
@@ -153,18 +130,14 @@ class ViTConfig:
     @property
     def resnet_stride(self) -> int:
         """Pixels per position of the ResNet's feature map (1 without a ResNet)."""
-        if self.resnet_layers is None:
-            return 1
-        return 4 * 2 ** max(len(self.resnet_layers) - 1, 0)
+        return resnet_stride(self.resnet_layers)
 
     @property
     def embed_in_chans(self) -> int:
         """Channels the patch embedding reads: the image's, or the ResNet's output."""
         if self.resnet_layers is None:
             return self.in_chans
-        if not self.resnet_layers:
-            return self.resnet_width
-        return 4 * self.resnet_width * 2 ** (len(self.resnet_layers) - 1)
+        return resnet_channels(self.resnet_layers, self.resnet_width)
 
     @property
     def total_stride(self) -> int:
@@ -189,6 +162,201 @@ class ViTConfig:
     @property
     def head_dim(self) -> int:
         return self.width // self.num_heads
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation. Configs come from files written by strangers (config.json, a checkpoint's shapes) as
+# much as from code, so every field is checked for type, range and choice before anything reads
+# it, and a bad one is a `ConfigError` naming it, never a ZeroDivisionError or a torch traceback.
+
+# No real ViT comes near this size in any field; the bound keeps the shapes computed from a config
+# within what torch represents (a JSON number may be 10**400).
+MAX_SIZE = 1 << 24
+
+
+class _FieldProblem(Exception):
+    """What is wrong with one field's value; `checked_fields` prefixes the field's name."""
+
+
+def _shown(value: object) -> str:
+    """A value for an error message: its repr, cut short so the message stays one line."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _integer(value: object, *, minimum: int = 1) -> int:
+    # bool is an int subclass, but `"depth": true` in a file is a mistake, not depth 1.
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise _FieldProblem(f"must be an integer, got {_shown(value)}")
+    if not minimum <= value <= MAX_SIZE:
+        raise _FieldProblem(f"must be between {minimum} and {MAX_SIZE}, got {_shown(value)}")
+    return int(value)
+
+
+def _optional_integer(value: object) -> int | None:
+    return None if value is None else _integer(value)
+
+
+def _image_size(value: object) -> tuple[int, int]:
+    if isinstance(value, (list, tuple)):
+        if len(value) != 2:
+            raise _FieldProblem(f"must be an integer or a [height, width], got {_shown(value)}")
+        return (_integer(value[0]), _integer(value[1]))
+    size = _integer(value)
+    return (size, size)
+
+
+def _real(value: object, *, low: float, high: float, low_included: bool) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise _FieldProblem(f"must be a number, got {_shown(value)}")
+    number = float(value)
+    above_low = number >= low if low_included else number > low
+    if not (above_low and number < high):  # also refuses NaN, for which every comparison fails
+        bracket = "[" if low_included else "("
+        raise _FieldProblem(f"must be in {bracket}{low:g}, {high:g}), got {_shown(value)}")
+    return number
+
+
+def _reals(value: object, *, low: float, low_included: bool) -> tuple[float, ...]:
+    if not isinstance(value, (list, tuple)):
+        raise _FieldProblem(f"must be a list of numbers, got {_shown(value)}")
+    try:
+        return tuple(
+            _real(item, low=low, high=math.inf, low_included=low_included) for item in value
+        )
+    except _FieldProblem as problem:
+        raise _FieldProblem(f"{problem} (in {_shown(value)})") from None
+
+
+def _boolean(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise _FieldProblem(f"must be true or false, got {_shown(value)}")
+    return value
+
+
+def _choice(value: object, *, choices: tuple[str, ...]) -> str:
+    if not isinstance(value, str) or value not in choices:
+        raise _FieldProblem(f"must be one of {', '.join(map(repr, choices))}, got {_shown(value)}")
+    return value
+
+
+def _resnet_layers(value: object) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    if not isinstance(value, (list, tuple)):
+        raise _FieldProblem(f"must be a list of units per stage, got {_shown(value)}")
+    layers = tuple(_integer(units) for units in value)
+    if layers not in RESNET_LAYOUTS:
+        known = ", ".join(f"{layout} ({name})" for layout, name in RESNET_LAYOUTS.items())
+        raise _FieldProblem(f"is an unknown ResNet stage layout {layers}; known: {known}")
+    return layers
+
+
+def _rate(value: object) -> float:
+    return _real(value, low=0.0, high=1.0, low_included=True)
+
+
+# One check per ViTConfig field (a test holds the two to the same names).
+_CHECKS: dict[str, Callable[[object], object]] = {
+    "img_size": _image_size,
+    "patch_size": _integer,
+    "in_chans": _integer,
+    "mean": functools.partial(_reals, low=-math.inf, low_included=False),
+    "std": functools.partial(_reals, low=0.0, low_included=False),
+    "width": _integer,
+    "depth": _integer,
+    "num_heads": _integer,
+    "mlp_dim": _integer,
+    "qkv_bias": _boolean,
+    "num_classes": functools.partial(_integer, minimum=0),
+    "classifier": functools.partial(_choice, choices=get_args(Classifier)),
+    "class_token": _boolean,
+    "representation_size": _optional_integer,
+    "dropout": _rate,
+    "attention_dropout": _rate,
+    "drop_path": _rate,
+    "gelu": functools.partial(_choice, choices=get_args(Gelu)),
+    "layer_norm_eps": functools.partial(_real, low=0.0, high=math.inf, low_included=False),
+    "dynamic_img_size": _boolean,
+    "pos_embed_interpolation": functools.partial(_choice, choices=get_args(PosEmbedInterpolation)),
+    "resnet_layers": _resnet_layers,
+    "resnet_width": _integer,
+    "resnet_numerics": functools.partial(_choice, choices=get_args(ResNetNumerics)),
+}
+
+
+def checked_fields(
+    values: Mapping[str, object], *, names: Mapping[str, str] | None = None
+) -> dict[str, object]:
+    """Every ViTConfig field of `values`, checked and normalised (img_size a pair, sizes int,
+    mean/std tuples of float). Raises one ConfigError listing every problem, each naming its
+    field as `names` does (ViTConfig field -> the name in the file the values came from), or by
+    its own name."""
+    names = names or {}
+    checked, problems = {}, []
+    for field, check in _CHECKS.items():
+        try:
+            checked[field] = check(values[field])
+        except _FieldProblem as problem:
+            problems.append(f"{names.get(field, field)} {problem}")
+    problems += _combination_problems(checked, names)
+    if problems:
+        raise ConfigError("Invalid ViTConfig: " + "; ".join(problems))
+    return checked
+
+
+def config_from_fields(values: Mapping[str, Any], *, names: Mapping[str, str]) -> ViTConfig:
+    """A ViTConfig of `values` (the other fields at their defaults) read from a file whose fields
+    are named otherwise (`names`: ViTConfig field -> the file's name), so that an error names the
+    field as the file has it."""
+    defaults = {field.name: field.default for field in dataclasses.fields(ViTConfig)}
+    checked_fields({**defaults, **values}, names=names)
+    return ViTConfig(**values)
+
+
+def _combination_problems(checked: dict[str, Any], names: Mapping[str, str]) -> list[str]:
+    """Problems of fields that are valid alone but not together; a pair is checked only when
+    both of its fields are valid."""
+
+    def name(field: str) -> str:
+        return names.get(field, field)
+
+    def valid(*fields: str) -> bool:
+        return all(field in checked for field in fields)
+
+    problems = []
+    if valid("mean", "std", "in_chans") and not (
+        len(checked["mean"]) == len(checked["std"]) == checked["in_chans"]
+    ):
+        problems.append(
+            f"{name('mean')} and {name('std')} need one value per input channel "
+            f"({name('in_chans')}={checked['in_chans']})"
+        )
+    if valid("width", "num_heads") and checked["width"] % checked["num_heads"]:
+        problems.append(
+            f"{name('width')} {checked['width']} is not divisible by "
+            f"{name('num_heads')} {checked['num_heads']}"
+        )
+    layers = checked.get("resnet_layers")
+    if layers is not None and valid("resnet_width") and checked["resnet_width"] % 32:
+        problems.append(
+            f"{name('resnet_width')} {checked['resnet_width']} is not a multiple of GroupNorm's "
+            "32 groups"
+        )
+    if valid("img_size", "patch_size", "resnet_layers"):
+        patch = checked["patch_size"]
+        stride = patch * resnet_stride(layers)
+        height, width = checked["img_size"]
+        if height % stride or width % stride:
+            what = f"patch size {patch}"
+            if layers is not None:
+                what = f"total stride {stride} (ResNet {stride // patch} x patch size {patch})"
+            problems.append(f"{name('img_size')} {height}x{width} is not a multiple of the {what}")
+    if valid("classifier", "class_token") and (
+        (checked["classifier"], checked["class_token"]) == ("token", False)
+    ):
+        problems.append(f"{name('classifier')}='token' needs {name('class_token')}=True")
+    return problems
 
 
 @dataclass(frozen=True)

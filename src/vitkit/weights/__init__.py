@@ -10,10 +10,11 @@ from vitkit.weights.registry import (
     register_pretrained,
     resolve_checkpoint,
 )
-from vitkit.weights.state_dict import PartialLoadWarning
+from vitkit.weights.state_dict import NonFiniteWeightsWarning, PartialLoadWarning
 
 __all__ = [
     "CheckpointError",
+    "NonFiniteWeightsWarning",
     "PartialLoadWarning",
     "PretrainedWeights",
     "get_pretrained",

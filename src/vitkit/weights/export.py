@@ -11,8 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from vitkit.models.vit import VisionTransformer
 from vitkit.errors import CheckpointError
+from vitkit.models.vit import VisionTransformer
 from vitkit.weights.google import write_npz
 from vitkit.weights.hf import write_hf
 from vitkit.weights.native import save_pretrained

@@ -16,16 +16,25 @@ files, (1, 1, 1, C).
 
 from __future__ import annotations
 
+import math
 import re
 import zipfile
+from collections.abc import Callable, Mapping
+from functools import partial
 from pathlib import Path
+from typing import NamedTuple, TypeVar
 
 import numpy as np
 import torch
 
-from vitkit.io import atomic_write
-from vitkit.models.config import RESNET_LAYOUTS, ViTConfig
 from vitkit.errors import CheckpointError
+from vitkit.io import atomic_write
+from vitkit.models.config import RESNET_LAYOUTS, ViTConfig, resnet_channels, resnet_stride
+from vitkit.weights.files import check_inflation, one_line
+from vitkit.weights.shapes import INDEX, Shaped, require_shape, square_side
+from vitkit.weights.state_dict import check_float_dtypes
+
+T = TypeVar("T")
 
 # Some releases store the parameters under an optimizer or variables prefix.
 _PREFIXES = ("opt/target/", "params/")
@@ -36,16 +45,19 @@ _BLOCK_LAYOUTS = {
               "ln2": "LayerNorm_1", "mlp": "MlpBlock_0"},
 }  # fmt: skip
 _HYBRID_KEYS = ("conv_root/kernel", "gn_root/scale")
-_UNIT_KEY = re.compile(r"block(\d+)/unit(\d+)/")
+_UNIT_KEY = re.compile(rf"block{INDEX}/unit{INDEX}/")
+_ENCODER_BLOCK = re.compile(rf"Transformer/encoderblock_{INDEX}/")
 _GROUP_NORM_KEY = re.compile(r"(^|/)gn_?\w*/(scale|bias)$")
 _BACKBONE = "patch_embed.backbone"
+# Bytes read at a time from an archive member into its array (a chunk is copied once).
+_CHUNK_BYTES = 1 << 20
 
 
-def _is_hybrid(params: dict[str, np.ndarray]) -> bool:
+def _is_hybrid(params: Mapping[str, Shaped]) -> bool:
     return any(key in params for key in _HYBRID_KEYS) or any(map(_UNIT_KEY.match, params))
 
 
-def _resnet_layers(params: dict[str, np.ndarray]) -> tuple[int, ...]:
+def _resnet_layers(params: Mapping[str, Shaped]) -> tuple[int, ...]:
     """Units per stage, from the block{i}/unit{j} keys (both numbered from 1)."""
     if "conv_root/kernel" not in params:
         found = next(key for key in params if _UNIT_KEY.match(key) or key in _HYBRID_KEYS)
@@ -57,11 +69,13 @@ def _resnet_layers(params: dict[str, np.ndarray]) -> tuple[int, ...]:
     for key in params:
         if m := _UNIT_KEY.match(key):
             units.setdefault(int(m.group(1)), set()).add(int(m.group(2)))
-    for stage in range(1, max(units, default=0) + 1):
-        ids = units.get(stage, set())
-        if sorted(ids) != list(range(1, len(ids) + 1)) or not ids:
+    if sorted(units) != list(range(1, len(units) + 1)):
+        stage = next(stage for stage in range(1, len(units) + 2) if stage not in units)
+        raise CheckpointError(f"ResNet stage block{stage} is missing (stages are block1..blockN)")
+    for stage, ids in units.items():
+        if sorted(ids) != list(range(1, len(ids) + 1)):
             raise CheckpointError(
-                f"ResNet stage block{stage} has units {sorted(ids)}, not unit1..unitN"
+                f"ResNet stage block{stage} has units {sorted(ids)[:5]}, not unit1..unitN"
             )
     layers = tuple(len(units[stage]) for stage in sorted(units))
     if layers not in RESNET_LAYOUTS:
@@ -114,9 +128,26 @@ def _resnet_shapes(config: ViTConfig) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
+class NpyHeader(NamedTuple):
+    """An .npy member's header, read without its data: all that the layout checks need."""
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    fortran_order: bool
+    data_offset: int  # bytes of the member before the data
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+
 def read_npz(path: str | Path) -> dict[str, np.ndarray]:
-    """Every array of an .npz file, read eagerly (pickles refused) so that a truncated or corrupt
-    file fails here, naming the file and key, rather than halfway through a conversion."""
+    """Every array of a Google .npz file, each checked before a byte of it is inflated: the
+    archive's declared sizes against its own (`check_inflation`), each member's .npy header (its
+    dtype floating point, so no pickles; its shape) against the member's declared size, and all
+    keys and shapes against Google's layout. Only then is each member read, into an array of
+    exactly its declared size (numpy's reader allocates whatever a header claims), so that a
+    junk key, a lying header or a corrupt member fails here, naming the file and the key."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file")
@@ -124,36 +155,91 @@ def read_npz(path: str | Path) -> dict[str, np.ndarray]:
         raise CheckpointError(
             f"{path}: not an .npz archive (not a zip file); it may be truncated or another format"
         )
-    arrays: dict[str, np.ndarray] = {}
     try:
-        with np.load(path, allow_pickle=False) as archive:
-            for key in archive.files:
-                try:
-                    arrays[key] = archive[key]
-                except Exception as error:  # zlib, EOF, bad header or pickled object arrays
-                    raise CheckpointError(f"{path}: cannot read array {key!r}: {error}") from error
-    except CheckpointError:
+        with zipfile.ZipFile(path) as archive:
+            check_inflation(archive, path)
+            members = _without_prefix(archive.infolist())
+            headers = {
+                key: _member(path, key, partial(_read_header, archive, info, path, key))
+                for key, info in members.items()
+            }
+            _checked_layout(headers)
+            return {
+                key: _member(path, key, partial(_read_data, archive, info, headers[key]))
+                for key, info in members.items()
+            }
+    except (CheckpointError, MemoryError):  # a MemoryError is never mistaken for a bad file
         raise
     except Exception as error:  # zipfile.BadZipFile, OSError, ...
-        raise CheckpointError(f"{path}: cannot read the .npz archive: {error}") from error
+        raise CheckpointError(f"{path}: cannot read the .npz archive: {one_line(error)}") from None
+
+
+def _without_prefix(infos: list[zipfile.ZipInfo]) -> dict[str, zipfile.ZipInfo]:
+    """The members by key (np.savez adds ".npy" to each), without the optimizer or variables
+    prefix some releases use (members outside it are left out)."""
+    members = {info.filename.removesuffix(".npy"): info for info in infos}
     for prefix in _PREFIXES:
-        if any(key.startswith(prefix) for key in arrays):
-            arrays = {key[len(prefix) :]: value for key, value in arrays.items()
-                      if key.startswith(prefix)}  # fmt: skip
-    return arrays
+        if any(key.startswith(prefix) for key in members):
+            return {key.removeprefix(prefix): info for key, info in members.items()
+                    if key.startswith(prefix)}  # fmt: skip
+    return members
 
 
-def _require(params: dict[str, np.ndarray], key: str, ndim: int) -> np.ndarray:
-    if key not in params:
-        raise CheckpointError(f"missing key {key!r}")
-    if params[key].ndim != ndim:
+def _member(path: Path, key: str, read: Callable[[], T]) -> T:
+    """What `read` returns for member `key`, any failure a CheckpointError naming it."""
+    try:
+        return read()
+    except (CheckpointError, MemoryError):
+        raise
+    except Exception as error:  # zlib, EOF, CRC, encryption, a malformed .npy header, ...
+        raise CheckpointError(f"{path}: cannot read array {key!r}: {one_line(error)}") from None
+
+
+def _read_header(
+    archive: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path, key: str
+) -> NpyHeader:
+    """A member's .npy header (inflating only its first bytes), held to the member's declared
+    size: the data the header describes must be exactly what the archive declares."""
+    with archive.open(info) as stream:
+        version = np.lib.format.read_magic(stream)
+        if version == (1, 0):
+            shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(stream)
+        elif version == (2, 0):
+            shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(stream)
+        else:
+            raise CheckpointError(f"{path}: {key}: unsupported .npy format version {version}")
+        data_offset = stream.tell()
+    check_float_dtypes({key: dtype}, source=str(path))
+    if any(size < 0 for size in shape):
+        raise CheckpointError(f"{path}: {key}: negative size in shape {shape}")
+    data_bytes = math.prod(shape) * dtype.itemsize
+    if data_offset + data_bytes != info.file_size:
         raise CheckpointError(
-            f"{key}: expected a {ndim}-d array, found shape {tuple(params[key].shape)}"
+            f"{path}: {key}: its header declares shape {shape} of {dtype} ({data_bytes} bytes), "
+            f"but the archive declares {info.file_size - data_offset} bytes of data"
         )
-    return params[key]
+    return NpyHeader(tuple(shape), dtype, fortran_order, data_offset)
 
 
-def _block_layout(params: dict[str, np.ndarray]) -> dict[str, str]:
+def _read_data(archive: zipfile.ZipFile, info: zipfile.ZipInfo, header: NpyHeader) -> np.ndarray:
+    """A member's array, read into memory of exactly its checked size, a chunk at a time."""
+    array = np.empty(math.prod(header.shape), dtype=header.dtype)
+    buffer = array.view(np.uint8)
+    with archive.open(info) as stream:
+        stream.read(header.data_offset)
+        filled = 0
+        while filled < buffer.size:
+            chunk = stream.read(min(_CHUNK_BYTES, buffer.size - filled))
+            if not chunk:
+                raise EOFError(f"the data ends after {filled} of {buffer.size} bytes")
+            buffer[filled : filled + len(chunk)] = np.frombuffer(chunk, dtype=np.uint8)
+            filled += len(chunk)
+    if header.fortran_order:
+        return array.reshape(header.shape[::-1]).T
+    return array.reshape(header.shape)
+
+
+def _block_layout(params: Mapping[str, Shaped]) -> dict[str, str]:
     for layout in _BLOCK_LAYOUTS.values():
         if any(f"/{layout['attn']}/" in key for key in params):
             return layout
@@ -163,69 +249,64 @@ def _block_layout(params: dict[str, np.ndarray]) -> dict[str, str]:
     )
 
 
-def config_from_google(params: dict[str, np.ndarray]) -> ViTConfig:
-    """Infer the architecture of a Google checkpoint from its keys and shapes."""
+def config_from_google(params: Mapping[str, Shaped]) -> ViTConfig:
+    """Infer the architecture of a Google checkpoint from its keys and shapes (of arrays, or of
+    .npy headers before the data is read)."""
     hybrid: dict[str, object] = {}
     if _is_hybrid(params):
         layers = _resnet_layers(params)  # first: it names a missing root
-        root = _require(params, "conv_root/kernel", 4)  # (7, 7, in, width)
-        hybrid = dict(resnet_layers=layers, resnet_width=int(root.shape[3]),
-                      resnet_numerics="google")  # fmt: skip
+        root = require_shape(params, "conv_root/kernel", 4)  # (7, 7, in, width)
+        hybrid = dict(resnet_layers=layers, resnet_width=root[3], resnet_numerics="google")
     if any(key.startswith("Transformer/encoderblock/") for key in params):
         raise CheckpointError(
             "this is a big_vision checkpoint with stacked (scanned) encoder blocks "
             "('Transformer/encoderblock/...'); vitkit reads vit_jax-style files only"
         )
-    kernel = _require(params, "embedding/kernel", 4)  # (P, P, C, D)
-    patch_h, patch_w, in_chans, width = kernel.shape
+    patch_h, patch_w, in_chans, width = require_shape(params, "embedding/kernel", 4)  # (P, P, C, D)
     stride = patch_h
     if hybrid:
-        in_chans = params["conv_root/kernel"].shape[2]
-        probe = ViTConfig(patch_size=int(patch_h), img_size=0, width=int(width), num_heads=1,
-                          **hybrid)  # fmt: skip
-        stride = probe.total_stride
-        if kernel.shape[2] != probe.embed_in_chans:
+        embed_chans, in_chans = in_chans, root[2]
+        stride = patch_h * resnet_stride(layers)
+        resnet_out = resnet_channels(layers, root[3])
+        if embed_chans != resnet_out:
             raise CheckpointError(
-                f"embedding/kernel: reads {kernel.shape[2]} channels, but the ResNet "
-                f"{hybrid['resnet_layers']} of width {hybrid['resnet_width']} gives "
-                f"{probe.embed_in_chans}"
+                f"embedding/kernel: reads {embed_chans} channels, but the ResNet {layers} of "
+                f"width {root[3]} gives {resnet_out}"
             )
     if patch_h != patch_w:
         raise CheckpointError(f"embedding/kernel: non-square patches {patch_h}x{patch_w}")
     layout = _block_layout(params)
-    block_ids = {int(m.group(1)) for key in params
-                 if (m := re.match(r"Transformer/encoderblock_(\d+)/", key))}  # fmt: skip
+    block_ids = {int(m.group(1)) for key in params if (m := _ENCODER_BLOCK.match(key))}
     depth = len(block_ids)
-    if block_ids != set(range(depth)):
-        missing = sorted(set(range(max(block_ids) + 1)) - block_ids)
-        raise CheckpointError(f"missing encoder blocks: Transformer/encoderblock_{missing[0]}")
+    if max(block_ids, default=-1) != depth - 1:
+        missing = next(i for i in range(depth) if i not in block_ids)
+        raise CheckpointError(f"missing encoder blocks: Transformer/encoderblock_{missing}")
     block0 = f"Transformer/encoderblock_0/{layout['attn']}"
-    num_heads = _require(params, f"{block0}/query/kernel", 3).shape[1]
-    mlp_dim = _require(params, f"Transformer/encoderblock_0/{layout['mlp']}/Dense_0/kernel", 2)
+    num_heads = require_shape(params, f"{block0}/query/kernel", 3)[1]
+    mlp = require_shape(params, f"Transformer/encoderblock_0/{layout['mlp']}/Dense_0/kernel", 2)
     class_token = "cls" in params
-    pos_embed = _require(params, "Transformer/posembed_input/pos_embedding", 3)
-    num_patches = pos_embed.shape[1] - int(class_token)
-    grid = round(num_patches**0.5)
-    if grid * grid != num_patches:
+    pos_embed = require_shape(params, "Transformer/posembed_input/pos_embedding", 3)
+    num_patches = pos_embed[1] - int(class_token)
+    grid = square_side(num_patches)
+    if grid is None:
         raise CheckpointError(
             f"Transformer/posembed_input/pos_embedding: {num_patches} patch positions do not form "
             "a square grid"
         )
     representation_size = None
     if "pre_logits/kernel" in params:
-        representation_size = int(_require(params, "pre_logits/kernel", 2).shape[1])
-    num_classes = int(_require(params, "head/kernel", 2).shape[1])
+        representation_size = require_shape(params, "pre_logits/kernel", 2)[1]
     return ViTConfig(
         **hybrid,
         img_size=grid * stride,
-        patch_size=int(patch_h),
-        in_chans=int(in_chans),
-        width=int(width),
+        patch_size=patch_h,
+        in_chans=in_chans,
+        width=width,
         depth=depth,
-        num_heads=int(num_heads),
-        mlp_dim=int(mlp_dim.shape[1]),
+        num_heads=num_heads,
+        mlp_dim=mlp[1],
         qkv_bias=f"{block0}/query/bias" in params,
-        num_classes=num_classes,
+        num_classes=require_shape(params, "head/kernel", 2)[1],
         classifier="token" if class_token else "gap",
         class_token=class_token,
         representation_size=representation_size,
@@ -275,15 +356,15 @@ def _expected_shapes(config: ViTConfig, layout: dict[str, str]) -> dict[str, tup
     return shapes
 
 
-def _check_shapes(params: dict[str, np.ndarray], expected: dict[str, tuple[int, ...]]) -> None:
+def _check_shapes(
+    shapes: Mapping[str, tuple[int, ...]], expected: dict[str, tuple[int, ...]]
+) -> None:
     for key, shape in expected.items():
-        if key not in params:
+        if key not in shapes:
             raise CheckpointError(f"missing key {key!r} (expected shape {shape})")
-        if tuple(params[key].shape) != shape:
-            raise CheckpointError(
-                f"{key}: expected shape {shape}, found {tuple(params[key].shape)}"
-            )
-    unexpected = sorted(set(params) - set(expected))
+        if shapes[key] != shape:
+            raise CheckpointError(f"{key}: expected shape {shape}, found {shapes[key]}")
+    unexpected = sorted(set(shapes) - set(expected))
     if unexpected:
         raise CheckpointError(
             f"unexpected keys the architecture has no place for: {', '.join(unexpected[:5])}"
@@ -291,20 +372,36 @@ def _check_shapes(params: dict[str, np.ndarray], expected: dict[str, tuple[int, 
         )
 
 
-def google_to_vitkit(
-    params: dict[str, np.ndarray],
-) -> tuple[ViTConfig, dict[str, torch.Tensor]]:
-    """Convert a Google checkpoint's arrays to (config, state dict in vitkit's naming)."""
+def _checked_layout(
+    params: Mapping[str, Shaped],
+) -> tuple[ViTConfig, dict[str, str], dict[str, tuple[int, ...]]]:
+    """The config, block layout and expected shapes of a Google checkpoint, every key and shape
+    checked (GroupNorm parameters may be stored (1, 1, 1, C) for (C,))."""
     config = config_from_google(params)
     layout = _block_layout(params)
-    if config.is_hybrid:  # GroupNorm parameters (1, 1, 1, C) -> (C,)
-        params = {key: value.reshape(value.shape[-1]) if _GROUP_NORM_KEY.search(key)
-                  and value.ndim == 4 and value.shape[:3] == (1, 1, 1) else value
-                  for key, value in params.items()}  # fmt: skip
-    _check_shapes(params, _expected_shapes(config, layout))
+    shapes = {key: tuple(int(size) for size in value.shape) for key, value in params.items()}
+    if config.is_hybrid:
+        shapes = {key: _group_norm_shape(key, shape) for key, shape in shapes.items()}
+    expected = _expected_shapes(config, layout)
+    _check_shapes(shapes, expected)
+    return config, layout, expected
 
-    def tensor(key: str) -> torch.Tensor:
-        return torch.from_numpy(np.asarray(params[key], dtype=np.float32))
+
+def _group_norm_shape(key: str, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """A hybrid's GroupNorm parameter (C,) as some files store it, (1, 1, 1, C), read as (C,)."""
+    if _GROUP_NORM_KEY.search(key) and len(shape) == 4 and shape[:3] == (1, 1, 1):
+        return shape[3:]
+    return shape
+
+
+def google_to_vitkit(
+    params: Mapping[str, np.ndarray],
+) -> tuple[ViTConfig, dict[str, torch.Tensor]]:
+    """Convert a Google checkpoint's arrays to (config, state dict in vitkit's naming)."""
+    config, layout, expected = _checked_layout(params)
+
+    def tensor(key: str) -> torch.Tensor:  # in the checked shape: GroupNorm's as (C,)
+        return torch.from_numpy(np.asarray(params[key], dtype=np.float32).reshape(expected[key]))
 
     def dense(key: str) -> torch.Tensor:  # Flax (in, *out) -> torch (out, in)
         kernel = tensor(key)
@@ -454,7 +551,8 @@ def vitkit_to_google(config: ViTConfig, state: dict[str, torch.Tensor]) -> dict[
         params["pre_logits/bias"] = array("pre_logits.0.bias")
     params["head/kernel"] = kernel("head.weight")
     params["head/bias"] = array("head.bias")
-    _check_shapes(params, _expected_shapes(config, layout))  # the reader's own expectations
+    shapes = {key: value.shape for key, value in params.items()}
+    _check_shapes(shapes, _expected_shapes(config, layout))  # the reader's own expectations
     return params
 
 

@@ -15,9 +15,10 @@ from pathlib import Path
 
 import torch
 
+from vitkit.errors import CheckpointError, ConfigError
 from vitkit.io import atomic_write, atomic_write_json
-from vitkit.models.config import ViTConfig
-from vitkit.errors import CheckpointError
+from vitkit.models.config import ViTConfig, config_from_fields
+from vitkit.weights.shapes import require_shape
 
 # transformers' ACT2FN names: the exact (erf) GELU, and the tanh approximation.
 _EXACT_GELUS = ("gelu", "gelu_python")
@@ -39,6 +40,8 @@ _RENAMES = [
     (r"pooler\.dense\.(weight|bias)", "pre_logits.0.{0}"),
     (r"classifier\.(weight|bias)", "head.{0}"),
 ]
+# The fields transformers' ViTConfig has no default for (vitkit reads no default for them).
+_REQUIRED_FIELDS = ("hidden_size", "num_attention_heads", "num_hidden_layers", "intermediate_size")
 # The separate q, k, v projections, fused into vitkit's one qkv projection.
 _QKV = [
     (r"encoder\.layer\.(\d+)\.attention\.attention\.(query|key|value)\.(weight|bias)"),
@@ -46,16 +49,44 @@ _QKV = [
 ]
 
 
-def _patch_size(value: int | list[int]) -> int:
-    """config.json's patch_size, an int or an [h, w] pair (square patches only)."""
-    if isinstance(value, int):
+# ViTConfig fields under the names of transformers' config.json (and preprocessor_config.json),
+# for errors that name the field the file has.
+HF_FIELD_NAMES = {
+    "img_size": "image_size",
+    "patch_size": "patch_size",
+    "in_chans": "num_channels",
+    "width": "hidden_size",
+    "depth": "num_hidden_layers",
+    "num_heads": "num_attention_heads",
+    "mlp_dim": "intermediate_size",
+    "qkv_bias": "qkv_bias",
+    "layer_norm_eps": "layer_norm_eps",
+    "mean": "image_mean (preprocessor_config.json)",
+    "std": "image_std (preprocessor_config.json)",
+    "num_classes": "the classifier's rows",
+    "representation_size": "the pooler's rows",
+}
+
+
+def _patch_size(value: object) -> object:
+    """config.json's patch_size, an int or an [h, w] pair (square patches only); other values
+    are left for ViTConfig to refuse."""
+    if not isinstance(value, list) or len(value) != 2:
         return value
     height, width = value
     if height != width:
         raise CheckpointError(
-            f"config.json: non-square {height}x{width} patches, which vitkit does not support"
+            f"config.json: patch_size {height!r:.20}x{width!r:.20} is not square, which vitkit "
+            "does not support"
         )
-    return int(height)
+    return height
+
+
+def _rows(state: dict[str, torch.Tensor], key: str) -> int | None:
+    """The rows of a 2-d weight (a layer's outputs), None when the state has no `key`."""
+    if key not in state:
+        return None
+    return require_shape(state, key, 2)[0]
 
 
 def config_from_hf(
@@ -68,46 +99,51 @@ def config_from_hf(
     """
     preprocessor = preprocessor or {}
     if hf_config.get("model_type", "vit") != "vit":
-        raise CheckpointError(f"config.json: model_type {hf_config['model_type']!r} is not 'vit'")
+        raise CheckpointError(
+            f"config.json: model_type {hf_config['model_type']!r:.60} is not 'vit'"
+        )
     activation = hf_config.get("hidden_act", "gelu")
     if activation not in (*_EXACT_GELUS, *_TANH_GELUS):
-        raise CheckpointError(f"config.json: hidden_act {activation!r} is not a GELU")
+        raise CheckpointError(f"config.json: hidden_act {activation!r:.60} is not a GELU")
     # vitkit's pre-logits layer is Linear + tanh; transformers' pooler applies `pooler_act`.
     pooler_act = hf_config.get("pooler_act", "tanh")
     if "pre_logits.0.weight" in state and pooler_act != "tanh":
         raise CheckpointError(
-            f"config.json: the pooler's activation pooler_act={pooler_act!r} is not 'tanh', "
+            f"config.json: the pooler's activation pooler_act={pooler_act!r:.60} is not 'tanh', "
             "which vitkit does not support"
         )
-    try:
-        width, num_heads = hf_config["hidden_size"], hf_config["num_attention_heads"]
-        head_dim = hf_config.get("head_dim")
-        if head_dim is not None and head_dim * num_heads != width:
-            raise CheckpointError(
-                f"config.json: head_dim {head_dim} x {num_heads} heads != hidden_size {width}, "
-                "which vitkit does not support"
-            )
-        image_size = hf_config.get("image_size", 224)
-        return ViTConfig(
-            img_size=image_size if isinstance(image_size, int) else tuple(image_size),
-            patch_size=_patch_size(hf_config.get("patch_size", 16)),
-            in_chans=hf_config.get("num_channels", 3),
-            width=width,
-            depth=hf_config["num_hidden_layers"],
-            num_heads=num_heads,
-            mlp_dim=hf_config["intermediate_size"],
-            qkv_bias=hf_config.get("qkv_bias", True),
-            num_classes=state["head.weight"].shape[0] if "head.weight" in state else 0,
-            representation_size=(
-                state["pre_logits.0.weight"].shape[0] if "pre_logits.0.weight" in state else None
-            ),
-            gelu="exact" if activation in _EXACT_GELUS else "tanh",
-            layer_norm_eps=hf_config.get("layer_norm_eps", 1e-12),
-            mean=preprocessor.get("image_mean", (0.5, 0.5, 0.5)),
-            std=preprocessor.get("image_std", (0.5, 0.5, 0.5)),
+    missing = [name for name in _REQUIRED_FIELDS if name not in hf_config]
+    if missing:
+        raise CheckpointError(f"config.json: missing field {missing[0]!r}")
+    width, num_heads = hf_config["hidden_size"], hf_config["num_attention_heads"]
+    head_dim = hf_config.get("head_dim")
+    if head_dim is not None and not (
+        isinstance(head_dim, int) and isinstance(num_heads, int) and head_dim * num_heads == width
+    ):
+        raise CheckpointError(
+            f"config.json: head_dim {head_dim!r:.40} x num_attention_heads {num_heads!r:.40} is "
+            f"not hidden_size {width!r:.40}, which vitkit does not support"
         )
-    except KeyError as error:
-        raise CheckpointError(f"config.json: missing field {error.args[0]!r}") from error
+    values = dict(
+        img_size=hf_config.get("image_size", 224),
+        patch_size=_patch_size(hf_config.get("patch_size", 16)),
+        in_chans=hf_config.get("num_channels", 3),
+        width=width,
+        depth=hf_config["num_hidden_layers"],
+        num_heads=num_heads,
+        mlp_dim=hf_config["intermediate_size"],
+        qkv_bias=hf_config.get("qkv_bias", True),
+        num_classes=_rows(state, "head.weight") or 0,
+        representation_size=_rows(state, "pre_logits.0.weight"),
+        gelu="exact" if activation in _EXACT_GELUS else "tanh",
+        layer_norm_eps=hf_config.get("layer_norm_eps", 1e-12),
+        mean=preprocessor.get("image_mean", (0.5, 0.5, 0.5)),
+        std=preprocessor.get("image_std", (0.5, 0.5, 0.5)),
+    )
+    try:
+        return config_from_fields(values, names=HF_FIELD_NAMES)
+    except ConfigError as error:
+        raise CheckpointError(f"config.json: {error}") from None
 
 
 def hf_to_vitkit(
@@ -135,6 +171,13 @@ def hf_to_vitkit(
     for (block, kind), parts in qkv_parts.items():
         if set(parts) != {"q", "k", "v"}:
             raise CheckpointError(f"block {block}: incomplete query/key/value {kind} tensors")
+        # torch.cat needs non-scalar parts of one shape, and would promote mixed dtypes.
+        alike = {(tuple(part.shape), part.dtype) for part in parts.values()}
+        if len(alike) != 1 or not parts["q"].ndim:
+            found = [(tuple(parts[name].shape), parts[name].dtype) for name in "qkv"]
+            raise CheckpointError(
+                f"block {block}: query/key/value {kind} tensors differ or are scalars: {found}"
+            )
         state[f"blocks.{block}.attn.qkv.{kind}"] = torch.cat([parts["q"], parts["k"], parts["v"]])
     return config_from_hf(hf_config, state, preprocessor), state
 

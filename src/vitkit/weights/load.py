@@ -10,34 +10,36 @@ state dicts otherwise.
 from __future__ import annotations
 
 import dataclasses
-import json
-import pickle
 import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import torch
 
-from vitkit.models.config import as_pair
+from vitkit.errors import CheckpointError, ConfigError
+from vitkit.models.config import ViTConfig, as_pair
 from vitkit.models.pos_embed import resize_pos_embed
 from vitkit.models.vit import VisionTransformer
-from vitkit.errors import CheckpointError
+from vitkit.weights.files import read_json_object, read_state_dict, torch_load, unwrap_state_dict
 from vitkit.weights.google import google_to_vitkit, read_npz
-from vitkit.weights.hf import hf_to_vitkit
-from vitkit.weights.native import is_native_config, read_native
+from vitkit.weights.hf import HF_FIELD_NAMES, hf_to_vitkit
+from vitkit.weights.native import CONFIG_FILE, WEIGHTS_FILE, is_native_config, read_native
 from vitkit.weights.registry import resolve_checkpoint
-from vitkit.weights.state_dict import PartialLoadWarning, load_checked
+from vitkit.weights.state_dict import PartialLoadWarning, build_and_load, check_architecture
 from vitkit.weights.timm import timm_to_vitkit
 from vitkit.weights.torchvision import looks_like_torchvision, torchvision_to_vitkit
 
 Format = Literal["npz", "timm", "hf", "vitkit", "torchvision"]
 _TORCH_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
+_HF_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
 
 
 def detect_format(path: Path) -> Format:
     if path.is_dir():
         if (path / "config.json").is_file():
-            return "vitkit" if is_native_config(_read_json(path / "config.json")) else "hf"
+            return "vitkit" if is_native_config(read_json_object(path / "config.json")) else "hf"
         raise CheckpointError(f"{path}: a directory without config.json is no known checkpoint")
     if not path.exists():
         raise CheckpointError(f"{path}: no such file or directory")
@@ -62,59 +64,56 @@ def _state_dict_keys(path: Path) -> list[str]:
 
             with safe_open(str(path), framework="pt") as file:
                 return list(file.keys())
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError:  # legacy (pre-zip) pickles cannot be memory-mapped
-            state = torch.load(path, map_location="cpu", weights_only=True)
+        state = unwrap_state_dict(torch_load(path, mmap=True))
+    except MemoryError:
+        raise
     except Exception:
         return []
-    for wrapper in ("state_dict", "model"):
-        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
-            state = state[wrapper]
-    return list(state) if isinstance(state, dict) else []
+    return [key for key in state if isinstance(key, str)] if isinstance(state, dict) else []
 
 
-def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """Tensors of a .safetensors file or of a torch pickle (read with weights_only=True)."""
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
+@dataclass(frozen=True)
+class _Checkpoint:
+    """What a reader found, and where, for errors: the file the architecture was read from (a
+    config file, or the weights' own shapes) and its names for ViTConfig's fields."""
 
-            return load_file(str(path))
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:  # weights_only refuses what is not tensors
-        refused = next((line for line in str(error).splitlines() if "GLOBAL" in line), "")
-        raise CheckpointError(
-            f"{path}: refused: this pickle would build objects other than tensors, which can run "
-            f"arbitrary code ({refused.strip() or error}); vitkit loads tensors only. If the "
-            "file is trusted, re-save its state dict as .safetensors"
-        ) from None
-    except Exception as error:
-        raise CheckpointError(f"{path}: cannot read the state dict: {error}") from error
-    for wrapper in ("state_dict", "model"):  # training checkpoints nest the weights
-        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
-            state = state[wrapper]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(f"{path}: does not hold a state dict of tensors")
-    return state
+    config: ViTConfig
+    state: dict[str, torch.Tensor]
+    config_source: str
+    weights_source: str
+    field_names: Mapping[str, str] = field(default_factory=dict)
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise CheckpointError(f"{path}: unreadable: {error}") from error
+def _read(path: Path, format: Format, num_heads: int | None) -> _Checkpoint:
+    """The checkpoint at `path` in `format`, converted to vitkit's config and names."""
+    inferred = dict(config_source="the config its shapes give", weights_source=path.name)
+    if format == "npz":
+        return _Checkpoint(*google_to_vitkit(read_npz(path)), **inferred)
+    if format == "timm":
+        return _Checkpoint(*timm_to_vitkit(read_state_dict(path), num_heads=num_heads), **inferred)
+    if format == "torchvision":
+        state = read_state_dict(path)
+        return _Checkpoint(*torchvision_to_vitkit(state, num_heads=num_heads), **inferred)
+    if format == "hf":
+        weights = _hf_weights(path)
+        preprocessor_file = path / "preprocessor_config.json"
+        preprocessor = read_json_object(preprocessor_file) if preprocessor_file.is_file() else None
+        config, state = hf_to_vitkit(
+            read_json_object(path / "config.json"), read_state_dict(weights), preprocessor
+        )
+        return _Checkpoint(config, state, "config.json", weights.name, HF_FIELD_NAMES)
+    if format == "vitkit":
+        return _Checkpoint(*read_native(path), CONFIG_FILE, WEIGHTS_FILE)
+    raise CheckpointError(
+        f"unknown format {format!r}; expected 'npz', 'hf', 'timm', 'torchvision' or 'vitkit'"
+    )
 
 
-def _read_hf_dir(path: Path) -> tuple[dict, dict[str, torch.Tensor], dict | None]:
-    """config.json, the weights, and preprocessor_config.json where the directory has one."""
-    hf_config = _read_json(path / "config.json")
-    preprocessor_file = path / "preprocessor_config.json"
-    preprocessor = _read_json(preprocessor_file) if preprocessor_file.is_file() else None
-    for name in ("model.safetensors", "pytorch_model.bin"):
+def _hf_weights(path: Path) -> Path:
+    for name in _HF_WEIGHTS:
         if (path / name).is_file():
-            return hf_config, read_state_dict(path / name), preprocessor
-    raise CheckpointError(f"{path}: has neither model.safetensors nor pytorch_model.bin")
+            return path / name
+    raise CheckpointError(f"{path}: has neither {' nor '.join(_HF_WEIGHTS)}")
 
 
 def load_model(
@@ -142,31 +141,32 @@ def load_model(
         files omit it).
     strict: True raises a `CheckpointError` listing every missing, unexpected and misshapen key;
         False loads the keys that fit, leaves the others at their initial values and lists them
-        all in a `PartialLoadWarning` (for partial loads, e.g. a backbone without its head).
+        all in a `PartialLoadWarning` (for partial loads, e.g. a backbone without its head), as
+        long as it loads more parameters than it leaves.
+
+    Files come from strangers: nothing in them runs, their sizes are checked before anything is
+    inflated or built, and every problem is a one-line `CheckpointError` naming the file and the
+    key or field. Weights must be fp16, bf16, fp32 or fp64; NaN or inf ones load with a
+    `NonFiniteWeightsWarning` naming them.
     """
     path = resolve_checkpoint(path)
     format = format or detect_format(path)
     try:
-        if format == "npz":
-            config, state = google_to_vitkit(read_npz(path))
-        elif format == "hf":
-            config, state = hf_to_vitkit(*_read_hf_dir(path))
-        elif format == "timm":
-            config, state = timm_to_vitkit(read_state_dict(path), num_heads=num_heads)
-        elif format == "torchvision":
-            config, state = torchvision_to_vitkit(read_state_dict(path), num_heads=num_heads)
-        elif format == "vitkit":
-            config, state = read_native(path)
-        else:
-            raise CheckpointError(
-                f"unknown format {format!r}; expected 'npz', 'hf', 'timm', 'torchvision' or "
-                "'vitkit'"
-            )
-    except CheckpointError as error:
+        checkpoint = _read(path, format, num_heads)
+        # Before anything is built: a config claiming more than the tensors hold fails here.
+        check_architecture(
+            checkpoint.config,
+            checkpoint.state,
+            config_source=checkpoint.config_source,
+            weights_source=checkpoint.weights_source,
+            names=checkpoint.field_names,
+        )
+    except (CheckpointError, ConfigError) as error:
         message = str(error)
         raise CheckpointError(message if str(path) in message else f"{path}: {message}") from None
 
-    if img_size is not None and as_pair(img_size) != config.img_size and "pos_embed" in state:
+    config, state = checkpoint.config, checkpoint.state
+    if img_size is not None and as_pair(img_size) != config.img_size:
         target = dataclasses.replace(config, img_size=as_pair(img_size))
         state["pos_embed"] = resize_pos_embed(
             state["pos_embed"],
@@ -176,8 +176,8 @@ def load_model(
             mode=config.pos_embed_interpolation,
         )
         config = target
-    model = VisionTransformer(config)
-    if report := load_checked(model, state, source=str(path), strict=strict):
+    model, report = build_and_load(config, state, source=str(path), strict=strict)
+    if report:
         warnings.warn(PartialLoadWarning(f"{path}: loaded partially: {report}"), stacklevel=2)
     if num_classes is not None:
         model.reset_classifier(num_classes)

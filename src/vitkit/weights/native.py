@@ -10,18 +10,17 @@ a `format_version`, so that an older vitkit refuses a newer layout instead of mi
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 
+from vitkit.errors import CheckpointError, ConfigError
 from vitkit.io import atomic_write, atomic_write_json
 from vitkit.models.config import ViTConfig
 from vitkit.models.vit import VisionTransformer
-from vitkit.errors import CheckpointError
+from vitkit.weights.files import read_json_object, read_state_dict
 
 FORMAT = "vitkit"
 FORMAT_VERSION = 1
@@ -80,23 +79,18 @@ def read_native(directory: Path) -> tuple[ViTConfig, dict[str, torch.Tensor]]:
     weights_file = directory / WEIGHTS_FILE
     if not weights_file.is_file():
         raise CheckpointError(f"{weights_file}: missing")
-    try:
-        state = load_file(str(weights_file))
-    except Exception as error:  # safetensors raises its own SafetensorError, or OSError
-        raise CheckpointError(f"{weights_file}: corrupt or truncated: {error}") from None
-    return config, state
+    return config, read_state_dict(weights_file)
 
 
 def _read_config(path: Path) -> ViTConfig:
-    try:
-        content = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise CheckpointError(f"{path}: unreadable: {error}") from None
+    content = read_json_object(path)
     if not is_native_config(content):
         raise CheckpointError(f'{path}: not a vitkit config (no "format": "{FORMAT}")')
     version = content.get("format_version")
-    if not isinstance(version, int) or version < 1:
-        raise CheckpointError(f"{path}: format_version must be a positive integer, got {version!r}")
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise CheckpointError(
+            f"{path}: format_version must be a positive integer, got {version!r:.40}"
+        )
     if version > FORMAT_VERSION:
         raise CheckpointError(
             f"{path}: format_version {version} was written by a newer vitkit; this one reads "
@@ -108,12 +102,12 @@ def _read_config(path: Path) -> ViTConfig:
     known = {field.name for field in dataclasses.fields(ViTConfig)}
     problems = []
     if unknown := sorted(set(values) - known):
-        problems.append(f"unknown field(s) {', '.join(unknown)}")
+        problems.append(f"unknown field(s) {', '.join(unknown)[:200]}")
     if missing := sorted(known - set(values)):
         problems.append(f"missing field(s) {', '.join(missing)}")
     if problems:
         raise CheckpointError(f"{path}: " + "; ".join(problems))
     try:
         return ViTConfig(**values)
-    except (TypeError, ValueError) as error:
+    except ConfigError as error:
         raise CheckpointError(f"{path}: {error}") from None

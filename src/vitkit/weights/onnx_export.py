@@ -17,8 +17,8 @@ from pathlib import Path
 
 import torch
 
-from vitkit.models.vit import VisionTransformer
 from vitkit.errors import CheckpointError
+from vitkit.models.vit import VisionTransformer
 
 INPUT_NAME = "images"
 OUTPUT_NAME = "logits"

@@ -27,9 +27,17 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from vitkit.io import atomic_write
-from vitkit.models.config import RESNET_LAYOUTS, VARIANTS, ViTConfig, as_pair
 from vitkit.errors import CheckpointError
+from vitkit.io import atomic_write
+from vitkit.models.config import (
+    RESNET_LAYOUTS,
+    VARIANTS,
+    ViTConfig,
+    as_pair,
+    resnet_channels,
+    resnet_stride,
+)
+from vitkit.weights.shapes import INDEX, block_indices, require_shape, square_side
 
 # timm features with parameters that vitkit does not model (yet): refuse rather than drop them.
 _UNSUPPORTED = {
@@ -80,7 +88,7 @@ def _resnet_fields(state: dict[str, torch.Tensor]) -> dict[str, object]:
         )
     units: dict[int, set[int]] = {}
     for key in backbone_keys:
-        if m := re.match(rf"{re.escape(_BACKBONE)}stages\.(\d+)\.blocks\.(\d+)\.", key):
+        if m := re.match(rf"{re.escape(_BACKBONE)}stages\.{INDEX}\.blocks\.{INDEX}\.", key):
             units.setdefault(int(m.group(1)), set()).add(int(m.group(2)))
     if sorted(units) != list(range(len(units))) or any(
         sorted(ids) != list(range(len(ids))) for ids in units.values()
@@ -90,8 +98,8 @@ def _resnet_fields(state: dict[str, torch.Tensor]) -> dict[str, object]:
     if layers not in RESNET_LAYOUTS:
         known = ", ".join(f"{layout} ({name})" for layout, name in RESNET_LAYOUTS.items())
         raise CheckpointError(f"unknown ResNet stage layout {layers}; known: {known}")
-    return dict(resnet_layers=layers, resnet_width=int(state[root].shape[0]),
-                resnet_numerics="timm")  # fmt: skip
+    resnet_width = require_shape(state, root, 4)[0]
+    return dict(resnet_layers=layers, resnet_width=resnet_width, resnet_numerics="timm")
 
 
 def _grid(
@@ -107,10 +115,9 @@ def _grid(
                 f"{img_size[0]}x{img_size[1]} with patch size {patch}"
             )
         return grid
-    side = round(num_patches**0.5)
-    if side * side == num_patches:
+    if side := square_side(num_patches):
         return (side, side)
-    if class_token and round((num_patches + 1) ** 0.5) ** 2 == num_patches + 1:
+    if class_token and num_patches > 0 and square_side(num_patches + 1):
         raise CheckpointError(
             "uses position embeddings without a [class] token row (no_embed_class=True), which "
             "vitkit does not support yet"
@@ -141,13 +148,15 @@ def config_from_timm(
             if problem.endswith("?"):
                 raise CheckpointError(f"missing key {key!r}: {problem}")
             raise CheckpointError(f"has {problem} (no {key!r}), which vitkit does not support yet")
-    fc1, fc2 = state["blocks.0.mlp.fc1.weight"], state.get("blocks.0.mlp.fc2.weight")
-    if fc2 is not None and fc2.shape[1] != fc1.shape[0]:
+    fc1 = require_shape(state, "blocks.0.mlp.fc1.weight", 2)
+    fc2 = state.get("blocks.0.mlp.fc2.weight")
+    if fc2 is not None and tuple(fc2.shape[1:2]) != fc1[:1]:
         raise CheckpointError(
-            f"uses a gated MLP (SwiGLU/GLU: fc1 {tuple(fc1.shape)}, fc2 {tuple(fc2.shape)}), "
-            "which vitkit does not support yet"
+            f"uses a gated MLP (SwiGLU/GLU: fc1 {fc1}, fc2 {tuple(fc2.shape)}), which vitkit does "
+            "not support yet"
         )
-    width, in_chans, patch, patch_w = state["patch_embed.proj.weight"].shape
+    width, embed_chans, patch, patch_w = require_shape(state, "patch_embed.proj.weight", 4)
+    in_chans = embed_chans
     if patch != patch_w:
         raise CheckpointError(
             f"uses non-square {patch}x{patch_w} patches, which vitkit does not support"
@@ -155,15 +164,16 @@ def config_from_timm(
     hybrid = _resnet_fields(state)
     stride = patch
     if hybrid:
+        layers = hybrid["resnet_layers"]
         in_chans = state[f"{_BACKBONE}stem.conv.weight"].shape[1]
-        probe = ViTConfig(patch_size=patch, img_size=0, width=width, num_heads=1, **hybrid)
-        stride = probe.total_stride
-        if probe.embed_in_chans != state["patch_embed.proj.weight"].shape[1]:
+        stride = patch * resnet_stride(layers)
+        resnet_out = resnet_channels(layers, hybrid["resnet_width"])
+        if embed_chans != resnet_out:
             raise CheckpointError(
-                f"patch_embed.proj.weight: reads {state['patch_embed.proj.weight'].shape[1]} "
-                f"channels but the ResNet {hybrid['resnet_layers']} gives {probe.embed_in_chans}"
+                f"patch_embed.proj.weight: reads {embed_chans} channels but the ResNet {layers} "
+                f"gives {resnet_out}"
             )
-    depth = len({m.group(1) for key in state if (m := re.match(r"blocks\.(\d+)\.", key))})
+    depth = len(block_indices(state))
     if num_heads is None:
         widths = {variant.width: variant.num_heads for variant in VARIANTS.values()}
         if width not in widths:
@@ -173,7 +183,7 @@ def config_from_timm(
             )
         num_heads = widths[width]
     class_token = "cls_token" in state
-    num_patches = state["pos_embed"].shape[1] - int(class_token)
+    num_patches = require_shape(state, "pos_embed", 3)[1] - int(class_token)
     grid = _grid(num_patches, stride, class_token, None if img_size is None else as_pair(img_size))
     return ViTConfig(
         **hybrid,
@@ -183,9 +193,9 @@ def config_from_timm(
         width=width,
         depth=depth,
         num_heads=num_heads,
-        mlp_dim=fc1.shape[0],
+        mlp_dim=fc1[0],
         qkv_bias="blocks.0.attn.qkv.bias" in state,
-        num_classes=state["head.weight"].shape[0] if "head.weight" in state else 0,
+        num_classes=require_shape(state, "head.weight", 2)[0] if "head.weight" in state else 0,
         # Without fc_norm, timm's average pooling reads the tokens after the final norm: "gap".
         classifier="token" if class_token else "gap",
         class_token=class_token,

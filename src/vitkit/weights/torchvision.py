@@ -17,8 +17,9 @@ from collections.abc import Iterable
 
 import torch
 
-from vitkit.models.config import VARIANTS, ViTConfig
 from vitkit.errors import CheckpointError
+from vitkit.models.config import VARIANTS, ViTConfig
+from vitkit.weights.shapes import block_indices, require_shape, square_side
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -91,7 +92,7 @@ def config_from_torchvision(
     for key in ("patch_embed.proj.weight", "pos_embed", "cls_token", "blocks.0.mlp.fc1.weight"):
         if key not in state:
             raise CheckpointError(f"missing the torchvision key for {key!r}")
-    width, in_chans, patch, patch_w = state["patch_embed.proj.weight"].shape
+    width, in_chans, patch, patch_w = require_shape(state, "patch_embed.proj.weight", 4)
     if patch != patch_w:
         raise CheckpointError(f"conv_proj.weight: non-square {patch}x{patch_w} patches")
     if num_heads is None:
@@ -102,27 +103,26 @@ def config_from_torchvision(
                 "not a paper variant's: pass num_heads="
             )
         num_heads = widths[width]
-    num_patches = state["pos_embed"].shape[1] - 1  # row 0 is the [class] token's
-    side = round(num_patches**0.5)
-    if side * side != num_patches:
+    num_patches = require_shape(state, "pos_embed", 3)[1] - 1  # row 0 is the [class] token's
+    side = square_side(num_patches)
+    if side is None:
         raise CheckpointError(
             f"encoder.pos_embedding: {num_patches} patch positions (after the [class] token) do "
             "not form a square grid"
         )
-    depth = len({m.group(1) for key in state if (m := re.match(r"blocks\.(\d+)\.", key))})
     representation_size = None
     if "pre_logits.0.weight" in state:
-        representation_size = state["pre_logits.0.weight"].shape[0]
+        representation_size = require_shape(state, "pre_logits.0.weight", 2)[0]
     return ViTConfig(
         img_size=side * patch,
         patch_size=patch,
         in_chans=in_chans,
         width=width,
-        depth=depth,
+        depth=len(block_indices(state)),
         num_heads=num_heads,
-        mlp_dim=state["blocks.0.mlp.fc1.weight"].shape[0],
+        mlp_dim=require_shape(state, "blocks.0.mlp.fc1.weight", 2)[0],
         qkv_bias="blocks.0.attn.qkv.bias" in state,  # nn.MultiheadAttention(bias=True)
-        num_classes=state["head.weight"].shape[0] if "head.weight" in state else 0,
+        num_classes=require_shape(state, "head.weight", 2)[0] if "head.weight" in state else 0,
         classifier="token",
         class_token=True,
         representation_size=representation_size,
