@@ -307,8 +307,8 @@ def test_a_missing_batch_is_named(cifar10) -> None:
     ("rows", "labels", "message"),
     [
         (np.zeros((PER_BATCH, 3000), np.uint8), [0] * PER_BATCH, "rows of 3000 bytes"),
-        (np.zeros((PER_BATCH, 3072), np.uint8), [0] * (PER_BATCH - 1), "20 images but"),
-        (np.zeros((PER_BATCH, 3072), np.uint8), [10] * PER_BATCH, r"labels outside \[0, 10\)"),
+        (np.zeros((PER_BATCH, 3072), np.uint8), [0] * (PER_BATCH - 1), "20 images but 19"),
+        (np.zeros((PER_BATCH, 3072), np.uint8), [10] * PER_BATCH, r"\[0\] is 10, not a class"),
     ],
 )
 def test_wrong_sizes_are_named(cifar10, rows: np.ndarray, labels: list[int], message: str) -> None:
@@ -350,7 +350,7 @@ def test_archives_cannot_write_outside_the_root(tmp_path: Path, kind: str) -> No
 
 def test_a_corrupt_archive_is_named(tmp_path: Path) -> None:
     (tmp_path / "cifar-100-python.tar.gz").write_bytes(b"not a gzip file")
-    with pytest.raises(DataError, match="cifar-100-python.tar.gz: truncated or not a .tar.gz"):
+    with pytest.raises(DataError, match=r"cifar-100-python.tar.gz: cannot extract \(truncated"):
         load_cifar("cifar100", split="test", root=tmp_path)
 
 

@@ -12,9 +12,10 @@ import numpy as np
 from vitkit.cli.arguments import positive_int
 from vitkit.data.arrays import ArrayDataset
 from vitkit.data.folder import ImageSource, scan_folder
-from vitkit.data.images import DataError, load_rgb
+from vitkit.data.images import load_rgb
 from vitkit.data.shards import write_shards
 from vitkit.data.sources import open_dataset
+from vitkit.errors import DataError
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,8 @@ every rank; reading a memory map takes nothing. A cache lives in `<cache_dir>/<k
     meta.json   shape, classes, sha256 of both files, the key it was built for, skipped images
 It is built in a temporary folder and renamed into place, so a killed build never leaves a cache
 that looks finished, and it is checked on every open: a damaged cache is rebuilt, never used.
+Pixels take far more room than the files they come from (a 7 MB archive of PNGs can decode to
+gigabytes), so a build that would not fit on the cache's disk is refused before it writes.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import numpy as np
 from tqdm import tqdm
 
 from vitkit.data.arrays import ArrayDataset
-from vitkit.data.images import DataError
+from vitkit.errors import DataError
 
 # Bump when the layout changes: every key hashes it, so old caches are simply not found.
 FORMAT_VERSION = 1
@@ -149,6 +151,7 @@ def _write_images(
         for image, label in progress:
             if size is None:
                 size = image.shape
+                _check_room(path, len(stream) * image.nbytes, f"{len(stream)} images of {size}")
             if image.shape != size or image.dtype != np.uint8:
                 raise ValueError(f"image {len(labels)} is {image.dtype} {image.shape}, not {size}")
             data = np.ascontiguousarray(image).data
@@ -160,6 +163,17 @@ def _write_images(
     if size is None:
         raise DataError(f"{directory}: nothing to cache, no image could be decoded")
     return (len(labels), *size), digest.hexdigest(), labels
+
+
+def _check_room(path: Path, needed: int, what: str) -> None:
+    """Refuse a cache that would fill the disk `path` is on: `needed` bytes for `what`."""
+    free = shutil.disk_usage(path.parent).free
+    if needed > free:
+        raise DataError(
+            f"{path.parent.parent}: caching {what} takes {needed / 2**30:.1f} GiB but the disk has "
+            f"{free / 2**30:.1f} GiB free; pass image_size to cache smaller images, or choose a "
+            "cache_dir with room"
+        )
 
 
 def _sha256(path: Path) -> str:

@@ -13,7 +13,6 @@ import io
 import os
 import tarfile
 import warnings
-import zlib
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -25,14 +24,30 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from vitkit.data.archives import (
+    ARCHIVE_ERRORS,
+    is_gzipped,
+    member_parts,
+    members,
+    open_tar,
+    read_member,
+)
 from vitkit.data.arrays import ArrayDataset
 from vitkit.data.cache import cached_dataset
-from vitkit.data.images import IMAGE_EXTENSIONS, DataError, list_images, load_rgb
+from vitkit.data.images import IMAGE_EXTENSIONS, list_images, load_rgb, max_image_pixels
+from vitkit.errors import DataError
 
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 # Images handed to a decoding thread at once: enough to amortise the hand-off, small enough that
 # the threads stay busy on a short split.
 CHUNK = 64
+# Bytes of images (encoded, and decoded as estimated) handed to the decoding threads and not yet
+# taken by the consumer: room for every chunk in flight at ImageNet sizes, while images near the
+# pixel limit (192 MiB each) go a few at a time instead of 64 to a chunk.
+IN_FLIGHT_BYTES = 1 << 29
+# What the reader hands a decoding thread: a file path, an archive member's bytes, or the error
+# that reading the member gave.
+Encoded = Path | bytes | DataError
 # What decoding one image gives: its pixels, or the error that names it (raised or skipped later).
 Decoded = np.ndarray | DataError
 
@@ -101,8 +116,8 @@ def scan_tar(archive: str | Path, split: str) -> ImageSource:
     images: list[tuple[str, tuple[str, ...]]] = []  # (member name, its path parts)
     folders: set[tuple[str, ...]] = set()
     with _opened(archive) as tar:
-        for member in tqdm(tar, desc=f"listing {archive.name}", unit=" files"):
-            parts = _parts(member.name)
+        for member in tqdm(members(tar), desc=f"listing {archive.name}", unit=" files"):
+            parts = member_parts(member.name, archive)
             if not parts:  # the archive's root, "./"
                 continue
             if member.isdir():
@@ -167,6 +182,8 @@ class DecodedImages:
     skip_bad: bool
     workers: int
     skipped: dict[str, str] = field(default_factory=dict)
+    # Bytes of one decoded image, once the first is decoded (all others must match it).
+    _image_bytes: int | None = field(default=None, init=False)
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -186,6 +203,7 @@ class DecodedImages:
                 continue
             if first is None:
                 first = (name, image.shape[:2])
+                self._image_bytes = image.nbytes
             elif image.shape[:2] != first[1]:
                 raise DataError(
                     f"{self.source.describe(name)}: image is {_hw(image.shape)} (H, W) but "
@@ -203,36 +221,56 @@ class DecodedImages:
 
     def _decode(self) -> Iterator[tuple[tuple[str, int], Decoded]]:
         """Decode chunks on a thread pool (Pillow releases the GIL while decoding and resizing)
-        while this thread reads the next files, keeping a bounded number of chunks in flight."""
-        pending: deque[tuple[list[tuple[str, int]], Future[list[Decoded]]]] = deque()
+        while this thread reads the next files, keeping at most 2 x workers chunks and about
+        IN_FLIGHT_BYTES in flight (always one chunk, so that an image above it still goes)."""
+        pending: deque[tuple[list[tuple[str, int]], Future[list[Decoded]], int]] = deque()
+        held = 0
         with ThreadPoolExecutor(self.workers) as pool:
             try:
-                for chunk in self._read():
+                for chunk, cost in self._read():
                     entries = [(name, label) for name, label, _ in chunk]
                     work = [(self.source.describe(name), data) for name, _, data in chunk]
-                    pending.append((entries, pool.submit(_decode_chunk, work, self.image_size)))
-                    if len(pending) > 2 * self.workers:
-                        yield from _ready(*pending.popleft())
+                    future = pool.submit(_decode_chunk, work, self.image_size)
+                    pending.append((entries, future, cost))
+                    held += cost
+                    while len(pending) > 2 * self.workers or (
+                        len(pending) > 1 and held > IN_FLIGHT_BYTES
+                    ):
+                        entries, future, cost = pending.popleft()
+                        held -= cost
+                        yield from _ready(entries, future)
                 while pending:
-                    yield from _ready(*pending.popleft())
+                    entries, future, _ = pending.popleft()
+                    yield from _ready(entries, future)
             finally:
                 pool.shutdown(cancel_futures=True)
 
-    def _read(self) -> Iterator[list[tuple[str, int, Path | bytes]]]:
-        """Chunks of (name, label, file path or bytes), in `entries` order."""
+    def _read(self) -> Iterator[tuple[list[tuple[str, int, Encoded]], int]]:
+        """Chunks of (name, label, file path, bytes or error), in `entries` order, each with its
+        estimated cost in bytes; a chunk ends at CHUNK images or at its share of IN_FLIGHT_BYTES."""
         entries = self.source.entries
-        chunk: list[tuple[str, int, Path | bytes]] = []
         if self.source.archive:
             items = _read_members(self.source.location, entries)
         else:
             items = ((name, label, Path(name)) for name, label in entries)
+        share = IN_FLIGHT_BYTES // (2 * self.workers)
+        chunk: list[tuple[str, int, Encoded]] = []
+        cost = 0
         for item in items:
             chunk.append(item)
-            if len(chunk) == CHUNK:
-                yield chunk
-                chunk = []
+            cost += self._decoded_bytes() + (len(item[2]) if isinstance(item[2], bytes) else 0)
+            if len(chunk) == CHUNK or cost >= share:
+                yield chunk, cost
+                chunk, cost = [], 0
         if chunk:
-            yield chunk
+            yield chunk, cost
+
+    def _decoded_bytes(self) -> int:
+        """Bytes one decoded image will take: known from image_size or from the first image
+        decoded, else the most the pixel limit allows."""
+        if self.image_size is not None:
+            return 3 * self.image_size[0] * self.image_size[1]
+        return self._image_bytes or 3 * max_image_pixels()
 
 
 def iter_decoded(
@@ -301,11 +339,14 @@ def fit_to_size(image: Image.Image, size: tuple[int, int]) -> Image.Image:
 
 
 def _decode_chunk(
-    work: list[tuple[str, Path | bytes]], image_size: tuple[int, int] | None
+    work: list[tuple[str, Encoded]], image_size: tuple[int, int] | None
 ) -> list[Decoded]:
     """Decode a chunk; a bad image becomes its DataError, so one bad file does not lose a chunk."""
     results: list[Decoded] = []
     for where, data in work:
+        if isinstance(data, DataError):
+            results.append(data)
+            continue
         try:
             image = _load(where, data)
         except DataError as error:
@@ -331,18 +372,22 @@ def _ready(
 
 def _read_members(
     archive: Path, entries: Sequence[tuple[str, int]]
-) -> Iterator[tuple[str, int, bytes]]:
-    """The bytes of the `entries` members: one pass over the archive, stopping after the last."""
+) -> Iterator[tuple[str, int, bytes | DataError]]:
+    """The bytes of the `entries` members, or why one cannot be read (a member too large to hold
+    is one bad image, skipped with the others under skip_bad): one pass over the archive,
+    stopping after the last."""
     position = 0
     with _opened(archive) as tar:
-        for member in tar:
+        for member in members(tar):
             if position == len(entries):
                 return
             name, label = entries[position]
             if member.name == name and member.isfile():
-                file = tar.extractfile(member)
-                assert file is not None  # regular files always have contents
-                yield name, label, file.read()
+                try:
+                    data: bytes | DataError = read_member(tar, member, where=f"{archive}: {name}")
+                except DataError as error:
+                    data = error
+                yield name, label, data
                 position += 1
     if position < len(entries):
         raise DataError(
@@ -353,17 +398,14 @@ def _read_members(
 
 @contextmanager
 def _opened(archive: Path) -> Iterator[tarfile.TarFile]:
-    """`archive` opened as a stream ('r|*': a .tar.gz needs no seeking); errors name it."""
+    """`archive` opened as a stream (a .tar.gz needs no seeking, by its name); errors name it."""
     try:
-        with tarfile.open(archive, "r|*") as tar:
+        with archive.open("rb") as file, open_tar(file, gzipped=is_gzipped(archive.name)) as tar:
             yield tar
-    except (tarfile.TarError, OSError, EOFError, zlib.error) as error:
+    except DataError:
+        raise
+    except ARCHIVE_ERRORS as error:
         raise DataError(f"{archive}: cannot read the archive: {error}") from error
-
-
-def _parts(name: str) -> tuple[str, ...]:
-    """Path components of a member name; "./a/b" and "/a//b" are both ("a", "b")."""
-    return tuple(part for part in name.split("/") if part not in ("", "."))
 
 
 def _identity(path: Path, split: str) -> dict[str, object]:

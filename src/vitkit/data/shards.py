@@ -5,6 +5,11 @@ so `tar`, any WebDataset reader and any static HTTP server can handle it. `index
 shards records what a tar cannot say cheaply: the class names and how many samples each shard
 holds. Writing shuffles the whole set once, because a streaming reader can only shuffle within a
 buffer: shards cut from a class-sorted source would otherwise give class-sorted batches.
+
+Shards and their index often come from someone else's server, so reading treats them as data:
+an index can only point at shards beside it, tar headers and members are bounded
+(`vitkit.data.archives`), images are held to the pixel limit, and a silent server fails after
+`vitkit.download.http_timeout()`.
 """
 
 from __future__ import annotations
@@ -14,14 +19,14 @@ import io
 import json
 import os
 import random
-import shutil
 import tarfile
 import urllib.request
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from pathlib import Path
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
 from typing import IO, Any, Literal, Protocol
-from urllib.parse import urljoin, urlparse
+from urllib.parse import unquote, urljoin, urlparse
 
 import numpy as np
 import torch
@@ -30,9 +35,11 @@ from PIL import Image
 from torch.utils.data import IterableDataset, get_worker_info
 from tqdm import tqdm
 from webdataset.shardlists import expand_urls
-from webdataset.tariterators import group_by_keys, tar_file_expander
 
-from vitkit.data.images import IMAGE_EXTENSIONS, DataError
+from vitkit.data.archives import ARCHIVE_ERRORS, is_gzipped, members, open_tar, read_member
+from vitkit.data.images import IMAGE_EXTENSIONS, load_rgb
+from vitkit.download import http_timeout
+from vitkit.errors import DataError
 
 ImageFormat = Literal["png", "jpg"]
 ImageLike = np.ndarray | torch.Tensor | bytes
@@ -42,11 +49,10 @@ SHARD_DIGITS = 6
 SHARD_PREFIX = "shard-"
 # Near-lossless for training data at about a third of the bytes of quality 100.
 JPEG_QUALITY = 95
-# Seconds without data before a urllib download gives up (curl has its own retries).
-HTTP_TIMEOUT_S = 60
-# What reading a tar stream raises when the file, the download or the archive is broken;
-# webdataset reports duplicate names within a sample as ValueError.
-READ_ERRORS = (tarfile.TarError, OSError, EOFError, http.client.HTTPException, ValueError)
+# Bytes an index.json may take: a million shards' entries fit in a third of it.
+MAX_INDEX_BYTES = 64 << 20
+# Digits of a class number in a .cls file; more would be no class of any dataset.
+MAX_LABEL_DIGITS = 9
 # Pillow's extensions for the formats an encoded image may arrive in, where they differ.
 FORMAT_EXTENSIONS = {"JPEG": "jpg", "MPO": "jpg"}
 
@@ -179,41 +185,114 @@ def write_shards(
     return out_dir / INDEX_NAME
 
 
-def open_stream(url: str) -> IO[bytes]:
-    """A binary stream of a local file or a URL.
+def open_stream(location: str) -> IO[bytes]:
+    """A binary stream of a shard: an http(s) URL through urllib, with `http_timeout()` as the
+    most a connection may stay silent, a path through open().
 
-    webdataset's `gopen` fetches http(s) with curl (redirects, retries); where curl is not
-    installed, urllib streams the response instead.
+    Any other scheme (`pipe:`, `s3:` and the rest) goes to webdataset's gopen, which runs
+    commands for some; only brace patterns the user typed get there, never a shard an index
+    names, which `_shard_location` turns into an http(s) URL or an absolute path.
     """
-    if urlparse(url).scheme in ("http", "https") and shutil.which("curl") is None:
-        return urllib.request.urlopen(url, timeout=HTTP_TIMEOUT_S)
-    return wds.gopen(url, "rb")
+    scheme = urlparse(location).scheme
+    if scheme in ("http", "https"):
+        return urllib.request.urlopen(location, timeout=http_timeout())
+    if not scheme:
+        return open(location, "rb")
+    return wds.gopen(location, "rb")
 
 
 def _is_url(source: str) -> bool:
     return "://" in source
 
 
+def _is_http(source: str) -> bool:
+    return urlparse(source).scheme in ("http", "https")
+
+
 def _read_index(url: str) -> tuple[list[str], dict[str, int], tuple[str, ...], int]:
-    """From an index.json: shard locations, each one's sample count, the classes and the total."""
-    try:
-        with open_stream(url) as stream:
-            index = json.load(stream)
-        names = [entry["name"] for entry in index["shards"]]
-        counts = [int(entry["samples"]) for entry in index["shards"]]
-        classes = tuple(str(name) for name in index["classes"])
-        total = int(index["total"])
-    except (OSError, ValueError, KeyError, TypeError) as error:  # ValueError: bad JSON
+    """From an index.json (a path or an http(s) URL): shard locations, each one's sample count,
+    the classes and the total; every field checked, every location confined to the index's
+    folder (`_shard_location`)."""
+    index = _load_json(url)
+    if not isinstance(index, dict):
+        raise DataError(f"{url}: holds a JSON {type(index).__name__}, not a shard index object")
+    entries = _list_field(index, "shards", url)
+    classes = _list_field(index, "classes", url)
+    total = _count(index.get("total"), f"{url}: total")
+    if not all(isinstance(name, str) for name in classes):
+        raise DataError(f"{url}: classes must be a list of names (text)")
+    counts: dict[str, int] = {}  # location -> samples, in the index's order
+    for position, entry in enumerate(entries):
+        where = f"{url}: shards[{position}]"
+        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+            raise DataError(f"{where}: needs a name (text) and a count of samples")
+        location = _shard_location(url, entry["name"], where)
+        if location in counts:
+            raise DataError(f"{where}: {entry['name']!r} is listed twice")
+        counts[location] = _count(entry.get("samples"), f"{where}: samples")
+    if sum(counts.values()) != total:
         raise DataError(
-            f"{url}: not a readable shard index: {type(error).__name__}: {error}"
-        ) from error
-    if sum(counts) != total:
-        raise DataError(f"{url}: the shards' sample counts add up to {sum(counts)}, not {total}")
-    if _is_url(url):
-        shards = [urljoin(url, name) for name in names]
+            f"{url}: the shards' sample counts add up to {sum(counts.values())}, not {total}"
+        )
+    return list(counts), counts, tuple(classes), total
+
+
+def _load_json(url: str) -> Any:
+    """The JSON value in a file or at an http(s) URL of at most MAX_INDEX_BYTES."""
+    timeout = http_timeout()
+    try:
+        if _is_http(url):
+            stream = urllib.request.urlopen(url, timeout=timeout)
+        else:
+            stream = open(url, "rb")
+        with stream:
+            text = stream.read(MAX_INDEX_BYTES + 1)
+        if len(text) <= MAX_INDEX_BYTES:
+            return json.loads(text)
+    # ValueError: not JSON or not UTF-8; RecursionError: nested deeper than the parser goes.
+    except (OSError, http.client.HTTPException, ValueError, RecursionError) as error:
+        reason = f"{type(error).__name__}: {error}"
+        raise DataError(f"{url}: not a readable shard index: {reason}") from error
+    raise DataError(f"{url}: larger than the {MAX_INDEX_BYTES:,} bytes an index may take")
+
+
+def _list_field(index: dict[str, Any], key: str, url: str) -> list[Any]:
+    value = index.get(key)
+    if not isinstance(value, list):
+        raise DataError(f"{url}: {key} must be a list, found {type(value).__name__}")
+    return value
+
+
+def _count(value: object, where: str) -> int:
+    """`value` if it is a whole number of samples (JSON true or 2.5 is not)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise DataError(f"{where}: must be a count of samples (an integer >= 0), not {value!r:.40}")
+    return value
+
+
+def _shard_location(index: str, name: str, where: str) -> str:
+    """Where the shard `name` from `index` lies: beside or below the index, or refused.
+
+    An index is data from whoever wrote it, so its names choose no scheme (`pipe:` would run a
+    command), no other host and no file outside the index's folder (`/etc/...`, `../..`). For an
+    index served over http(s) a name may be a relative or an absolute URL under the index's own
+    URL prefix; for a local index only a relative path, which becomes an absolute one.
+    """
+    if _is_http(index):
+        location = urljoin(index, name)
+        base, target = urlparse(index), urlparse(location)
+        prefix = base.path.rsplit("/", 1)[0] + "/"
+        components = unquote(target.path).replace("\\", "/").split("/")
+        inside = (target.scheme, target.netloc) == (base.scheme, base.netloc)
+        if inside and target.path.startswith(prefix) and ".." not in components:
+            return location
+        allowed = f"http(s) URLs under {base.scheme}://{base.netloc}{prefix}"
     else:
-        shards = [str(Path(url).parent / name) for name in names]
-    return shards, dict(zip(shards, counts)), classes, total
+        path = PurePosixPath(name)
+        if name and not urlparse(name).scheme and not path.is_absolute() and ".." not in path.parts:
+            return os.path.normpath(os.path.join(os.path.abspath(os.path.dirname(index)), name))
+        allowed = "paths relative to the index's folder, without .."
+    raise DataError(f"{where}: refusing shard {name!r}: an index may only list {allowed}")
 
 
 def _distributed_position(rank: int | None, world_size: int | None) -> tuple[int, int]:
@@ -236,6 +315,11 @@ class ShardDataset(IterableDataset):
     `classes` and `num_samples`, the size of the whole set, are known and every shard's count is
     checked, so a truncated shard fails instead of silently shrinking the epoch), or brace
     patterns of shards (`.../shard-{000000..000099}.tar`, local paths or http(s) URLs).
+
+    An index is data: the shards it names must lie beside or below it (relative paths, or URLs
+    under its own URL prefix), or it is refused with a DataError naming the entry. Patterns are
+    taken as typed, since whoever types them could run anything anyway: they may name any path
+    or URL, and other schemes, `pipe:` commands among them, go to webdataset's gopen.
 
     Every shard is read by exactly one (rank, DataLoader worker) per epoch: shard i goes to rank
     i % world_size, and the k-th shard of a rank to its worker k % num_workers. So there must be
@@ -277,8 +361,9 @@ class ShardDataset(IterableDataset):
         self.rank, self.world_size = _distributed_position(rank, world_size)
         if len(self.shards) < self.world_size:
             raise DataError(
-                f"{len(self.shards)} shards for {self.world_size} ranks: rank "
-                f"{self.world_size - 1} would read none; write smaller shards"
+                f"{source or ', '.join(map(str, urls))}: {len(self.shards)} shards for "
+                f"{self.world_size} ranks: rank {self.world_size - 1} would read none; "
+                "write smaller shards"
             )
         self.shuffle_buffer = shuffle_buffer
         self.seed = seed
@@ -305,42 +390,94 @@ class ShardDataset(IterableDataset):
         for sample in samples:
             yield self._decode(sample)
 
-    def _read_shard(self, url: str) -> Iterator[dict[str, Any]]:
-        """The samples of one shard as {"__key__", "__url__", extension: bytes}."""
+    def _read_shard(self, url: str) -> Iterator[_Sample]:
+        """The samples of one shard, checked against the index's count where there is one."""
+        expected = self._counts.get(url)
         count = 0
         try:
-            with open_stream(url) as stream:
-                for sample in group_by_keys(tar_file_expander([{"url": url, "stream": stream}])):
+            with (
+                open_stream(url) as stream,
+                open_tar(stream, gzipped=is_gzipped(urlparse(url).path)) as tar,
+            ):
+                for sample in _samples(tar, url):
                     count += 1
+                    if expected is not None and count > expected:
+                        raise DataError(f"{url}: more samples than the {expected} the index lists")
                     yield sample
-        except READ_ERRORS as error:
-            # webdataset appends the stream and URL to the arguments; the first is the message.
-            reason = error.args[0] if error.args and isinstance(error.args[0], str) else error
-            raise DataError(f"{url}: cannot read the shard: {reason}") from error
-        expected = self._counts.get(url)
+        except DataError:
+            raise
+        # ValueError (among ARCHIVE_ERRORS) also comes from gopen, on a scheme it does not know.
+        except (*ARCHIVE_ERRORS, http.client.HTTPException) as error:
+            raise DataError(f"{url}: cannot read the shard: {error}") from error
         if expected is not None and count != expected:
             raise DataError(
                 f"{url}: {count} samples but the index lists {expected}; truncated or replaced?"
             )
 
-    def _decode(self, sample: dict[str, Any]) -> tuple[torch.Tensor, int]:
-        where = f"{sample['__url__']}, sample {sample['__key__']}"
-        if "cls" not in sample:
+    def _decode(self, sample: _Sample) -> tuple[torch.Tensor, int]:
+        where = f"{sample.shard}, sample {sample.key}"
+        if "cls" not in sample.files:
             raise DataError(f"{where}: no cls entry (the label)")
-        images = [key for key in sample if f".{key}" in IMAGE_EXTENSIONS]
+        images = [key for key in sample.files if f".{key}" in IMAGE_EXTENSIONS]
         if len(images) != 1:
             raise DataError(f"{where}: needs one image entry, found {images or 'none'}")
-        try:
-            label = int(sample["cls"])
-        except ValueError as error:
-            raise DataError(f"{where}: cls is no integer: {sample['cls'][:20]!r}") from error
-        if self.classes is not None and not 0 <= label < len(self.classes):
+        text = sample.files["cls"].strip()
+        if not text.isdigit() or len(text) > MAX_LABEL_DIGITS:
+            raise DataError(f"{where}: cls is no class number: {text[:20]!r}")
+        label = int(text)
+        if self.classes is not None and label >= len(self.classes):
             raise DataError(f"{where}: label {label} outside the {len(self.classes)} classes")
-        try:
-            with Image.open(io.BytesIO(sample[images[0]])) as opened:
-                image = opened.convert("RGB")  # convert() decodes every pixel
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-            raise DataError(f"{where}: cannot decode the image: {error}") from error
+        image = load_rgb(io.BytesIO(sample.files[images[0]]), name=where)
         if self.image_size is not None and image.size != self.image_size[::-1]:
             image = image.resize(self.image_size[::-1], Image.Resampling.BILINEAR)
         return torch.from_numpy(np.array(image)).permute(2, 0, 1), label  # (H, W, 3) -> (3, H, W)
+
+
+@dataclass
+class _Sample:
+    """The files of one sample, by extension (lower case, e.g. "png", "cls")."""
+
+    key: str
+    shard: str
+    files: dict[str, bytes]
+
+
+def _samples(tar: tarfile.TarFile, shard: str) -> Iterator[_Sample]:
+    """The samples of a shard, WebDataset's layout: consecutive regular files sharing a key, the
+    name up to the first dot of its last component. Names without one are skipped.
+
+    A key that comes back after other samples would become a second, partial sample, and a file
+    name twice in a sample would replace the first: both are refused, naming shard and key.
+    """
+    seen: set[str] = set()
+    sample: _Sample | None = None
+    for member in members(tar):
+        split = _split_name(member.name) if member.isfile() else None
+        if split is None:
+            continue
+        key, extension = split
+        if sample is None or key != sample.key:
+            if sample is not None:
+                yield sample
+            if key in seen:
+                raise DataError(
+                    f"{shard}: key {key!r} comes again after other samples (member "
+                    f"{member.name!r}); a sample's files must be adjacent"
+                )
+            seen.add(key)
+            sample = _Sample(key, shard, {})
+        if extension in sample.files:
+            raise DataError(f"{shard}: sample {key!r} holds {extension!r} twice ({member.name!r})")
+        sample.files[extension] = read_member(tar, member, where=f"{shard}: {member.name}")
+    if sample is not None:
+        yield sample
+
+
+def _split_name(name: str) -> tuple[str, str] | None:
+    """(key, lower-case extension) of a member name, or None when its file name has no stem or
+    no extension ("a/b.seg.png" gives ("a/b", "seg.png"))."""
+    folder, _, file_name = name.rpartition("/")
+    stem, dot, extension = file_name.partition(".")
+    if not stem or not dot:
+        return None
+    return f"{folder}/{stem}" if folder else stem, extension.lower()

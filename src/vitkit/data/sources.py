@@ -72,6 +72,11 @@ def open_dataset(
     skip_bad: skip unreadable images of a folder or archive (counted and reported) instead of
         stopping at the first.
     shuffle_buffer, seed: for shards, the streaming shuffle.
+
+    Files are data from strangers: archives, indexes and images are read within bounds and their
+    faults raised as DataError (see `ShardDataset` for what an index may name). A brace pattern
+    or URL typed here is taken as typed, schemes such as `pipe:` included (webdataset's gopen
+    opens those): only pass one you would run yourself.
     """
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     text = str(source)
