@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import re
 from pathlib import Path
@@ -209,3 +210,11 @@ def test_default_shared_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> 
     assert demo.default_shared_dir().resolve() == SHARED.resolve()
     monkeypatch.setenv("VITKIT_SHARED", str(tmp_path))
     assert demo.default_shared_dir() == tmp_path
+
+
+def test_version_is_the_installed_packages(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith(f"vitkit {importlib.metadata.version('vitkit')} (torch ")

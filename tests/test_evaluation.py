@@ -133,6 +133,18 @@ def test_eval_writes_report_and_confusion_matrix(
     assert (tmp_path / "confusion_matrix.png").stat().st_size > 1000
 
 
+def test_eval_limit_takes_the_same_number_of_every_class(
+    trained_run: Path, cifar_subset: Path, tmp_path: Path
+) -> None:
+    for out in (tmp_path / "a", tmp_path / "b"):
+        assert run_cli("eval", "--checkpoint", trained_run, "--data", cifar_subset,
+                       "--out", out, "--limit", 100) == 0  # fmt: skip
+    first, again = (json.loads((out / "eval.json").read_text()) for out in (tmp_path / "a",
+                                                                             tmp_path / "b"))
+    assert first["images"] == 100 and set(first["counts"].values()) == {10}
+    assert first == again  # the same subset every time
+
+
 def test_eval_refuses_a_head_with_other_classes(
     cifar_subset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -1,5 +1,6 @@
-"""`vitkit eval --checkpoint CKPT --data PATH [--out DIR]`: top-1, top-5, per-class accuracy and a
-confusion-matrix picture, with the paper's test-time pipeline (resize to the model's resolution).
+"""`vitkit eval --checkpoint CKPT --data PATH [--out DIR] [--limit N]`: top-1, top-5, per-class
+accuracy and a confusion-matrix picture, with the paper's test-time pipeline (resize to the
+model's resolution).
 
 Writes DIR/eval.json and DIR/confusion_matrix.png. The checkpoint's classes must be the data's
 (same count, same order, as a `vitkit train` run on that data has them); to judge a representation
@@ -13,9 +14,10 @@ import dataclasses
 from pathlib import Path
 
 from vitkit.analysis.plots import plot_confusion_matrix
-from vitkit.cli.arguments import add_model_arguments, load_for_inference
+from vitkit.cli.arguments import add_model_arguments, load_for_inference, positive_int
 from vitkit.data import DataError, open_dataset
 from vitkit.data.arrays import ArrayDataset
+from vitkit.data.fewshot import balanced_subset
 from vitkit.evaluation.accuracy import classification_report
 from vitkit.io import atomic_write_json
 
@@ -29,6 +31,8 @@ def open_labelled(source: str, split: str) -> ArrayDataset:
 
 def run(args: argparse.Namespace) -> int:
     dataset = open_labelled(args.data, args.split)
+    if args.limit:
+        dataset = balanced_subset(dataset, args.limit)
     model, preprocessing = load_for_inference(args.checkpoint, args)
     classes = model.config.num_classes
     if classes != len(dataset.classes):
@@ -79,5 +83,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--data", required=True, help="dataset path or name")
     parser.add_argument("--split", default="test", help="split to evaluate (default: test)")
     parser.add_argument("--out", type=Path, default=Path("eval"), help="output directory")
+    parser.add_argument(
+        "--limit",
+        type=positive_int,
+        help="evaluate on about this many images, the same number of every class (the same "
+        "subset every time), for a quick estimate",
+    )
     add_model_arguments(parser)
     parser.set_defaults(run=run, command="eval")

@@ -15,7 +15,7 @@ from pathlib import Path
 from vitkit.cli.arguments import add_model_arguments, load_for_inference, positive_int
 from vitkit.cli.evaluate import open_labelled
 from vitkit.data import DataError
-from vitkit.data.fewshot import k_shot_indices
+from vitkit.data.fewshot import balanced_subset
 from vitkit.evaluation.features import extract_features
 from vitkit.evaluation.fewshot import FewShotPlan, evaluate_fewshot
 from vitkit.evaluation.linear_probe import linear_probe_accuracy
@@ -38,9 +38,8 @@ def run(args: argparse.Namespace) -> int:
     if train.classes != test.classes:
         raise DataError(f"{args.data}: the {args.train_split} and {args.test_split} classes differ")
     num_classes = len(train.classes)
-    if args.test_limit:  # a class-balanced subset of the test split
-        per_class = max(1, args.test_limit // num_classes)
-        test = test.subset(k_shot_indices(test.labels, per_class, seed=0, num_classes=num_classes))
+    if args.test_limit:
+        test = balanced_subset(test, args.test_limit)
     plan = FewShotPlan.build(
         train.labels,
         num_classes,

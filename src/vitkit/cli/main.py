@@ -11,6 +11,9 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+import torch
+
+from vitkit import __version__
 from vitkit.cli import (
     classify,
     convert,
@@ -32,6 +35,10 @@ USAGE_ERROR = 2  # argparse's exit status for bad arguments; bad input files are
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vitkit", description="Vision Transformers (Dosovitskiy et al., ICLR 2021)."
+    )
+    # What a bug report needs: vitkit's version and the torch it runs on.
+    parser.add_argument(
+        "--version", action="version", version=f"vitkit {__version__} (torch {torch.__version__})"
     )
     subparsers = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
     for command in (

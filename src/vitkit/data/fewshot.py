@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from vitkit.data.arrays import ArrayDataset
 from vitkit.data.images import DataError
 
 
@@ -26,6 +27,15 @@ def k_shot_indices(
         raise ValueError(f"k must be at least 1, got {k}")
     chosen = [order[:k] for order in _shuffled_classes(labels, k, seed, num_classes, "k-shot")]
     return np.sort(np.concatenate(chosen))
+
+
+def balanced_subset(dataset: ArrayDataset, limit: int) -> ArrayDataset:
+    """About `limit` images of `dataset`, the same number of every class (at least one each),
+    always the same ones: a quicker evaluation that keeps the class balance of the full one."""
+    per_class = max(1, limit // len(dataset.classes))
+    return dataset.subset(
+        k_shot_indices(dataset.labels, per_class, seed=0, num_classes=len(dataset.classes))
+    )
 
 
 def holdout_split(
