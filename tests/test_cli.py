@@ -131,6 +131,49 @@ def test_classify_with_labels_and_img_size(
     assert all(re.fullmatch(r"class-(\d) \(\1\)", name) for name in names)
 
 
+def test_classify_names_from_the_checkpoint_and_labels_override(
+    capsys: pytest.CaptureFixture[str], image_folder: Path, tmp_path: Path
+) -> None:
+    """A checkpoint that records class names prints them; --labels replaces them."""
+    from vitkit.weights.native import save_pretrained
+
+    model = vitkit.load_model(CHECKPOINT)
+    model.class_names = tuple(f"name-{i}" for i in range(FIXTURE_CLASSES))
+    named = save_pretrained(model, tmp_path / "named")
+    image = image_folder / "b.png"
+    code, out, _ = run(capsys, "classify", named, image, "--top-k", "7")
+    assert code == 0
+    names = [name for _, name in parse_predictions(out)[str(image)]]
+    assert all(re.fullmatch(r"name-(\d) \(\1\)", name) for name in names) and len(names) == 7
+
+    labels = tmp_path / "labels.txt"
+    labels.write_text("".join(f"class-{i}\n" for i in range(FIXTURE_CLASSES)))
+    code, out, _ = run(capsys, "classify", named, image, "--labels", labels)
+    assert code == 0
+    names = [name for _, name in parse_predictions(out)[str(image)]]
+    assert all(re.fullmatch(r"class-(\d) \(\1\)", name) for name in names)
+
+
+def test_classify_json_is_one_document_matching_the_text(
+    capsys: pytest.CaptureFixture[str], image_folder: Path
+) -> None:
+    code, text, _ = run(capsys, "classify", CHECKPOINT, image_folder, "--top-k", "3")
+    assert code == 0
+    code, out, err = run(capsys, "classify", CHECKPOINT, image_folder, "--top-k", "3", "--json")
+    assert code == 0 and "3/3" in err  # the progress bar stays on stderr
+    document = json.loads(out)
+    expected = parse_predictions(text)
+    assert [entry["path"] for entry in document] == list(expected)
+    for entry in document:
+        assert set(entry) == {"path", "predictions"}
+        assert len(entry["predictions"]) == 3
+        for prediction, (probability, index) in zip(entry["predictions"], expected[entry["path"]]):
+            assert set(prediction) == {"label", "index", "probability"}
+            assert prediction["label"] is None  # Google's .npz records no names
+            assert prediction["index"] == int(index)
+            assert round(prediction["probability"], 4) == probability
+
+
 def assert_one_line_error(code: int, err: str, *fragments: str | Path) -> None:
     assert code == 2
     assert "Traceback" not in err

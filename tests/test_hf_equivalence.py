@@ -208,3 +208,98 @@ def test_normalisation_read_from_the_image_processor(tmp_path: Path) -> None:
     expected = processor(image, return_tensors="pt")["pixel_values"][0]
     got = Preprocessing.for_model(model.config).eval_transform()(image)
     assert (got - expected).abs().max() <= 1e-5
+
+
+# ---------------------------------------------------------------------------------------------
+# Class names: transformers' id2label/label2id, read and written.
+
+NAMES = ("tabby cat", "golden retriever", "crane", "crane", "école")  # repeats, as ImageNet's
+
+
+def named_hf_directory(directory: Path, **overrides: object) -> Path:
+    """A transformers classifier whose config.json names its 5 classes."""
+    id2label = dict(enumerate(NAMES))
+    label2id = {name: index for index, name in id2label.items()}
+    config = hf_config(id2label=id2label, label2id=label2id, **overrides)
+    return save_hf(randomise_(ViTForImageClassification(config)), directory, "safetensors")
+
+
+def test_class_names_read_from_id2label(tmp_path: Path) -> None:
+    assert vitkit.load_model(named_hf_directory(tmp_path)).class_names == NAMES
+
+
+def test_transformers_placeholder_labels_mean_no_names(tmp_path: Path) -> None:
+    save_hf(randomise_(ViTForImageClassification(hf_config())), tmp_path, "safetensors")
+    assert vitkit.load_model(tmp_path).class_names is None  # id2label "LABEL_0".."LABEL_4"
+
+
+def test_pipeline_prints_the_names_vitkit_wrote(tmp_path: Path) -> None:
+    """transformers' own `pipeline("image-classification")` on a directory vitkit wrote gives the
+    names and probabilities vitkit gives."""
+    import numpy as np
+    from PIL import Image
+    from transformers import pipeline
+
+    from vitkit.data import Preprocessing
+    from vitkit.weights.hf import write_hf
+
+    model = vitkit.load_model(named_hf_directory(tmp_path / "source"))
+    write_hf(model, tmp_path / "written")
+    pixels = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    image = Image.fromarray(pixels)  # at the model's size: both resize nothing
+    results = pipeline("image-classification", model=str(tmp_path / "written"), top_k=5)(image)
+    with torch.no_grad():
+        inputs = Preprocessing.for_model(model.config).eval_transform()(image)[None]
+        probabilities = model(inputs).softmax(dim=-1)[0]
+    top = probabilities.topk(5)
+    expected = [NAMES[index] for index in top.indices.tolist()]
+    assert [result["label"] for result in results] == expected
+    scores = torch.tensor([result["score"] for result in results])
+    assert (scores - top.values).abs().max() <= TOLERANCE
+
+
+def test_hf_to_hf_keeps_the_names(tmp_path: Path) -> None:
+    from vitkit.weights.hf import write_hf
+
+    write_hf(vitkit.load_model(named_hf_directory(tmp_path / "a")), tmp_path / "b")
+    reloaded = ViTForImageClassification.from_pretrained(tmp_path / "b")
+    assert reloaded.config.id2label == dict(enumerate(NAMES))
+    assert reloaded.config.label2id["tabby cat"] == 0
+
+
+def test_hf_to_npz_to_hf_loses_the_names(tmp_path: Path) -> None:
+    """Google's .npz holds parameters only (its readers refuse other members), so the names do
+    not survive it: the HF directory written from it has transformers' placeholders. `vitkit
+    classify --labels FILE` names the classes of such a checkpoint."""
+    from vitkit.weights.google import write_npz
+    from vitkit.weights.hf import write_hf
+
+    google_numerics = dict(hidden_act="gelu_pytorch_tanh", layer_norm_eps=1e-6)
+    source = vitkit.load_model(named_hf_directory(tmp_path / "a", **google_numerics))
+    assert source.class_names == NAMES
+    from_npz = vitkit.load_model(write_npz(source, tmp_path / "b.npz"))
+    assert from_npz.class_names is None
+    write_hf(from_npz, tmp_path / "c")
+    config = ViTForImageClassification.from_pretrained(tmp_path / "c").config
+    assert config.id2label == {i: f"LABEL_{i}" for i in range(5)}
+
+
+@pytest.mark.parametrize(
+    "id2label, fragment",
+    [
+        ({"0": "a", "1": "b", "2": "c", "3": "d", "7": "e"}, "keys must be 0..4"),
+        ({"0": "a", "1": "b"}, "got 2 keys"),
+        ({str(i): i for i in range(5)}, "class name 0 is a int"),
+        (["a", "b", "c", "d", "e"], "must be an object"),
+    ],
+)
+def test_bad_id2label_is_refused_naming_it(tmp_path: Path, id2label: object, fragment: str) -> None:
+    import json
+
+    directory = named_hf_directory(tmp_path)
+    content = json.loads((directory / "config.json").read_text())
+    content["id2label"] = id2label
+    (directory / "config.json").write_text(json.dumps(content))
+    with pytest.raises(CheckpointError, match="config.json: id2label") as error:
+        vitkit.load_model(directory)
+    assert fragment in str(error.value) and "\n" not in str(error.value)

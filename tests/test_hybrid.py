@@ -4,6 +4,7 @@ ResNet's numerics against an independent numpy reference, and the errors."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -294,12 +295,52 @@ def test_max_pool_same_pads_with_minus_infinity() -> None:
 # --- Errors and the registry ---------------------------------------------------------------------
 
 
-def test_unknown_stage_layout_is_a_clear_error(tmp_path: Path) -> None:
+def test_a_typed_layout_must_be_a_named_resnet(tmp_path: Path) -> None:
+    """A layout typed over a preset is checked against the named ResNets (a typo is caught);
+    one read from a file is the file's, but must be sane."""
     with pytest.raises(ValueError, match=r"unknown ResNet stage layout.*\(3, 4, 5\).*known"):
         vitkit.get_config("R50+ViT-B/16", resnet_layers=(3, 4, 5))
     np.savez(tmp_path / "odd.npz", **_official_arrays(layers=(3, 4, 5)))
-    with pytest.raises(CheckpointError, match=r"unknown ResNet stage layout \(3, 4, 5\)"):
-        vitkit.load_model(tmp_path / "odd.npz")
+    assert vitkit.load_model(tmp_path / "odd.npz").config.resnet_layers == (3, 4, 5)
+    for insane in [(1,) * 9, (65,), (0, 2)]:
+        with pytest.raises(vitkit.ConfigError, match="resnet_layers"):
+            vitkit.ViTConfig(resnet_layers=insane, patch_size=1, img_size=4 * 2**9)
+
+
+def test_any_stage_layout_in_a_google_file_matches_timm(tmp_path: Path) -> None:
+    """Issue 16 point 2: a Google hybrid .npz with two stages of two units (no preset) loads, its
+    layout read from the file, and computes what timm's ResNetV2 hybrid with that layout computes
+    when timm's own reader of Google's .npz loads the same file (vitkit in timm's numerics)."""
+    from functools import partial
+
+    from timm.layers import StdConv2dSame
+    from timm.models.resnetv2 import ResNetV2
+    from timm.models.vision_transformer_hybrid import _create_vision_transformer_hybrid
+
+    np.savez(tmp_path / "r22.npz", **_official_arrays(layers=(2, 2)))
+    model = vitkit.load_model(tmp_path / "r22.npz")
+    assert model.config.resnet_layers == (2, 2) and model.config.img_size == (32, 32)
+    backbone = ResNetV2(
+        layers=(2, 2), num_classes=0, global_pool="", preact=False, stem_type="same",
+        conv_layer=partial(StdConv2dSame, eps=1e-8), width_factor=SMALL["root"] / 64,
+    )  # fmt: skip
+    reference = _create_vision_transformer_hybrid(
+        "vit_base_r50_s16_224", backbone=backbone, img_size=32, embed_dim=SMALL["width"],
+        depth=SMALL["depth"], num_heads=SMALL["heads"], mlp_ratio=SMALL["mlp"] / SMALL["width"],
+        num_classes=SMALL["classes"],
+    ).eval()  # fmt: skip
+    reference.load_pretrained(str(tmp_path / "r22.npz"))
+    timm_numerics = vitkit.VisionTransformer(
+        dataclasses.replace(model.config, resnet_numerics="timm", gelu="exact")
+    ).eval()
+    timm_numerics.load_state_dict(model.state_dict())
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        expected, got = reference(x), timm_numerics(x)
+    assert expected.std() > 0.05 and (expected[0] - expected[1]).abs().max() > 0.01
+    error = (got - expected).abs().max().item()
+    print(f"\nGoogle-layout R(2,2) hybrid .npz: max |vitkit - timm| = {error:.3e}")
+    assert error <= TOLERANCE
 
 
 def test_resnet_keys_without_root_match_no_hybrid(official_npz: Path, tmp_path: Path) -> None:

@@ -213,13 +213,19 @@ BAD_FIELDS: dict[str, tuple[dict[str, object], str]] = {
     "std-zero": (dict(std=(0.5, 0.0, 0.5)), "std must be in (0, inf), got 0.0"),
     "representation-zero": (dict(representation_size=0), "representation_size must be between 1"),
     "resnet-layers-string": (dict(resnet_layers="3,4,9"), "resnet_layers must be a list"),
-    "resnet-layers-unknown": (dict(resnet_layers=(3, 4, 5)), "unknown ResNet stage layout"),
+    "resnet-layers-too-deep": (dict(resnet_layers=(3,) * 9), "resnet_layers"),
+    "resnet-layers-empty-stage": (dict(resnet_layers=(3, 0)), "resnet_layers"),
     "resnet-width-odd": (
         dict(resnet_layers=(3, 4, 9), patch_size=1, resnet_width=48),
         "resnet_width 48 is not a multiple of GroupNorm's 32 groups",
     ),
     "resnet-numerics-unknown": (dict(resnet_numerics="keras"), "resnet_numerics must be one of"),
     "token-without-class-token": (dict(class_token=False), "classifier='token' needs class_token"),
+    "reg-tokens-negative": (dict(reg_tokens=-1), "reg_tokens must be between 0"),
+    "reg-tokens-float": (dict(reg_tokens=4.0), "reg_tokens must be an integer, got 4.0"),
+    "no-embed-class-string": (dict(no_embed_class="no"), "no_embed_class must be true or false"),
+    "fc-norm-int": (dict(fc_norm=1), "fc_norm must be true or false, got 1"),
+    "fc-norm-token": (dict(fc_norm=True), "fc_norm=True needs classifier='gap'"),
 }
 
 

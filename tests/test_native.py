@@ -10,8 +10,8 @@ import pytest
 import torch
 
 import vitkit
-from vitkit.models.vit import VisionTransformer
 from vitkit.errors import CheckpointError
+from vitkit.models.vit import VisionTransformer
 from vitkit.weights.load import detect_format
 from vitkit.weights.native import FORMAT_VERSION, save_pretrained
 
@@ -126,3 +126,75 @@ def test_a_newer_format_version_asks_for_an_upgrade(saved: Path) -> None:
 def test_a_hugging_face_directory_is_still_hugging_face(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "vit", "hidden_size": 64}))
     assert detect_format(tmp_path) == "hf"
+
+
+# Class names: a top-level "class_names" list beside the config, one string per head output.
+
+NAMES = ("cat", "dog", "bird", "fish", "frog", "horse", "ship")  # the fixture's 7 classes
+
+
+def test_class_names_round_trip(model: VisionTransformer, tmp_path: Path) -> None:
+    assert model.class_names is None
+    model.class_names = NAMES
+    directory = save_pretrained(model, tmp_path / "named")
+    assert json.loads((directory / "config.json").read_text())["class_names"] == list(NAMES)
+    assert vitkit.load_model(directory).class_names == NAMES
+
+
+def test_no_names_no_field(saved: Path) -> None:
+    assert "class_names" not in json.loads((saved / "config.json").read_text())
+    assert vitkit.load_model(saved).class_names is None
+
+
+def test_names_passed_to_save_pretrained_win(model: VisionTransformer, tmp_path: Path) -> None:
+    model.class_names = NAMES
+    names = [name.upper() for name in NAMES]
+    directory = save_pretrained(model, tmp_path / "named", class_names=names)
+    assert vitkit.load_model(directory).class_names == tuple(names)
+
+
+@pytest.mark.parametrize(
+    "names, fragment",
+    [(["cat", "dog"], "2 class names, but the head has 7"), ([1] * 7, "class name 0 is a int")],
+)
+def test_names_that_do_not_fit_are_not_written(
+    model: VisionTransformer, tmp_path: Path, names: list, fragment: str
+) -> None:
+    with pytest.raises(CheckpointError, match=fragment):
+        save_pretrained(model, tmp_path / "named", class_names=names)
+    model.class_names = tuple(names)
+    with pytest.raises(CheckpointError, match=f"model.class_names: {fragment}"):
+        save_pretrained(model, tmp_path / "named")
+    assert not (tmp_path / "named").exists()  # checked before anything is written
+
+
+@pytest.mark.parametrize(
+    "value, fragment",
+    [
+        (["cat"] * 6, "6 class names, but the head has 7"),
+        (["cat"] * 6 + [None], "class name 6 is a NoneType"),
+        ("cat,dog", "must be a list of 7 class names, not a str"),
+        ({"0": "cat"}, "not a dict"),
+        (list(range(10**5)), "100000 class names"),
+    ],
+)
+def test_bad_class_names_are_an_error_naming_file_and_field(
+    saved: Path, value: object, fragment: str
+) -> None:
+    edit_config(saved, lambda content: content.update(class_names=value))
+    with pytest.raises(CheckpointError) as error:
+        vitkit.load_model(saved)
+    message = str(error.value)
+    assert f'{saved / "config.json"}: "class_names"' in message and fragment in message
+    assert "\n" not in message
+
+
+def test_a_new_head_drops_the_names(model: VisionTransformer, tmp_path: Path) -> None:
+    """The names labelled the old head's outputs; a new, untrained head has none, even with as
+    many outputs (load_model(num_classes=...) and reset_classifier alike)."""
+    model.class_names = NAMES
+    directory = save_pretrained(model, tmp_path / "named")
+    assert vitkit.load_model(directory, num_classes=7).class_names is None
+    assert vitkit.load_model(directory, img_size=48).class_names == NAMES  # same head
+    model.reset_classifier(7)
+    assert model.class_names is None

@@ -129,14 +129,12 @@ def test_num_heads_for_widths_of_no_paper_variant(tmp_path: Path) -> None:
     assert wrong > 1e-3
 
 
+# fc_norm, reg_tokens and no_embed_class are read since issue 16 (tests/test_timm_family.py).
 UNSUPPORTED = {
-    "fc_norm": (dict(global_pool="avg"), r"fc_norm"),
-    "reg_tokens": (dict(reg_tokens=4), r"register tokens"),
     "layer_scale": (dict(init_values=1e-5), r"LayerScale"),
     "qk_norm": (dict(qk_norm=True), r"QK normalisation"),
     "pre_norm": (dict(pre_norm=True), r"norm_pre"),
     "map_head": (dict(global_pool="map"), r"attention pooling"),
-    "no_embed_class": (dict(no_embed_class=True), r"no_embed_class"),
     "final_norm": (dict(final_norm=False), r"final_norm"),
     "proj_bias": (dict(proj_bias=False), r"proj_bias"),
     "no_pos_embed": (dict(pos_embed="none"), r"pos_embed='none'"),

@@ -90,7 +90,9 @@ def write_figures(
     figures["embedding_filters.png"] = plot_embedding_filters(
         components, out_dir / "embedding_filters.png"
     )
-    similarity = position_similarity(model.pos_embed.cpu(), config.grid_size, prefix)
+    similarity = position_similarity(
+        model.pos_embed.cpu(), config.grid_size, config.num_pos_embed_prefix
+    )
     figures["position_similarity.png"] = plot_position_similarity(
         similarity, out_dir / "position_similarity.png"
     )

@@ -1,12 +1,14 @@
 """`vitkit classify CHECKPOINT PATH...`: top-k classes of every image, from any checkpoint format.
 
-`vitkit demo` runs its images through `classify_and_print` too, so the demo exercises exactly the
-path users take.
+Classes are printed by name where names are known: `--labels FILE`, else the names the checkpoint
+records (a vitkit run's dataset classes, transformers' id2label); by index otherwise. `--json`
+prints one JSON document instead of text, for scripts; the progress bar stays on stderr.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -81,12 +83,36 @@ def predict(
     return predictions
 
 
-def format_prediction(prediction: Prediction, labels: list[str] | None) -> str:
+def class_names(model: VisionTransformer, labels_file: Path | None) -> Sequence[str] | None:
+    """The names to print: the --labels file's, which override the checkpoint's own, if any."""
+    if labels_file is not None:
+        return read_labels(labels_file, model.config.num_classes)
+    return model.class_names
+
+
+def format_prediction(prediction: Prediction, labels: Sequence[str] | None) -> str:
     lines = [str(prediction.path)]
     for index, probability in zip(prediction.classes, prediction.probabilities):
         name = f"{labels[index]} ({index})" if labels else str(index)
         lines.append(f"  {probability:.4f}  {name}")
     return "\n".join(lines)
+
+
+def predictions_json(
+    predictions: Sequence[Prediction], labels: Sequence[str] | None
+) -> list[dict[str, object]]:
+    """[{path, predictions: [{label, index, probability}, ...]}, ...], most probable first;
+    label is null when no names are known."""
+    return [
+        {
+            "path": str(prediction.path),
+            "predictions": [
+                {"label": labels[index] if labels else None, "index": index, "probability": p}
+                for index, p in zip(prediction.classes, prediction.probabilities)
+            ],
+        }
+        for prediction in predictions
+    ]
 
 
 def classify_and_print(
@@ -98,8 +124,10 @@ def classify_and_print(
     batch_size: int = 32,
     labels_file: Path | None = None,
     normalization: str = "model",
+    as_json: bool = False,
 ) -> list[Prediction]:
-    """Classify the images (files, or folders searched recursively) and print the top-k of each.
+    """Classify the images (files, or folders searched recursively) and print the top-k of each,
+    as text or (as_json) one JSON document.
 
     normalization: "model" (the mean and std the checkpoint records; Google's [-1, 1] where it
     records none), "google" ([-1, 1]) or "imagenet" (ImageNet mean and std), to override it.
@@ -108,13 +136,16 @@ def classify_and_print(
     model = load_classifier(checkpoint, img_size=img_size)
     if torch.cuda.is_available():
         model = model.cuda()
-    labels = read_labels(labels_file, model.config.num_classes) if labels_file else None
+    labels = class_names(model, labels_file)
     preprocessing = NORMALIZATIONS[normalization](model.config)
     predictions = predict(
         model, images, preprocessing=preprocessing, top_k=top_k, batch_size=batch_size
     )
-    for prediction in predictions:
-        print(format_prediction(prediction, labels))
+    if as_json:
+        print(json.dumps(predictions_json(predictions, labels), indent=2))
+    else:
+        for prediction in predictions:
+            print(format_prediction(prediction, labels))
     return predictions
 
 
@@ -127,6 +158,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         labels_file=args.labels,
         normalization=args.normalization,
+        as_json=args.json,
     )
     return 0
 
@@ -135,13 +167,21 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "classify",
         help="print the top-k classes of images",
-        description="Classify image files and folders (searched recursively) with a checkpoint: "
-        "a Google .npz, a timm state dict or a Hugging Face directory.",
+        description="Classify image files and folders (searched recursively) with any "
+        "checkpoint vitkit reads. Classes are named by --labels, else by the names the "
+        "checkpoint records (a vitkit run, Hugging Face id2label), else numbered.",
     )
     parser.add_argument("checkpoint", type=Path, help="checkpoint file or directory")
     parser.add_argument("paths", type=Path, nargs="+", metavar="PATH", help="images or folders")
     parser.add_argument("--top-k", type=positive_int, default=5, help="classes shown per image")
     add_input_arguments(parser)
     parser.add_argument("--batch-size", type=positive_int, default=32)
-    parser.add_argument("--labels", type=Path, help="class names, one per line")
+    parser.add_argument(
+        "--labels", type=Path, help="class names, one per line (overrides the checkpoint's)"
+    )
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON document: [{path, predictions: [{label, index, probability}]}]",
+    )
     parser.set_defaults(run=run, command="classify")

@@ -1,12 +1,15 @@
 """`vitkit convert SRC DST --to vitkit|timm|hf|npz`: rewrite a checkpoint in another format.
 
 SRC is anything `vitkit.load_model` reads; the model it describes is written in the target's
-format, or refused with the reason when the target cannot express it (nothing is written then).
+format, or refused with the one reason the target cannot express it and the formats that can
+(nothing is written then). Each stage is reported on stderr as it starts.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
+import time
 from pathlib import Path
 
 from vitkit.cli.arguments import positive_int
@@ -17,12 +20,23 @@ from vitkit.weights.timm import timm_create_model_call
 SOURCE_FORMATS = ("npz", "timm", "hf", "torchvision", "vitkit")
 
 
+def _progress(message: str, started: float) -> None:
+    """One line per stage on stderr (reading a large checkpoint takes seconds), with the time
+    since the start, so that stdout keeps only the result."""
+    print(f"[{time.perf_counter() - started:5.1f} s] {message}", file=sys.stderr, flush=True)
+
+
 def run(args: argparse.Namespace) -> int:
+    started = time.perf_counter()
+    _progress(f"reading {args.source}", started)
     model = load_model(args.source, format=args.format, num_heads=args.num_heads)
+    millions = sum(param.numel() for param in model.parameters()) / 1e6
+    _progress(f"read a model of {millions:.1f}M parameters; writing {args.to}", started)
     written = export_model(model, args.destination, to=args.to)
+    _progress("done", started)
     print(f"wrote {written} ({args.to})")
     if args.to == "timm":  # a state dict records no architecture: say how to build the model
-        print(f"build it with: {timm_create_model_call(model.config)}")
+        print(f"build it with: {timm_create_model_call(model.config, path=written)}")
     return 0
 
 

@@ -81,7 +81,7 @@ def count_params(config: ViTConfig) -> int:
     patch_embed = config.embed_in_chans * config.patch_size**2 * width + width
     patch_embed += _resnet_cost(config)[1]
     class_token = width if config.class_token else 0
-    pos_embed = config.num_tokens * width
+    pos_embed = config.pos_embed_length * width + config.reg_tokens * width  # + registers
 
     qkv = width * 3 * width + (3 * width if config.qkv_bias else 0)
     out_proj = width * width + width

@@ -22,9 +22,12 @@ Gelu = Literal["exact", "tanh"]
 PosEmbedInterpolation = Literal["bilinear", "bicubic"]
 ResNetNumerics = Literal["google", "timm"]
 
-# ResNet stage layouts of the hybrids (units per stage). Google's code takes any tuple; vitkit
-# accepts the ResNets of the paper and of the released checkpoints, so that a typo in a layout
+# ResNet stage layouts of the hybrids (units per stage) with a name. Google's code and timm take
+# any tuple, so a layout read from a file is accepted when it is sane (up to MAX_RESNET_STAGES
+# stages of 1 to MAX_RESNET_UNITS units): the file is the authority. A layout typed over a named
+# preset (`get_config("R50+ViT-B/16", resnet_layers=...)`) must be one of these, so that a typo
 # is an error rather than a new, untrained architecture.
+MAX_RESNET_STAGES, MAX_RESNET_UNITS = 8, 64
 RESNET_LAYOUTS: dict[tuple[int, ...], str] = {
     (): "R (root only: 7x7 conv + max-pool, stride 4)",
     (2, 2, 2, 2): "R26",
@@ -89,6 +92,16 @@ class ViTConfig:
     num_classes: int = 1000
     classifier: Classifier = "token"
     class_token: bool = True
+    # Register tokens (Darcet et al. 2024, "Vision Transformers Need Registers"): learned tokens
+    # after the [class] token that give attention a scratch space instead of low-information
+    # patches; never pooled. timm's reg_tokens (cls, registers, patches, in that order).
+    reg_tokens: int = 0
+    # Position embeddings for the patches only, added before the prefix tokens are prepended
+    # (DeiT III, big_vision, timm's registers models): pos_embed has h*w rows, not prefix + h*w.
+    no_embed_class: bool = False
+    # LayerNorm after average pooling instead of the final one over every token (MAE and BEiT
+    # fine-tuning; timm's fc_norm=True with global_pool="avg"): the two differ for "gap" only.
+    fc_norm: bool = False
     # Pre-training head of the paper: Linear(width, representation_size) + tanh before the head.
     representation_size: int | None = None
 
@@ -151,13 +164,26 @@ class ViTConfig:
 
     @property
     def num_prefix_tokens(self) -> int:
-        return 1 if self.class_token else 0
+        """Tokens before the patches: the [class] token (if any), then the registers."""
+        return int(self.class_token) + self.reg_tokens
+
+    @property
+    def num_pos_embed_prefix(self) -> int:
+        """Rows of pos_embed before the patch rows: one per prefix token, none with
+        no_embed_class. Resizing the position embeddings keeps these rows as they are."""
+        return 0 if self.no_embed_class else self.num_prefix_tokens
 
     @property
     def num_tokens(self) -> int:
         """Sequence length the encoder sees at the build resolution."""
         grid_h, grid_w = self.grid_size
         return grid_h * grid_w + self.num_prefix_tokens
+
+    @property
+    def pos_embed_length(self) -> int:
+        """Rows of pos_embed at the build resolution (the patches, plus the prefix rows)."""
+        grid_h, grid_w = self.grid_size
+        return grid_h * grid_w + self.num_pos_embed_prefix
 
     @property
     def head_dim(self) -> int:
@@ -184,12 +210,12 @@ def _shown(value: object) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def _integer(value: object, *, minimum: int = 1) -> int:
+def _integer(value: object, *, minimum: int = 1, maximum: int = MAX_SIZE) -> int:
     # bool is an int subclass, but `"depth": true` in a file is a mistake, not depth 1.
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise _FieldProblem(f"must be an integer, got {_shown(value)}")
-    if not minimum <= value <= MAX_SIZE:
-        raise _FieldProblem(f"must be between {minimum} and {MAX_SIZE}, got {_shown(value)}")
+    if not minimum <= value <= maximum:
+        raise _FieldProblem(f"must be between {minimum} and {maximum}, got {_shown(value)}")
     return int(value)
 
 
@@ -245,10 +271,22 @@ def _resnet_layers(value: object) -> tuple[int, ...] | None:
         return None
     if not isinstance(value, (list, tuple)):
         raise _FieldProblem(f"must be a list of units per stage, got {_shown(value)}")
-    layers = tuple(_integer(units) for units in value)
+    if len(value) > MAX_RESNET_STAGES:
+        raise _FieldProblem(
+            f"has {len(value)} ResNet stages; at most {MAX_RESNET_STAGES} are supported"
+        )
+    try:
+        return tuple(_integer(units, maximum=MAX_RESNET_UNITS) for units in value)
+    except _FieldProblem as problem:
+        raise _FieldProblem(f"(units per stage) {problem} (in {_shown(value)})") from None
+
+
+def known_resnet_layout(layers: tuple[int, ...]) -> tuple[int, ...]:
+    """`layers` if it is a named ResNet (RESNET_LAYOUTS), else a ConfigError listing those: for
+    layouts a person types, where a typo must not build a new, untrained architecture."""
     if layers not in RESNET_LAYOUTS:
         known = ", ".join(f"{layout} ({name})" for layout, name in RESNET_LAYOUTS.items())
-        raise _FieldProblem(f"is an unknown ResNet stage layout {layers}; known: {known}")
+        raise ConfigError(f"unknown ResNet stage layout {layers}; known layouts: {known}")
     return layers
 
 
@@ -271,6 +309,9 @@ _CHECKS: dict[str, Callable[[object], object]] = {
     "num_classes": functools.partial(_integer, minimum=0),
     "classifier": functools.partial(_choice, choices=get_args(Classifier)),
     "class_token": _boolean,
+    "reg_tokens": functools.partial(_integer, minimum=0),
+    "no_embed_class": _boolean,
+    "fc_norm": _boolean,
     "representation_size": _optional_integer,
     "dropout": _rate,
     "attention_dropout": _rate,
@@ -356,6 +397,9 @@ def _combination_problems(checked: dict[str, Any], names: Mapping[str, str]) -> 
         (checked["classifier"], checked["class_token"]) == ("token", False)
     ):
         problems.append(f"{name('classifier')}='token' needs {name('class_token')}=True")
+    if valid("fc_norm", "classifier") and checked["fc_norm"] and checked["classifier"] != "gap":
+        # A LayerNorm after picking one token is the final LayerNorm: fc_norm means "gap".
+        problems.append(f"{name('fc_norm')}=True needs {name('classifier')}='gap'")
     return problems
 
 
@@ -471,4 +515,6 @@ def get_config(name: str, **overrides: object) -> ViTConfig:
     unknown = set(overrides) - {field.name for field in dataclasses.fields(ViTConfig)}
     if unknown:
         raise TypeError(f"Unknown ViTConfig field(s): {', '.join(sorted(unknown))}")
+    if isinstance(layers := overrides.get("resnet_layers"), (list, tuple)):
+        known_resnet_layout(tuple(layers))  # a typed layout: a named ResNet's
     return dataclasses.replace(presets[matches[0]], **overrides)

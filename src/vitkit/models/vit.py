@@ -2,10 +2,10 @@
 
 images (N, C, H, W)
   -> patch embedding            (N, h*w, D)     equation 1 (hybrids: of a ResNet's feature map)
-  -> [class] token prepended    (N, 1+h*w, D)   (only when config.class_token)
-  -> + position embeddings, dropout
+  -> [class] token, registers prepended  (N, P+h*w, D)   P = num_prefix_tokens (0 to 1 + regs)
+  -> + position embeddings, dropout     (with no_embed_class: added to the patches before)
   -> pre-LN encoder blocks      (N, T, D)       equations 2-3
-  -> final LayerNorm                            equation 4
+  -> final LayerNorm                            equation 4 (fc_norm: after pooling instead)
   -> pool: [class] token, or mean of patch tokens ("gap")   (N, D)
   -> optional pre-logits Linear + tanh          (N, representation_size)
   -> head, zero-initialised     (N, num_classes)
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -30,6 +31,9 @@ class VisionTransformer(nn.Module):
     def __init__(self, config: ViTConfig):
         super().__init__()
         self.config = config
+        # Labels of the head's outputs when the weights record them (set by `load_model`, written
+        # by every format that holds them); not part of the architecture, so not in `config`.
+        self.class_names: tuple[str, ...] | None = None
         width = config.width
         backbone = None
         if config.resnet_layers is not None:  # hybrid: a ResNet feeds the patch embedding
@@ -48,7 +52,10 @@ class VisionTransformer(nn.Module):
             backbone_chans=config.embed_in_chans,
         )
         self.cls_token = nn.Parameter(torch.zeros(1, 1, width)) if config.class_token else None
-        self.pos_embed = nn.Parameter(torch.zeros(1, config.num_tokens, width))
+        self.reg_token = None
+        if config.reg_tokens:
+            self.reg_token = nn.Parameter(torch.zeros(1, config.reg_tokens, width))
+        self.pos_embed = nn.Parameter(torch.zeros(1, config.pos_embed_length, width))
         self.pos_drop = nn.Dropout(config.dropout)
         # Stochastic depth grows linearly with depth, reaching config.drop_path at the last block.
         rates = [config.drop_path * i / max(config.depth - 1, 1) for i in range(config.depth)]
@@ -66,7 +73,11 @@ class VisionTransformer(nn.Module):
             )
             for rate in rates
         )
-        self.norm = nn.LayerNorm(width, eps=config.layer_norm_eps)
+        # timm's layout: with fc_norm the final norm is an identity and the LayerNorm (its
+        # parameters named fc_norm) follows the pooling.
+        layer_norm = nn.LayerNorm(width, eps=config.layer_norm_eps)
+        self.norm: nn.Module = nn.Identity() if config.fc_norm else layer_norm
+        self.fc_norm: nn.Module = layer_norm if config.fc_norm else nn.Identity()
         self.pre_logits, self.head = self._build_head(config)
         self.init_weights()
 
@@ -100,6 +111,8 @@ class VisionTransformer(nn.Module):
         nn.init.normal_(self.pos_embed, std=0.02)
         if self.cls_token is not None:
             nn.init.zeros_(self.cls_token)
+        if self.reg_token is not None:  # registers that start equal would stay equal
+            nn.init.normal_(self.reg_token, std=0.02)
         for block in self.blocks:
             for chunk in block.attn.qkv.weight.chunk(3, dim=0):  # q, k, v are separate in JAX
                 nn.init.xavier_uniform_(chunk)
@@ -116,7 +129,9 @@ class VisionTransformer(nn.Module):
 
     def reset_classifier(self, num_classes: int) -> None:
         """Replace the head by a zero-initialised one for `num_classes` and drop the pre-logits
-        layer: the paper's fine-tuning set-up (section 3.2)."""
+        layer: the paper's fine-tuning set-up (section 3.2). The class names go with the old head:
+        a new, untrained one labels nothing yet, even with as many outputs."""
+        self.class_names = None
         self.config = dataclasses.replace(
             self.config, num_classes=num_classes, representation_size=None
         )
@@ -140,35 +155,73 @@ class VisionTransformer(nn.Module):
             self.pos_embed,
             new_grid=grid,
             old_grid=self.config.grid_size,
-            num_prefix_tokens=self.config.num_prefix_tokens,
+            num_prefix_tokens=self.config.num_pos_embed_prefix,
             mode=self.config.pos_embed_interpolation,
         )
+
+    def _prefix_tokens(self, batch: int) -> list[torch.Tensor]:
+        """The [class] token and the registers, each (N, n, D), in timm's order."""
+        learned = (self.cls_token, self.reg_token)
+        return [token.expand(batch, -1, -1) for token in learned if token is not None]
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """Images (N, C, H, W) -> encoder input tokens (N, T, D), position embeddings added."""
         grid = self.patch_embed.grid_size(images)
         pos_embed = self._pos_embed_for(grid)
         tokens = self.patch_embed(images)  # (N, h*w, D)
-        if self.cls_token is not None:
-            cls = self.cls_token.expand(tokens.shape[0], -1, -1)
-            tokens = torch.cat([cls, tokens], dim=1)  # (N, 1 + h*w, D)
-        return self.pos_drop(tokens + pos_embed)
+        prefix = self._prefix_tokens(tokens.shape[0])
+        if self.config.no_embed_class:  # position embeddings for the patches only
+            tokens = torch.cat([*prefix, tokens + pos_embed], dim=1)
+        else:
+            tokens = torch.cat([*prefix, tokens], dim=1) + pos_embed  # (N, P + h*w, D)
+        return self.pos_drop(tokens)
 
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
-        """Images -> every token after the final LayerNorm, (N, T, D)."""
+        """Images -> every token after the final LayerNorm (none with fc_norm), (N, T, D)."""
         tokens = self.embed(images)
         for block in self.blocks:
             tokens = block(tokens)
         return self.norm(tokens)
 
-    def forward_intermediates(self, images: torch.Tensor) -> list[torch.Tensor]:
-        """The tokens after each encoder block (before the final LayerNorm), each (N, T, D)."""
+    def forward_intermediates(
+        self,
+        images: torch.Tensor,
+        *,
+        indices: int | Sequence[int] | None = None,
+        norm: bool = False,
+    ) -> list[torch.Tensor]:
+        """The tokens after encoder blocks, each (N, T, D), in block order: every block's by
+        default, the last n blocks' for indices=n, or those of the listed blocks (negative
+        indices count from the end), as timm's keywords. norm=True applies the final norm (an
+        identity with fc_norm, as in timm); the default is the blocks' raw output."""
+        wanted = self._block_indices(indices)
         tokens = self.embed(images)
         outputs = []
-        for block in self.blocks:
+        for index, block in enumerate(self.blocks[: max(wanted) + 1]):
             tokens = block(tokens)
-            outputs.append(tokens)
+            if index in wanted:
+                outputs.append(self.norm(tokens) if norm else tokens)
         return outputs
+
+    def _block_indices(self, indices: int | Sequence[int] | None) -> set[int]:
+        """Block numbers from forward_intermediates' `indices`, each checked."""
+        depth = len(self.blocks)
+        if indices is None:
+            return set(range(depth))
+        if isinstance(indices, int) and not isinstance(indices, bool):
+            if not 1 <= indices <= depth:
+                raise ValueError(f"indices={indices}: the last n blocks needs 1 <= n <= {depth}")
+            return set(range(depth - indices, depth))
+        wanted = set()
+        for index in indices:
+            if isinstance(index, bool) or not isinstance(index, int):
+                raise ValueError(f"indices: {index!r} is not a block number")
+            if not -depth <= index < depth:
+                raise ValueError(f"indices: block {index} out of range for {depth} blocks")
+            wanted.add(index % depth)
+        if not wanted:
+            raise ValueError("indices: an empty list selects no block")
+        return wanted
 
     def forward_attention(self, images: torch.Tensor) -> list[torch.Tensor]:
         """The attention weights of every block, each (N, heads, T, T) with T = prefix tokens +
@@ -182,7 +235,8 @@ class VisionTransformer(nn.Module):
         return weights
 
     def pool(self, tokens: torch.Tensor) -> torch.Tensor:
-        """(N, T, D) -> (N, D): the [class] token, or the mean of the patch tokens ("gap")."""
+        """(N, T, D) -> (N, D): the [class] token, or the mean of the patch tokens ("gap"; the
+        [class] token and the registers are left out)."""
         if self.config.classifier == "token":
             return tokens[:, 0]
         return tokens[:, self.config.num_prefix_tokens :].mean(dim=1)
@@ -190,7 +244,7 @@ class VisionTransformer(nn.Module):
     def forward_head(self, tokens: torch.Tensor, *, pre_logits: bool = False) -> torch.Tensor:
         """Normalised tokens -> logits; with pre_logits=True the representation the head reads
         (after the tanh layer where there is one), as used for few-shot linear evaluation."""
-        features = self.pre_logits(self.pool(tokens))
+        features = self.pre_logits(self.fc_norm(self.pool(tokens)))
         return features if pre_logits else self.head(features)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:

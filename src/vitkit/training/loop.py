@@ -805,7 +805,7 @@ def _finish(run: _Run) -> dict[str, Any]:
         if run.test is not None:
             with (run.out_dir / "metrics.jsonl").open("a") as metrics:
                 metrics.write(json.dumps({"step": run.step, "top1": summary["top1"]}) + "\n")
-        save_pretrained(final.cpu(), run.out_dir)
+        save_pretrained(final.cpu(), run.out_dir, class_names=run.loader.dataset.classes)
         atomic_write_json(run.out_dir / "summary.json", summary)
         _plot_curves(run.out_dir)
     return summary

@@ -4,30 +4,70 @@ Each format's writer lives beside its reader (`write_timm` in timm.py, `write_hf
 `write_npz` in google.py, `save_pretrained` in native.py); this module only picks one. Every writer
 first checks that the target can express the model, raising `CheckpointError` and writing nothing
 when it cannot, and then replaces each file atomically.
+
+A refusal carries the one reason its format gives and, computed here from every format's own
+check (`REFUSALS`), the formats that do hold the model, so that the advice can never point at a
+format that refuses too. vitkit's own format holds every model, so that list is never empty.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
 from vitkit.errors import CheckpointError
+from vitkit.models.config import ViTConfig
 from vitkit.models.vit import VisionTransformer
-from vitkit.weights.google import write_npz
-from vitkit.weights.hf import write_hf
+from vitkit.weights.google import google_refusal, write_npz
+from vitkit.weights.hf import hf_refusal, write_hf
 from vitkit.weights.native import save_pretrained
-from vitkit.weights.timm import write_timm
+from vitkit.weights.timm import timm_model_kwargs, timm_model_name, write_timm
 
 ExportFormat = Literal["vitkit", "timm", "hf", "npz"]
 WRITERS = {"vitkit": save_pretrained, "timm": write_timm, "hf": write_hf, "npz": write_npz}
+# Where advice lists the formats that hold a model: a stranger's formats before vitkit's own.
+_ADVICE_ORDER: tuple[ExportFormat, ...] = ("timm", "hf", "npz", "vitkit")
+# The phrase before the formats in a refusal (tests parse the formats after it).
+HOLDING_FORMATS = "formats that hold this model:"
+
+
+def _timm_refusal(config: ViTConfig) -> str | None:
+    """timm's check is the choice of its registered name and `create_model` arguments."""
+    try:
+        timm_model_name(config)
+        timm_model_kwargs(config)
+    except CheckpointError as error:
+        return str(error)
+    return None
+
+
+REFUSALS: dict[str, Callable[[ViTConfig], str | None]] = {
+    "vitkit": lambda config: None,  # save_pretrained writes every field of the config
+    "timm": _timm_refusal,
+    "hf": hf_refusal,
+    "npz": google_refusal,
+}
+
+
+def holding_formats(config: ViTConfig) -> list[str]:
+    """The export formats that can express a model of `config` (always including "vitkit")."""
+    return [name for name in _ADVICE_ORDER if REFUSALS[name](config) is None]
 
 
 def export_model(model: VisionTransformer, destination: str | Path, *, to: ExportFormat) -> Path:
     """Write `model` to `destination` in format `to`: a directory for "vitkit" and "hf", a
-    state dict file (.safetensors, .pth, ...) for "timm", an .npz file for "npz"."""
+    state dict file (.safetensors, .pth, ...) for "timm", an .npz file for "npz".
+
+    A format that cannot express the model raises CheckpointError with its one reason and the
+    formats that can (`holding_formats`), and writes nothing."""
     if to not in WRITERS:
         raise CheckpointError(f"unknown export format {to!r}; expected {', '.join(WRITERS)}")
     destination = Path(destination)
+    where = f"cannot export to {to} ({destination})"
+    if problem := REFUSALS[to](model.config):
+        advice = ", ".join(holding_formats(model.config))
+        raise CheckpointError(f"{where}: {problem}; {HOLDING_FORMATS} {advice}")
     if to in ("vitkit", "hf") and destination.exists() and not destination.is_dir():
         raise CheckpointError(f"{destination}: exists and is not a directory")
     if to in ("timm", "npz") and destination.is_dir():
@@ -35,4 +75,4 @@ def export_model(model: VisionTransformer, destination: str | Path, *, to: Expor
     try:
         return WRITERS[to](model, destination)
     except CheckpointError as error:
-        raise CheckpointError(f"cannot export to {to} ({destination}): {error}") from None
+        raise CheckpointError(f"{where}: {error}") from None

@@ -29,7 +29,13 @@ import torch
 
 from vitkit.errors import CheckpointError
 from vitkit.io import atomic_write
-from vitkit.models.config import RESNET_LAYOUTS, ViTConfig, resnet_channels, resnet_stride
+from vitkit.models.config import (
+    MAX_RESNET_STAGES,
+    MAX_RESNET_UNITS,
+    ViTConfig,
+    resnet_channels,
+    resnet_stride,
+)
 from vitkit.weights.files import check_inflation, one_line
 from vitkit.weights.shapes import INDEX, Shaped, require_shape, square_side
 from vitkit.weights.state_dict import check_float_dtypes
@@ -58,7 +64,8 @@ def _is_hybrid(params: Mapping[str, Shaped]) -> bool:
 
 
 def _resnet_layers(params: Mapping[str, Shaped]) -> tuple[int, ...]:
-    """Units per stage, from the block{i}/unit{j} keys (both numbered from 1)."""
+    """Units per stage, from the block{i}/unit{j} keys (both numbered from 1): any layout, as
+    Google's `models_resnet` takes any (not only the named ResNets of RESNET_LAYOUTS)."""
     if "conv_root/kernel" not in params:
         found = next(key for key in params if _UNIT_KEY.match(key) or key in _HYBRID_KEYS)
         raise CheckpointError(
@@ -78,11 +85,11 @@ def _resnet_layers(params: Mapping[str, Shaped]) -> tuple[int, ...]:
                 f"ResNet stage block{stage} has units {sorted(ids)[:5]}, not unit1..unitN"
             )
     layers = tuple(len(units[stage]) for stage in sorted(units))
-    if layers not in RESNET_LAYOUTS:
-        known = ", ".join(f"{layout} ({name})" for layout, name in RESNET_LAYOUTS.items())
+    # Google's code builds any layout, so the file's is taken as it is, if it is sane.
+    if len(layers) > MAX_RESNET_STAGES or max(layers, default=1) > MAX_RESNET_UNITS:
         raise CheckpointError(
-            f"unknown ResNet stage layout {layers} (units per block{{i}}): this matches no "
-            f"hybrid preset; known layouts: {known}"
+            f"ResNet stage layout {layers[:10]} (units per block{{i}}): vitkit builds at most "
+            f"{MAX_RESNET_STAGES} stages of at most {MAX_RESNET_UNITS} units"
         )
     return layers
 
@@ -458,28 +465,47 @@ def google_to_vitkit(
 # naming of the released files, which Google's vit_jax `checkpoint.load` and vitkit read.
 
 
-def _google_refusal(config: ViTConfig) -> str | None:
-    """Why Google's vit_jax model cannot express `config`, or None when it can. The file holds
-    only parameters, so whatever vit_jax fixes must match: its numerics, its token/pooling
-    pairs, its biases, its head."""
+def google_refusal(config: ViTConfig) -> str | None:
+    """Why a Google .npz cannot hold a model of `config`, or None when it can.
+
+    What "can hold" means: an .npz file holds parameters only; everything else is fixed by the
+    code that runs them, Google's vit_jax (`models_vit`, `models_resnet`), whose computation
+    vitkit's reader reproduces. A model can be written as .npz when that code, reading the file,
+    computes the model's function: tanh-GELU (flax's `nn.gelu`), LayerNorm eps 1e-6, Google's
+    ResNet numerics, a [class] token only when it is read, query/key/value biases, a head and a
+    square patch grid. An exact-GELU model's weights would fit in the file, but every reader of
+    the format would compute tanh-GELU from them, so its outputs would silently change: that is
+    refused, not written. The one reason returned is the first of these that fails, naming only
+    the field that differs.
+    """
     if config.is_hybrid and config.resnet_numerics != "google":
         return (
-            f"Google's ResNet computes its own numerics (weight standardisation with the eps "
-            f"added to the std, GroupNorm eps 1e-6), but this hybrid uses "
-            f"resnet_numerics={config.resnet_numerics!r}; its outputs would change"
+            "Google's ResNet computes weight standardisation as (w - mean) / (std + 1e-5) and "
+            "GroupNorm with eps 1e-6, and the file cannot record other numerics, but this hybrid "
+            f"has resnet_numerics={config.resnet_numerics!r}; read back, its outputs would change"
         )
-    if config.gelu != "tanh" or config.layer_norm_eps != 1e-6:
+    if config.gelu != "tanh":
         return (
-            "Google's code computes tanh-GELU and LayerNorm eps 1e-6, and its files cannot record "
-            f"other numerics, but this model uses gelu={config.gelu!r} and "
-            f"layer_norm_eps={config.layer_norm_eps:g} (as timm, torchvision or Hugging Face "
-            "weights do); its outputs would change. Export to vitkit, timm or hf"
+            "Google's code computes tanh-GELU from any .npz (flax's nn.gelu), and the file cannot "
+            f"record another activation, but this model has gelu={config.gelu!r}; read back, its "
+            "outputs would change"
+        )
+    if config.layer_norm_eps != 1e-6:
+        return (
+            "Google's code computes LayerNorm with eps 1e-6, and the file cannot record another, "
+            f"but this model has layer_norm_eps={config.layer_norm_eps:g}; read back, its outputs "
+            "would change"
         )
     if config.classifier == "gap" and config.class_token:
         return (
             "Google's code adds a [class] token only when it reads it (classifier='token'); this "
             "model has one but averages the patch tokens (classifier='gap')"
         )
+    extras = {"reg_tokens": "register tokens", "no_embed_class": "position embeddings for the "
+              "patches only", "fc_norm": "a LayerNorm after pooling"}  # fmt: skip
+    for field, feature in extras.items():
+        if value := getattr(config, field):
+            return f"Google's ViT has no {feature}, but this model has {field}={value!r}"
     if not config.qkv_bias:
         return "Google's attention always has query/key/value biases; this model has none"
     if config.num_classes == 0:
@@ -495,7 +521,7 @@ def _google_refusal(config: ViTConfig) -> str | None:
 def vitkit_to_google(config: ViTConfig, state: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
     """A vitkit state dict as the arrays of a Google checkpoint (key names and shapes of the
     released files: Transformer/encoderblock_N/..., embedding, cls, pre_logits, head)."""
-    if problem := _google_refusal(config):
+    if problem := google_refusal(config):
         raise CheckpointError(problem)
     layout = _BLOCK_LAYOUTS["pre-linen"]
     heads, head_dim, width = config.num_heads, config.head_dim, config.width

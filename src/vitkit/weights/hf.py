@@ -18,6 +18,7 @@ import torch
 from vitkit.errors import CheckpointError, ConfigError
 from vitkit.io import atomic_write, atomic_write_json
 from vitkit.models.config import ViTConfig, config_from_fields
+from vitkit.weights.class_names import ClassNames, checked_class_names, model_class_names
 from vitkit.weights.shapes import require_shape
 
 # transformers' ACT2FN names: the exact (erf) GELU, and the tanh approximation.
@@ -182,6 +183,31 @@ def hf_to_vitkit(
     return config_from_hf(hf_config, state, preprocessor), state
 
 
+def class_names_from_hf(hf_config: dict, num_classes: int) -> ClassNames | None:
+    """The class names of config.json's id2label, None when it has only transformers' defaults
+    ("LABEL_0", ...) or the model has no head (ViTModel configs keep a default id2label).
+
+    id2label must map "0".."N-1" (N the classifier's rows) to strings, as transformers writes it.
+    """
+    id2label = hf_config.get("id2label")
+    if num_classes == 0 or id2label is None:
+        return None
+    source = "config.json: id2label"
+    if not isinstance(id2label, dict):
+        raise CheckpointError(f"{source}: must be an object, not a {type(id2label).__name__}")
+    expected = [str(i) for i in range(num_classes)]
+    if set(id2label) != set(expected):
+        keys = ", ".join(list(id2label)[:6]) + (", ..." if len(id2label) > 6 else "")
+        raise CheckpointError(
+            f"{source}: keys must be 0..{num_classes - 1} (the classifier's rows), got "
+            f"{len(id2label)} keys: {keys:.100}"
+        )
+    names = [id2label[key] for key in expected]
+    if names == [f"LABEL_{i}" for i in range(num_classes)]:
+        return None  # transformers' placeholders: the file names no classes
+    return checked_class_names(names, num_classes, source=source)
+
+
 # ---------------------------------------------------------------------------------------------
 # Writing: vitkit -> transformers, under the key names of the files on the Hub, which every
 # transformers version reads (transformers 5 renames them to its own modules when loading).
@@ -195,15 +221,31 @@ _HUB_BLOCK = {
 }
 
 
-def _hf_refusal(config: ViTConfig) -> str | None:
-    """Why transformers' ViT cannot express `config`, or None when it can."""
-    if not config.class_token or config.classifier != "token":
+def hf_refusal(config: ViTConfig) -> str | None:
+    """Why transformers' ViT cannot express `config`, or None when it can: the one reason, the
+    first that fails, naming only the field that differs (`export_model` adds the formats that
+    do hold the model). Its numerics (GELU flavour, LayerNorm eps) are recorded in config.json,
+    so they never stand in the way."""
+    if config.is_hybrid:
         return (
-            "transformers' ViT always prepends a [class] token and ViTForImageClassification "
-            f"reads it, but this model has classifier={config.classifier!r} and "
-            f"class_token={config.class_token}; export to vitkit, or to npz or timm, which have "
-            "average pooling"
+            "transformers has no ResNet + ViT hybrid (ViTHybrid was removed in transformers 5), "
+            f"and this model has a ResNet stem (resnet_layers={config.resnet_layers})"
         )
+    if not config.class_token:
+        return (
+            "transformers' ViT always prepends a [class] token, and this model has none "
+            "(class_token=False)"
+        )
+    if config.classifier != "token":
+        return (
+            "ViTForImageClassification reads the [class] token, but this model averages the "
+            f"patch tokens (classifier={config.classifier!r})"
+        )
+    extras = {"reg_tokens": "register tokens", "no_embed_class": "position embeddings for the "
+              "patches only", "fc_norm": "a LayerNorm after pooling"}  # fmt: skip
+    for field, feature in extras.items():
+        if value := getattr(config, field):
+            return f"transformers' ViT has no {feature}, but this model has {field}={value!r}"
     if config.representation_size and config.num_classes:
         return (
             "ViTForImageClassification has no pre-logits layer (Linear + tanh) before its head, "
@@ -214,13 +256,19 @@ def _hf_refusal(config: ViTConfig) -> str | None:
 
 
 def vitkit_to_hf(
-    config: ViTConfig, state: dict[str, torch.Tensor]
+    config: ViTConfig,
+    state: dict[str, torch.Tensor],
+    class_names: ClassNames | None = None,
 ) -> tuple[dict, dict[str, torch.Tensor], dict]:
     """(config.json, state dict, preprocessor_config.json) of the transformers model computing
     what a vitkit model of `config` computes: `ViTForImageClassification` when it has a head,
-    else `ViTModel` (with its pooler as the pre-logits layer where there is one)."""
-    if problem := _hf_refusal(config):
+    else `ViTModel` (with its pooler as the pre-logits layer where there is one).
+
+    class_names become id2label/label2id (what `pipeline("image-classification")` prints);
+    without them, transformers' own placeholders "LABEL_i"."""
+    if problem := hf_refusal(config):
         raise CheckpointError(problem)
+    class_names = checked_class_names(class_names, config.num_classes, source="class_names")
     classifier = config.num_classes > 0
     prefix = "vit." if classifier else ""
     hf_state: dict[str, torch.Tensor] = {
@@ -268,8 +316,10 @@ def vitkit_to_hf(
         "encoder_stride": config.patch_size,
     }
     if classifier:
-        hf_config["id2label"] = {str(i): f"LABEL_{i}" for i in range(config.num_classes)}
-        hf_config["label2id"] = {f"LABEL_{i}": i for i in range(config.num_classes)}
+        names = class_names or [f"LABEL_{i}" for i in range(config.num_classes)]
+        hf_config["id2label"] = {str(i): name for i, name in enumerate(names)}
+        # Repeated names (ImageNet-1k has two "crane"s) keep their last index, as in transformers.
+        hf_config["label2id"] = {name: i for i, name in enumerate(names)}
     elif config.representation_size:
         hf_config["pooler_output_size"] = config.representation_size
         hf_config["pooler_act"] = "tanh"
@@ -295,7 +345,8 @@ def write_hf(model: torch.nn.Module, directory: Path) -> Path:
     from safetensors.torch import save as safetensors_bytes
 
     directory = Path(directory)
-    hf_config, hf_state, preprocessor = vitkit_to_hf(model.config, model.state_dict())
+    names = model_class_names(model)
+    hf_config, hf_state, preprocessor = vitkit_to_hf(model.config, model.state_dict(), names)
     if directory.exists() and not directory.is_dir():
         raise CheckpointError(f"{directory}: exists and is not a directory")
     tensors = {key: value.detach().cpu().contiguous() for key, value in hf_state.items()}

@@ -22,9 +22,10 @@ from vitkit.errors import CheckpointError, ConfigError
 from vitkit.models.config import ViTConfig, as_pair
 from vitkit.models.pos_embed import resize_pos_embed
 from vitkit.models.vit import VisionTransformer
+from vitkit.weights.class_names import ClassNames
 from vitkit.weights.files import read_json_object, read_state_dict, torch_load, unwrap_state_dict
 from vitkit.weights.google import google_to_vitkit, read_npz
-from vitkit.weights.hf import HF_FIELD_NAMES, hf_to_vitkit
+from vitkit.weights.hf import HF_FIELD_NAMES, class_names_from_hf, hf_to_vitkit
 from vitkit.weights.native import CONFIG_FILE, WEIGHTS_FILE, is_native_config, read_native
 from vitkit.weights.registry import resolve_checkpoint
 from vitkit.weights.state_dict import PartialLoadWarning, build_and_load, check_architecture
@@ -75,13 +76,16 @@ def _state_dict_keys(path: Path) -> list[str]:
 @dataclass(frozen=True)
 class _Checkpoint:
     """What a reader found, and where, for errors: the file the architecture was read from (a
-    config file, or the weights' own shapes) and its names for ViTConfig's fields."""
+    config file, or the weights' own shapes) and its names for ViTConfig's fields; and the class
+    names where the format records them (vitkit's and transformers'; .npz and state dicts hold
+    parameters only)."""
 
     config: ViTConfig
     state: dict[str, torch.Tensor]
     config_source: str
     weights_source: str
     field_names: Mapping[str, str] = field(default_factory=dict)
+    class_names: ClassNames | None = None
 
 
 def _read(path: Path, format: Format, num_heads: int | None) -> _Checkpoint:
@@ -98,12 +102,13 @@ def _read(path: Path, format: Format, num_heads: int | None) -> _Checkpoint:
         weights = _hf_weights(path)
         preprocessor_file = path / "preprocessor_config.json"
         preprocessor = read_json_object(preprocessor_file) if preprocessor_file.is_file() else None
-        config, state = hf_to_vitkit(
-            read_json_object(path / "config.json"), read_state_dict(weights), preprocessor
-        )
-        return _Checkpoint(config, state, "config.json", weights.name, HF_FIELD_NAMES)
+        hf_config = read_json_object(path / "config.json")
+        config, state = hf_to_vitkit(hf_config, read_state_dict(weights), preprocessor)
+        names = class_names_from_hf(hf_config, config.num_classes)
+        return _Checkpoint(config, state, "config.json", weights.name, HF_FIELD_NAMES, names)
     if format == "vitkit":
-        return _Checkpoint(*read_native(path), CONFIG_FILE, WEIGHTS_FILE)
+        config, state, names = read_native(path)
+        return _Checkpoint(config, state, CONFIG_FILE, WEIGHTS_FILE, class_names=names)
     raise CheckpointError(
         f"unknown format {format!r}; expected 'npz', 'hf', 'timm', 'torchvision' or 'vitkit'"
     )
@@ -126,6 +131,8 @@ def load_model(
     strict: bool = True,
 ) -> VisionTransformer:
     """Build the model a checkpoint describes and load its weights (returned in eval mode).
+    `model.class_names` are the labels the checkpoint records for its head (vitkit's
+    "class_names", transformers' id2label), else None.
 
     path: a file or directory; or the name of released weights ("ViT-B/16@i21k", see
         `vitkit pretrained`), downloaded into $VITKIT_HOME/weights on first use; or a Hugging
@@ -135,7 +142,8 @@ def load_model(
     img_size: build for this resolution instead of the checkpoint's; the position embeddings
         are resized on the patch grid (the paper's fine-tuning at higher resolution).
     num_classes: replace the head by a new zero-initialised one and drop the pre-logits layer,
-        as the paper does for fine-tuning (even when the count equals the checkpoint's).
+        as the paper does for fine-tuning (even when the count equals the checkpoint's); the
+        class names, which belong to the old head, are dropped with it.
     format: "npz", "hf", "timm", "torchvision" or "vitkit", when the path does not tell.
     num_heads: for timm and torchvision state dicts whose width is no paper variant's (their
         files omit it).
@@ -172,13 +180,14 @@ def load_model(
             state["pos_embed"],
             new_grid=target.grid_size,
             old_grid=config.grid_size,
-            num_prefix_tokens=config.num_prefix_tokens,
+            num_prefix_tokens=config.num_pos_embed_prefix,
             mode=config.pos_embed_interpolation,
         )
         config = target
     model, report = build_and_load(config, state, source=str(path), strict=strict)
     if report:
         warnings.warn(PartialLoadWarning(f"{path}: loaded partially: {report}"), stacklevel=2)
+    model.class_names = checkpoint.class_names
     if num_classes is not None:
-        model.reset_classifier(num_classes)
+        model.reset_classifier(num_classes)  # a new head: the names go with the old one
     return model.eval()

@@ -5,11 +5,14 @@ config records every `ViTConfig` field, so a model reloads with exactly the arch
 numerics it was saved with (GELU flavour, LayerNorm eps, normalisation statistics, ...).
 config.json carries `"format": "vitkit"`, which tells it apart from a Hugging Face directory, and
 a `format_version`, so that an older vitkit refuses a newer layout instead of misreading it.
+The head's class names, when the weights have them, sit beside the config ("class_names"): they
+belong to the weights, not to the architecture, and a reader that predates them ignores them.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +23,7 @@ from vitkit.errors import CheckpointError, ConfigError
 from vitkit.io import atomic_write, atomic_write_json
 from vitkit.models.config import ViTConfig
 from vitkit.models.vit import VisionTransformer
+from vitkit.weights.class_names import ClassNames, checked_class_names, model_class_names
 from vitkit.weights.files import read_json_object, read_state_dict
 
 FORMAT = "vitkit"
@@ -28,23 +32,33 @@ WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 
 
-def save_pretrained(model: VisionTransformer, directory: Path) -> Path:
+def save_pretrained(
+    model: VisionTransformer, directory: Path, *, class_names: Sequence[str] | None = None
+) -> Path:
     """Write `model` to `directory` (created if needed) in vitkit's format; returns `directory`.
 
+    class_names: the labels of the head's outputs (a training run passes its dataset's); by
+    default the model's own `class_names`, if any. Checked against the head before writing.
     Each file is replaced atomically. The weights are written first, so an interrupted save
     over an older one leaves a config whose shapes `load_model` checks against the weights.
     """
+    if class_names is None:
+        names = model_class_names(model)
+    else:
+        names = checked_class_names(
+            class_names, model.config.num_classes, source="save_pretrained(class_names=...)"
+        )
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     # safetensors stores plain CPU buffers: no devices, no strided views.
     tensors = {key: value.detach().cpu().contiguous() for key, value in model.state_dict().items()}
     payload = safetensors_bytes(tensors)
     atomic_write(directory / WEIGHTS_FILE, lambda file: file.write(payload))
-    atomic_write_json(directory / CONFIG_FILE, _config_json(model.config))
+    atomic_write_json(directory / CONFIG_FILE, _config_json(model.config, names))
     return directory
 
 
-def _config_json(config: ViTConfig) -> dict[str, Any]:
+def _config_json(config: ViTConfig, class_names: ClassNames | None) -> dict[str, Any]:
     """The contents of config.json for `config` (tuples as JSON lists)."""
     fields = {
         name: list(value) if isinstance(value, tuple) else value
@@ -59,12 +73,15 @@ def _config_json(config: ViTConfig) -> dict[str, Any]:
         "interpolation": "bilinear",
         "resize": "whole image to resolution, no crop",
     }
-    return {
+    content = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "config": fields,
         "preprocessing": preprocessing,
     }
+    if class_names is not None:
+        content["class_names"] = list(class_names)
+    return content
 
 
 def is_native_config(config_json: Any) -> bool:
@@ -72,18 +89,25 @@ def is_native_config(config_json: Any) -> bool:
     return isinstance(config_json, dict) and config_json.get("format") == FORMAT
 
 
-def read_native(directory: Path) -> tuple[ViTConfig, dict[str, torch.Tensor]]:
-    """The config and state dict of a directory written by `save_pretrained`."""
+def read_native(
+    directory: Path,
+) -> tuple[ViTConfig, dict[str, torch.Tensor], ClassNames | None]:
+    """The config, state dict and class names (None when not recorded) of a directory written
+    by `save_pretrained`."""
     directory = Path(directory)
-    config = _read_config(directory / CONFIG_FILE)
+    path = directory / CONFIG_FILE
+    content = read_json_object(path)
+    config = _read_config(content, path)
+    names = checked_class_names(
+        content.get("class_names"), config.num_classes, source=f'{path}: "class_names"'
+    )
     weights_file = directory / WEIGHTS_FILE
     if not weights_file.is_file():
         raise CheckpointError(f"{weights_file}: missing")
-    return config, read_state_dict(weights_file)
+    return config, read_state_dict(weights_file), names
 
 
-def _read_config(path: Path) -> ViTConfig:
-    content = read_json_object(path)
+def _read_config(content: dict[str, Any], path: Path) -> ViTConfig:
     if not is_native_config(content):
         raise CheckpointError(f'{path}: not a vitkit config (no "format": "{FORMAT}")')
     version = content.get("format_version")

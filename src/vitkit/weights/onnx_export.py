@@ -3,13 +3,17 @@ outside PyTorch (onnxruntime, TensorRT, ...).
 
 It uses PyTorch's own exporter (`torch.onnx.export(dynamo=True)`, the default since PyTorch 2.9,
 which needs the `onnx` and `onnxscript` packages: `pip install onnx onnxscript`). The graph is
-traced at one resolution (position embeddings fixed for its patch grid); the batch dimension can
-be left dynamic. Like every vitkit export it is written all or nothing: into a temporary folder
-beside the target, then moved into place, the external weights file (models over ~2 GB) first.
+traced at one resolution (position embeddings fixed for its patch grid); the batch dimension is
+dynamic unless fixed. The graph's metadata (`metadata_props`, onnxruntime's
+`get_modelmeta().custom_metadata_map`) says how images become its inputs and, where the weights
+record them, what its outputs are called, so that a consumer needs nothing but the .onnx file.
+Like every vitkit export it is written all or nothing: into a temporary folder beside the target,
+then moved into place, the external weights file (models over ~2 GB) first.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -17,8 +21,10 @@ from pathlib import Path
 
 import torch
 
+from vitkit.data.preprocessing import Preprocessing
 from vitkit.errors import CheckpointError
 from vitkit.models.vit import VisionTransformer
+from vitkit.weights.class_names import model_class_names
 
 INPUT_NAME = "images"
 OUTPUT_NAME = "logits"
@@ -30,13 +36,15 @@ def export_onnx(
     model: VisionTransformer,
     path: str | Path,
     *,
-    batch_size: int | None = 1,
+    batch_size: int | None = None,
     opset_version: int | None = None,
 ) -> Path:
     """Write `model` (exported in eval mode, on the CPU, in float32) to the ONNX file `path`, for
-    inputs at the model's `config.img_size`. batch_size=None leaves the batch dimension dynamic
-    (named "batch"); an int fixes it."""
+    inputs at the model's `config.img_size`. batch_size=None (the default) leaves the batch
+    dimension dynamic (named "batch"), as inference servers batch freely; an int fixes it.
+    The metadata is `onnx_metadata(model)`."""
     path = Path(path)
+    metadata = onnx_metadata(model)
     if path.suffix != ".onnx":
         raise CheckpointError(f"{path}: an ONNX export needs a .onnx name")
     for package in ("onnx", "onnxscript"):
@@ -62,6 +70,7 @@ def export_onnx(
         opset_version=opset_version,
         verbose=False,
     )
+    program.model.metadata_props.update(metadata)
     parameter_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     external = parameter_bytes > _EXTERNAL_DATA_BYTES
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -76,3 +85,21 @@ def export_onnx(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return path
+
+
+def onnx_metadata(model: VisionTransformer) -> dict[str, str]:
+    """The graph's metadata, every value a string (JSON for lists): "image_size" [height, width],
+    "mean" and "std" per channel (inputs are (pixels / 255 - mean) / std), "interpolation" of
+    the resize, "resize" (the whole image, no crop) and, when the weights record them,
+    "class_names", one per output."""
+    preprocessing = Preprocessing.for_model(model.config)
+    metadata = {
+        "image_size": json.dumps(list(preprocessing.resolution)),
+        "mean": json.dumps(list(preprocessing.mean)),
+        "std": json.dumps(list(preprocessing.std)),
+        "interpolation": preprocessing.interpolation,
+        "resize": "whole image to image_size, no crop; then pixels / 255, minus mean, over std",
+    }
+    if (names := model_class_names(model)) is not None:
+        metadata["class_names"] = json.dumps(list(names))
+    return metadata

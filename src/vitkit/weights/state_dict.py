@@ -145,12 +145,12 @@ def check_architecture(
                 f"shape {shape}"
             )
     positions = tuple(state["pos_embed"].shape)
-    if positions[1:2] != (config.num_tokens,):
+    if positions[1:2] != (config.pos_embed_length,):
         height, width = config.img_size
         raise CheckpointError(
             f"{config_source}: {field('img_size')}={height}x{width} with "
-            f"{field('patch_size')}={config.patch_size} needs {config.num_tokens} positions but "
-            f"{weights_source} holds pos_embed of shape {positions}"
+            f"{field('patch_size')}={config.patch_size} needs {config.pos_embed_length} "
+            f"positions but {weights_source} holds pos_embed of shape {positions}"
         )
 
 
@@ -172,6 +172,8 @@ def _claims(config: ViTConfig) -> list[tuple[str, int, str, int]]:
     if config.representation_size:
         size = config.representation_size
         claims.append(("representation_size", size, "pre_logits.0.weight", 0))
+    if config.reg_tokens:
+        claims.append(("reg_tokens", config.reg_tokens, "reg_token", 1))
     return claims
 
 

@@ -12,10 +12,16 @@ numerics (resnet_numerics="timm": its StdConv2dSame eps and GroupNorm eps 1e-5, 
 padding). Hybrids built with padding_same=False pad symmetrically, which a state dict cannot show
 and vitkit does not model.
 
-A state dict cannot tell timm's pooling either: with a [class] token the token is read (timm's
-default global_pool="token"), without one the patch tokens are averaged ("avg" with
-fc_norm=False). A model built with class_token=True, global_pool="avg" and fc_norm=False has the
-same keys as a "token" model and would be read as one.
+Register tokens (reg_token), the LayerNorm after average pooling (fc_norm, MAE/BEiT fine-tuning)
+and position embeddings for the patches only (no_embed_class) are read off the keys and the
+position embeddings' length; where both lengths (with and without prefix rows) form a square grid,
+which happens for tiny grids only, the image size decides.
+
+A state dict cannot tell timm's pooling either: with fc_norm the patch tokens are averaged
+("avg"); otherwise with a [class] token the token is read (timm's default global_pool="token"),
+without one the patch tokens are averaged ("avg" with fc_norm=False). A model built with
+class_token=True, global_pool="avg" and fc_norm=False has the same keys as a "token" model and
+would be read as one.
 """
 
 from __future__ import annotations
@@ -41,8 +47,6 @@ from vitkit.weights.shapes import INDEX, block_indices, require_shape, square_si
 
 # timm features with parameters that vitkit does not model (yet): refuse rather than drop them.
 _UNSUPPORTED = {
-    "fc_norm.": "a LayerNorm after average pooling (fc_norm)",
-    "reg_token": "register tokens (reg_tokens)",
     "dist_token": "a distillation token (DeiT dist_token)",
     "head_dist.": "a distillation head (DeiT head_dist)",
     ".ls1.": "LayerScale (init_values)",
@@ -61,7 +65,6 @@ _REQUIRED = {
     "blocks.0.mlp.fc1.weight": "no blocks.0.mlp.fc1; is this a timm VisionTransformer?",
     "pos_embed": "no learned position embeddings (pos_embed='none')",
     "patch_embed.proj.bias": "a patch embedding without bias (patch_bias=False / pre_norm)",
-    "norm.weight": "no final LayerNorm (final_norm=False)",
     "blocks.0.attn.proj.bias": "projections without bias (proj_bias=False)",
     "blocks.0.mlp.fc1.bias": "MLP layers without bias (proj_bias=False)",
 }
@@ -102,29 +105,60 @@ def _resnet_fields(state: dict[str, torch.Tensor]) -> dict[str, object]:
     return dict(resnet_layers=layers, resnet_width=resnet_width, resnet_numerics="timm")
 
 
-def _grid(
-    num_patches: int, patch: int, class_token: bool, img_size: tuple[int, int] | None
-) -> tuple[int, int]:
-    """The patch grid (rows, cols) of `num_patches` position embeddings; `patch` counts image
-    pixels per token (the total stride for hybrids)."""
-    if img_size is not None:
-        grid = (img_size[0] // patch, img_size[1] // patch)
-        if img_size[0] % patch or img_size[1] % patch or grid[0] * grid[1] != num_patches:
-            raise CheckpointError(
-                f"pos_embed: {num_patches} patch positions do not fit img_size "
-                f"{img_size[0]}x{img_size[1]} with patch size {patch}"
-            )
-        return grid
-    if side := square_side(num_patches):
-        return (side, side)
-    if class_token and num_patches > 0 and square_side(num_patches + 1):
+def _fits(num_patches: int, patch: int, img_size: tuple[int, int] | None) -> bool:
+    """Whether `num_patches` positions form the patch grid: of `img_size` where given, else a
+    square one; `patch` counts image pixels per token (the total stride for hybrids)."""
+    if img_size is None:
+        return square_side(num_patches) is not None
+    height, width = img_size
+    grid = (height // patch) * (width // patch)
+    return not (height % patch or width % patch) and grid == num_patches
+
+
+def _pos_embed_layout(
+    length: int, prefix: int, patch: int, img_size: tuple[int, int] | None
+) -> tuple[int, bool]:
+    """(patch positions, no_embed_class) of `length` position embeddings with `prefix` tokens
+    before the patches: timm gives the prefix tokens rows unless no_embed_class. A single row
+    is not read as a 1x1 grid without prefix rows: one position tells no places apart, and a
+    [class] token beside one row is likelier a broken file."""
+    candidates = [(length - prefix, False)] + ([(length, True)] if prefix and length > 1 else [])
+    fitting = [(count, flag) for count, flag in candidates if _fits(count, patch, img_size)]
+    if len(fitting) == 1:
+        return fitting[0]
+    if len(fitting) == 2:
         raise CheckpointError(
-            "uses position embeddings without a [class] token row (no_embed_class=True), which "
-            "vitkit does not support yet"
+            f"pos_embed: {length} positions are {length - prefix} patches with rows for the "
+            f"{prefix} prefix tokens, or {length} patches without (no_embed_class); timm files "
+            "do not record the image size: give it (img_size=(height, width))"
+        )
+    if img_size is not None:
+        raise CheckpointError(
+            f"pos_embed: {length} positions ({prefix} prefix tokens) do not fit img_size "
+            f"{img_size[0]}x{img_size[1]} with patch size {patch}"
         )
     raise CheckpointError(
-        f"pos_embed: {num_patches} patch positions do not form a square grid; timm files do not "
-        "record the image size: give it (img_size=(height, width))"
+        f"pos_embed: {length - prefix} patch positions do not form a square grid ({length} "
+        f"positions, {prefix} prefix tokens); timm files do not record the image size: give it "
+        "(img_size=(height, width))"
+    )
+
+
+def _head_fields(state: dict[str, torch.Tensor]) -> dict[str, object]:
+    """The prefix tokens, final norm and pooling of a timm state dict, as ViTConfig fields."""
+    class_token = "cls_token" in state
+    reg_tokens = require_shape(state, "reg_token", 3)[1] if "reg_token" in state else 0
+    fc_norm = "fc_norm.weight" in state
+    if fc_norm == ("norm.weight" in state):
+        what = "both a final LayerNorm and fc_norm" if fc_norm else "no final LayerNorm"
+        raise CheckpointError(f"has {what} (final_norm=False?), which vitkit does not support")
+    return dict(
+        class_token=class_token,
+        reg_tokens=reg_tokens,
+        fc_norm=fc_norm,
+        # With fc_norm timm averages the patch tokens; without, a [class] token is read as with
+        # timm's default global_pool="token" (the pooling a state dict cannot show).
+        classifier="token" if class_token and not fc_norm else "gap",
     )
 
 
@@ -182,11 +216,17 @@ def config_from_timm(
                 "paper variant's: pass num_heads="
             )
         num_heads = widths[width]
-    class_token = "cls_token" in state
-    num_patches = require_shape(state, "pos_embed", 3)[1] - int(class_token)
-    grid = _grid(num_patches, stride, class_token, None if img_size is None else as_pair(img_size))
+    head = _head_fields(state)
+    prefix = int(head["class_token"]) + head["reg_tokens"]
+    size = None if img_size is None else as_pair(img_size)
+    length = require_shape(state, "pos_embed", 3)[1]
+    num_patches, no_embed_class = _pos_embed_layout(length, prefix, stride, size)
+    side = square_side(num_patches)
+    grid = (size[0] // stride, size[1] // stride) if size is not None else (side, side)
     return ViTConfig(
         **hybrid,
+        **head,
+        no_embed_class=no_embed_class,
         img_size=(grid[0] * stride, grid[1] * stride),
         patch_size=patch,
         in_chans=in_chans,
@@ -196,9 +236,6 @@ def config_from_timm(
         mlp_dim=fc1[0],
         qkv_bias="blocks.0.attn.qkv.bias" in state,
         num_classes=require_shape(state, "head.weight", 2)[0] if "head.weight" in state else 0,
-        # Without fc_norm, timm's average pooling reads the tokens after the final norm: "gap".
-        classifier="token" if class_token else "gap",
-        class_token=class_token,
         gelu="exact",
         layer_norm_eps=1e-6,
     )
@@ -231,23 +268,47 @@ def timm_to_vitkit(
 # Writing: vitkit -> timm. A timm state dict holds only tensors; the architecture and numerics go
 # into the arguments of `timm.create_model`, which `timm_model_kwargs` gives.
 
-# Any timm ViT name will do, as every architecture argument is passed explicitly; this one sets
-# nothing else (its model_args are patch_size, embed_dim, depth and num_heads).
+# Any timm ViT name will do for a plain ViT, as every architecture argument is passed explicitly;
+# this one sets nothing else (its model_args are patch_size, embed_dim, depth and num_heads).
 TIMM_MODEL_NAME = "vit_base_patch16_224"
+# timm builds its hybrids only from registered names, each fixing the ResNet: the stage layout, a
+# 64-channel root, TF-'SAME' padding and timm's numerics. Every other argument is passed.
+TIMM_HYBRID_NAMES: dict[tuple[int, ...], str] = {
+    (): "vit_tiny_r_s16_p8_224",
+    (2, 2, 2, 2): "vit_small_r26_s32_224",
+    (3, 4, 9): "vit_base_r50_s16_224",
+    (3, 4, 6, 3): "vit_large_r50_s32_224",
+}
+TIMM_RESNET_WIDTH = 64
+# Weight standardisation: Google's (w - mean) / (std + 1e-5), timm's (w - mean) / sqrt(var + 1e-8)
+# (models/resnet.py); `_as_timm_std_conv` turns kernels of the one into kernels of the other.
+_GOOGLE_WS_EPS, _TIMM_WS_EPS = 1e-5, 1e-8
+
+
+def timm_model_name(config: ViTConfig) -> str:
+    """The registered timm name to build a model of `config` from (see `timm_model_kwargs`)."""
+    if not config.is_hybrid:
+        return TIMM_MODEL_NAME
+    name = TIMM_HYBRID_NAMES.get(config.resnet_layers)
+    if name is None or config.resnet_width != TIMM_RESNET_WIDTH:
+        layouts = ", ".join(map(str, TIMM_HYBRID_NAMES))
+        raise CheckpointError(
+            f"timm builds ResNet + ViT hybrids only from registered names, whose ResNets have a "
+            f"{TIMM_RESNET_WIDTH}-channel root and the stage layouts {layouts}; this model's is "
+            f"{config.resnet_layers} with a {config.resnet_width}-channel root"
+        )
+    return name
 
 
 def timm_model_kwargs(config: ViTConfig) -> dict[str, object]:
-    """Keyword arguments for `timm.create_model(TIMM_MODEL_NAME, pretrained=False, **kwargs)`
-    that build the timm model computing what a vitkit model of `config` computes.
+    """Keyword arguments for `timm.create_model(timm_model_name(config), **kwargs)` that build the
+    timm model computing what a vitkit model of `config` computes (hybrids in google numerics:
+    see `vitkit_to_timm`).
 
     Raises CheckpointError for what timm's VisionTransformer cannot express: the pre-logits
-    layer (timm has no Linear + tanh before the head).
+    layer (timm has no Linear + tanh before the head), hybrids timm has no name for.
     """
-    if config.is_hybrid:
-        raise CheckpointError(
-            "exporting ResNet + ViT hybrids to timm is not supported yet (timm builds them from "
-            "named models such as vit_base_r50_s16_224); export to vitkit or npz"
-        )
+    timm_model_name(config)
     if config.representation_size:
         raise CheckpointError(
             f"timm's VisionTransformer has no pre-logits layer (Linear + tanh, here of size "
@@ -270,11 +331,15 @@ def timm_model_kwargs(config: ViTConfig) -> dict[str, object]:
         mlp_ratio=mlp_ratio,
         qkv_bias=config.qkv_bias,
         class_token=config.class_token,
-        # vitkit's "gap" averages the patch tokens after the final norm: timm's "avg" without
-        # fc_norm (timm leaves the [class] token out of the average, as vitkit does).
+        # vitkit's "gap" averages the patch tokens (timm leaves the [class] token and registers
+        # out of the average, as vitkit does), after the final norm or, with fc_norm, before it.
         global_pool="token" if config.classifier == "token" else "avg",
-        fc_norm=False,
+        fc_norm=config.fc_norm,
     )
+    if config.reg_tokens:
+        kwargs["reg_tokens"] = config.reg_tokens
+    if config.no_embed_class:
+        kwargs["no_embed_class"] = True
     if config.gelu == "tanh":
         kwargs["act_layer"] = "gelu_tanh"
     if config.layer_norm_eps != 1e-6:  # timm's default
@@ -282,29 +347,63 @@ def timm_model_kwargs(config: ViTConfig) -> dict[str, object]:
     return kwargs
 
 
-def timm_create_model_call(config: ViTConfig) -> str:
-    """The Python line that builds the matching timm model, for printing."""
-    arguments = []
+def timm_create_model_call(config: ViTConfig, *, path: str | Path | None = None) -> str:
+    """Python that builds the matching timm model as `model`, for printing; run with `timm`
+    imported. With `path` (the written file) the model loads it through timm's own pretrained
+    path (`pretrained_cfg_overlay=dict(file=..., num_classes=...)`: the same num_classes keeps
+    timm from dropping the head); without, it is randomly initialised."""
+    imports, arguments = "", []
     for name, value in timm_model_kwargs(config).items():
+        value_text = repr(value)
         if name == "norm_layer":
+            imports = "import functools, torch; "
             value_text = f"functools.partial(torch.nn.LayerNorm, eps={config.layer_norm_eps!r})"
-        else:
-            value_text = repr(value)
         arguments.append(f"{name}={value_text}")
-    return f"timm.create_model({TIMM_MODEL_NAME!r}, pretrained=False, {', '.join(arguments)})"
+    weights = "pretrained=False"
+    if path is not None:
+        # timm's hybrid presets read Google's .npz by a custom loader unless told otherwise.
+        custom = ", custom_load=False" if config.is_hybrid else ""
+        overlay = f"dict(file={str(path)!r}, num_classes={config.num_classes}{custom})"
+        weights = f"pretrained=True, pretrained_cfg_overlay={overlay}"
+    call = f"timm.create_model({timm_model_name(config)!r}, {weights}, {', '.join(arguments)})"
+    return f"{imports}model = {call}"
+
+
+def _as_timm_std_conv(weight: torch.Tensor) -> torch.Tensor:
+    """A kernel of Google's numerics rescaled per output channel so that timm's standardisation
+    of it equals Google's of the original. Standardisation removes a kernel's scale except
+    through its eps: scaling channel c by a with a^2 ((std + e_g)^2 - std^2) = e_t makes
+    a (w - mean) / sqrt(a^2 var + e_t) equal (w - mean) / (std + e_g) exactly."""
+    kernel = weight.double()
+    std = kernel.std(dim=(1, 2, 3), keepdim=True, correction=0)
+    scale = (_TIMM_WS_EPS / (2 * _GOOGLE_WS_EPS * std + _GOOGLE_WS_EPS**2)).sqrt()
+    return (kernel * scale).to(weight.dtype)
 
 
 def vitkit_to_timm(config: ViTConfig, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """A vitkit state dict as timm's (the same names: vitkit follows timm's module names), after
-    checking that timm can express `config`."""
+    """A vitkit state dict as timm's, after checking that timm can express `config`. The names
+    are the same (vitkit follows timm's) but for the root-only hybrid's stem, which timm keeps at
+    the backbone's top level. A hybrid's kernels in Google's numerics are rescaled for timm's
+    weight standardisation (exactly); GroupNorm's eps (1e-6 for Google, 1e-5 for timm) acts on
+    the data and cannot be carried over, which moves outputs by about 1e-5 (tests measure it)."""
     timm_model_kwargs(config)
-    return dict(state)
+    converted = {}
+    for key, value in state.items():
+        if config.is_hybrid and config.resnet_numerics == "google":
+            if key.startswith(_BACKBONE) and value.ndim == 4:
+                value = _as_timm_std_conv(value)
+        if config.resnet_layers == ():
+            for timm_name, vitkit_name in _ROOT_ONLY_RENAMES.items():
+                if key.startswith(vitkit_name):
+                    key = timm_name + key.removeprefix(vitkit_name)
+        converted[key] = value
+    return converted
 
 
 def write_timm(model: torch.nn.Module, path: Path) -> Path:
     """Write `model` (a vitkit VisionTransformer) as a timm state dict, atomically: .safetensors
     by safetensors, .pth/.pt/.bin by `torch.save`. Nothing is written when timm cannot express
-    the model. Build the timm model with `timm_create_model_call(model.config)`."""
+    the model. Build the timm model with `timm_create_model_call(model.config, path=path)`."""
     path = Path(path)
     if path.suffix not in (".safetensors", ".pth", ".pt", ".bin"):
         raise CheckpointError(

@@ -1,0 +1,34 @@
+"""Class names travel with trained weights: a run on a labelled folder records its dataset's
+classes in the final model, and `vitkit classify` on the run prints them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import CLASSES, tiny  # noqa: I001
+
+import vitkit
+from vitkit.cli.main import main
+from vitkit.training.loop import train
+
+pytestmark = pytest.mark.usefixtures("cache_in_tmp")
+
+
+def test_a_run_records_its_class_names(
+    image_tree: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = tmp_path / "run"
+    train(tiny(image_tree, steps=2), run)
+    names = sorted(CLASSES)  # a folder's classes in sorted order, as torchvision's ImageFolder
+    assert json.loads((run / "config.json").read_text())["class_names"] == names
+    assert vitkit.load_model(run).class_names == tuple(names)
+    capsys.readouterr()
+
+    image = image_tree / "test" / "green" / "0.png"
+    assert main(["classify", str(run), str(image), "--json", "--top-k", "3"]) == 0
+    [result] = json.loads(capsys.readouterr().out)
+    assert result["path"] == str(image)
+    assert sorted(p["label"] for p in result["predictions"]) == names
+    assert all(p["label"] == names[p["index"]] for p in result["predictions"])
