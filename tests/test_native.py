@@ -198,3 +198,15 @@ def test_a_new_head_drops_the_names(model: VisionTransformer, tmp_path: Path) ->
     assert vitkit.load_model(directory, img_size=48).class_names == NAMES  # same head
     model.reset_classifier(7)
     assert model.class_names is None
+
+
+def test_a_config_written_before_the_timm_family_fields_still_loads(tmp_path: Path) -> None:
+    """Runs saved by earlier vitkit versions lack the register/fc_norm/no_embed_class fields."""
+    model = vitkit.create_model("ViT-Test/8", num_classes=3, img_size=16)
+    vitkit.save_pretrained(model, tmp_path)
+    config_file = tmp_path / "config.json"
+    content = json.loads(config_file.read_text())
+    for field in ("reg_tokens", "no_embed_class", "fc_norm"):
+        del content["config"][field]
+    config_file.write_text(json.dumps(content))
+    assert vitkit.load_model(tmp_path).config == model.config

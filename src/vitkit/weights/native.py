@@ -30,6 +30,9 @@ FORMAT = "vitkit"
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
+# ViTConfig fields added after format_version 1 was first written, each defaulting to what a model
+# without it computes (timm's register tokens, fc_norm, no_embed_class).
+FIELDS_ADDED_LATER = frozenset({"reg_tokens", "no_embed_class", "fc_norm"})
 
 
 def save_pretrained(
@@ -127,7 +130,8 @@ def _read_config(content: dict[str, Any], path: Path) -> ViTConfig:
     problems = []
     if unknown := sorted(set(values) - known):
         problems.append(f"unknown field(s) {', '.join(unknown)[:200]}")
-    if missing := sorted(known - set(values)):
+    # Files written before a field existed lack it; its default is what they computed.
+    if missing := sorted(known - set(values) - FIELDS_ADDED_LATER):
         problems.append(f"missing field(s) {', '.join(missing)}")
     if problems:
         raise CheckpointError(f"{path}: " + "; ".join(problems))
