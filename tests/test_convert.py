@@ -5,14 +5,13 @@ own file and load back exactly. What a format cannot express is refused, and not
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
 import pytest
 import timm
 import torch
-from conftest import OFFICIAL_FIXTURE
+from conftest import OFFICIAL_FIXTURE, randomise_
 from transformers import ViTForImageClassification, ViTModel
 
 import vitkit
@@ -35,19 +34,7 @@ def random_model(seed: int = 0, **fields: object) -> vitkit.VisionTransformer:
             **fields,
         }
     )
-    model = vitkit.VisionTransformer(config)
-    generator = torch.Generator().manual_seed(seed)
-    for name, param in model.named_parameters():
-        noise = torch.randn(param.shape, generator=generator)
-        if "norm" in name and name.endswith("weight"):
-            param.copy_(1.0 + 0.2 * noise)
-        elif name in ("cls_token", "pos_embed"):
-            param.copy_(0.5 * noise)
-        elif param.ndim >= 2:
-            param.copy_(noise / math.sqrt(param[0].numel()) + 0.01)
-        else:
-            param.copy_(0.1 * noise + 0.01)
-    return model.eval()
+    return randomise_(vitkit.VisionTransformer(config), seed).eval()
 
 
 def images(config: vitkit.ViTConfig, seed: int = 1) -> torch.Tensor:

@@ -11,7 +11,6 @@ Run with -s for the table of max |difference| per cell.
 from __future__ import annotations
 
 import dataclasses
-import math
 import re
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import numpy as np
 import pytest
 import timm
 import torch
-from conftest import OFFICIAL_FIXTURE
+from conftest import OFFICIAL_FIXTURE, randomise_
 from safetensors.torch import load_file
 from transformers import ViTForImageClassification
 
@@ -85,20 +84,8 @@ ONNX_RESNET_TOLERANCE = 1e-4
 @torch.no_grad()
 def randomised(config: vitkit.ViTConfig, seed: int = 0) -> vitkit.VisionTransformer:
     """A model of `config` with every parameter random (the head and the ResNet units' last
-    GroupNorm are zero at init): norm weights around 1, matrices at std 1/sqrt(fan_in)."""
-    model = vitkit.VisionTransformer(config)
-    generator = torch.Generator().manual_seed(seed)
-    for name, param in model.named_parameters():
-        noise = torch.randn(param.shape, generator=generator)
-        if "norm" in name and name.endswith("weight"):
-            param.copy_(1.0 + 0.2 * noise)
-        elif name in ("cls_token", "pos_embed"):
-            param.copy_(0.5 * noise)
-        elif param.ndim >= 2:
-            param.copy_(noise / math.sqrt(param[0].numel()) + 0.01)
-        else:
-            param.copy_(0.1 * noise + 0.01)
-    return model.eval()
+    GroupNorm are zero at init), so that every weight shows in the outputs."""
+    return randomise_(vitkit.VisionTransformer(config), seed).eval()
 
 
 def images(config: vitkit.ViTConfig) -> torch.Tensor:
