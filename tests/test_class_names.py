@@ -32,3 +32,16 @@ def test_a_run_records_its_class_names(
     assert result["path"] == str(image)
     assert sorted(p["label"] for p in result["predictions"]) == names
     assert all(p["label"] == names[p["index"]] for p in result["predictions"])
+
+
+def test_convert_says_when_the_target_drops_the_names(
+    image_tree: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = tmp_path / "run"
+    train(tiny(image_tree, steps=2), run)
+    capsys.readouterr()
+    assert main(["convert", str(run), str(tmp_path / "m.safetensors"), "--to", "timm"]) == 0
+    assert "timm files hold no class names, so the 3 names" in capsys.readouterr().err
+    assert main(["convert", str(run), str(tmp_path / "hf"), "--to", "hf"]) == 0
+    assert "no class names" not in capsys.readouterr().err
+    assert vitkit.load_model(tmp_path / "hf").class_names == tuple(sorted(CLASSES))
