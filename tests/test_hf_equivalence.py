@@ -9,6 +9,7 @@ import dataclasses
 import functools
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import randomise_  # noqa: I001
@@ -20,6 +21,7 @@ from transformers import ViTForImageClassification, ViTModel
 import vitkit
 from vitkit import CheckpointError
 from vitkit.models.vit import VisionTransformer
+from vitkit.weights.export import export_model
 from vitkit.weights.hf import hf_to_vitkit
 from vitkit.weights.state_dict import load_checked
 
@@ -267,21 +269,34 @@ def test_hf_to_hf_keeps_the_names(tmp_path: Path) -> None:
     assert reloaded.config.label2id["tabby cat"] == 0
 
 
-def test_hf_to_npz_to_hf_loses_the_names(tmp_path: Path) -> None:
-    """Google's .npz holds parameters only (its readers refuse other members), so the names do
-    not survive it: the HF directory written from it has transformers' placeholders. `vitkit
-    classify --labels FILE` names the classes of such a checkpoint."""
-    from vitkit.weights.google import write_npz
-    from vitkit.weights.hf import write_hf
+def test_hf_to_npz_to_hf_keeps_the_names(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Google's .npz holds parameters only (vit_jax would carry any other member into training),
+    so `vitkit convert` writes the names into a labels file beside it, which the next read
+    takes: transformers sees the names again after the round trip."""
+    from vitkit.cli.main import main
 
     google_numerics = dict(hidden_act="gelu_pytorch_tanh", layer_norm_eps=1e-6)
-    source = vitkit.load_model(named_hf_directory(tmp_path / "a", **google_numerics))
-    assert source.class_names == NAMES
-    from_npz = vitkit.load_model(write_npz(source, tmp_path / "b.npz"))
-    assert from_npz.class_names is None
-    write_hf(from_npz, tmp_path / "c")
+    source = named_hf_directory(tmp_path / "a", **google_numerics)
+    assert main(["convert", str(source), str(tmp_path / "b.npz"), "--to", "npz"]) == 0
+    assert f"wrote {tmp_path / 'b.labels.txt'} (the 5 class names)" in capsys.readouterr().out
+    assert (tmp_path / "b.labels.txt").read_text().splitlines() == list(NAMES)
+    with np.load(tmp_path / "b.npz") as params:  # parameters only: float arrays
+        assert all(params[key].dtype == np.float32 for key in params)
+    assert main(["convert", str(tmp_path / "b.npz"), str(tmp_path / "c"), "--to", "hf"]) == 0
     config = ViTForImageClassification.from_pretrained(tmp_path / "c").config
-    assert config.id2label == {i: f"LABEL_{i}" for i in range(5)}
+    assert config.id2label == dict(enumerate(NAMES))
+    assert vitkit.load_model(tmp_path / "c").class_names == NAMES
+
+
+def test_a_labels_file_that_does_not_fit_is_named(tmp_path: Path) -> None:
+    google_numerics = dict(hidden_act="gelu_pytorch_tanh", layer_norm_eps=1e-6)
+    model = vitkit.load_model(named_hf_directory(tmp_path / "a", **google_numerics))
+    written = export_model(model, tmp_path / "b.npz", to="npz")
+    (tmp_path / "b.labels.txt").write_text("only\ntwo\n")
+    with pytest.raises(CheckpointError, match=r"b\.labels\.txt: 2 labels, but the model has 5"):
+        vitkit.load_model(written)
 
 
 @pytest.mark.parametrize(

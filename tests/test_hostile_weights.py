@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import random
 import shutil
 import struct
 import time
@@ -638,7 +639,7 @@ BAD_NPZ_FILES: dict[str, tuple[Builder, tuple[str, ...]]] = {
         ("Dense_0/bias: expected shape (100,), found (128,)",),
     ),
     "random-bytes": (
-        lambda sources, folder, name: write_bytes(folder / f"{name}.npz", os.urandom(4096)),
+        lambda sources, folder, name: write_bytes(folder / f"{name}.npz", random_bytes(4096)),
         ("not an .npz archive",),
     ),
     "truncated": (
@@ -648,6 +649,12 @@ BAD_NPZ_FILES: dict[str, tuple[Builder, tuple[str, ...]]] = {
         ("not an .npz archive",),
     ),
 }
+
+
+def random_bytes(count: int) -> bytes:
+    """The same random-looking bytes on every run (os.urandom made the refusal's wording vary:
+    torch reports some random files as "corrupt", others as pickles it refuses)."""
+    return random.Random(count).randbytes(count)
 
 
 def write_bytes(path: Path, data: bytes) -> Path:
@@ -707,7 +714,7 @@ BAD_STATE_DICTS: dict[str, tuple[Builder, tuple[str, ...]]] = {
         ("0 patch positions (after the [class] token)",),
     ),
     "random-bytes": (
-        lambda sources, folder, name: write_bytes(folder / f"{name}.pth", os.urandom(4096)),
+        lambda sources, folder, name: write_bytes(folder / f"{name}.pth", random_bytes(4096)),
         ("refused",),
     ),
     "truncated": (

@@ -23,9 +23,10 @@ from vitkit.cli.arguments import (
     load_checkpoint,
     positive_int,
 )
-from vitkit.data import DataError, Preprocessing, find_images, load_rgb
+from vitkit.data import Preprocessing, find_images, load_rgb
 from vitkit.models.vit import VisionTransformer
 from vitkit.weights import CheckpointError
+from vitkit.weights.class_names import read_labels
 
 
 @dataclass(frozen=True)
@@ -33,22 +34,6 @@ class Prediction:
     path: Path
     classes: list[int]  # the top-k class indices, most probable first
     probabilities: list[float]
-
-
-def read_labels(path: Path, num_classes: int) -> list[str]:
-    """Class names, one per line; the count must match the head, or every name would be off."""
-    try:
-        labels = [line.strip() for line in path.read_text().splitlines()]
-    except (OSError, UnicodeDecodeError) as error:
-        raise DataError(f"{path}: cannot read the labels file: {error}") from error
-    while labels and not labels[-1]:
-        labels.pop()
-    if len(labels) != num_classes:
-        raise DataError(
-            f"{path}: {len(labels)} labels, but the model has {num_classes} classes "
-            "(expected one name per line)"
-        )
-    return labels
 
 
 def load_classifier(checkpoint: Path, *, img_size: int | None) -> VisionTransformer:

@@ -14,12 +14,11 @@ from pathlib import Path
 
 from vitkit.cli.arguments import positive_int
 from vitkit.weights import load_model
+from vitkit.weights.class_names import labels_file
 from vitkit.weights.export import WRITERS, export_model
 from vitkit.weights.timm import timm_create_model_call
 
 SOURCE_FORMATS = ("npz", "timm", "hf", "torchvision", "vitkit")
-# Formats whose files record the class names of the head's outputs (the others hold weights only).
-NAMING_FORMATS = ("vitkit", "hf")
 
 
 def _progress(message: str, started: float) -> None:
@@ -36,14 +35,9 @@ def run(args: argparse.Namespace) -> int:
     _progress(f"read a model of {millions:.1f}M parameters; writing {args.to}", started)
     written = export_model(model, args.destination, to=args.to)
     _progress("done", started)
-    if model.class_names and args.to not in NAMING_FORMATS:
-        _progress(
-            f"note: {args.to} files hold no class names, so the {len(model.class_names)} names "
-            f"of {args.source} are not in {written}; export to {' or '.join(NAMING_FORMATS)} to "
-            "keep them, or name the outputs with `vitkit classify --labels FILE`",
-            started,
-        )
     print(f"wrote {written} ({args.to})")
+    if model.class_names and args.to in ("timm", "npz"):  # parameters only: names beside them
+        print(f"wrote {labels_file(written)} (the {len(model.class_names)} class names)")
     if args.to == "timm":  # a state dict records no architecture: say how to build the model
         print(f"build it with: {timm_create_model_call(model.config, path=written)}")
     return 0

@@ -10,10 +10,17 @@ stranger's file can only give a list of exactly one string per output, or an err
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 from vitkit.errors import CheckpointError
 
 ClassNames = tuple[str, ...]
+# Formats whose files hold parameters only (Google's .npz, timm and torchvision state dicts) keep
+# their names in a labels file beside them, e.g. model.npz -> model.labels.txt: one name per line,
+# the format `vitkit classify --labels` reads, and invisible to Google's and timm's own loaders.
+LABELS_SUFFIX = ".labels.txt"
+# ImageNet-21k's 21,843 names take about 400 KB.
+MAX_LABELS_BYTES = 16 << 20
 
 
 def checked_class_names(names: object, num_classes: int, *, source: str) -> ClassNames | None:
@@ -45,3 +52,41 @@ def model_class_names(model: object) -> ClassNames | None:
     names = getattr(model, "class_names", None)
     num_classes = model.config.num_classes  # type: ignore[attr-defined]
     return checked_class_names(names, num_classes, source="model.class_names")
+
+
+def labels_file(weights: Path) -> Path:
+    """Where the class names of a parameters-only weights file are kept."""
+    return Path(weights).with_suffix(LABELS_SUFFIX)
+
+
+def read_labels(path: Path, num_classes: int) -> ClassNames:
+    """Class names, one per line (trailing blank lines ignored); the count must be the head's, or
+    every name would label the wrong output."""
+    try:
+        with open(path, "rb") as file:
+            text = file.read(MAX_LABELS_BYTES + 1).decode("utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise CheckpointError(f"{path}: cannot read the labels file: {error}") from None
+    if len(text) > MAX_LABELS_BYTES:
+        raise CheckpointError(f"{path}: larger than a labels file may be ({MAX_LABELS_BYTES} B)")
+    labels = [line.strip() for line in text.splitlines()]
+    while labels and not labels[-1]:
+        labels.pop()
+    if len(labels) != num_classes:
+        raise CheckpointError(
+            f"{path}: {len(labels)} labels, but the model has {num_classes} classes "
+            "(expected one name per line)"
+        )
+    return tuple(labels)
+
+
+def labels_text(names: ClassNames) -> str:
+    """The labels file holding `names`: one per line. A name that a line cannot hold (a line
+    break, surrounding spaces that reading strips) is refused rather than changed."""
+    for index, name in enumerate(names):
+        if name != name.strip() or "\n" in name or "\r" in name:
+            raise CheckpointError(
+                f"class name {index} ({name!r}) has a line break or surrounding spaces, which a "
+                "labels file cannot hold; export to vitkit or hf to keep the names"
+            )
+    return "".join(f"{name}\n" for name in names)

@@ -17,8 +17,10 @@ from pathlib import Path
 from typing import Literal
 
 from vitkit.errors import CheckpointError
+from vitkit.io import atomic_write_text
 from vitkit.models.config import ViTConfig
 from vitkit.models.vit import VisionTransformer
+from vitkit.weights.class_names import labels_file, labels_text, model_class_names
 from vitkit.weights.google import google_refusal, write_npz
 from vitkit.weights.hf import hf_refusal, write_hf
 from vitkit.weights.native import save_pretrained
@@ -60,7 +62,9 @@ def export_model(model: VisionTransformer, destination: str | Path, *, to: Expor
     state dict file (.safetensors, .pth, ...) for "timm", an .npz file for "npz".
 
     A format that cannot express the model raises CheckpointError with its one reason and the
-    formats that can (`holding_formats`), and writes nothing."""
+    formats that can (`holding_formats`), and writes nothing. The class names, where the model
+    has them, go into the format's own field (vitkit, hf) or, for the parameters-only formats
+    (timm, npz), into a labels file beside the weights (`class_names.labels_file`)."""
     if to not in WRITERS:
         raise CheckpointError(f"unknown export format {to!r}; expected {', '.join(WRITERS)}")
     destination = Path(destination)
@@ -73,6 +77,12 @@ def export_model(model: VisionTransformer, destination: str | Path, *, to: Expor
     if to in ("timm", "npz") and destination.is_dir():
         raise CheckpointError(f"{destination}: is a directory; a {to} export is one file")
     try:
-        return WRITERS[to](model, destination)
+        labels = None  # checked before anything is written
+        if to in ("timm", "npz") and (names := model_class_names(model)):
+            labels = labels_text(names)
+        written = WRITERS[to](model, destination)
     except CheckpointError as error:
         raise CheckpointError(f"{where}: {error}") from None
+    if labels is not None:
+        atomic_write_text(labels_file(written), labels)
+    return written

@@ -22,7 +22,7 @@ from vitkit.errors import CheckpointError, ConfigError
 from vitkit.models.config import ViTConfig, as_pair
 from vitkit.models.pos_embed import resize_pos_embed
 from vitkit.models.vit import VisionTransformer
-from vitkit.weights.class_names import ClassNames
+from vitkit.weights.class_names import ClassNames, labels_file, read_labels
 from vitkit.weights.files import read_json_object, read_state_dict, torch_load, unwrap_state_dict
 from vitkit.weights.google import google_to_vitkit, read_npz
 from vitkit.weights.hf import HF_FIELD_NAMES, class_names_from_hf, hf_to_vitkit
@@ -92,12 +92,18 @@ def _read(path: Path, format: Format, num_heads: int | None) -> _Checkpoint:
     """The checkpoint at `path` in `format`, converted to vitkit's config and names."""
     inferred = dict(config_source="the config its shapes give", weights_source=path.name)
     if format == "npz":
-        return _Checkpoint(*google_to_vitkit(read_npz(path)), **inferred)
-    if format == "timm":
-        return _Checkpoint(*timm_to_vitkit(read_state_dict(path), num_heads=num_heads), **inferred)
-    if format == "torchvision":
+        checkpoint = _Checkpoint(*google_to_vitkit(read_npz(path)), **inferred)
+    elif format == "timm":
         state = read_state_dict(path)
-        return _Checkpoint(*torchvision_to_vitkit(state, num_heads=num_heads), **inferred)
+        checkpoint = _Checkpoint(*timm_to_vitkit(state, num_heads=num_heads), **inferred)
+    elif format == "torchvision":
+        state = read_state_dict(path)
+        checkpoint = _Checkpoint(*torchvision_to_vitkit(state, num_heads=num_heads), **inferred)
+    if format in ("npz", "timm", "torchvision"):  # parameters only: names live beside the file
+        if (names := labels_file(path)).is_file():
+            read = read_labels(names, checkpoint.config.num_classes)
+            checkpoint = dataclasses.replace(checkpoint, class_names=read)
+        return checkpoint
     if format == "hf":
         weights = _hf_weights(path)
         preprocessor_file = path / "preprocessor_config.json"
