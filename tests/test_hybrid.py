@@ -342,6 +342,16 @@ def test_any_stage_layout_in_a_google_file_matches_timm(tmp_path: Path) -> None:
     print(f"\nGoogle-layout R(2,2) hybrid .npz: max |vitkit - timm| = {error:.3e}")
     assert error <= TOLERANCE
 
+    # The same timm model's own state dict, with its (2, 2) layout, loads too (timm's numerics).
+    save_file(randomise_(reference).state_dict(), tmp_path / "r22.safetensors")
+    from_timm = vitkit.load_model(tmp_path / "r22.safetensors", num_heads=SMALL["heads"])
+    assert from_timm.config.resnet_layers == (2, 2)
+    assert from_timm.config.resnet_numerics == "timm"
+    with torch.no_grad():
+        error = (from_timm(x) - reference(x)).abs().max().item()
+    print(f"timm R(2,2) hybrid state dict: max |vitkit - timm| = {error:.3e}")
+    assert error <= TOLERANCE
+
 
 def test_resnet_keys_without_root_match_no_hybrid(official_npz: Path, tmp_path: Path) -> None:
     arrays = dict(np.load(official_npz))

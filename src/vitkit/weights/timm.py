@@ -36,7 +36,6 @@ from torch import nn
 from vitkit.errors import CheckpointError
 from vitkit.io import atomic_write
 from vitkit.models.config import (
-    RESNET_LAYOUTS,
     VARIANTS,
     ViTConfig,
     as_pair,
@@ -97,10 +96,9 @@ def _resnet_fields(state: dict[str, torch.Tensor]) -> dict[str, object]:
         sorted(ids) != list(range(len(ids))) for ids in units.values()
     ):
         raise CheckpointError(f"ResNet stages or units are not numbered from 0 ({sorted(units)})")
+    # The file is the authority on its layout (timm's ResNetV2 takes any); ViTConfig checks that
+    # it is a sane one.
     layers = tuple(len(units[i]) for i in range(len(units)))
-    if layers not in RESNET_LAYOUTS:
-        known = ", ".join(f"{layout} ({name})" for layout, name in RESNET_LAYOUTS.items())
-        raise CheckpointError(f"unknown ResNet stage layout {layers}; known: {known}")
     resnet_width = require_shape(state, root, 4)[0]
     return dict(resnet_layers=layers, resnet_width=resnet_width, resnet_numerics="timm")
 
