@@ -129,8 +129,8 @@ HOLD_LOCK = textwrap.dedent(
     """
     import sys, time
     from pathlib import Path
-    from vitkit.training.run_dir import run_lock
-    with run_lock(Path(sys.argv[1])):
+    from vitkit.training.run_dir import RunDir
+    with RunDir(sys.argv[1]).locked():
         print("held", flush=True)
         time.sleep(600)
     """

@@ -1,7 +1,8 @@
 """`train(config, out_dir)`: one loop for pre-training and fine-tuning, that never loses work.
 
-The run directory holds everything: the resolved config (`train_config.json`), checkpoints (the
-last two), `metrics.jsonl`, and at the end `model.safetensors` + `config.json` (loadable with
+The run directory (`RunDir`, training/run_dir.py, which owns its files and the one-run lock)
+holds everything: the resolved config (`train_config.json`), checkpoints (the last two),
+`metrics.jsonl`, and at the end `model.safetensors` + `config.json` (loadable with
 `vitkit.load_model(out_dir)`), `summary.json` and `curves.png`. Running the same command again
 resumes from the newest readable checkpoint and ends with the same weights, bit for bit on a
 CPU, as a run that was never interrupted: the checkpoint holds the model, optimizer, EMA, loss
@@ -51,7 +52,6 @@ from vitkit.data.sources import open_dataset, open_train_test
 from vitkit.data.transforms import AugmentConfig, TrainAugment
 from vitkit.errors import TrainingError
 from vitkit.evaluation.accuracy import top1_counts
-from vitkit.io import atomic_write_json, atomic_write_text
 from vitkit.models.config import ViTConfig
 from vitkit.models.vit import VisionTransformer, create_model
 from vitkit.training import parallel
@@ -63,13 +63,11 @@ from vitkit.training.checkpoint import (
 )
 from vitkit.training.config import (
     ARCHITECTURE_FIELDS,
-    EXECUTION_FIELDS,
-    FORCEABLE_FIELDS,
     TrainConfig,
 )
 from vitkit.training.distributed import Launch, World, launch, lost_peer, process_group
 from vitkit.training.optim import build_optimizer, clip_gradients
-from vitkit.training.run_dir import run_lock
+from vitkit.training.run_dir import RunDir
 from vitkit.training.schedule import learning_rate
 from vitkit.weights.load import load_model
 from vitkit.weights.native import save_pretrained
@@ -200,7 +198,7 @@ class _Run:
     """What one training run needs at every step."""
 
     config: TrainConfig
-    out_dir: Path
+    run_dir: RunDir
     device: torch.device
     model: VisionTransformer
     optimizer: torch.optim.Optimizer
@@ -304,8 +302,8 @@ class _Run:
                 if not math.isfinite(value):
                     raise TrainingError(
                         f"the loss became {value} at step {self.step}; stopping (learning rate "
-                        f"{lr:.3g}). The checkpoints in {self.out_dir / 'checkpoints'} hold the "
-                        "last finite state: lower lr or raise warmup_steps and run again"
+                        f"{lr:.3g}). The checkpoints in {self.run_dir.path / 'checkpoints'} hold "
+                        "the last finite state: lower lr or raise warmup_steps and run again"
                     )
                 total_loss += value
                 (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
@@ -366,53 +364,6 @@ def _steps_from_length(config: TrainConfig, train_steps_per_epoch: int) -> int |
     return None
 
 
-def _read_saved_config(out_dir: Path) -> dict[str, Any] | None:
-    """train_config.json of the run in `out_dir`, or None when it has none."""
-    path = out_dir / "train_config.json"
-    if not path.exists():
-        return None
-    try:
-        saved = json.loads(path.read_text())
-        total, warmup = saved.get("total_steps"), saved.get("warmup_steps", 0)
-        if not isinstance(saved.get("requested"), dict) or not all(
-            isinstance(value, int) and value >= 0 for value in (total, warmup)
-        ):
-            raise ValueError("no requested config, or no step counts")
-    except (OSError, ValueError, AttributeError) as error:
-        raise TrainingError(
-            f"{path}: unreadable ({error}); this file records the run in {out_dir}: restore it, "
-            "or train in another --out"
-        ) from None
-    return saved
-
-
-def _config_changes(
-    out_dir: Path, saved: dict[str, Any], config: TrainConfig, *, force: bool
-) -> dict[str, tuple[Any, Any]]:
-    """The fields `config` changes against the run saved in `out_dir`, as {field: (saved,
-    requested)}, EXECUTION_FIELDS aside. Refused unless forced, and fields outside
-    FORCEABLE_FIELDS always (the checkpoints fit only their saved values)."""
-    requested = json.loads(json.dumps(dataclasses.asdict(config)))  # as JSON would give it back
-    changes = {
-        key: (saved["requested"].get(key), value)
-        for key, value in requested.items()
-        if key not in EXECUTION_FIELDS and saved["requested"].get(key) != value
-    }
-    if changes and not force:
-        raise TrainingError(
-            f"{out_dir} holds a run with another config (changed: {', '.join(sorted(changes))}); "
-            "use another --out, or --force to resume it with the new values"
-        )
-    if fixed := sorted(set(changes) - FORCEABLE_FIELDS):
-        raise TrainingError(
-            f"{out_dir} holds a run with another config, and --force cannot change "
-            f"{', '.join(fixed)}: the run's checkpoints fit only the saved value(s); train in "
-            "another --out (with init= this run to start from its weights). --force may change: "
-            f"{', '.join(sorted(FORCEABLE_FIELDS))}"
-        )
-    return changes
-
-
 def _replan_resumed(run: _Run, changed: Collection[str], train_steps_per_epoch: int) -> None:
     """Re-plan a resumed run whose length or warm-up fields `changed` (by --force, or all of
     them when the folder lost its train_config.json). A time budget is turned into steps at the
@@ -425,7 +376,7 @@ def _replan_resumed(run: _Run, changed: Collection[str], train_steps_per_epoch: 
             total = max(run.step, int(config.budget_seconds / seconds_per_step))
         if total < run.step:
             raise TrainingError(
-                f"{run.out_dir} is at step {run.step} already; the forced length asks for "
+                f"{run.run_dir} is at step {run.step} already; the forced length asks for "
                 f"{total} steps in all"
             )
         run.total_steps = total
@@ -436,14 +387,14 @@ def _replan_resumed(run: _Run, changed: Collection[str], train_steps_per_epoch: 
 def train(config: TrainConfig, out_dir: str | Path, *, force: bool = False) -> dict[str, Any]:
     """Train (or resume training) in `out_dir`; returns the summary also written there. Under
     torchrun, every process calls this with the same arguments."""
-    out_dir = Path(out_dir)
+    run_dir = RunDir(out_dir)
     launched = launch()
     device = resolve_device(config.device, launched)
     timeout = config.dist_timeout_seconds
     with process_group(launched, device=device, timeout_seconds=timeout) as world:
         try:
-            with _held_by_this_job(out_dir, world):
-                return _train(config, out_dir, force=force, device=device, world=world)
+            with _held_by_this_job(run_dir, world):
+                return _train(config, run_dir, force=force, device=device, world=world)
         except TrainingError:
             raise
         except Exception as error:
@@ -456,70 +407,34 @@ def train(config: TrainConfig, out_dir: str | Path, *, force: bool = False) -> d
                 f"process {world.rank} of {world.size} lost contact with the others ({reason}). "
                 f"Another process died or hangs: each waits at most dist_timeout_seconds="
                 f"{timeout:g} s for the others; its own log says why it stopped. Running the same "
-                f"command again resumes from the last checkpoint in {out_dir / 'checkpoints'}"
+                f"command again resumes from the last checkpoint in {run_dir.path / 'checkpoints'}"
             ) from error
 
 
 @contextlib.contextmanager
-def _held_by_this_job(out_dir: Path, world: World) -> Iterator[None]:
-    """Create `out_dir` and hold its run lock (rank 0, for the whole job) while the block runs;
-    every process learns whether the lock was had, so that all stop together when it was not."""
-    with _disk_errors(out_dir), contextlib.ExitStack() as stack:
+def _held_by_this_job(run_dir: RunDir, world: World) -> Iterator[None]:
+    """Rank 0 holds the run lock for the whole job; every process learns whether it was had, so
+    that all stop together when it was not."""
+    with contextlib.ExitStack() as stack:
         refusal = None
         if world.is_main:
-            out_dir.mkdir(parents=True, exist_ok=True)
             try:
-                stack.enter_context(run_lock(out_dir))
+                stack.enter_context(run_dir.locked())
             except TrainingError as error:
                 refusal = str(error)
         if refusal := world.broadcast(refusal):
             raise TrainingError(refusal)
-        out_dir.mkdir(parents=True, exist_ok=True)
+        with run_dir.writing():
+            run_dir.path.mkdir(parents=True, exist_ok=True)
         yield
-
-
-@contextlib.contextmanager
-def _disk_errors(out_dir: Path) -> Iterator[None]:
-    """Turn a failed write in the run directory (a full disk, a read-only folder, a quota) into
-    a TrainingError that says so and which checkpoints are intact (writes are atomic)."""
-    try:
-        yield
-    except OSError as error:
-        steps = saved_steps(out_dir) if out_dir.is_dir() else []
-        kept = (
-            f"the checkpoints saved before it (last: step {steps[-1]}) are intact"
-            if steps
-            else "no checkpoint had been saved yet"
-        )
-        where = f" ({error.filename})" if error.filename else ""
-        raise TrainingError(
-            f"cannot write to {out_dir}: {error.strerror or error}{where}; {kept}. Free space or "
-            "make the folder writable, then run the same command to resume"
-        ) from error
-
-
-def _write_config(out_dir: Path, config: TrainConfig, run: _Run, forced: list[dict]) -> None:
-    """train_config.json: the config, the architecture trained (its ViTConfig fields), the step
-    plan (the one record of it: rewritten when a budgeted run re-plans) and every --force
-    change."""
-    record: dict[str, Any] = {
-        "requested": dataclasses.asdict(config),
-        # What was built: from `model` or, with `init`, from the checkpoint.
-        "architecture": dataclasses.asdict(run.model.config),
-        "total_steps": run.total_steps,
-        "warmup_steps": run.warmup_steps,
-    }
-    if forced:
-        record["forced"] = forced
-    with _disk_errors(out_dir):
-        atomic_write_json(out_dir / "train_config.json", record)
 
 
 def _train(
-    config: TrainConfig, out_dir: Path, *, force: bool, device: torch.device, world: World
+    config: TrainConfig, run_dir: RunDir, *, force: bool, device: torch.device, world: World
 ) -> dict[str, Any]:
-    saved = _read_saved_config(out_dir)
-    changes = _config_changes(out_dir, saved, config, force=force) if saved else {}
+    out_dir = run_dir.path
+    saved = run_dir.saved_config()
+    changes = run_dir.config_changes(saved, config, force=force) if saved else {}
 
     if config.test_split:
         train_set, test_set = open_train_test(
@@ -573,7 +488,7 @@ def _train(
         world_size=world.size,
     )
     run = _Run(
-        config, out_dir, device, model, optimizer, ema, scaler, augment, loader, test_set,
+        config, run_dir, device, model, optimizer, ema, scaler, augment, loader, test_set,
         total_steps=0, micro_batches=micro_batches, world=world,
     )  # fmt: skip
 
@@ -588,22 +503,21 @@ def _train(
             run.warmup_steps = saved.get("warmup_steps", config.warmup_for(run.total_steps))
         replanned = changes.keys() if saved else LENGTH_FIELDS
         _replan_resumed(run, replanned, _steps_per_epoch(train_set, config))
-        summary_path = out_dir / "summary.json"
-        if run.step >= run.total_steps and summary_path.exists():
+        if run.step >= run.total_steps and (summary := run_dir.summary()) is not None:
             if world.is_main:
                 print(f"{out_dir}: this run is complete ({run.step} steps)")
-            return json.loads(summary_path.read_text())
+            return summary
         if world.is_main:
             print(f"resuming from {path} (step {run.step} of {run.total_steps})")
             if changes:
                 described = ", ".join(f"{key} {a!r} -> {b!r}" for key, (a, b) in changes.items())
                 print(f"with the changes --force allows: {described}")
                 record = {"at_step": run.step, "changed": {k: list(v) for k, v in changes.items()}}
-                _write_config(out_dir, config, run, [*saved.get("forced", []), record])
-            _truncate_metrics(out_dir / "metrics.jsonl", run.step)
+                _write_config(run, forced=[*saved.get("forced", []), record])
+            run_dir.truncate_metrics(run.step)
     else:
         if world.is_main:
-            _truncate_metrics(out_dir / "metrics.jsonl", 0)
+            run_dir.truncate_metrics(0)
 
         def new_model() -> tuple[VisionTransformer, nn.Module]:
             trial = build_model(config, num_classes=num_classes).to(device)
@@ -612,18 +526,20 @@ def _train(
         run.total_steps = _plan_steps(run, new_model, _steps_per_epoch(train_set, config))
         run.warmup_steps = config.warmup_for(run.total_steps)
         if world.is_main:
-            _write_config(out_dir, config, run, forced=[])
+            _write_config(run, forced=[])
         torch.manual_seed(config.seed + 1)  # the augmentation stream, apart from the init's
     return _loop(run, forward)
 
 
-def _record_plan(run: _Run) -> None:
-    """Write a re-planned step count into train_config.json, keeping the rest of it."""
-    path = run.out_dir / "train_config.json"
-    record = json.loads(path.read_text())
-    record["total_steps"] = run.total_steps
-    with _disk_errors(run.out_dir):
-        atomic_write_json(path, record)
+def _write_config(run: _Run, *, forced: list[dict[str, Any]]) -> None:
+    """train_config.json for this run's config, architecture and plan (see RunDir)."""
+    run.run_dir.write_config(
+        run.config,
+        run.model.config,
+        total_steps=run.total_steps,
+        warmup_steps=run.warmup_steps,
+        forced=forced,
+    )
 
 
 def _check_same_checkpoint(world: World, out_dir: Path, name: str | None) -> None:
@@ -638,38 +554,22 @@ def _check_same_checkpoint(world: World, out_dir: Path, name: str | None) -> Non
         )
 
 
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop metric lines a killed process wrote after the checkpoint it resumes from (and a
-    half-written last line)."""
-    if not path.exists():
-        return
-    kept = []
-    for line in path.read_text().splitlines():
-        try:
-            if json.loads(line)["step"] <= step:
-                kept.append(line)
-        except (ValueError, KeyError, TypeError):
-            continue
-    with _disk_errors(path.parent):
-        atomic_write_text(path, "".join(line + "\n" for line in kept))
-
-
 def _checkpoint(run: _Run, started: float) -> None:
     """Rank 0 saves the full state (gathered from every rank under FSDP); the others wait."""
     run.elapsed += time.perf_counter() - started
     state = run.state()
     if run.world.is_main:
         try:
-            with _disk_errors(run.out_dir):
-                save_checkpoint(run.out_dir, run.step, state)
+            with run.run_dir.writing():
+                save_checkpoint(run.run_dir.path, run.step, state)
         except NonFiniteStateError as error:
-            steps = saved_steps(run.out_dir)
+            steps = saved_steps(run.run_dir.path)
             last = f"step {steps[-1]}" if steps else "none yet"
             raise TrainingError(
                 f"stopped at step {run.step}: the weights or optimizer state became NaN or inf "
-                f"({error.keys}). The checkpoints in "
-                f"{run.out_dir / 'checkpoints'} hold the last finite state ({last}): lower lr, "
-                "set grad_clip or raise warmup_steps and run again"
+                f"({error.keys}). The checkpoints in {run.run_dir.path / 'checkpoints'} hold the "
+                f"last finite state ({last}): lower lr, set grad_clip or raise warmup_steps and "
+                "run again"
             ) from None
     run.world.barrier()
 
@@ -691,33 +591,13 @@ def _replan(run: _Run, started: float) -> bool:
     return changed
 
 
-class _Metrics:
-    """metrics.jsonl, one JSON record a line, flushed at once so that a killed run keeps every
-    line it logged; only rank 0 writes it."""
-
-    def __init__(self, path: Path, *, enabled: bool) -> None:
-        self._path = path
-        with _disk_errors(path.parent):
-            self._file = path.open("a") if enabled else None
-
-    def write(self, record: dict[str, Any]) -> None:
-        if self._file is not None:
-            with _disk_errors(self._path.parent):
-                self._file.write(json.dumps(record) + "\n")
-                self._file.flush()
-
-    def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-
-
 def _loop(run: _Run, forward: nn.Module) -> dict[str, Any]:
-    config, out_dir, world = run.config, run.out_dir, run.world
+    config, world = run.config, run.world
     stop = _StopRequest()
     # Under torchrun, Ctrl-C reaches every process and torchrun ends the job: the same command
     # then resumes from the last checkpoint. Only a single process turns it into a clean stop.
     stop_on_ctrl_c = contextlib.nullcontext() if world.distributed else stop.installed()
-    metrics = _Metrics(out_dir / "metrics.jsonl", enabled=world.is_main)
+    metrics = run.run_dir.metrics(enabled=world.is_main)
     started = time.perf_counter()
     window_start, window_images = time.perf_counter(), 0
     batches = run.batches()
@@ -749,7 +629,7 @@ def _loop(run: _Run, forward: nn.Module) -> dict[str, Any]:
                         progress.total = run.total_steps
                         progress.refresh()
                         if world.is_main:
-                            _record_plan(run)
+                            run.run_dir.record_plan(run.total_steps)
                     _checkpoint(run, started)
                     started = time.perf_counter()
                 if stop.requested:
@@ -801,13 +681,14 @@ def _finish(run: _Run) -> dict[str, Any]:
         summary["eval_seconds"] = round(time.perf_counter() - start, 1)
     if not run.world.is_main:
         return summary
-    with _disk_errors(run.out_dir):
-        if run.test is not None:
-            with (run.out_dir / "metrics.jsonl").open("a") as metrics:
-                metrics.write(json.dumps({"step": run.step, "top1": summary["top1"]}) + "\n")
-        save_pretrained(final.cpu(), run.out_dir, class_names=run.loader.dataset.classes)
-        atomic_write_json(run.out_dir / "summary.json", summary)
-        _plot_curves(run.out_dir)
+    if run.test is not None:
+        metrics = run.run_dir.metrics(enabled=True)
+        metrics.write({"step": run.step, "top1": summary["top1"]})
+        metrics.close()
+    with run.run_dir.writing():
+        save_pretrained(final.cpu(), run.run_dir.path, class_names=run.loader.dataset.classes)
+        _plot_curves(run.run_dir.path)
+    run.run_dir.write_summary(summary)
     return summary
 
 

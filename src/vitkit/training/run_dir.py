@@ -1,44 +1,220 @@
-"""One run per output folder: an exclusive lock on the run directory.
+"""`RunDir`: the files of one training run, each written in one place.
 
-Two training processes writing one folder interleave their checkpoints and metrics (one dies on a
-file the other pruned; metrics.jsonl ends out of order). So a run holds `run.lock` in its folder
-for as long as it trains: an advisory `flock` that the operating system releases when the process
-exits, however it exits, so a lock left by a crashed or killed run is never stale: the next run
-simply takes it. The file records the holder's pid and host so that the refusal can name them.
+A run directory holds `train_config.json` (the config, the architecture trained, the step plan
+and every `--force` change: the one record of the plan), `metrics.jsonl`, `summary.json`,
+`curves.png`, the checkpoints (training.checkpoint) and the final weights (weights.native).
+
+One run per folder: two processes writing one folder would interleave their checkpoints and
+metrics, so a run holds `run.lock` for as long as it trains: an advisory `flock` that the
+operating system releases when the process exits, however it exits, so a lock left by a crashed
+or killed run is never stale. The file records the holder's pid and host so that the refusal can
+name them.
+
+A failed write (a full disk, a read-only folder, a quota) becomes a TrainingError saying so and
+which checkpoints are intact: every write is atomic, so the checkpoints before it are.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
+import json
 import os
 import socket
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, TextIO
 
 from vitkit.errors import TrainingError
+from vitkit.io import atomic_write_json, atomic_write_text
+from vitkit.models.config import ViTConfig
+from vitkit.training.checkpoint import saved_steps
+from vitkit.training.config import EXECUTION_FIELDS, FORCEABLE_FIELDS, TrainConfig
 
 LOCK_NAME = "run.lock"
+CONFIG_NAME = "train_config.json"
+METRICS_NAME = "metrics.jsonl"
+SUMMARY_NAME = "summary.json"
 
 
-@contextlib.contextmanager
-def run_lock(out_dir: Path) -> Iterator[None]:
-    """Hold `out_dir`'s run lock while the block runs; TrainingError naming the holder's pid when
-    another live process holds it."""
-    path = Path(out_dir) / LOCK_NAME
-    # Opened without truncating: the holder's pid must stay readable until we own the lock.
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
+class RunDir:
+    """The folder of one run and the files in it (see the module docstring)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[None]:
+        """Turn a failed write into a TrainingError naming the intact checkpoints."""
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
+            yield
+        except OSError as error:
+            steps = saved_steps(self.path) if self.path.is_dir() else []
+            kept = (
+                f"the checkpoints saved before it (last: step {steps[-1]}) are intact"
+                if steps
+                else "no checkpoint had been saved yet"
+            )
+            where = f" ({error.filename})" if error.filename else ""
             raise TrainingError(
-                f"{out_dir} is in use by another training run ({holder}); wait for it to end, or "
-                "choose another --out"
+                f"cannot write to {self.path}: {error.strerror or error}{where}; {kept}. Free "
+                "space or make the folder writable, then run the same command to resume"
+            ) from error
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Create the folder and hold its run lock while the block runs; TrainingError naming the
+        holder's pid when another live process holds it."""
+        with self.writing():
+            self.path.mkdir(parents=True, exist_ok=True)
+            # Opened without truncating: the holder's pid must stay readable until we own it.
+            fd = os.open(self.path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
+                raise TrainingError(
+                    f"{self.path} is in use by another training run ({holder}); wait for it to "
+                    "end, or choose another --out"
+                ) from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+            yield
+        finally:
+            os.close(fd)  # closing releases the lock
+
+    # --- train_config.json -----------------------------------------------------------------
+
+    def saved_config(self) -> dict[str, Any] | None:
+        """train_config.json, or None when the folder holds no run yet."""
+        path = self.path / CONFIG_NAME
+        if not path.exists():
+            return None
+        try:
+            saved = json.loads(path.read_text())
+            total, warmup = saved.get("total_steps"), saved.get("warmup_steps", 0)
+            if not isinstance(saved.get("requested"), dict) or not all(
+                isinstance(value, int) and value >= 0 for value in (total, warmup)
+            ):
+                raise ValueError("no requested config, or no step counts")
+        except (OSError, ValueError, AttributeError) as error:
+            raise TrainingError(
+                f"{path}: unreadable ({error}); this file records the run in {self.path}: "
+                "restore it, or train in another --out"
             ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
-        yield
-    finally:
-        os.close(fd)  # closing releases the lock
+        return saved
+
+    def config_changes(
+        self, saved: dict[str, Any], config: TrainConfig, *, force: bool
+    ) -> dict[str, tuple[Any, Any]]:
+        """The fields `config` changes against the saved run, as {field: (saved, requested)},
+        EXECUTION_FIELDS aside. Refused unless forced, and fields outside FORCEABLE_FIELDS
+        always (the checkpoints fit only their saved values)."""
+        requested = json.loads(json.dumps(dataclasses.asdict(config)))  # as JSON gives it back
+        changes = {
+            key: (saved["requested"].get(key), value)
+            for key, value in requested.items()
+            if key not in EXECUTION_FIELDS and saved["requested"].get(key) != value
+        }
+        if changes and not force:
+            raise TrainingError(
+                f"{self.path} holds a run with another config (changed: "
+                f"{', '.join(sorted(changes))}); use another --out, or --force to resume it with "
+                "the new values"
+            )
+        if fixed := sorted(set(changes) - FORCEABLE_FIELDS):
+            raise TrainingError(
+                f"{self.path} holds a run with another config, and --force cannot change "
+                f"{', '.join(fixed)}: the run's checkpoints fit only the saved value(s); train "
+                "in another --out (with init= this run to start from its weights). --force may "
+                f"change: {', '.join(sorted(FORCEABLE_FIELDS))}"
+            )
+        return changes
+
+    def write_config(
+        self,
+        config: TrainConfig,
+        architecture: ViTConfig,
+        *,
+        total_steps: int,
+        warmup_steps: int,
+        forced: list[dict[str, Any]],
+    ) -> None:
+        """train_config.json: the config, the architecture trained (from `model` or, with
+        `init`, the checkpoint), the step plan and every --force change."""
+        record: dict[str, Any] = {
+            "requested": dataclasses.asdict(config),
+            "architecture": dataclasses.asdict(architecture),
+            "total_steps": total_steps,
+            "warmup_steps": warmup_steps,
+        }
+        if forced:
+            record["forced"] = forced
+        with self.writing():
+            atomic_write_json(self.path / CONFIG_NAME, record)
+
+    def record_plan(self, total_steps: int) -> None:
+        """Write a re-planned step count into train_config.json, keeping the rest of it."""
+        path = self.path / CONFIG_NAME
+        record = json.loads(path.read_text())
+        record["total_steps"] = total_steps
+        with self.writing():
+            atomic_write_json(path, record)
+
+    # --- metrics.jsonl and summary.json ------------------------------------------------------
+
+    def truncate_metrics(self, step: int) -> None:
+        """Drop metric lines a killed process wrote after the checkpoint it resumes from (and a
+        half-written last line)."""
+        path = self.path / METRICS_NAME
+        if not path.exists():
+            return
+        kept = []
+        for line in path.read_text().splitlines():
+            try:
+                if json.loads(line)["step"] <= step:
+                    kept.append(line)
+            except (ValueError, KeyError, TypeError):
+                continue
+        with self.writing():
+            atomic_write_text(path, "".join(line + "\n" for line in kept))
+
+    def metrics(self, *, enabled: bool) -> Metrics:
+        """The metrics.jsonl writer (a no-op where `enabled` is False: ranks other than 0)."""
+        return Metrics(self, enabled=enabled)
+
+    def summary(self) -> dict[str, Any] | None:
+        """summary.json of a finished run, or None."""
+        path = self.path / SUMMARY_NAME
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        with self.writing():
+            atomic_write_json(self.path / SUMMARY_NAME, summary)
+
+
+class Metrics:
+    """metrics.jsonl, one JSON record a line, flushed at once so that a killed run keeps every
+    line it logged."""
+
+    def __init__(self, run_dir: RunDir, *, enabled: bool) -> None:
+        self._run_dir = run_dir
+        self._file: TextIO | None = None
+        if enabled:
+            with run_dir.writing():
+                self._file = (run_dir.path / METRICS_NAME).open("a")
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self._file is not None:
+            with self._run_dir.writing():
+                self._file.write(json.dumps(record) + "\n")
+                self._file.flush()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
