@@ -28,7 +28,6 @@ keeps its single checkpointed stream, as above.)
 from __future__ import annotations
 
 import contextlib
-import copy
 import dataclasses
 import json
 import math
@@ -335,23 +334,31 @@ def _plan_steps(
     train_steps_per_epoch: int,
 ) -> int:
     """Total optimizer steps: given, from epochs, or from budget_seconds by timing a few steps of
-    a throw-away model, `new_model()` = (model, forward) prepared like the real one (the real
-    model and RNG streams are left untouched); with several processes, rank 0's plan."""
+    throw-away state: a model from `new_model()` = (model, forward) prepared like the real one,
+    its own optimizer and loss scaler, and the CPU and GPU random streams forked, so that the
+    real run starts exactly as it would without the measurement; with several processes, rank
+    0's plan."""
     config = run.config
     if total := _steps_from_length(config, train_steps_per_epoch):
         return total
-    rng = torch.get_rng_state()
-    trial = copy.copy(run)
-    trial.model, trial_forward = new_model()
-    trial.optimizer = build_optimizer(trial.model, config)
-    trial.ema, trial.total_steps, trial.step = None, 1, 0
-    batches = trial.batches()
-    trial.train_step(*next(batches), trial_forward)  # warm-up: allocation, compilation
-    start = time.perf_counter()
-    for _ in range(CALIBRATION_STEPS):
-        trial.train_step(*next(batches), trial_forward)
-    seconds_per_step = (time.perf_counter() - start) / CALIBRATION_STEPS
-    torch.set_rng_state(rng)
+    gpus = [run.device] if run.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=gpus):
+        model, forward = new_model()
+        trial = dataclasses.replace(
+            run,
+            model=model,
+            optimizer=build_optimizer(model, config),
+            ema=None,
+            scaler=torch.amp.GradScaler(run.device.type) if run.scaler is not None else None,
+            total_steps=1,
+            step=0,
+        )
+        batches = trial.batches()
+        trial.train_step(*next(batches), forward)  # warm-up: allocation, compilation
+        start = time.perf_counter()
+        for _ in range(CALIBRATION_STEPS):
+            trial.train_step(*next(batches), forward)
+        seconds_per_step = (time.perf_counter() - start) / CALIBRATION_STEPS
     return run.world.broadcast(max(1, int(config.budget_seconds / seconds_per_step)))
 
 
@@ -623,7 +630,11 @@ def _loop(run: _Run, forward: nn.Module) -> dict[str, Any]:
                     window_start, window_images = time.perf_counter(), 0
                 progress.update(1)
                 if config.eval_every and run.step % config.eval_every == 0 and run.test is not None:
+                    paused = time.perf_counter()
                     metrics.write({"step": run.step, "top1": _evaluate(run, run.model)})
+                    # Evaluation is not training time: neither the budget nor img/s count it.
+                    paused = time.perf_counter() - paused
+                    started, window_start = started + paused, window_start + paused
                 if run.step % config.checkpoint_every == 0 or stop.requested:
                     if _replan(run, started):
                         progress.total = run.total_steps
