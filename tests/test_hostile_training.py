@@ -303,7 +303,8 @@ def test_init_decides_the_architecture_and_train_config_records_it(
     finetuned = tmp_path / "finetuned"
     train(tiny(image_tree, steps=2, init=str(pretrained), resolution=32), finetuned)
     assert (
-        "the architecture is init's (width 64, depth 2, 4 heads, patch 8, gap pooling); not used: "
+        "the architecture is init's (width 64, depth 2, 4 heads, patch 8, 32x32 px, gap pooling); "
+        "not used: "
         "model='ViT-Test/8', representation_size=0, classifier='token'"
     ) in capsys.readouterr().err
     saved = json.loads((finetuned / "train_config.json").read_text())

@@ -49,10 +49,7 @@ def figures_for_dataset(
         preprocessing=preprocessing,
         titles=[dataset.classes[label] for label in dataset.labels[order]],
         shown=shown,
-        description=f"{label}: width {config.width}, depth {config.depth}, "
-        f"{config.num_heads} heads, patch {config.patch_size}, "
-        f"{config.img_size[0]}x{config.img_size[1]} px, classifier {config.classifier}; "
-        f"{len(order)} images.",
+        description=f"{label}: {config.describe()}; {len(order)} images.",
     )
 
 

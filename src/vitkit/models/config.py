@@ -136,6 +136,16 @@ class ViTConfig:
         for name, value in checked_fields(fields).items():
             object.__setattr__(self, name, value)
 
+    def describe(self) -> str:
+        """The architecture in one phrase, for logs and captions: width, depth, heads, patch,
+        resolution, pooling and, for hybrids, the ResNet stages."""
+        stem = f", ResNet stages {self.resnet_layers}" if self.is_hybrid else ""
+        return (
+            f"width {self.width}, depth {self.depth}, {self.num_heads} heads, patch "
+            f"{self.patch_size}, {self.img_size[0]}x{self.img_size[1]} px, {self.classifier} "
+            f"pooling{stem}"
+        )
+
     @property
     def is_hybrid(self) -> bool:
         return self.resnet_layers is not None

@@ -121,15 +121,6 @@ def build_model(config: TrainConfig, num_classes: int) -> VisionTransformer:
     return model
 
 
-def _describe(config: ViTConfig) -> str:
-    """A model's architecture in one phrase: width, depth, heads, patch, pooling, stem."""
-    stem = f", ResNet stages {config.resnet_layers}" if config.is_hybrid else ""
-    return (
-        f"width {config.width}, depth {config.depth}, {config.num_heads} heads, patch "
-        f"{config.patch_size}, {config.classifier} pooling{stem}"
-    )
-
-
 def build_augment(
     config: TrainConfig, model_config: ViTConfig, *, num_classes: int
 ) -> TrainAugment:
@@ -469,7 +460,7 @@ def _train(
     if config.init and world.is_main:
         ignored = ", ".join(f"{name}={getattr(config, name)!r}" for name in ARCHITECTURE_FIELDS)
         print(
-            f"the architecture is init's ({_describe(model_config)}); not used: {ignored}",
+            f"the architecture is init's ({model_config.describe()}); not used: {ignored}",
             file=sys.stderr,
         )
     ema = None
