@@ -16,9 +16,8 @@ from vitkit.cli.arguments import positive_int
 from vitkit.weights import load_model
 from vitkit.weights.class_names import labels_file
 from vitkit.weights.export import WRITERS, export_model
+from vitkit.weights.load import PARAMETERS_ONLY, SOURCE_FORMATS
 from vitkit.weights.timm import timm_create_model_call
-
-SOURCE_FORMATS = ("npz", "timm", "hf", "torchvision", "vitkit")
 
 
 def _progress(message: str, started: float) -> None:
@@ -36,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     written = export_model(model, args.destination, to=args.to)
     _progress("done", started)
     print(f"wrote {written} ({args.to})")
-    if model.class_names and args.to in ("timm", "npz"):  # parameters only: names beside them
+    if model.class_names and args.to in PARAMETERS_ONLY:  # names beside the weights
         print(f"wrote {labels_file(written)} (the {len(model.class_names)} class names)")
     if args.to == "timm":  # a state dict records no architecture: say how to build the model
         print(f"build it with: {timm_create_model_call(model.config, path=written)}")

@@ -8,27 +8,51 @@ images (N, C, H, W)
 
 Every convolution is weight-standardised on each forward pass, GroupNorm has 32 groups, and the
 strided ops pad as TensorFlow's 'SAME' (asymmetric for even sizes: the extra row and column at the
-bottom/right), which PyTorch's symmetric padding does not reproduce. Two numerics exist:
-"google" (std + 1e-5 outside the square root, GroupNorm eps 1e-6) and "timm" (sqrt(var + 1e-8),
-GroupNorm eps 1e-5, as timm's hybrid ViTs compute). Module names follow timm's ResNetV2.
+bottom/right), which PyTorch's symmetric padding does not reproduce. Two numerics exist,
+"google" (vit_jax's) and "timm" (timm's hybrid ViTs'), which differ in their eps only: `NUMERICS`
+holds them, the one place the converters read them from. Module names follow timm's ResNetV2.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-ResNetNumerics = Literal["google", "timm"]
-# (weight-standardisation eps, whether it sits inside the square root, GroupNorm eps)
-_NUMERICS: dict[str, tuple[float, bool, float]] = {
-    "google": (1e-5, False, 1e-6),
-    "timm": (1e-8, True, 1e-5),
+from vitkit.models.config import ResNetNumerics
+
+
+class Numerics(NamedTuple):
+    """How one ResNet numerics standardises kernels and normalises features: the eps values a
+    checkpoint cannot record, so that its reader and writer must know them."""
+
+    ws_eps: float  # weight standardisation's eps
+    ws_eps_in_sqrt: bool  # (w - mean) / sqrt(var + eps) if True, else (w - mean) / (std + eps)
+    group_norm_eps: float
+
+    def describe(self) -> str:
+        """The numerics in words, for errors that must say what a format's code computes."""
+        eps = _eps(self.ws_eps)
+        scale = f"sqrt(var + {eps})" if self.ws_eps_in_sqrt else f"(std + {eps})"
+        return (
+            f"weight standardisation as (w - mean) / {scale} and GroupNorm with eps "
+            f"{_eps(self.group_norm_eps)}"
+        )
+
+
+NUMERICS: dict[ResNetNumerics, Numerics] = {
+    "google": Numerics(ws_eps=1e-5, ws_eps_in_sqrt=False, group_norm_eps=1e-6),  # vit_jax
+    "timm": Numerics(ws_eps=1e-8, ws_eps_in_sqrt=True, group_norm_eps=1e-5),  # StdConv2dSame
 }
 GROUPS = 32
+
+
+def _eps(value: float) -> str:
+    """An eps as people write it: 1e-5, not Python's 1e-05."""
+    return f"{value:.0e}".replace("e-0", "e-")
 
 
 def pad_same(x: torch.Tensor, kernel: int, stride: int, value: float = 0.0) -> torch.Tensor:
@@ -49,7 +73,7 @@ class StdConv2d(nn.Conv2d):
         self, in_chans: int, out_chans: int, kernel: int, *, stride: int = 1, numerics: str
     ):
         super().__init__(in_chans, out_chans, kernel, stride=stride, bias=False)
-        self.eps, self.eps_in_sqrt, _ = _NUMERICS[numerics]
+        self.eps, self.eps_in_sqrt, _ = NUMERICS[numerics]
 
     def standardised_weight(self) -> torch.Tensor:
         weight = self.weight  # (out, in, k, k)
@@ -66,7 +90,7 @@ class StdConv2d(nn.Conv2d):
 
 
 def _group_norm(chans: int, numerics: str) -> nn.GroupNorm:
-    return nn.GroupNorm(GROUPS, chans, eps=_NUMERICS[numerics][2])
+    return nn.GroupNorm(GROUPS, chans, eps=NUMERICS[numerics].group_norm_eps)
 
 
 class Projection(nn.Module):

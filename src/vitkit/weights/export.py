@@ -23,6 +23,7 @@ from vitkit.models.vit import VisionTransformer
 from vitkit.weights.class_names import labels_file, labels_text, model_class_names
 from vitkit.weights.google import google_refusal, write_npz
 from vitkit.weights.hf import hf_refusal, write_hf
+from vitkit.weights.load import PARAMETERS_ONLY
 from vitkit.weights.native import save_pretrained
 from vitkit.weights.timm import timm_model_kwargs, timm_model_name, write_timm
 
@@ -72,13 +73,13 @@ def export_model(model: VisionTransformer, destination: str | Path, *, to: Expor
     if problem := REFUSALS[to](model.config):
         advice = ", ".join(holding_formats(model.config))
         raise CheckpointError(f"{where}: {problem}; {HOLDING_FORMATS} {advice}")
-    if to in ("vitkit", "hf") and destination.exists() and not destination.is_dir():
+    if to not in PARAMETERS_ONLY and destination.exists() and not destination.is_dir():
         raise CheckpointError(f"{destination}: exists and is not a directory")
-    if to in ("timm", "npz") and destination.is_dir():
+    if to in PARAMETERS_ONLY and destination.is_dir():
         raise CheckpointError(f"{destination}: is a directory; a {to} export is one file")
     try:
         labels = None  # checked before anything is written
-        if to in ("timm", "npz") and (names := model_class_names(model)):
+        if to in PARAMETERS_ONLY and (names := model_class_names(model)):
             labels = labels_text(names)
         written = WRITERS[to](model, destination)
     except CheckpointError as error:

@@ -6,7 +6,9 @@ torch .pth, which is a zip) declares each member's inflated size in its director
 allocate that much: a few megabytes of deflated zeros can declare gigabytes, so the directory is
 checked against the archive's own size before any member is inflated. A state dict file is read
 without running code (safetensors, or torch.load(weights_only=True)) and must hold names mapped to
-dense tensors (whose dtypes are checked where they load: `state_dict.check_float_dtypes`).
+dense tensors (whose dtypes are checked where they load: `state_dict.check_float_dtypes`). What
+training code wraps around a state dict (a checkpoint's "model" entry, DDP's "module." prefix) is
+taken off here too.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ MAX_INFLATION = 100
 INFLATION_ALLOWANCE_BYTES = 64 << 20
 # Error texts of other libraries quoted in a vitkit error: the first line, at most this long.
 MAX_QUOTED_CHARS = 300
+# Prefixes that wrappers add to every key of a model's state dict (see `unwrap_key`).
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
 
 def one_line(error: BaseException) -> str:
@@ -110,6 +114,16 @@ def unwrap_state_dict(state: object) -> object:
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
             state = state[wrapper]
     return state
+
+
+def unwrap_key(key: str) -> str:
+    """A parameter's name without the prefixes that wrappers add to it when a wrapped model's
+    state dict is saved: DistributedDataParallel's "module." and torch.compile's "_orig_mod."
+    (in that order, as a compiled model wrapped in DDP names them). The formats whose files are
+    saved from training code (timm's, torchvision's) read their keys through it."""
+    for prefix in WRAPPER_PREFIXES:
+        key = key.removeprefix(prefix)
+    return key
 
 
 def _pickle_refusal(error: pickle.UnpicklingError) -> str:

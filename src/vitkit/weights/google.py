@@ -6,6 +6,8 @@ original release ("pre-linen": MultiHeadDotProductAttention_1, LayerNorm_2, MlpB
 Linen one of later releases such as AugReg (MultiHeadDotProductAttention_0, LayerNorm_1,
 MlpBlock_0). Both convert to the same vitkit state dict. The architecture is read from the
 shapes, and the numerics are Google's: tanh-GELU, LayerNorm eps 1e-6, "gap" after the final norm.
+Each parameter's two names, Google's shape and the change of layout between them are one row of
+`GOOGLE_KEYS`, which the reader, the writer and the shape check all follow.
 
 ResNet + ViT hybrids add vit_jax's `models_resnet` parameters at the top level: conv_root and
 gn_root, then block{i}/unit{j}/conv1..3, gn1..3 and, in each stage's first unit, conv_proj and
@@ -16,10 +18,11 @@ files, (1, 1, 1, C).
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 import zipfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from functools import partial
 from pathlib import Path
 from typing import NamedTuple, TypeVar
@@ -36,7 +39,9 @@ from vitkit.models.config import (
     resnet_channels,
     resnet_stride,
 )
+from vitkit.models.resnet import NUMERICS
 from vitkit.weights.files import check_inflation, one_line
+from vitkit.weights.key_maps import SAME, Entry, Row, Transform, fill, read_entries, write_entries
 from vitkit.weights.shapes import INDEX, Shaped, require_shape, square_side
 from vitkit.weights.state_dict import check_float_dtypes
 
@@ -54,7 +59,6 @@ _HYBRID_KEYS = ("conv_root/kernel", "gn_root/scale")
 _UNIT_KEY = re.compile(rf"block{INDEX}/unit{INDEX}/")
 _ENCODER_BLOCK = re.compile(rf"Transformer/encoderblock_{INDEX}/")
 _GROUP_NORM_KEY = re.compile(r"(^|/)gn_?\w*/(scale|bias)$")
-_BACKBONE = "patch_embed.backbone"
 # Bytes read at a time from an archive member into its array (a chunk is copied once).
 _CHUNK_BYTES = 1 << 20
 
@@ -94,45 +98,140 @@ def _resnet_layers(params: Mapping[str, Shaped]) -> tuple[int, ...]:
     return layers
 
 
-def _resnet_key_map(config: ViTConfig) -> list[tuple[str, str, str]]:
-    """(Google key, vitkit key, "conv" or "norm") for every parameter of the ResNet stem."""
-    mapping = [("conv_root/kernel", f"{_BACKBONE}.stem.conv.weight", "conv"),
-               ("gn_root/scale", f"{_BACKBONE}.stem.norm.weight", "norm"),
-               ("gn_root/bias", f"{_BACKBONE}.stem.norm.bias", "norm")]  # fmt: skip
-    for i, num_units in enumerate(config.resnet_layers or ()):
-        for j in range(num_units):
-            src, dst = f"block{i + 1}/unit{j + 1}", f"{_BACKBONE}.stages.{i}.blocks.{j}"
-            # A stage's first unit always projects: the first stage widens 64 -> 256 channels,
-            # the later ones stride.
-            names = [("1", "1"), ("2", "2"), ("3", "3")] + ([("_proj", "")] if j == 0 else [])
-            for google, torch_name in names:
-                conv = f"{dst}.conv{torch_name}" if torch_name else f"{dst}.downsample.conv"
-                norm = f"{dst}.norm{torch_name}" if torch_name else f"{dst}.downsample.norm"
-                mapping += [(f"{src}/conv{google}/kernel", f"{conv}.weight", "conv"),
-                            (f"{src}/gn{google}/scale", f"{norm}.weight", "norm"),
-                            (f"{src}/gn{google}/bias", f"{norm}.bias", "norm")]  # fmt: skip
-    return mapping
+# Flax's Dense kernel is (in, *out), torch's Linear weight (out, in): the query/key/value kernels
+# are (D, heads, head_dim), the MLP's and the head's (in, out).
+_KERNEL = Transform(
+    read=lambda kernel: kernel.reshape(kernel.shape[0], -1).T,
+    write=lambda weight, shape: weight.T.reshape(shape),
+)
+# The attention output's kernel, (heads, head_dim, D), reads every axis but the last.
+_OUT_KERNEL = Transform(
+    read=lambda kernel: kernel.reshape(-1, kernel.shape[-1]).T, write=_KERNEL.write
+)
+# A query/key/value bias (heads, head_dim) is its third of vitkit's fused qkv bias, (D,).
+_HEADS = Transform(read=lambda bias: bias.reshape(-1), write=SAME.write)
+# Convolution kernels: Flax's HWIO (P, P, C, D), torch's OIHW (D, C, P, P).
+_CONV = Transform(
+    read=lambda kernel: kernel.permute(3, 2, 0, 1),
+    write=lambda weight, shape: weight.permute(2, 3, 1, 0).reshape(shape),
+)
+
+# Every parameter of a Google checkpoint, in the released files' order, as
+# Row(vitkit key, Google key, Google's shape, transform, the condition it exists under). The
+# reader, the writer and the check of every key and shape of a file all follow from it (`_entries`
+# fills it in for a config). Rows with {unit} repeat for each ResNet unit and rows with {i} for
+# each encoder block; the shapes' letters are the config's sizes (`_entries`), digits literal.
+# fmt: off
+GOOGLE_KEYS: tuple[Row, ...] = (
+    # The hybrids' ResNet: the root (c image channels, r its width), then each unit ({unit}:
+    # "patch_embed.backbone.stages.{s}.blocks.{u}"; {google_unit}: "block{s+1}/unit{u+1}") with I
+    # channels in, W inside and O out; a stage's first unit projects its residual.
+    Row("patch_embed.backbone.stem.conv.weight", "conv_root/kernel", "7 7 c r", _CONV, "hybrid"),
+    Row("patch_embed.backbone.stem.norm.weight", "gn_root/scale", "r", when="hybrid"),
+    Row("patch_embed.backbone.stem.norm.bias", "gn_root/bias", "r", when="hybrid"),
+    Row("{unit}.conv1.weight", "{google_unit}/conv1/kernel", "1 1 I W", _CONV),
+    Row("{unit}.norm1.weight", "{google_unit}/gn1/scale", "W"),
+    Row("{unit}.norm1.bias", "{google_unit}/gn1/bias", "W"),
+    Row("{unit}.conv2.weight", "{google_unit}/conv2/kernel", "3 3 W W", _CONV),
+    Row("{unit}.norm2.weight", "{google_unit}/gn2/scale", "W"),
+    Row("{unit}.norm2.bias", "{google_unit}/gn2/bias", "W"),
+    Row("{unit}.conv3.weight", "{google_unit}/conv3/kernel", "1 1 W O", _CONV),
+    Row("{unit}.norm3.weight", "{google_unit}/gn3/scale", "O"),
+    Row("{unit}.norm3.bias", "{google_unit}/gn3/bias", "O"),
+    Row("{unit}.downsample.conv.weight", "{google_unit}/conv_proj/kernel", "1 1 I O", _CONV,
+        "projects"),
+    Row("{unit}.downsample.norm.weight", "{google_unit}/gn_proj/scale", "O", when="projects"),
+    Row("{unit}.downsample.norm.bias", "{google_unit}/gn_proj/bias", "O", when="projects"),
+    # The embedding: D the width, P the patch size, C the channels it reads, T the tokens.
+    Row("patch_embed.proj.weight", "embedding/kernel", "P P C D", _CONV),
+    Row("patch_embed.proj.bias", "embedding/bias", "D"),
+    Row("pos_embed", "Transformer/posembed_input/pos_embedding", "1 T D"),
+    Row("norm.weight", "Transformer/encoder_norm/scale", "D"),
+    Row("norm.bias", "Transformer/encoder_norm/bias", "D"),
+    Row("cls_token", "cls", "1 1 D", when="class_token"),
+    # Each encoder block {i}: {ln1}, {attn}, {ln2} and {mlp} are its modules in the file's block
+    # layout ("Transformer/encoderblock_{i}/LayerNorm_0", ...); H heads of d dimensions, M the
+    # MLP's width. Query, key and value fuse, in this order, into vitkit's qkv.
+    Row("blocks.{i}.norm1.weight", "{ln1}/scale", "D"),
+    Row("blocks.{i}.norm1.bias", "{ln1}/bias", "D"),
+    Row("blocks.{i}.norm2.weight", "{ln2}/scale", "D"),
+    Row("blocks.{i}.norm2.bias", "{ln2}/bias", "D"),
+    Row("blocks.{i}.attn.qkv.weight", "{attn}/query/kernel", "D H d", _KERNEL),
+    Row("blocks.{i}.attn.qkv.bias", "{attn}/query/bias", "H d", _HEADS, "qkv_bias"),
+    Row("blocks.{i}.attn.qkv.weight", "{attn}/key/kernel", "D H d", _KERNEL),
+    Row("blocks.{i}.attn.qkv.bias", "{attn}/key/bias", "H d", _HEADS, "qkv_bias"),
+    Row("blocks.{i}.attn.qkv.weight", "{attn}/value/kernel", "D H d", _KERNEL),
+    Row("blocks.{i}.attn.qkv.bias", "{attn}/value/bias", "H d", _HEADS, "qkv_bias"),
+    Row("blocks.{i}.attn.proj.weight", "{attn}/out/kernel", "H d D", _OUT_KERNEL),
+    Row("blocks.{i}.attn.proj.bias", "{attn}/out/bias", "D"),
+    Row("blocks.{i}.mlp.fc1.weight", "{mlp}/Dense_0/kernel", "D M", _KERNEL),
+    Row("blocks.{i}.mlp.fc1.bias", "{mlp}/Dense_0/bias", "M"),
+    Row("blocks.{i}.mlp.fc2.weight", "{mlp}/Dense_1/kernel", "M D", _KERNEL),
+    Row("blocks.{i}.mlp.fc2.bias", "{mlp}/Dense_1/bias", "D"),
+    # The head: R the pre-logits' width, F the head's inputs (R, or D without pre-logits), K the
+    # classes.
+    Row("pre_logits.0.weight", "pre_logits/kernel", "D R", _KERNEL, "pre_logits"),
+    Row("pre_logits.0.bias", "pre_logits/bias", "R", when="pre_logits"),
+    Row("head.weight", "head/kernel", "F K", _KERNEL),
+    Row("head.bias", "head/bias", "K"),
+)
+# fmt: on
 
 
-def _resnet_shapes(config: ViTConfig) -> dict[str, tuple[int, ...]]:
-    """The shapes of the ResNet stem's parameters in a Google checkpoint for `config`."""
-    shapes: dict[str, tuple[int, ...]] = {}
-    root = config.resnet_width
-    shapes["conv_root/kernel"] = (7, 7, config.in_chans, root)
-    shapes["gn_root/scale"] = shapes["gn_root/bias"] = (root,)
-    chans = root
-    for i, num_units in enumerate(config.resnet_layers or ()):
-        width = root * 2**i
-        for j in range(num_units):
-            unit = f"block{i + 1}/unit{j + 1}"
-            convs = {"1": (1, chans, width), "2": (3, width, width), "3": (1, width, 4 * width)}
-            if j == 0:
-                convs["_proj"] = (1, chans, 4 * width)
-            for name, (kernel, cin, cout) in convs.items():
-                shapes[f"{unit}/conv{name}/kernel"] = (kernel, kernel, cin, cout)
-                shapes[f"{unit}/gn{name}/scale"] = shapes[f"{unit}/gn{name}/bias"] = (cout,)
-            chans = 4 * width
-    return shapes
+def _entries(config: ViTConfig, layout: Mapping[str, str]) -> list[Entry]:
+    """`GOOGLE_KEYS` filled in for `config` in a block layout: every array of its file, in order,
+    with its shape. Consecutive rows of one scope repeat together, so that the file's order is
+    each unit's, then each block's, parameters in turn."""
+    dims = dict(
+        D=config.width, H=config.num_heads, d=config.head_dim, M=config.mlp_dim,
+        P=config.patch_size, C=config.embed_in_chans, T=config.num_tokens, K=config.num_classes,
+        R=config.representation_size or 0, F=config.representation_size or config.width,
+        c=config.in_chans, r=config.resnet_width,
+    )  # fmt: skip
+    conditions = dict(
+        hybrid=config.is_hybrid,
+        class_token=config.class_token,
+        qkv_bias=config.qkv_bias,
+        pre_logits=bool(config.representation_size),
+    )
+    entries = []
+    for scope, group in itertools.groupby(GOOGLE_KEYS, key=_scope):
+        rows = tuple(group)
+        for names, sizes, flags in _repeats(scope, config, layout):
+            entries += [
+                fill(row, names, dims | sizes)
+                for row in rows
+                if not row.when or (conditions | flags)[row.when]
+            ]
+    return entries
+
+
+def _scope(row: Row) -> str:
+    """What a row repeats over: "unit" (ResNet units), "block" (encoder blocks) or "model"."""
+    return "unit" if "{unit}" in row.vitkit else "block" if "{i}" in row.vitkit else "model"
+
+
+def _repeats(
+    scope: str, config: ViTConfig, layout: Mapping[str, str]
+) -> Iterator[tuple[dict[str, object], dict[str, int], dict[str, bool]]]:
+    """(the patterns' names, more sizes, more conditions) for each repetition of a scope."""
+    if scope == "model":
+        yield {}, {}, {}
+    elif scope == "block":
+        for i in range(config.depth):
+            modules = {
+                part: f"Transformer/encoderblock_{i}/{name}" for part, name in layout.items()
+            }
+            yield {"i": i, **modules}, {}, {}
+    else:  # each stage's units: widths double per stage; the output is 4x the width
+        chans = config.resnet_width
+        for s, num_units in enumerate(config.resnet_layers or ()):
+            width = config.resnet_width * 2**s
+            for u in range(num_units):
+                names = {"unit": f"patch_embed.backbone.stages.{s}.blocks.{u}",
+                         "google_unit": f"block{s + 1}/unit{u + 1}"}  # fmt: skip
+                yield names, {"I": chans, "W": width, "O": 4 * width}, {"projects": u == 0}
+                chans = 4 * width
 
 
 class NpyHeader(NamedTuple):
@@ -322,47 +421,6 @@ def config_from_google(params: Mapping[str, Shaped]) -> ViTConfig:
     )
 
 
-def _expected_shapes(config: ViTConfig, layout: dict[str, str]) -> dict[str, tuple[int, ...]]:
-    """Every key of a Google checkpoint for `config`, with its shape."""
-    width, heads, head_dim, mlp = config.width, config.num_heads, config.head_dim, config.mlp_dim
-    patch = config.patch_size
-    shapes: dict[str, tuple[int, ...]] = {
-        **(_resnet_shapes(config) if config.is_hybrid else {}),
-        "embedding/kernel": (patch, patch, config.embed_in_chans, width),
-        "embedding/bias": (width,),
-        "Transformer/posembed_input/pos_embedding": (1, config.num_tokens, width),
-        "Transformer/encoder_norm/scale": (width,),
-        "Transformer/encoder_norm/bias": (width,),
-    }
-    if config.class_token:
-        shapes["cls"] = (1, 1, width)
-    for i in range(config.depth):
-        block = f"Transformer/encoderblock_{i}"
-        for norm in (layout["ln1"], layout["ln2"]):
-            shapes[f"{block}/{norm}/scale"] = (width,)
-            shapes[f"{block}/{norm}/bias"] = (width,)
-        attn = f"{block}/{layout['attn']}"
-        for name in ("query", "key", "value"):
-            shapes[f"{attn}/{name}/kernel"] = (width, heads, head_dim)
-            if config.qkv_bias:
-                shapes[f"{attn}/{name}/bias"] = (heads, head_dim)
-        shapes[f"{attn}/out/kernel"] = (heads, head_dim, width)
-        shapes[f"{attn}/out/bias"] = (width,)
-        mlp_block = f"{block}/{layout['mlp']}"
-        shapes[f"{mlp_block}/Dense_0/kernel"] = (width, mlp)
-        shapes[f"{mlp_block}/Dense_0/bias"] = (mlp,)
-        shapes[f"{mlp_block}/Dense_1/kernel"] = (mlp, width)
-        shapes[f"{mlp_block}/Dense_1/bias"] = (width,)
-    features = width
-    if config.representation_size:
-        features = config.representation_size
-        shapes["pre_logits/kernel"] = (width, features)
-        shapes["pre_logits/bias"] = (features,)
-    shapes["head/kernel"] = (features, config.num_classes)
-    shapes["head/bias"] = (config.num_classes,)
-    return shapes
-
-
 def _check_shapes(
     shapes: Mapping[str, tuple[int, ...]], expected: dict[str, tuple[int, ...]]
 ) -> None:
@@ -379,19 +437,16 @@ def _check_shapes(
         )
 
 
-def _checked_layout(
-    params: Mapping[str, Shaped],
-) -> tuple[ViTConfig, dict[str, str], dict[str, tuple[int, ...]]]:
-    """The config, block layout and expected shapes of a Google checkpoint, every key and shape
-    checked (GroupNorm parameters may be stored (1, 1, 1, C) for (C,))."""
+def _checked_layout(params: Mapping[str, Shaped]) -> tuple[ViTConfig, list[Entry]]:
+    """The config of a Google checkpoint and its filled-in key map, every key and shape checked
+    against the map (GroupNorm parameters may be stored (1, 1, 1, C) for (C,))."""
     config = config_from_google(params)
-    layout = _block_layout(params)
+    entries = _entries(config, _block_layout(params))
     shapes = {key: tuple(int(size) for size in value.shape) for key, value in params.items()}
     if config.is_hybrid:
         shapes = {key: _group_norm_shape(key, shape) for key, shape in shapes.items()}
-    expected = _expected_shapes(config, layout)
-    _check_shapes(shapes, expected)
-    return config, layout, expected
+    _check_shapes(shapes, {entry.foreign: entry.shape for entry in entries})
+    return config, entries
 
 
 def _group_norm_shape(key: str, shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -405,59 +460,13 @@ def google_to_vitkit(
     params: Mapping[str, np.ndarray],
 ) -> tuple[ViTConfig, dict[str, torch.Tensor]]:
     """Convert a Google checkpoint's arrays to (config, state dict in vitkit's naming)."""
-    config, layout, expected = _checked_layout(params)
+    config, entries = _checked_layout(params)
 
-    def tensor(key: str) -> torch.Tensor:  # in the checked shape: GroupNorm's as (C,)
-        return torch.from_numpy(np.asarray(params[key], dtype=np.float32).reshape(expected[key]))
+    def tensor(entry: Entry) -> torch.Tensor:  # in the checked shape: GroupNorm's as (C,)
+        array = np.asarray(params[entry.foreign], dtype=np.float32).reshape(entry.shape)
+        return torch.from_numpy(array)
 
-    def dense(key: str) -> torch.Tensor:  # Flax (in, *out) -> torch (out, in)
-        kernel = tensor(key)
-        return kernel.reshape(kernel.shape[0], -1).T.contiguous()
-
-    width = config.width
-    state: dict[str, torch.Tensor] = {
-        # (P, P, C, D) HWIO -> (D, C, P, P) OIHW
-        "patch_embed.proj.weight": tensor("embedding/kernel").permute(3, 2, 0, 1).contiguous(),
-        "patch_embed.proj.bias": tensor("embedding/bias"),
-        "pos_embed": tensor("Transformer/posembed_input/pos_embedding"),
-        "norm.weight": tensor("Transformer/encoder_norm/scale"),
-        "norm.bias": tensor("Transformer/encoder_norm/bias"),
-    }
-    if config.class_token:
-        state["cls_token"] = tensor("cls")
-    if config.is_hybrid:
-        for google, name, kind in _resnet_key_map(config):
-            value = tensor(google)
-            state[name] = value.permute(3, 2, 0, 1).contiguous() if kind == "conv" else value
-    for i in range(config.depth):
-        src, dst = f"Transformer/encoderblock_{i}", f"blocks.{i}"
-        attn = f"{src}/{layout['attn']}"
-        mlp = f"{src}/{layout['mlp']}"
-        for norm, name in ((layout["ln1"], "norm1"), (layout["ln2"], "norm2")):
-            state[f"{dst}.{name}.weight"] = tensor(f"{src}/{norm}/scale")
-            state[f"{dst}.{name}.bias"] = tensor(f"{src}/{norm}/bias")
-        # query/key/value kernels (D, heads, head_dim) -> one fused (3D, D) projection.
-        state[f"{dst}.attn.qkv.weight"] = torch.cat(
-            [dense(f"{attn}/{name}/kernel") for name in ("query", "key", "value")]
-        )
-        if config.qkv_bias:
-            state[f"{dst}.attn.qkv.bias"] = torch.cat(
-                [tensor(f"{attn}/{name}/bias").reshape(width) for name in ("query", "key", "value")]
-            )
-        # out kernel (heads, head_dim, D) -> (D, D)
-        out_kernel = tensor(f"{attn}/out/kernel").reshape(width, width)
-        state[f"{dst}.attn.proj.weight"] = out_kernel.T.contiguous()
-        state[f"{dst}.attn.proj.bias"] = tensor(f"{attn}/out/bias")
-        state[f"{dst}.mlp.fc1.weight"] = dense(f"{mlp}/Dense_0/kernel")
-        state[f"{dst}.mlp.fc1.bias"] = tensor(f"{mlp}/Dense_0/bias")
-        state[f"{dst}.mlp.fc2.weight"] = dense(f"{mlp}/Dense_1/kernel")
-        state[f"{dst}.mlp.fc2.bias"] = tensor(f"{mlp}/Dense_1/bias")
-    if config.representation_size:
-        state["pre_logits.0.weight"] = dense("pre_logits/kernel")
-        state["pre_logits.0.bias"] = tensor("pre_logits/bias")
-    state["head.weight"] = dense("head/kernel")
-    state["head.bias"] = tensor("head/bias")
-    return config, state
+    return config, read_entries(entries, tensor)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -480,9 +489,9 @@ def google_refusal(config: ViTConfig) -> str | None:
     """
     if config.is_hybrid and config.resnet_numerics != "google":
         return (
-            "Google's ResNet computes weight standardisation as (w - mean) / (std + 1e-5) and "
-            "GroupNorm with eps 1e-6, and the file cannot record other numerics, but this hybrid "
-            f"has resnet_numerics={config.resnet_numerics!r}; read back, its outputs would change"
+            f"Google's ResNet computes {NUMERICS['google'].describe()}, and the file cannot "
+            f"record other numerics, but this hybrid has resnet_numerics="
+            f"{config.resnet_numerics!r}; read back, its outputs would change"
         )
     if config.gelu != "tanh":
         return (
@@ -520,66 +529,13 @@ def google_refusal(config: ViTConfig) -> str | None:
 
 def vitkit_to_google(config: ViTConfig, state: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
     """A vitkit state dict as the arrays of a Google checkpoint (key names and shapes of the
-    released files: Transformer/encoderblock_N/..., embedding, cls, pre_logits, head)."""
+    released files: Transformer/encoderblock_N/..., embedding, cls, pre_logits, head), by the
+    same key map the reader checks files against."""
     if problem := google_refusal(config):
         raise CheckpointError(problem)
-    layout = _BLOCK_LAYOUTS["pre-linen"]
-    heads, head_dim, width = config.num_heads, config.head_dim, config.width
-
-    def array(key: str) -> np.ndarray:
-        return state[key].detach().cpu().to(torch.float32).numpy()
-
-    def kernel(key: str) -> np.ndarray:  # torch (out, in) -> Flax (in, out)
-        return np.ascontiguousarray(array(key).T)
-
-    params: dict[str, np.ndarray] = {
-        # (D, C, P, P) OIHW -> (P, P, C, D) HWIO
-        "embedding/kernel": np.ascontiguousarray(
-            array("patch_embed.proj.weight").transpose(2, 3, 1, 0)
-        ),
-        "embedding/bias": array("patch_embed.proj.bias"),
-        "Transformer/posembed_input/pos_embedding": array("pos_embed"),
-        "Transformer/encoder_norm/scale": array("norm.weight"),
-        "Transformer/encoder_norm/bias": array("norm.bias"),
-    }
-    if config.class_token:
-        params["cls"] = array("cls_token")
-    if config.is_hybrid:  # OIHW -> HWIO kernels, (C,) GroupNorm parameters
-        for google, name, kind in _resnet_key_map(config):
-            value = array(name)
-            params[google] = np.ascontiguousarray(value.transpose(2, 3, 1, 0)) if kind == "conv" \
-                else value  # fmt: skip
-    for i in range(config.depth):
-        src, dst = f"blocks.{i}", f"Transformer/encoderblock_{i}"
-        attn, mlp = f"{dst}/{layout['attn']}", f"{dst}/{layout['mlp']}"
-        for name, norm in (("norm1", layout["ln1"]), ("norm2", layout["ln2"])):
-            params[f"{dst}/{norm}/scale"] = array(f"{src}.{name}.weight")
-            params[f"{dst}/{norm}/bias"] = array(f"{src}.{name}.bias")
-        # one fused (3D, D) projection -> query/key/value kernels (D, heads, head_dim)
-        qkv_weight = np.split(array(f"{src}.attn.qkv.weight"), 3)
-        qkv_bias = np.split(array(f"{src}.attn.qkv.bias"), 3)
-        for name, weight, bias in zip(("query", "key", "value"), qkv_weight, qkv_bias):
-            params[f"{attn}/{name}/kernel"] = np.ascontiguousarray(weight.T).reshape(
-                width, heads, head_dim
-            )
-            params[f"{attn}/{name}/bias"] = bias.reshape(heads, head_dim)
-        # (D, D) -> out kernel (heads, head_dim, D)
-        params[f"{attn}/out/kernel"] = kernel(f"{src}.attn.proj.weight").reshape(
-            heads, head_dim, width
-        )
-        params[f"{attn}/out/bias"] = array(f"{src}.attn.proj.bias")
-        params[f"{mlp}/Dense_0/kernel"] = kernel(f"{src}.mlp.fc1.weight")
-        params[f"{mlp}/Dense_0/bias"] = array(f"{src}.mlp.fc1.bias")
-        params[f"{mlp}/Dense_1/kernel"] = kernel(f"{src}.mlp.fc2.weight")
-        params[f"{mlp}/Dense_1/bias"] = array(f"{src}.mlp.fc2.bias")
-    if config.representation_size:
-        params["pre_logits/kernel"] = kernel("pre_logits.0.weight")
-        params["pre_logits/bias"] = array("pre_logits.0.bias")
-    params["head/kernel"] = kernel("head.weight")
-    params["head/bias"] = array("head.bias")
-    shapes = {key: value.shape for key, value in params.items()}
-    _check_shapes(shapes, _expected_shapes(config, layout))  # the reader's own expectations
-    return params
+    entries = _entries(config, _BLOCK_LAYOUTS["pre-linen"])
+    arrays = write_entries(entries, lambda key: state[key].detach().cpu().to(torch.float32))
+    return {key: tensor.numpy() for key, tensor in arrays.items()}
 
 
 def write_npz(model: torch.nn.Module, path: Path) -> Path:

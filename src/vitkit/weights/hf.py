@@ -10,7 +10,6 @@ config: exact GELU for "gelu", LayerNorm eps usually 1e-12.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import torch
@@ -19,35 +18,45 @@ from vitkit.errors import CheckpointError, ConfigError
 from vitkit.io import atomic_write, atomic_write_json
 from vitkit.models.config import ViTConfig, config_from_fields
 from vitkit.weights.class_names import ClassNames, checked_class_names, model_class_names
+from vitkit.weights.key_maps import Row, find, to_foreign
 from vitkit.weights.shapes import require_shape
 
 # transformers' ACT2FN names: the exact (erf) GELU, and the tanh approximation.
 _EXACT_GELUS = ("gelu", "gelu_python")
 _TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
 
-# (pattern over a key without the "vit." prefix, vitkit name); {i} is the block index.
-_RENAMES = [
-    (r"embeddings\.cls_token", "cls_token"),
-    (r"embeddings\.position_embeddings", "pos_embed"),
-    (r"embeddings\.patch_embeddings\.projection\.(weight|bias)", "patch_embed.proj.{0}"),
-    (r"(?:encoder\.layer|layers)\.(\d+)\.layernorm_before\.(weight|bias)", "blocks.{0}.norm1.{1}"),
-    (r"(?:encoder\.layer|layers)\.(\d+)\.layernorm_after\.(weight|bias)", "blocks.{0}.norm2.{1}"),
-    (r"encoder\.layer\.(\d+)\.attention\.output\.dense\.(weight|bias)", "blocks.{0}.attn.proj.{1}"),
-    (r"layers\.(\d+)\.attention\.o_proj\.(weight|bias)", "blocks.{0}.attn.proj.{1}"),
-    (r"encoder\.layer\.(\d+)\.intermediate\.dense\.(weight|bias)", "blocks.{0}.mlp.fc1.{1}"),
-    (r"encoder\.layer\.(\d+)\.output\.dense\.(weight|bias)", "blocks.{0}.mlp.fc2.{1}"),
-    (r"layers\.(\d+)\.mlp\.(fc1|fc2)\.(weight|bias)", "blocks.{0}.mlp.{1}.{2}"),
-    (r"layernorm\.(weight|bias)", "norm.{0}"),
-    (r"pooler\.dense\.(weight|bias)", "pre_logits.0.{0}"),
-    (r"classifier\.(weight|bias)", "head.{0}"),
-]
+# Every parameter of a transformers ViT, without the "vit." prefix that ViTForImageClassification
+# adds to all but its classifier: vitkit's key, the key of the files on the Hub (which every
+# transformers version reads, and which the writer writes), and the key of transformers 5's
+# modules (read too). The tensors are vitkit's as they are; query, key and value fuse, in this
+# order, into vitkit's qkv. The reader and the writer both follow from this table.
+_HUB, _V5 = "encoder.layer.{i}.", "layers.{i}."
+# fmt: off
+HF_KEYS: tuple[Row, ...] = (
+    Row("cls_token", "embeddings.cls_token"),
+    Row("pos_embed", "embeddings.position_embeddings"),
+    Row("patch_embed.proj.{w}", "embeddings.patch_embeddings.projection.{w}"),
+    Row("blocks.{i}.norm1.{w}", _HUB + "layernorm_before.{w}",
+        aliases=(_V5 + "layernorm_before.{w}",)),
+    Row("blocks.{i}.attn.qkv.{w}", _HUB + "attention.attention.query.{w}",
+        aliases=(_V5 + "attention.q_proj.{w}",)),
+    Row("blocks.{i}.attn.qkv.{w}", _HUB + "attention.attention.key.{w}",
+        aliases=(_V5 + "attention.k_proj.{w}",)),
+    Row("blocks.{i}.attn.qkv.{w}", _HUB + "attention.attention.value.{w}",
+        aliases=(_V5 + "attention.v_proj.{w}",)),
+    Row("blocks.{i}.attn.proj.{w}", _HUB + "attention.output.dense.{w}",
+        aliases=(_V5 + "attention.o_proj.{w}",)),
+    Row("blocks.{i}.norm2.{w}", _HUB + "layernorm_after.{w}",
+        aliases=(_V5 + "layernorm_after.{w}",)),
+    Row("blocks.{i}.mlp.fc1.{w}", _HUB + "intermediate.dense.{w}", aliases=(_V5 + "mlp.fc1.{w}",)),
+    Row("blocks.{i}.mlp.fc2.{w}", _HUB + "output.dense.{w}", aliases=(_V5 + "mlp.fc2.{w}",)),
+    Row("norm.{w}", "layernorm.{w}"),
+    Row("pre_logits.0.{w}", "pooler.dense.{w}"),  # ViTModel's pooler: Linear + tanh
+    Row("head.{w}", "classifier.{w}"),
+)
+# fmt: on
 # The fields transformers' ViTConfig has no default for (vitkit reads no default for them).
 _REQUIRED_FIELDS = ("hidden_size", "num_attention_heads", "num_hidden_layers", "intermediate_size")
-# The separate q, k, v projections, fused into vitkit's one qkv projection.
-_QKV = [
-    (r"encoder\.layer\.(\d+)\.attention\.attention\.(query|key|value)\.(weight|bias)"),
-    (r"layers\.(\d+)\.attention\.(q|k|v)_proj\.(weight|bias)"),
-]
 
 
 # ViTConfig fields under the names of transformers' config.json (and preprocessor_config.json),
@@ -152,35 +161,38 @@ def hf_to_vitkit(
 ) -> tuple[ViTConfig, dict[str, torch.Tensor]]:
     """Convert a transformers ViT (config dict, state dict) to (config, vitkit state dict)."""
     state: dict[str, torch.Tensor] = {}
-    qkv_parts: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
+    qkv_parts: dict[str, dict[int, torch.Tensor]] = {}
     for key, value in hf_state.items():
         name = key.removeprefix("vit.")
         if name == "embeddings.mask_token":
             continue  # only used for masked-image modelling, never in classification
-        for pattern in _QKV:
-            if match := re.fullmatch(pattern, name):
-                block, part, kind = match.groups()
-                qkv_parts.setdefault((block, kind), {})[part[0]] = value
-                break
+        found = find(HF_KEYS, name)
+        if found is None:
+            raise CheckpointError(f"unexpected key {key!r} in a transformers ViT checkpoint")
+        if found.parts == 1:
+            state[found.vitkit] = value
         else:
-            for pattern, target in _RENAMES:
-                if match := re.fullmatch(pattern, name):
-                    state[target.format(*match.groups())] = value
-                    break
-            else:
-                raise CheckpointError(f"unexpected key {key!r} in a transformers ViT checkpoint")
-    for (block, kind), parts in qkv_parts.items():
-        if set(parts) != {"q", "k", "v"}:
-            raise CheckpointError(f"block {block}: incomplete query/key/value {kind} tensors")
-        # torch.cat needs non-scalar parts of one shape, and would promote mixed dtypes.
-        alike = {(tuple(part.shape), part.dtype) for part in parts.values()}
-        if len(alike) != 1 or not parts["q"].ndim:
-            found = [(tuple(parts[name].shape), parts[name].dtype) for name in "qkv"]
-            raise CheckpointError(
-                f"block {block}: query/key/value {kind} tensors differ or are scalars: {found}"
-            )
-        state[f"blocks.{block}.attn.qkv.{kind}"] = torch.cat([parts["q"], parts["k"], parts["v"]])
+            qkv_parts.setdefault(found.vitkit, {})[found.part] = value
+    for vitkit_key, parts in qkv_parts.items():
+        state[vitkit_key] = _fused_qkv(vitkit_key, parts)
     return config_from_hf(hf_config, state, preprocessor), state
+
+
+def _fused_qkv(vitkit_key: str, parts: dict[int, torch.Tensor]) -> torch.Tensor:
+    """vitkit's qkv tensor from the file's query (0), key (1) and value (2), which must all be
+    there, of one shape and dtype: torch.cat needs non-scalar parts of one shape, and would
+    promote mixed dtypes."""
+    _, block, _, _, kind = vitkit_key.split(".")  # blocks.N.attn.qkv.weight
+    if set(parts) != {0, 1, 2}:
+        raise CheckpointError(f"block {block}: incomplete query/key/value {kind} tensors")
+    ordered = [parts[index] for index in range(3)]
+    alike = {(tuple(part.shape), part.dtype) for part in ordered}
+    if len(alike) != 1 or not ordered[0].ndim:
+        found = [(tuple(part.shape), part.dtype) for part in ordered]
+        raise CheckpointError(
+            f"block {block}: query/key/value {kind} tensors differ or are scalars: {found}"
+        )
+    return torch.cat(ordered)
 
 
 def class_names_from_hf(hf_config: dict, num_classes: int) -> ClassNames | None:
@@ -209,16 +221,8 @@ def class_names_from_hf(hf_config: dict, num_classes: int) -> ClassNames | None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Writing: vitkit -> transformers, under the key names of the files on the Hub, which every
-# transformers version reads (transformers 5 renames them to its own modules when loading).
-
-_HUB_BLOCK = {
-    "norm1": "layernorm_before",
-    "norm2": "layernorm_after",
-    "attn.proj": "attention.output.dense",
-    "mlp.fc1": "intermediate.dense",
-    "mlp.fc2": "output.dense",
-}
+# Writing: vitkit -> transformers, under the key names of the files on the Hub (`HF_KEYS`), which
+# every transformers version reads (transformers 5 renames them to its own modules when loading).
 
 
 def hf_refusal(config: ViTConfig) -> str | None:
@@ -270,32 +274,15 @@ def vitkit_to_hf(
         raise CheckpointError(problem)
     class_names = checked_class_names(class_names, config.num_classes, source="class_names")
     classifier = config.num_classes > 0
-    prefix = "vit." if classifier else ""
-    hf_state: dict[str, torch.Tensor] = {
-        f"{prefix}embeddings.cls_token": state["cls_token"],
-        f"{prefix}embeddings.position_embeddings": state["pos_embed"],
-        f"{prefix}layernorm.weight": state["norm.weight"],
-        f"{prefix}layernorm.bias": state["norm.bias"],
-    }
-    for kind in ("weight", "bias"):
-        projection = state[f"patch_embed.proj.{kind}"]
-        hf_state[f"{prefix}embeddings.patch_embeddings.projection.{kind}"] = projection
-    for i in range(config.depth):
-        layer = f"{prefix}encoder.layer.{i}"
-        for name, hub_name in _HUB_BLOCK.items():
-            for kind in ("weight", "bias"):
-                hf_state[f"{layer}.{hub_name}.{kind}"] = state[f"blocks.{i}.{name}.{kind}"]
-        kinds = ("weight", "bias") if config.qkv_bias else ("weight",)
-        for kind in kinds:
-            query, key, value = state[f"blocks.{i}.attn.qkv.{kind}"].chunk(3, dim=0)
-            for name, part in (("query", query), ("key", key), ("value", value)):
-                hf_state[f"{layer}.attention.attention.{name}.{kind}"] = part
-    if classifier:
-        hf_state["classifier.weight"] = state["head.weight"]
-        hf_state["classifier.bias"] = state["head.bias"]
-    elif config.representation_size:
-        hf_state["pooler.dense.weight"] = state["pre_logits.0.weight"]
-        hf_state["pooler.dense.bias"] = state["pre_logits.0.bias"]
+    hf_state: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        tensors = to_foreign(HF_KEYS, key, value)
+        if tensors is None:  # hf_refusal has turned away every model with such a parameter
+            raise CheckpointError(f"{key}: transformers' ViT has no place for this parameter")
+        for name, tensor in tensors.items():
+            # ViTForImageClassification holds a ViTModel as `vit`, beside its classifier.
+            inside = classifier and not name.startswith("classifier.")
+            hf_state[f"vit.{name}" if inside else name] = tensor
     height, width = config.img_size
     hf_config = {
         "architectures": ["ViTForImageClassification" if classifier else "ViTModel"],

@@ -14,7 +14,7 @@ import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 
@@ -32,7 +32,12 @@ from vitkit.weights.state_dict import PartialLoadWarning, build_and_load, check_
 from vitkit.weights.timm import timm_to_vitkit
 from vitkit.weights.torchvision import looks_like_torchvision, torchvision_to_vitkit
 
-Format = Literal["npz", "timm", "hf", "vitkit", "torchvision"]
+Format = Literal["npz", "timm", "hf", "torchvision", "vitkit"]
+# Every format `load_model` reads (`format=`, `vitkit convert --format`), in one place.
+SOURCE_FORMATS: tuple[Format, ...] = get_args(Format)
+# The formats whose files hold parameters only: class names live beside them in a labels file
+# (`class_names.labels_file`), read here and written by `export_model`.
+PARAMETERS_ONLY: tuple[Format, ...] = ("npz", "timm", "torchvision")
 _TORCH_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
 _HF_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
 
@@ -99,7 +104,7 @@ def _read(path: Path, format: Format, num_heads: int | None) -> _Checkpoint:
     elif format == "torchvision":
         state = read_state_dict(path)
         checkpoint = _Checkpoint(*torchvision_to_vitkit(state, num_heads=num_heads), **inferred)
-    if format in ("npz", "timm", "torchvision"):  # parameters only: names live beside the file
+    if format in PARAMETERS_ONLY:  # names live beside the file
         if (names := labels_file(path)).is_file():
             read = read_labels(names, checkpoint.config.num_classes)
             checkpoint = dataclasses.replace(checkpoint, class_names=read)
@@ -115,9 +120,8 @@ def _read(path: Path, format: Format, num_heads: int | None) -> _Checkpoint:
     if format == "vitkit":
         config, state, names = read_native(path)
         return _Checkpoint(config, state, CONFIG_FILE, WEIGHTS_FILE, class_names=names)
-    raise CheckpointError(
-        f"unknown format {format!r}; expected 'npz', 'hf', 'timm', 'torchvision' or 'vitkit'"
-    )
+    *others, last = map(repr, SOURCE_FORMATS)
+    raise CheckpointError(f"unknown format {format!r}; expected {', '.join(others)} or {last}")
 
 
 def _hf_weights(path: Path) -> Path:
@@ -150,7 +154,8 @@ def load_model(
     num_classes: replace the head by a new zero-initialised one and drop the pre-logits layer,
         as the paper does for fine-tuning (even when the count equals the checkpoint's); the
         class names, which belong to the old head, are dropped with it.
-    format: "npz", "hf", "timm", "torchvision" or "vitkit", when the path does not tell.
+    format: one of `SOURCE_FORMATS` ("npz", "timm", "hf", "torchvision", "vitkit"), when the
+        path does not tell.
     num_heads: for timm and torchvision state dicts whose width is no paper variant's (their
         files omit it).
     strict: True raises a `CheckpointError` listing every missing, unexpected and misshapen key;

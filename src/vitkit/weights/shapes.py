@@ -1,7 +1,8 @@
 """Reading an architecture off tensor shapes, for the converters that infer one (Google, timm,
 torchvision) or check one (Hugging Face, vitkit): a tensor of the wrong rank, an empty position
 embedding or a key with a thousand-digit index is a `CheckpointError` naming the key, never an
-IndexError, a complex square root or a ValueError from `int()`.
+IndexError, a complex square root or a ValueError from `int()`. What no shape records (the
+number of heads) is taken from the paper's variants here too.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections.abc import Iterable, Mapping
 from typing import Protocol
 
 from vitkit.errors import CheckpointError
+from vitkit.models.config import VARIANTS
 
 # A block, stage or unit index in a key: plain decimal, at most 9 digits ("blocks.01." is not
 # block 1, and Python's int() refuses numbers of over 4,300 digits with a ValueError).
@@ -52,3 +54,18 @@ def square_side(num_patches: int) -> int | None:
 def block_indices(keys: Iterable[str]) -> set[int]:
     """The indices N of vitkit's "blocks.N." keys."""
     return {int(match.group(1)) for key in keys if (match := _BLOCK.match(key))}
+
+
+def infer_num_heads(width: int, num_heads: int | None, *, source: str) -> int:
+    """`num_heads` when given, else the heads of the paper's variant of width `width`: a state
+    dict (timm's, torchvision's) holds q, k and v fused in one (3 * width, width) weight, whose
+    shape is the same for any number of heads. `source` names the format in the error."""
+    if num_heads is not None:
+        return num_heads
+    widths = {variant.width: variant.num_heads for variant in VARIANTS.values()}
+    if width not in widths:
+        raise CheckpointError(
+            f"{source} state dicts do not record the number of heads and width {width} is not a "
+            "paper variant's: pass num_heads="
+        )
+    return widths[width]

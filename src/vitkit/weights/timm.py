@@ -8,9 +8,9 @@ given. Numerics are timm's: exact GELU, LayerNorm eps 1e-6.
 
 timm's ResNet + ViT hybrids (`timm.models.vision_transformer_hybrid`: vit_base_r50_s16_224, ...)
 load too, their ResNetV2 under patch_embed.backbone (vitkit's module names are timm's), in timm's
-numerics (resnet_numerics="timm": its StdConv2dSame eps and GroupNorm eps 1e-5, TF-'SAME'
-padding). Hybrids built with padding_same=False pad symmetrically, which a state dict cannot show
-and vitkit does not model.
+numerics (resnet_numerics="timm": its StdConv2dSame and GroupNorm eps, TF-'SAME' padding).
+Hybrids built with padding_same=False pad symmetrically, which a state dict cannot show and vitkit
+does not model.
 
 Register tokens (reg_token), the LayerNorm after average pooling (fc_norm, MAE/BEiT fine-tuning)
 and position embeddings for the patches only (no_embed_class) are read off the keys and the
@@ -35,14 +35,10 @@ from torch import nn
 
 from vitkit.errors import CheckpointError
 from vitkit.io import atomic_write
-from vitkit.models.config import (
-    VARIANTS,
-    ViTConfig,
-    as_pair,
-    resnet_channels,
-    resnet_stride,
-)
-from vitkit.weights.shapes import INDEX, block_indices, require_shape, square_side
+from vitkit.models.config import ViTConfig, as_pair, resnet_channels, resnet_stride
+from vitkit.models.resnet import NUMERICS
+from vitkit.weights.files import unwrap_key
+from vitkit.weights.shapes import INDEX, block_indices, infer_num_heads, require_shape, square_side
 
 # timm features with parameters that vitkit does not model (yet): refuse rather than drop them.
 _UNSUPPORTED = {
@@ -67,8 +63,6 @@ _REQUIRED = {
     "blocks.0.attn.proj.bias": "projections without bias (proj_bias=False)",
     "blocks.0.mlp.fc1.bias": "MLP layers without bias (proj_bias=False)",
 }
-# Prefixes added by wrappers: DistributedDataParallel ("module.") and torch.compile ("_orig_mod.").
-_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
 
 _BACKBONE = "patch_embed.backbone."
@@ -206,14 +200,7 @@ def config_from_timm(
                 f"gives {resnet_out}"
             )
     depth = len(block_indices(state))
-    if num_heads is None:
-        widths = {variant.width: variant.num_heads for variant in VARIANTS.values()}
-        if width not in widths:
-            raise CheckpointError(
-                f"timm state dicts do not record the number of heads and width {width} is not a "
-                "paper variant's: pass num_heads="
-            )
-        num_heads = widths[width]
+    num_heads = infer_num_heads(width, num_heads, source="timm")
     head = _head_fields(state)
     prefix = int(head["class_token"]) + head["reg_tokens"]
     size = None if img_size is None else as_pair(img_size)
@@ -252,8 +239,7 @@ def timm_to_vitkit(
     """
     converted = {}
     for key, value in state.items():
-        for prefix in _WRAPPER_PREFIXES:
-            key = key.removeprefix(prefix)
+        key = unwrap_key(key)
         for old, new in _ROOT_ONLY_RENAMES.items():
             if key.startswith(old):
                 key = new + key.removeprefix(old)
@@ -278,9 +264,6 @@ TIMM_HYBRID_NAMES: dict[tuple[int, ...], str] = {
     (3, 4, 6, 3): "vit_large_r50_s32_224",
 }
 TIMM_RESNET_WIDTH = 64
-# Weight standardisation: Google's (w - mean) / (std + 1e-5), timm's (w - mean) / sqrt(var + 1e-8)
-# (models/resnet.py); `_as_timm_std_conv` turns kernels of the one into kernels of the other.
-_GOOGLE_WS_EPS, _TIMM_WS_EPS = 1e-5, 1e-8
 
 
 def timm_model_name(config: ViTConfig) -> str:
@@ -369,12 +352,15 @@ def timm_create_model_call(config: ViTConfig, *, path: str | Path | None = None)
 
 def _as_timm_std_conv(weight: torch.Tensor) -> torch.Tensor:
     """A kernel of Google's numerics rescaled per output channel so that timm's standardisation
-    of it equals Google's of the original. Standardisation removes a kernel's scale except
-    through its eps: scaling channel c by a with a^2 ((std + e_g)^2 - std^2) = e_t makes
-    a (w - mean) / sqrt(a^2 var + e_t) equal (w - mean) / (std + e_g) exactly."""
+    of it equals Google's of the original (models/resnet.py's `NUMERICS`: Google's
+    (w - mean) / (std + e_g), timm's (w - mean) / sqrt(var + e_t)). Standardisation removes a
+    kernel's scale except through its eps: scaling channel c by a with
+    a^2 ((std + e_g)^2 - std^2) = e_t makes a (w - mean) / sqrt(a^2 var + e_t) equal
+    (w - mean) / (std + e_g) exactly."""
+    e_g, e_t = NUMERICS["google"].ws_eps, NUMERICS["timm"].ws_eps
     kernel = weight.double()
     std = kernel.std(dim=(1, 2, 3), keepdim=True, correction=0)
-    scale = (_TIMM_WS_EPS / (2 * _GOOGLE_WS_EPS * std + _GOOGLE_WS_EPS**2)).sqrt()
+    scale = (e_t / (2 * e_g * std + e_g**2)).sqrt()
     return (kernel * scale).to(weight.dtype)
 
 
@@ -382,8 +368,8 @@ def vitkit_to_timm(config: ViTConfig, state: dict[str, torch.Tensor]) -> dict[st
     """A vitkit state dict as timm's, after checking that timm can express `config`. The names
     are the same (vitkit follows timm's) but for the root-only hybrid's stem, which timm keeps at
     the backbone's top level. A hybrid's kernels in Google's numerics are rescaled for timm's
-    weight standardisation (exactly); GroupNorm's eps (1e-6 for Google, 1e-5 for timm) acts on
-    the data and cannot be carried over, which moves outputs by about 1e-5 (tests measure it)."""
+    weight standardisation (exactly); GroupNorm's eps (`NUMERICS`' group_norm_eps) acts on the
+    data and cannot be carried over, which moves outputs by about 1e-5 (tests measure it)."""
     timm_model_kwargs(config)
     converted = {}
     for key, value in state.items():

@@ -12,73 +12,64 @@ same width, or given.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 
 import torch
 
 from vitkit.errors import CheckpointError
-from vitkit.models.config import VARIANTS, ViTConfig
-from vitkit.weights.shapes import block_indices, require_shape, square_side
+from vitkit.models.config import ViTConfig
+from vitkit.weights.files import unwrap_key
+from vitkit.weights.key_maps import Row, find
+from vitkit.weights.shapes import block_indices, infer_num_heads, require_shape, square_side
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-# Prefixes added by wrappers: DistributedDataParallel ("module.") and torch.compile ("_orig_mod.").
-_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 # Keys only a torchvision ViT has; `looks_like_torchvision` reads the state dict's keys for them.
 _SIGNATURE = ("conv_proj.weight", "encoder.pos_embedding")
 
-# (pattern over a torchvision key, vitkit name); groups fill the {} of the name.
-_LAYER = r"encoder\.layers\.encoder_layer_(\d+)"
-_RENAMES = [
-    (r"conv_proj\.(weight|bias)", "patch_embed.proj.{0}"),
-    (r"class_token", "cls_token"),
-    (r"encoder\.pos_embedding", "pos_embed"),
-    (rf"{_LAYER}\.ln_1\.(weight|bias)", "blocks.{0}.norm1.{1}"),
-    (rf"{_LAYER}\.ln_2\.(weight|bias)", "blocks.{0}.norm2.{1}"),
-    (rf"{_LAYER}\.self_attention\.in_proj_(weight|bias)", "blocks.{0}.attn.qkv.{1}"),
-    (rf"{_LAYER}\.self_attention\.out_proj\.(weight|bias)", "blocks.{0}.attn.proj.{1}"),
+# Every parameter of a torchvision ViT: vitkit's key and torchvision's (read under it or its
+# aliases). The tensors are vitkit's as they are: `in_proj_weight` stacks q, k, v as `qkv` does.
+_LAYER = "encoder.layers.encoder_layer_{i}."
+# fmt: off
+TORCHVISION_KEYS: tuple[Row, ...] = (
+    Row("patch_embed.proj.{w}", "conv_proj.{w}"),
+    Row("cls_token", "class_token"),
+    Row("pos_embed", "encoder.pos_embedding"),
+    Row("blocks.{i}.norm1.{w}", _LAYER + "ln_1.{w}"),
+    Row("blocks.{i}.norm2.{w}", _LAYER + "ln_2.{w}"),
+    Row("blocks.{i}.attn.qkv.{w}", _LAYER + "self_attention.in_proj_{w}"),
+    Row("blocks.{i}.attn.proj.{w}", _LAYER + "self_attention.out_proj.{w}"),
     # MLPBlock is torchvision.ops.MLP since torchvision 0.13 (Linear at 0, GELU, Dropout, Linear
     # at 3); files saved before name the two layers linear_1 and linear_2.
-    (rf"{_LAYER}\.mlp\.(?:0|linear_1)\.(weight|bias)", "blocks.{0}.mlp.fc1.{1}"),
-    (rf"{_LAYER}\.mlp\.(?:3|linear_2)\.(weight|bias)", "blocks.{0}.mlp.fc2.{1}"),
-    (r"encoder\.ln\.(weight|bias)", "norm.{0}"),
-    (r"heads\.pre_logits\.(weight|bias)", "pre_logits.0.{0}"),
-    (r"heads\.head\.(weight|bias)", "head.{0}"),
-]
-
-
-def _unwrap(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    unwrapped = {}
-    for key, value in state.items():
-        for prefix in _WRAPPER_PREFIXES:
-            key = key.removeprefix(prefix)
-        unwrapped[key] = value
-    return unwrapped
+    Row("blocks.{i}.mlp.fc1.{w}", _LAYER + "mlp.0.{w}", aliases=(_LAYER + "mlp.linear_1.{w}",)),
+    Row("blocks.{i}.mlp.fc2.{w}", _LAYER + "mlp.3.{w}", aliases=(_LAYER + "mlp.linear_2.{w}",)),
+    Row("norm.{w}", "encoder.ln.{w}"),
+    Row("pre_logits.0.{w}", "heads.pre_logits.{w}"),
+    Row("head.{w}", "heads.head.{w}"),
+)
+# fmt: on
 
 
 def looks_like_torchvision(keys: Iterable[str]) -> bool:
     """Whether state dict keys are a torchvision ViT's (timm's are patch_embed.proj, pos_embed)."""
-    names = {str(key) for key in keys}
-    for prefix in _WRAPPER_PREFIXES:
-        names |= {name.removeprefix(prefix) for name in names}
+    names = {unwrap_key(str(key)) for key in keys}
     return all(key in names for key in _SIGNATURE)
 
 
 def _rename(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`state` under vitkit's names (`TORCHVISION_KEYS`), its wrappers' prefixes removed."""
     converted: dict[str, torch.Tensor] = {}
     for key, value in state.items():
-        for pattern, target in _RENAMES:
-            if match := re.fullmatch(pattern, key):
-                converted[target.format(*match.groups())] = value
-                break
-        else:
-            if key.startswith("conv_proj."):
-                raise CheckpointError(
-                    f"uses a convolutional stem (conv_stem_configs; {key}), which vitkit does "
-                    "not support"
-                )
+        key = unwrap_key(key)
+        found = find(TORCHVISION_KEYS, key)
+        if found is None and key.startswith("conv_proj."):
+            raise CheckpointError(
+                f"uses a convolutional stem (conv_stem_configs; {key}), which vitkit does not "
+                "support"
+            )
+        if found is None:
             raise CheckpointError(f"unexpected key {key!r} in a torchvision ViT checkpoint")
+        converted[found.vitkit] = value
     return converted
 
 
@@ -95,14 +86,7 @@ def config_from_torchvision(
     width, in_chans, patch, patch_w = require_shape(state, "patch_embed.proj.weight", 4)
     if patch != patch_w:
         raise CheckpointError(f"conv_proj.weight: non-square {patch}x{patch_w} patches")
-    if num_heads is None:
-        widths = {variant.width: variant.num_heads for variant in VARIANTS.values()}
-        if width not in widths:
-            raise CheckpointError(
-                f"torchvision state dicts do not record the number of heads and width {width} is "
-                "not a paper variant's: pass num_heads="
-            )
-        num_heads = widths[width]
+    num_heads = infer_num_heads(width, num_heads, source="torchvision")
     num_patches = require_shape(state, "pos_embed", 3)[1] - 1  # row 0 is the [class] token's
     side = square_side(num_patches)
     if side is None:
@@ -137,5 +121,5 @@ def torchvision_to_vitkit(
     state: dict[str, torch.Tensor], *, num_heads: int | None = None
 ) -> tuple[ViTConfig, dict[str, torch.Tensor]]:
     """Convert a torchvision ViT state dict to (config, state dict in vitkit's naming)."""
-    converted = _rename(_unwrap(state))
+    converted = _rename(state)
     return config_from_torchvision(converted, num_heads=num_heads), converted
