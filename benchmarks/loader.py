@@ -80,11 +80,12 @@ def plain_batches(folder: Path, batch_size: int, workers: int) -> DataLoader:
 def vitkit_batches(dataset, batch_size: int):
     loader = ArrayLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=True)
     augment = TrainAugment(AugmentConfig(resolution=(32, 32), num_classes=len(dataset.classes)))
-    epoch = 0
+    epoch, step = 0, 0
     while True:
         loader.set_epoch(epoch)
         for images, labels in loader:
-            yield augment(images, labels)
+            yield augment(images, labels, key=(0, step))
+            step += 1
         epoch += 1
 
 

@@ -35,7 +35,8 @@ from pathlib import Path
 import torch
 
 from vitkit.data.sources import open_dataset
-from vitkit.training.config import get_preset, parse_overrides
+from vitkit.training.config import parse_overrides
+from vitkit.training.presets import get_preset
 
 ROOT = Path(__file__).resolve().parents[1]
 TORCHRUN = Path(sys.executable).with_name("torchrun")

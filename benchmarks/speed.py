@@ -379,8 +379,8 @@ def pipeline(args: argparse.Namespace, device: torch.device) -> str:
     batched augmentation), the training step alone (one fixed batch), and both end to end."""
     from vitkit.data.loader import ArrayLoader
     from vitkit.data.sources import open_dataset
-    from vitkit.training.config import get_preset
-    from vitkit.training.loop import build_augment, build_model
+    from vitkit.training.build import build_augment, build_model
+    from vitkit.training.presets import get_preset
 
     config = dataclasses.replace(get_preset("demo-pretrain"), device=device.type)
     dataset = open_dataset(args.data, split="train")
@@ -388,11 +388,11 @@ def pipeline(args: argparse.Namespace, device: torch.device) -> str:
     augment = build_augment(config, model.config, num_classes=len(dataset.classes))
     optimizer = build_optimizer(model, config)
     loader = ArrayLoader(dataset, batch_size=config.batch_size, shuffle=True, drop_last=True)
-    batches = iter(loader)
+    batches = enumerate(loader)
 
     def data() -> tuple[torch.Tensor, torch.Tensor]:
-        images, labels = next(batches)
-        return augment(images.to(device), labels.to(device))
+        step, (images, labels) = next(batches)
+        return augment(images.to(device), labels.to(device), key=(config.seed, step))
 
     def step(inputs: torch.Tensor, targets: torch.Tensor) -> None:
         loss = -(targets * F.log_softmax(model(inputs), dim=-1)).sum(-1).mean()

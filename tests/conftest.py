@@ -20,7 +20,8 @@ import torch
 from PIL import Image
 from torch import nn
 
-from vitkit.training.config import TrainConfig, get_preset
+from vitkit.training.config import TrainConfig
+from vitkit.training.presets import get_preset
 
 SHARED = Path(
     os.environ.get("VITKIT_SHARED", Path(__file__).resolve().parents[1].parent / "shared")

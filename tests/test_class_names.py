@@ -11,7 +11,7 @@ from conftest import CLASSES, tiny  # noqa: I001
 
 import vitkit
 from vitkit.cli.main import main
-from vitkit.training.loop import train
+from vitkit.training.trainer import train
 
 pytestmark = pytest.mark.usefixtures("cache_in_tmp")
 

@@ -14,9 +14,9 @@ from conftest import OFFICIAL_FIXTURE, SHARED
 from PIL import Image
 
 import vitkit
-from vitkit.cli import demo
 from vitkit.cli.main import main
 from vitkit.data import Preprocessing
+from vitkit.data.shared import default_shared_dir
 
 CHECKPOINT = OFFICIAL_FIXTURE / "params.npz"
 FIXTURE_CLASSES = 7
@@ -250,9 +250,9 @@ def test_demo_runs_the_three_stages(
 def test_default_shared_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.delenv("VITKIT_SHARED", raising=False)
     monkeypatch.chdir(Path(__file__).resolve().parents[1])
-    assert demo.default_shared_dir().resolve() == SHARED.resolve()
+    assert default_shared_dir().resolve() == SHARED.resolve()
     monkeypatch.setenv("VITKIT_SHARED", str(tmp_path))
-    assert demo.default_shared_dir() == tmp_path
+    assert default_shared_dir() == tmp_path
 
 
 def test_version_is_the_installed_packages(capsys: pytest.CaptureFixture[str]) -> None:

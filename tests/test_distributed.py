@@ -3,8 +3,9 @@ process, a two-node run resumes on one process, a dead or hung process stops the
 error, and the pieces underneath (batch split, evaluation slices, activation checkpointing).
 
 The launchers are the README's own commands (read from it), with the process count, rendezvous
-address and run id replaced. Random augmentation is off in the runs that are compared, so that
-one process and two differ only in the order of float32 sums (see WEIGHT_TOLERANCE).
+address and run id replaced. One process and two differ only in the order of float32 sums (see
+WEIGHT_TOLERANCE), with random augmentation off and, since its draws are keyed by each image's
+index in the global batch, with it on.
 """
 
 from __future__ import annotations
@@ -30,9 +31,9 @@ from safetensors.torch import load_file
 import vitkit
 from vitkit.data.arrays import ArrayDataset
 from vitkit.evaluation.accuracy import top1_counts
-from vitkit.training.config import get_preset
 from vitkit.training.distributed import World
 from vitkit.training.parallel import parallelize
+from vitkit.training.presets import get_preset
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 TORCHRUN = Path(sys.executable).with_name("torchrun")
@@ -197,6 +198,33 @@ def test_two_processes_match_one_process(
     _assert_same_training(out, reference)
     # Rank 0 alone logs: every logged step once, as one process logs them.
     assert _logged_steps(out) == _logged_steps(reference)
+
+
+# Every random augmentation the trainer has: Inception crop, flip, RandAugment, Mixup or CutMix.
+AUGMENTATION_ON = ["crop_scale_min=0.35", "hflip=true", "randaugment_ops=2", "mixup_alpha=0.8",
+                   "cutmix_alpha=1.0"]  # fmt: skip
+
+
+def test_random_augmentation_is_the_same_on_two_processes(
+    cifar_subset: Path, environment: dict[str, str], tmp_path: Path
+) -> None:
+    """With every random augmentation on, 2 DDP processes (each accumulating 2 passes of 8)
+    train the weights, EMA and Adam state of one process, within the tolerances above: each
+    image is cropped, flipped, RandAugmented and mixed as in the single process."""
+    one = tmp_path / "one" / "run"
+    arguments = _train_args(cifar_subset, one, *AUGMENTATION_ON)
+    completed = subprocess.run(
+        [sys.executable, "-m", "vitkit", "train", *arguments],
+        env=environment, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    launcher = readme_launcher("--standalone", nproc_per_node="2")
+    two = tmp_path / "two" / "run"
+    fields = ["parallel=ddp", "micro_batch_size=8", f"dist_timeout_seconds={TIMEOUT}"]
+    arguments = _train_args(cifar_subset, two, *fields, *AUGMENTATION_ON)
+    output = _finish(_launch([*launcher, *arguments], environment), timeout=300)
+    assert output.count('"steps": 40') == 1, output[-3000:]
+    _assert_same_training(two, one)
 
 
 def test_fsdp_resumes_a_one_process_checkpoint(
@@ -370,8 +398,7 @@ def test_activation_checkpointing_recomputes_blocks_with_the_same_gradients() ->
     plain = vitkit.create_model("ViT-Test/8", img_size=16, num_classes=3, drop_path=0.2)
     checkpointed = vitkit.create_model("ViT-Test/8", img_size=16, num_classes=3, drop_path=0.2)
     checkpointed.load_state_dict(plain.state_dict())
-    forward = parallelize(checkpointed, config=config, world=World())
-    assert forward is checkpointed
+    parallelize(checkpointed, config=config, world=World())  # in place
     calls: list[int] = []
     checkpointed.blocks[0].mlp.fc1.register_forward_pre_hook(lambda *_: calls.append(1))
     images = torch.randn(4, 3, 16, 16)

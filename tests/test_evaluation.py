@@ -25,8 +25,8 @@ from vitkit.evaluation.fewshot import (
     ridge_regression,
 )
 from vitkit.evaluation.linear_probe import LinearProbe
-from vitkit.training.config import get_preset
-from vitkit.training.loop import train
+from vitkit.training.presets import get_preset
+from vitkit.training.trainer import train
 
 
 @pytest.mark.parametrize("rows, dim", [(40, 6), (8, 30)])  # primal and dual forms
@@ -92,7 +92,7 @@ def trained_run(cifar_subset: Path, tmp_path_factory: pytest.TempPathFactory) ->
         warmup_steps=20, checkpoint_every=1000, log_every=50, classifier="token",
     )  # fmt: skip
     summary = train(config, out)
-    assert summary["top1"] > 0.2, summary  # the model learned something
+    assert summary.top1 > 0.2, summary  # the model learned something
     return out
 
 
@@ -139,8 +139,9 @@ def test_eval_limit_takes_the_same_number_of_every_class(
     for out in (tmp_path / "a", tmp_path / "b"):
         assert run_cli("eval", "--checkpoint", trained_run, "--data", cifar_subset,
                        "--out", out, "--limit", 100) == 0  # fmt: skip
-    first, again = (json.loads((out / "eval.json").read_text()) for out in (tmp_path / "a",
-                                                                             tmp_path / "b"))
+    first, again = (
+        json.loads((out / "eval.json").read_text()) for out in (tmp_path / "a", tmp_path / "b")
+    )
     assert first["images"] == 100 and set(first["counts"].values()) == {10}
     assert first == again  # the same subset every time
 

@@ -22,10 +22,11 @@ from conftest import tiny  # noqa: I001
 
 from vitkit.cli.main import main
 from vitkit.errors import ConfigError, TrainingError
-from vitkit.training import loop
-from vitkit.training.config import PRESETS, TrainConfig, parse_overrides
-from vitkit.training.loop import train
+from vitkit.training import build
+from vitkit.training.config import TrainConfig, parse_overrides
+from vitkit.training.presets import PRESETS
 from vitkit.training.schedule import learning_rate
+from vitkit.training.trainer import train
 
 pytestmark = pytest.mark.usefixtures("cache_in_tmp")
 
@@ -156,7 +157,7 @@ def test_a_second_run_on_a_folder_in_use_is_refused_naming_the_holder(
         holder.kill()  # a crash: the lock is released by the OS, and the next run takes it
         holder.wait()
     summary = train(tiny(image_tree, steps=2), run)
-    assert summary["steps"] == 2
+    assert summary.steps == 2
 
 
 # ---------------------------------------------------------------------------------------------
@@ -172,7 +173,7 @@ def test_forced_length_and_lr_are_applied_and_recorded(image_tree: Path, tmp_pat
     train(tiny(image_tree, steps=4, warmup_steps=2, checkpoint_every=2), run)
     forced = tiny(image_tree, steps=8, warmup_steps=2, checkpoint_every=2, lr=2e-3)
     summary = train(forced, run, force=True)
-    assert summary["steps"] == 8
+    assert summary.steps == 8
     saved = json.loads((run / "train_config.json").read_text())
     assert saved["requested"]["steps"] == 8 and saved["requested"]["lr"] == 2e-3
     assert saved["total_steps"] == 8
@@ -229,7 +230,7 @@ def test_a_non_finite_state_at_a_checkpoint_stops_the_run_in_one_line(
     """With grad_clip=0 no gradient norm is checked, so weights can turn inf in an update after
     a finite loss, and the checkpoint is the first place that sees it. A real divergence that
     does exactly this is hard to produce on demand, so the first update poisons one weight."""
-    real_build = loop.build_optimizer
+    real_build = build.build_optimizer
 
     def poisoning_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
         optimizer = real_build(model, config)
@@ -243,7 +244,7 @@ def test_a_non_finite_state_at_a_checkpoint_stops_the_run_in_one_line(
         optimizer.step = step
         return optimizer
 
-    monkeypatch.setattr(loop, "build_optimizer", poisoning_optimizer)
+    monkeypatch.setattr(build, "build_optimizer", poisoning_optimizer)
     config = tiny(image_tree, steps=4, grad_clip=0.0, checkpoint_every=1)
     with pytest.raises(
         TrainingError, match=r"stopped at step 1: .*NaN or inf \(model\.cls_token"

@@ -108,6 +108,18 @@ def test_refuses_to_write_over_existing_shards(dataset: ArrayDataset, shard_dir:
         write_shards(dataset, shard_dir, classes=CLASSES, shard_size=SHARD_SIZE, seed=1)
 
 
+def test_no_temporary_file_is_left_by_a_failed_or_a_killed_write(
+    tmp_path: Path, dataset: ArrayDataset
+) -> None:
+    with pytest.raises(DataError, match="outside the 1 classes"):  # labels 1 and 2: mid-shard
+        write_shards(dataset, tmp_path, classes=CLASSES[:1], shard_size=SHARD_SIZE, seed=0)
+    assert list(tmp_path.iterdir()) == []
+    killed = tmp_path / ".shard-000000.tar.0123456789abcdef.tmp"  # a run killed mid-shard
+    killed.write_bytes(b"half a shard")
+    write_shards(dataset, tmp_path, classes=CLASSES, shard_size=SHARD_SIZE, seed=0)
+    assert not any(path.name.startswith(".") for path in tmp_path.iterdir())
+
+
 def test_reading_back_gives_every_sample_once_pixel_identical(
     shard_dir: Path, dataset: ArrayDataset, expected: Counter[Sample]
 ) -> None:

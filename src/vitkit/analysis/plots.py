@@ -162,3 +162,20 @@ def plot_confusion_matrix(matrix: np.ndarray, classes: Sequence[str], path: Path
     figure.colorbar(shown, ax=axis, fraction=0.046, pad=0.04)
     axis.set_title("Confusion matrix (rows sum to 1)")
     return _save(figure, path)
+
+
+def plot_training_curves(metrics: Sequence[dict], path: Path) -> Path:
+    """A run's training loss and, where it was evaluated, its top-1, against the step (the
+    records of its metrics.jsonl)."""
+    losses = [(record["step"], record["loss"]) for record in metrics if "loss" in record]
+    accuracies = [(record["step"], record["top1"]) for record in metrics if "top1" in record]
+    figure, axis = plt.subplots(figsize=(6, 4))
+    if losses:
+        axis.plot(*zip(*losses), label="training loss", color="tab:blue")
+    axis.set_xlabel("step")
+    axis.set_ylabel("loss")
+    if accuracies:
+        other = axis.twinx()
+        other.plot(*zip(*accuracies), "o-", label="top-1", color="tab:orange")
+        other.set_ylabel("top-1")
+    return _save(figure, path)

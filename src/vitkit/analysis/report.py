@@ -1,4 +1,5 @@
-"""`write_figures`: every inspection figure of the paper for one model, plus an index.html page.
+"""`write_figures`: every inspection figure of the paper for one model, plus an index.html page;
+`figures_for_dataset`: the same for a class-balanced choice of a dataset's images.
 
 Figures (PNG): embedding filters (Fig. 7 left), position-embedding similarity (Fig. 7 centre),
 mean attention distance (Fig. 7 right), attention rollout maps (Fig. 6) and the last block's
@@ -30,8 +31,11 @@ from vitkit.analysis.plots import (
     plot_head_attention,
     plot_position_similarity,
 )
+from vitkit.data.arrays import ArrayDataset
+from vitkit.data.fewshot import k_shot_indices
 from vitkit.data.preprocessing import Preprocessing
 from vitkit.data.transforms import eval_batch, resize
+from vitkit.errors import DataError
 from vitkit.io import atomic_write_json, atomic_write_text
 from vitkit.models.vit import VisionTransformer
 
@@ -133,6 +137,38 @@ def write_figures(
     write_index(out_dir, figures, description)
     figures["index.html"] = out_dir / "index.html"
     return figures
+
+
+def figures_for_dataset(
+    model: VisionTransformer,
+    preprocessing: Preprocessing,
+    dataset: ArrayDataset,
+    out: Path,
+    *,
+    images: int = 128,
+    shown: int = 8,
+    label: str = "",
+) -> dict[str, Path]:
+    """`write_figures` for a class-balanced choice of `images` images of `dataset`, taken class
+    after class so that the `shown` ones with attention maps are of different classes; `label`
+    names the model and data on the page (and in the error when a class is empty)."""
+    num_classes = len(dataset.classes)
+    smallest = int(np.bincount(dataset.labels, minlength=num_classes).min())
+    if smallest == 0:
+        raise DataError(f"{label}: a class has no image to look at")
+    per_class = min(smallest, max(1, -(-images // num_classes)))
+    chosen = k_shot_indices(dataset.labels, per_class, seed=0, num_classes=num_classes)
+    by_class = chosen[np.argsort(dataset.labels[chosen], kind="stable")]
+    order = by_class.reshape(num_classes, per_class).T.ravel()[:images]
+    return write_figures(
+        model,
+        dataset.images[order],
+        out,
+        preprocessing=preprocessing,
+        titles=[dataset.classes[index] for index in dataset.labels[order]],
+        shown=shown,
+        description=f"{label}: {model.config.describe()}; {len(order)} images.",
+    )
 
 
 def write_index(out_dir: Path, figures: dict[str, Path], description: str) -> None:

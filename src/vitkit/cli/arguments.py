@@ -5,9 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import torch
-
 from vitkit.data import Preprocessing
+from vitkit.devices import DEVICE_NAMES, resolve_device
 from vitkit.errors import ConfigError
 from vitkit.models.vit import VisionTransformer
 from vitkit.weights import load_model
@@ -30,7 +29,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """--img-size, --normalization, --batch-size and --device, for commands that run a model."""
     add_input_arguments(parser)
     parser.add_argument("--batch-size", type=positive_int, default=128)
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--device", default="auto", help=DEVICE_NAMES)
 
 
 def add_input_arguments(parser: argparse.ArgumentParser) -> None:
@@ -61,8 +60,6 @@ def load_for_inference(
     checkpoint: Path, args: argparse.Namespace
 ) -> tuple[VisionTransformer, Preprocessing]:
     """The checkpoint's model on the chosen device in eval mode, and its input preprocessing."""
+    device = resolve_device(args.device)  # before the load: a bad --device fails at once
     model = load_checkpoint(checkpoint, args.img_size)
-    device = args.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
     return model.to(device).eval(), NORMALIZATIONS[args.normalization](model.config)

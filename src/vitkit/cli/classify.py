@@ -24,6 +24,7 @@ from vitkit.cli.arguments import (
     positive_int,
 )
 from vitkit.data import Preprocessing, find_images, load_rgb
+from vitkit.devices import resolve_device
 from vitkit.models.vit import VisionTransformer
 from vitkit.weights import CheckpointError
 from vitkit.weights.class_names import read_labels
@@ -118,9 +119,7 @@ def classify_and_print(
     records none), "google" ([-1, 1]) or "imagenet" (ImageNet mean and std), to override it.
     """
     images = find_images(paths)  # before loading the model, so a typo fails at once
-    model = load_classifier(checkpoint, img_size=img_size)
-    if torch.cuda.is_available():
-        model = model.cuda()
+    model = load_classifier(checkpoint, img_size=img_size).to(resolve_device("auto"))
     labels = class_names(model, labels_file)
     preprocessing = NORMALIZATIONS[normalization](model.config)
     predictions = predict(

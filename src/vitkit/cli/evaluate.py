@@ -15,18 +15,11 @@ from pathlib import Path
 
 from vitkit.analysis.plots import plot_confusion_matrix
 from vitkit.cli.arguments import add_model_arguments, load_for_inference, positive_int
-from vitkit.data import DataError, open_dataset
-from vitkit.data.arrays import ArrayDataset
+from vitkit.data import DataError
 from vitkit.data.fewshot import balanced_subset
+from vitkit.data.sources import open_labelled
 from vitkit.evaluation.accuracy import classification_report
 from vitkit.io import atomic_write_json
-
-
-def open_labelled(source: str, split: str) -> ArrayDataset:
-    dataset = open_dataset(source, split=split)
-    if not isinstance(dataset, ArrayDataset):
-        raise DataError(f"{source}: evaluation reads map-style datasets (not shards)")
-    return dataset
 
 
 def run(args: argparse.Namespace) -> int:

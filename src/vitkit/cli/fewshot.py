@@ -13,9 +13,9 @@ import argparse
 from pathlib import Path
 
 from vitkit.cli.arguments import add_model_arguments, load_for_inference, positive_int
-from vitkit.cli.evaluate import open_labelled
 from vitkit.data import DataError
 from vitkit.data.fewshot import balanced_subset
+from vitkit.data.sources import open_labelled
 from vitkit.evaluation.features import extract_features
 from vitkit.evaluation.fewshot import FewShotPlan, evaluate_fewshot
 from vitkit.evaluation.linear_probe import linear_probe_accuracy

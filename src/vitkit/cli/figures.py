@@ -10,47 +10,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
-
-from vitkit.analysis.report import write_figures
+from vitkit.analysis.report import figures_for_dataset
 from vitkit.cli.arguments import add_model_arguments, load_for_inference, positive_int
-from vitkit.cli.evaluate import open_labelled
-from vitkit.data import DataError, Preprocessing
-from vitkit.data.arrays import ArrayDataset
-from vitkit.data.fewshot import k_shot_indices
-from vitkit.models.vit import VisionTransformer
-
-
-def figures_for_dataset(
-    model: VisionTransformer,
-    preprocessing: Preprocessing,
-    dataset: ArrayDataset,
-    out: Path,
-    *,
-    images: int = 128,
-    shown: int = 8,
-    label: str = "",
-) -> dict[str, Path]:
-    """The figures for a class-balanced choice of `images` images of `dataset`, taken class after
-    class so that the `shown` ones with attention maps are of different classes."""
-    num_classes = len(dataset.classes)
-    smallest = int(np.bincount(dataset.labels, minlength=num_classes).min())
-    if smallest == 0:
-        raise DataError(f"{label}: a class has no image to look at")
-    per_class = min(smallest, max(1, -(-images // num_classes)))
-    chosen = k_shot_indices(dataset.labels, per_class, seed=0, num_classes=num_classes)
-    by_class = chosen[np.argsort(dataset.labels[chosen], kind="stable")]
-    order = by_class.reshape(num_classes, per_class).T.ravel()[:images]
-    config = model.config
-    return write_figures(
-        model,
-        dataset.images[order],
-        out,
-        preprocessing=preprocessing,
-        titles=[dataset.classes[label] for label in dataset.labels[order]],
-        shown=shown,
-        description=f"{label}: {config.describe()}; {len(order)} images.",
-    )
+from vitkit.data.sources import open_labelled
 
 
 def run(args: argparse.Namespace) -> int:

@@ -4,49 +4,11 @@ from __future__ import annotations
 
 import argparse
 import math
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from vitkit.cli.arguments import positive_int
-from vitkit.data.arrays import ArrayDataset
-from vitkit.data.folder import ImageSource, scan_folder
-from vitkit.data.images import load_rgb
 from vitkit.data.shards import write_shards
-from vitkit.data.sources import open_dataset
-from vitkit.errors import DataError
-
-
-@dataclass(frozen=True)
-class LazyImageFolder:
-    """One split of an image folder, decoded image by image when `write_shards` asks for it,
-    so a folder larger than memory or disk cache can be sharded."""
-
-    source: ImageSource
-
-    @property
-    def classes(self) -> tuple[str, ...]:
-        return self.source.classes
-
-    def __len__(self) -> int:
-        return len(self.source.entries)
-
-    def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
-        path, label = self.source.entries[index]
-        return np.asarray(load_rgb(path)), label
-
-
-def open_for_sharding(source: str, split: str) -> LazyImageFolder | ArrayDataset:
-    """An image folder, read lazily; anything else `open_dataset` reads (CIFAR by name or
-    release, .tar/.tar.gz of an image tree) through its decoded array."""
-    path = Path(source)
-    if path.is_dir() and (path / split).is_dir():
-        return LazyImageFolder(scan_folder(path, split))
-    dataset = open_dataset(source, split=split)
-    if not isinstance(dataset, ArrayDataset):
-        raise DataError(f"{source}: is already sharded")
-    return dataset
+from vitkit.data.sources import open_for_sharding
 
 
 def run(args: argparse.Namespace) -> int:

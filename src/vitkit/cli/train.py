@@ -14,9 +14,12 @@ import dataclasses
 import json
 from pathlib import Path
 
-from vitkit.training.config import PRESETS, describe_fields, get_preset, parse_overrides
+from vitkit.analysis.plots import plot_training_curves
+from vitkit.training.config import describe_fields, parse_overrides
 from vitkit.training.distributed import launch
-from vitkit.training.loop import train
+from vitkit.training.presets import PRESETS, get_preset
+from vitkit.training.run_dir import CURVES_NAME, RunDir
+from vitkit.training.trainer import train
 
 
 def run(args: argparse.Namespace) -> int:
@@ -26,7 +29,10 @@ def run(args: argparse.Namespace) -> int:
     config = parse_overrides(config, args.fields)
     summary = train(config, args.out, force=args.force)
     if launch().rank == 0:
-        print(json.dumps(summary, indent=2))
+        if summary.complete:
+            curves = plot_training_curves(RunDir(args.out).metric_records(), args.out / CURVES_NAME)
+            print(f"training curves: {curves}")
+        print(json.dumps(summary.to_json(), indent=2))
     return 0
 
 

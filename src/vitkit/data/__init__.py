@@ -1,6 +1,7 @@
 """Images in, model-ready tensors out: sources, the decode-once cache, loaders, augmentation."""
 
 from vitkit.data.arrays import ArrayDataset
+from vitkit.data.augment import AugmentConfig, TrainAugment
 from vitkit.data.cifar import load_cifar
 from vitkit.data.fewshot import holdout_split, k_shot_indices
 from vitkit.data.folder import cached_image_folder, check_same_classes
@@ -8,8 +9,8 @@ from vitkit.data.images import IMAGE_EXTENSIONS, DataError, find_images, list_im
 from vitkit.data.loader import ArrayLoader
 from vitkit.data.preprocessing import Preprocessing
 from vitkit.data.shards import ShardDataset, write_shards
-from vitkit.data.sources import open_dataset, open_train_test
-from vitkit.data.transforms import AugmentConfig, TrainAugment, eval_batch
+from vitkit.data.sources import open_dataset, open_for_sharding, open_labelled, open_train_test
+from vitkit.data.transforms import eval_batch
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -30,6 +31,8 @@ __all__ = [
     "load_cifar",
     "load_rgb",
     "open_dataset",
+    "open_for_sharding",
+    "open_labelled",
     "open_train_test",
     "write_shards",
 ]

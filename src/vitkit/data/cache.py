@@ -30,11 +30,10 @@ from tqdm import tqdm
 
 from vitkit.data.arrays import ArrayDataset
 from vitkit.errors import DataError
+from vitkit.io import sha256_file
 
 # Bump when the layout changes: every key hashes it, so old caches are simply not found.
 FORMAT_VERSION = 1
-# Read size for checksums; 8 MiB keeps hashlib at full speed with little memory.
-_BLOCK = 1 << 23
 
 
 class ImageStream(Protocol):
@@ -104,9 +103,9 @@ def _open(directory: Path, key: Mapping[str, object], *, verify: bool) -> ArrayD
         images_path = directory / "images.u8"
         if images_path.stat().st_size != int(np.prod(shape)):
             raise _Corrupt(f"images.u8 is not {shape} uint8")
-        if _sha256(directory / "labels.npy") != meta["labels_sha256"]:
+        if sha256_file(directory / "labels.npy") != meta["labels_sha256"]:
             raise _Corrupt("labels.npy does not match its checksum")
-        if verify and _sha256(images_path) != meta["images_sha256"]:
+        if verify and sha256_file(images_path) != meta["images_sha256"]:
             raise _Corrupt("images.u8 does not match its checksum")
         labels = np.load(directory / "labels.npy", allow_pickle=False)
         images = np.memmap(images_path, dtype=np.uint8, mode="r", shape=shape)
@@ -128,7 +127,7 @@ def _build(directory: Path, key: Mapping[str, object], stream: ImageStream) -> N
             "shape": list(shape),
             "classes": list(stream.classes),
             "images_sha256": images_sha256,
-            "labels_sha256": _sha256(partial / "labels.npy"),
+            "labels_sha256": sha256_file(partial / "labels.npy"),
             "skipped": dict(stream.skipped),
         }
         (partial / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
@@ -174,14 +173,6 @@ def _check_room(path: Path, needed: int, what: str) -> None:
             f"{free / 2**30:.1f} GiB free; pass image_size to cache smaller images, or choose a "
             "cache_dir with room"
         )
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as file:
-        while block := file.read(_BLOCK):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _fsync(path: Path) -> None:

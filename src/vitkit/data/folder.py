@@ -321,6 +321,25 @@ def cached_image_folder(
     )
 
 
+@dataclass(frozen=True)
+class LazyImageFolder:
+    """One split of an image folder, decoded image by image when asked for (`write_shards` reads
+    it so), so that a folder larger than memory or the disk cache can be sharded."""
+
+    source: ImageSource
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return self.source.classes
+
+    def __len__(self) -> int:
+        return len(self.source.entries)
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
+        path, label = self.source.entries[index]
+        return np.asarray(load_rgb(path)), label
+
+
 def fit_to_size(image: Image.Image, size: tuple[int, int]) -> Image.Image:
     """Resize `image` (bilinear) so it covers `size` (H, W), keeping its aspect, then crop the
     center; images already of that size pass untouched."""

@@ -22,7 +22,6 @@ import random
 import tarfile
 import urllib.request
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO, Any, Literal, Protocol
@@ -40,6 +39,7 @@ from vitkit.data.archives import ARCHIVE_ERRORS, is_gzipped, members, open_tar, 
 from vitkit.data.images import IMAGE_EXTENSIONS, load_rgb
 from vitkit.download import http_timeout
 from vitkit.errors import DataError
+from vitkit.io import atomic_open, temp_files
 
 ImageFormat = Literal["png", "jpg"]
 ImageLike = np.ndarray | torch.Tensor | bytes
@@ -101,20 +101,6 @@ def encode_image(image: ImageLike, image_format: ImageFormat) -> tuple[str, byte
     return image_format, buffer.getvalue()
 
 
-@contextmanager
-def _atomic_file(path: Path) -> Iterator[IO[bytes]]:
-    """A file that appears at `path` only once complete and on disk, never half written."""
-    temporary = path.with_name(f".{path.name}.tmp")  # hidden: globs for shards skip it
-    try:
-        with open(temporary, "wb") as file:
-            yield file
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-
-
 def write_shards(
     samples: IndexedSamples,
     out_dir: str | Path,
@@ -147,6 +133,8 @@ def write_shards(
     if (out_dir / INDEX_NAME).exists() or any(out_dir.glob(f"{SHARD_PREFIX}*.tar")):
         raise DataError(f"{out_dir}: already holds shards; delete them or choose another folder")
     out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in temp_files(out_dir, f"{SHARD_PREFIX}*.tar") + temp_files(out_dir, INDEX_NAME):
+        stale.unlink(missing_ok=True)  # left by a run killed mid-write
 
     order = np.random.default_rng(seed).permutation(total)
     counts: list[int] = []
@@ -155,7 +143,7 @@ def write_shards(
             indices = order[start : start + shard_size]
             path = out_dir / shard_name(len(counts))
             # mtime fixed so that reruns give identical bytes (checksums, rsync).
-            with _atomic_file(path) as file, wds.TarWriter(file, encoder=False, mtime=0) as tar:
+            with atomic_open(path) as file, wds.TarWriter(file, encoder=False, mtime=0) as tar:
                 for index in map(int, indices):
                     image, label = samples[index]
                     if not 0 <= int(label) < len(classes):
@@ -180,7 +168,7 @@ def write_shards(
         "image_format": image_format,
         "seed": seed,
     }
-    with _atomic_file(out_dir / INDEX_NAME) as file:
+    with atomic_open(out_dir / INDEX_NAME) as file:
         file.write(json.dumps(index, indent=1).encode())
     return out_dir / INDEX_NAME
 

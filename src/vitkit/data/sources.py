@@ -8,6 +8,8 @@
 
 Map-style sources come back as an `ArrayDataset` (decoded once, memory-mapped from the cache
 after the first use); shards, which may not fit one disk, as a streaming `ShardDataset`.
+`open_labelled` (map-style only, for the evaluations) and `open_for_sharding` (an image folder read
+lazily, for `write_shards`) narrow it for their callers.
 """
 
 from __future__ import annotations
@@ -16,7 +18,13 @@ from pathlib import Path
 
 from vitkit.data.arrays import ArrayDataset
 from vitkit.data.cifar import load_cifar
-from vitkit.data.folder import cached_image_folder, check_same_classes, is_archive
+from vitkit.data.folder import (
+    LazyImageFolder,
+    cached_image_folder,
+    check_same_classes,
+    is_archive,
+    scan_folder,
+)
 from vitkit.data.images import DataError
 from vitkit.data.shards import ShardDataset
 from vitkit.download import default_cache_dir
@@ -134,3 +142,25 @@ def open_train_test(
             raise DataError(f"{source}: open_train_test reads map-style sources, not shards")
     check_same_classes(train.classes, test.classes, where=source)
     return train, test
+
+
+def open_labelled(source: str | Path, split: str) -> ArrayDataset:
+    """The `split` of a map-style source (`open_dataset` with its defaults), for the evaluations,
+    which need every image and label at hand: shards, which only stream, are refused."""
+    dataset = open_dataset(source, split=split)
+    if not isinstance(dataset, ArrayDataset):
+        raise DataError(f"{source}: evaluation reads map-style datasets (not shards)")
+    return dataset
+
+
+def open_for_sharding(source: str | Path, split: str) -> LazyImageFolder | ArrayDataset:
+    """The `split` of `source` as `write_shards` reads it: an image folder lazily, image by image;
+    anything else `open_dataset` reads (CIFAR by name or release, .tar/.tar.gz of an image tree)
+    through its decoded array. Shards are refused."""
+    path = Path(source)
+    if path.is_dir() and (path / split).is_dir():
+        return LazyImageFolder(scan_folder(path, split))
+    dataset = open_dataset(source, split=split)
+    if not isinstance(dataset, ArrayDataset):
+        raise DataError(f"{source}: is already sharded")
+    return dataset

@@ -10,7 +10,6 @@ Resuming takes the newest checkpoint that passes the digest and loads with `weig
 
 from __future__ import annotations
 
-import hashlib
 import re
 import warnings
 from pathlib import Path
@@ -19,7 +18,7 @@ from typing import Any, BinaryIO
 import torch
 
 from vitkit.errors import CheckpointError, TrainingError
-from vitkit.io import atomic_write, atomic_write_text, temp_files
+from vitkit.io import atomic_write, atomic_write_text, sha256_file, temp_files
 
 CHECKPOINT_DIR = "checkpoints"
 _NAME = re.compile(r"step-(\d{8,})\.pt")
@@ -59,7 +58,7 @@ def save_checkpoint(run_dir: Path, step: int, state: dict[str, Any], *, keep: in
     path = checkpoint_path(run_dir, step)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda file: _write_state(state, file))
-    atomic_write_text(_digest_path(path), f"{_sha256(path)}  {path.name}\n")
+    atomic_write_text(_digest_path(path), f"{sha256_file(path)}  {path.name}\n")
     _prune(path.parent, keep=keep)
     return path
 
@@ -110,7 +109,7 @@ def _read_verified(path: Path) -> dict[str, Any]:
         raise CheckpointError(
             f"{path}: no readable digest in {digest_path.name} ({error})"
         ) from None
-    actual = _sha256(path)
+    actual = sha256_file(path)
     if actual != recorded:
         raise CheckpointError(
             f"{path}: SHA-256 {actual} does not match {recorded} recorded in {digest_path.name}"
@@ -162,11 +161,3 @@ def _prune(directory: Path, *, keep: int) -> None:
 
 def _digest_path(path: Path) -> Path:
     return path.with_name(path.name + _DIGEST_SUFFIX)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for chunk in iter(lambda: file.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

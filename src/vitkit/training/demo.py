@@ -22,8 +22,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from vitkit.io import atomic_write_json
-from vitkit.training.config import TrainConfig, get_preset
-from vitkit.training.loop import train
+from vitkit.training.config import TrainConfig
+from vitkit.training.presets import get_preset
+from vitkit.training.trainer import train
 
 # Shares of the training budget; evaluation and the one-time data cache come on top.
 PRETRAIN_SHARE, FINETUNE_SHARE = 0.6, 0.2
@@ -71,8 +72,9 @@ def run_demo(
     budget_seconds: float,
     download: bool = False,
     hardware: Literal["cpu", "gpu"] = "cpu",
-) -> dict[str, Any]:
-    """Run (or resume) the three stages in `out` and write `out/summary.json`."""
+) -> dict[str, Any] | None:
+    """Run (or resume) the three stages in `out`, write `out/summary.json` and return it; None
+    when Ctrl-C stopped a stage (the same call resumes it)."""
     out = Path(out)
     start = time.perf_counter()
     results = {}
@@ -80,15 +82,15 @@ def run_demo(
     for name, config in stages.items():
         print(f"\n== {name}: {config.resolution} px, about {config.budget_seconds:.0f} s ==")
         results[name] = train(config, out / name)
-        if "stopped_at_step" in results[name]:  # Ctrl-C: the same command resumes
-            return results[name]
+        if not results[name].complete:  # Ctrl-C: the same command resumes
+            return None
     summary = {
         "hardware": hardware,
-        "top1": results["finetune"]["top1"],
-        "top1_pretrain_res": results["finetune_at_pretrain_res"]["top1"],
-        "top1_pretrained": results["pretrain"]["top1"],
+        "top1": results["finetune"].top1,
+        "top1_pretrain_res": results["finetune_at_pretrain_res"].top1,
+        "top1_pretrained": results["pretrain"].top1,
         "seconds": round(time.perf_counter() - start, 1),
-        "stages": results,
+        "stages": {name: result.to_json() for name, result in results.items()},
     }
     atomic_write_json(out / "summary.json", summary)
     print("\n" + format_summary(summary))

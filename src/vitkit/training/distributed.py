@@ -18,12 +18,16 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
+import re
+import signal
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, TypeVar
 
 import torch
 import torch.distributed as dist
+
+from vitkit.errors import TrainingError, VitkitError
 
 T = TypeVar("T")
 
@@ -131,3 +135,74 @@ def lost_peer(error: BaseException) -> bool:
         return True
     message = str(error).lower()
     return isinstance(error, RuntimeError) and any(sign in message for sign in _LOST_PEER_SIGNS)
+
+
+@contextlib.contextmanager
+def entered_by_rank_zero(
+    world: World, context: contextlib.AbstractContextManager
+) -> Iterator[None]:
+    """Rank 0 enters `context` (e.g. the run lock) for the whole block; when it is refused with
+    a TrainingError, every process raises it, so that all stop together."""
+    with contextlib.ExitStack() as stack:
+        refusal = None
+        if world.is_main:
+            try:
+                stack.enter_context(context)
+            except TrainingError as error:
+                refusal = str(error)
+        if refusal := world.broadcast(refusal):
+            raise TrainingError(refusal)
+        yield
+
+
+@contextlib.contextmanager
+def lost_peers_explained(
+    world: World, *, timeout_seconds: float, resume_hint: str
+) -> Iterator[None]:
+    """Turn the errors a collective raises when another process died or hangs (gloo's start
+    with their source location and end with advice) into one TrainingError saying what happened
+    and that the same command resumes."""
+    try:
+        yield
+    except VitkitError:
+        raise
+    except Exception as error:
+        if not (world.distributed and lost_peer(error)):
+            raise
+        message = re.sub(r"^\[[^]]*\]\s*", "", str(error).strip())
+        reason = message.splitlines()[0].split(". ")[0][:300]
+        raise TrainingError(
+            f"process {world.rank} of {world.size} lost contact with the others ({reason}). "
+            f"Another process died or hangs: each waits at most dist_timeout_seconds="
+            f"{timeout_seconds:g} s for the others; its own log says why it stopped. {resume_hint}"
+        ) from error
+
+
+class StopRequest:
+    """Ctrl-C in a single process: the first becomes a request that the loop honours at the next
+    step boundary (it saves a checkpoint and returns); a second interrupts at once. Under
+    torchrun, Ctrl-C reaches every process and torchrun ends the job: the signal is left alone
+    there, and the same command resumes from the last checkpoint."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    @contextlib.contextmanager
+    def installed(self, world: World) -> Iterator[None]:
+        if world.distributed:
+            yield
+            return
+        try:
+            previous = signal.signal(signal.SIGINT, self._handle)
+        except ValueError:  # not the main thread: leave Ctrl-C alone
+            yield
+            return
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)

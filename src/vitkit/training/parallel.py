@@ -1,14 +1,15 @@
-"""Parallelism applied to a finished model: activation checkpointing, DDP or FSDP2, compile.
+"""Parallelism applied in place to a finished model: activation checkpointing, DDP, FSDP2, compile.
 
-The model class holds no parallel code; `parallelize` returns the module the loop calls (the
-"forward"), while the model stays the VisionTransformer whose parameters the optimizer steps:
-- DDP (the default): every process holds the whole model, and the gradients are averaged across
-  processes during the backward pass.
+The model class holds no parallel code, and `parallelize` changes no parameter name: the model
+that the optimizer steps is the module the loop calls, as PyTorch's composable APIs allow:
+- DDP (the default; composable `replicate`): every process holds the whole model, and the
+  gradients are averaged across processes during the backward pass.
 - FSDP2 (`fully_shard` on each block, then on the root): parameters, gradients and optimizer
   state are split across processes, 1/N each; a block's parameters are gathered only for its
   forward and backward. For models whose training state does not fit one GPU (ViT-H).
-- Activation checkpointing (PyTorch's composable `checkpoint`, which keeps every parameter name):
-  each block's activations are recomputed in the backward pass instead of kept.
+- Activation checkpointing (composable `checkpoint`): each block's activations are recomputed in
+  the backward pass instead of kept.
+- `torch.compile` through `Module.compile`, which compiles the forward in place.
 Either way the averaged gradient is that of the global batch, as in one process.
 
 Checkpoints always hold the full, unsharded state a single process saves (`model.state_dict()`,
@@ -19,13 +20,12 @@ on any number of processes, sharded or not.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from typing import Any
 
 import torch
 from torch import nn
-from torch.distributed._composable import checkpoint
+from torch.distributed._composable import checkpoint, replicate
+from torch.distributed._composable.replicate import DDP
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
@@ -34,7 +34,6 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
-from torch.nn.parallel import DistributedDataParallel
 
 from vitkit.models.vit import VisionTransformer
 from vitkit.training.config import TrainConfig
@@ -46,19 +45,18 @@ _TO_SAVE = StateDictOptions(full_state_dict=True, cpu_offload=True)
 _TO_LOAD = StateDictOptions(full_state_dict=True)
 
 
-def parallelize(model: VisionTransformer, *, config: TrainConfig, world: World) -> nn.Module:
-    """Apply the config's activation checkpointing and, with several processes, DDP or FSDP2 to
-    `model` (FSDP and checkpointing in place); return the module to call for training."""
+def parallelize(model: VisionTransformer, *, config: TrainConfig, world: World) -> None:
+    """Apply the config's activation checkpointing, DDP or FSDP2 (with several processes) and
+    compile to `model`, in place."""
     if config.activation_checkpointing:
         for block in model.blocks:
             checkpoint(block)
-    forward: nn.Module = model
     if world.distributed and config.parallel == "fsdp":
         shard(model, precision=config.precision)
     elif world.distributed:
-        device_ids = [world.device] if world.device.type == "cuda" else None
-        forward = DistributedDataParallel(model, device_ids=device_ids)
-    return torch.compile(forward) if config.compile else forward
+        replicate(model, device_id=world.device)
+    if config.compile:
+        model.compile()
 
 
 def shard(model: nn.Module, *, precision: str) -> None:
@@ -76,19 +74,11 @@ def is_sharded(module: nn.Module) -> bool:
     return any(isinstance(part, FSDPModule) for part in module.modules())
 
 
-@contextlib.contextmanager
-def gradient_sync(forward: nn.Module, *, enabled: bool) -> Iterator[None]:
-    """Within it, backward passes average gradients across processes only if `enabled`: off for
-    all but the last micro-batch of an accumulated step, whose backward then averages the sum
-    (DDP's no_sync, FSDP2's set_requires_gradient_sync)."""
-    module = getattr(forward, "_orig_mod", forward)  # under torch.compile
-    if isinstance(module, DistributedDataParallel) and not enabled:
-        with module.no_sync():
-            yield
-        return
-    if isinstance(module, FSDPModule):
-        module.set_requires_gradient_sync(enabled)
-    yield
+def set_gradient_sync(model: nn.Module, *, enabled: bool) -> None:
+    """Whether the next backward pass averages gradients across processes: off for all but the
+    last micro-batch of an accumulated step, whose backward then averages the sum."""
+    if isinstance(model, (FSDPModule, DDP)):
+        model.set_requires_gradient_sync(enabled)
 
 
 def model_state(module: nn.Module) -> dict[str, Any]:

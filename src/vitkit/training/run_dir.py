@@ -2,7 +2,7 @@
 
 A run directory holds `train_config.json` (the config, the architecture trained, the step plan
 and every `--force` change: the one record of the plan), `metrics.jsonl`, `summary.json`,
-`curves.png`, the checkpoints (training.checkpoint) and the final weights (weights.native).
+the checkpoints (training.checkpoint) and the final weights (weights.native).
 
 One run per folder: two processes writing one folder would interleave their checkpoints and
 metrics, so a run holds `run.lock` for as long as it trains: an advisory `flock` that the
@@ -29,13 +29,15 @@ from typing import Any, TextIO
 from vitkit.errors import TrainingError
 from vitkit.io import atomic_write_json, atomic_write_text
 from vitkit.models.config import ViTConfig
-from vitkit.training.checkpoint import saved_steps
+from vitkit.training.checkpoint import CHECKPOINT_DIR, saved_steps
 from vitkit.training.config import EXECUTION_FIELDS, FORCEABLE_FIELDS, TrainConfig
+from vitkit.training.summary import TrainSummary
 
 LOCK_NAME = "run.lock"
 CONFIG_NAME = "train_config.json"
 METRICS_NAME = "metrics.jsonl"
 SUMMARY_NAME = "summary.json"
+CURVES_NAME = "curves.png"  # drawn by the commands from metrics.jsonl (analysis/plots.py)
 
 
 class RunDir:
@@ -46,6 +48,11 @@ class RunDir:
 
     def __str__(self) -> str:
         return str(self.path)
+
+    @property
+    def checkpoints(self) -> Path:
+        """The folder of the run's checkpoints (training/checkpoint.py)."""
+        return self.path / CHECKPOINT_DIR
 
     @contextlib.contextmanager
     def writing(self) -> Iterator[None]:
@@ -188,14 +195,20 @@ class RunDir:
         """The metrics.jsonl writer (a no-op where `enabled` is False: ranks other than 0)."""
         return Metrics(self, enabled=enabled)
 
-    def summary(self) -> dict[str, Any] | None:
+    def metric_records(self) -> list[dict[str, Any]]:
+        """The records of metrics.jsonl, oldest first."""
+        path = self.path / METRICS_NAME
+        lines = path.read_text().splitlines() if path.exists() else []
+        return [json.loads(line) for line in lines]
+
+    def summary(self) -> TrainSummary | None:
         """summary.json of a finished run, or None."""
         path = self.path / SUMMARY_NAME
-        return json.loads(path.read_text()) if path.exists() else None
+        return TrainSummary.from_json(json.loads(path.read_text())) if path.exists() else None
 
-    def write_summary(self, summary: dict[str, Any]) -> None:
+    def write_summary(self, summary: TrainSummary) -> None:
         with self.writing():
-            atomic_write_json(self.path / SUMMARY_NAME, summary)
+            atomic_write_json(self.path / SUMMARY_NAME, summary.to_json())
 
 
 class Metrics:

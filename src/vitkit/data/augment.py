@@ -1,0 +1,232 @@
+"""The training augmentation of whole uint8 batches, its randomness keyed by image, not by process.
+
+- Inception crop ("random resized crop", Szegedy et al. 2015; the paper's and AugReg's training
+  augmentation): per image a box of random area fraction in `crop_scale` and aspect ratio in
+  `crop_ratio`, resampled bilinearly to the model's resolution by one `grid_sample` call for the
+  whole batch (data/transforms.py; no antialiasing: crops shrink by at most the image/resolution
+  ratio, and exactly halving averages 2x2 blocks).
+- Horizontal flip with probability 1/2 per image, folded into the crop's sampling grid.
+- Optional RandAugment (Cubuk et al. 2020; torchvision's implementation, applied per image so that
+  every image draws its own operations).
+- Optional Mixup (Zhang et al. 2018) or CutMix (Yun et al. 2019): one mixing weight per global
+  batch; each image is mixed with its partner, the image whose index in the global batch differs
+  in the lowest bit (0 with 1, 2 with 3, ...).
+
+Every random number is a function of a key (the trainer passes (seed, step)) and of the image's
+index in the global batch: never of a generator's state or of which process holds the image. So N
+processes, each holding a slice of the global batch, crop, flip and mix every image as one process
+would, and a resumed run draws what the interrupted one would have, without a saved generator
+state. (torchvision's MixUp and CutMix draw from the global generator and pair each image with its
+neighbour in the local batch, which is why the mixing is written here.)
+
+Training targets are always class probabilities (B, K): one-hot, smoothed or mixed, so the loss
+has one form whatever the options.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from vitkit.data.transforms import crop_and_resize, normalize, resize
+
+# Mixed into every key, so that the augmentation's draws never coincide with the loader's
+# permutations, which are seeded by (seed, epoch).
+AUGMENT_STREAM = 0xA06
+CROP_ATTEMPTS = 10  # torchvision's RandomResizedCrop tries 10 boxes before its fallback
+# Per-image uniforms: flip, then the crop's 2 x CROP_ATTEMPTS draws and its position (x, y).
+_FLIP, _CROP = 0, slice(1, 3 + 2 * CROP_ATTEMPTS)
+_COLUMNS = 3 + 2 * CROP_ATTEMPTS
+
+
+@dataclass(frozen=True, kw_only=True)
+class AugmentConfig:
+    """What the training augmentation does; everything but the output is optional."""
+
+    resolution: tuple[int, int]
+    num_classes: int
+    mean: tuple[float, ...] = (0.5, 0.5, 0.5)
+    std: tuple[float, ...] = (0.5, 0.5, 0.5)
+    # Inception crop; None resizes the whole image instead.
+    crop_scale: tuple[float, float] | None = (0.08, 1.0)
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    hflip: bool = True
+    randaugment: tuple[int, int] | None = None  # (number of ops, magnitude), e.g. (2, 10)
+    mixup_alpha: float = 0.0
+    cutmix_alpha: float = 0.0
+    label_smoothing: float = 0.0
+
+
+def random_crop_boxes(
+    uniforms: torch.Tensor,
+    height: int,
+    width: int,
+    *,
+    scale: tuple[float, float],
+    ratio: tuple[float, float],
+) -> torch.Tensor:
+    """Inception-crop boxes (B, 4) as (x1, y1, x2, y2) in pixel coordinates, from uniforms in
+    [0, 1) of shape (B, 2 * CROP_ATTEMPTS + 2).
+
+    Like torchvision's RandomResizedCrop: up to CROP_ATTEMPTS draws of area fraction (uniform in
+    `scale`) and aspect ratio (log-uniform in `ratio`), the first that fits is kept; an image with
+    no fitting draw gets the largest centred box whose aspect ratio lies in `ratio`. Boxes are
+    continuous (sub-pixel); `crop_and_resize` samples them exactly.
+    """
+    batch = len(uniforms)
+    low, high = math.log(ratio[0]), math.log(ratio[1])
+    fractions = scale[0] + uniforms[:, :CROP_ATTEMPTS] * (scale[1] - scale[0])
+    aspect = (low + uniforms[:, CROP_ATTEMPTS : 2 * CROP_ATTEMPTS] * (high - low)).exp()
+    area = height * width
+    box_w = (fractions * area * aspect).sqrt()
+    box_h = (fractions * area / aspect).sqrt()
+    fits = (box_w <= width) & (box_h <= height)
+    first = fits.float().argmax(dim=1)  # index of the first fitting attempt (0 when none fits)
+    rows = torch.arange(batch, device=uniforms.device)
+    box_w, box_h = box_w[rows, first], box_h[rows, first]
+
+    # Fallback: the whole image, clamped to the allowed aspect ratios, centred.
+    image_ratio = width / height
+    fallback_w, fallback_h = float(width), float(height)
+    if image_ratio < ratio[0]:
+        fallback_h = width / ratio[0]
+    elif image_ratio > ratio[1]:
+        fallback_w = height * ratio[1]
+    none_fit = ~fits.any(dim=1)
+    box_w = torch.where(none_fit, fallback_w, box_w)
+    box_h = torch.where(none_fit, fallback_h, box_h)
+
+    x1 = uniforms[:, 2 * CROP_ATTEMPTS] * (width - box_w)
+    y1 = uniforms[:, 2 * CROP_ATTEMPTS + 1] * (height - box_h)
+    x1 = torch.where(none_fit, (width - box_w) / 2, x1)
+    y1 = torch.where(none_fit, (height - box_h) / 2, y1)
+    return torch.stack([x1, y1, x1 + box_w, y1 + box_h], dim=1)
+
+
+@dataclass(frozen=True)
+class BatchDraws:
+    """The random numbers of the images [first, first + count) of a global batch."""
+
+    uniforms: np.ndarray  # (count, _COLUMNS) in [0, 1): flip, crop
+    image_seeds: np.ndarray  # (count,): each image's RandAugment seed
+    partners: np.ndarray  # (count,): the local index each image is mixed with (itself: unmixed)
+    mixing: str | None  # "mixup", "cutmix" or None, for the whole global batch
+    weight: float  # the mixing weight of each image itself (lambda)
+    centre: tuple[float, float]  # CutMix's box centre, as fractions of the width and height
+
+
+def draw(
+    config: AugmentConfig, key: Sequence[int], *, first: int, count: int, total: int
+) -> BatchDraws:
+    """The draws of images [first, first + count) of a global batch of `total` under `key`:
+    those of the whole batch, cut to the slice, so any slicing of it draws the same."""
+    per_image, per_batch = np.random.SeedSequence([AUGMENT_STREAM, *key]).spawn(2)
+    images = np.random.default_rng(per_image)
+    uniforms = images.random((total, _COLUMNS))[first : first + count]
+    image_seeds = images.integers(0, 2**63, size=total)[first : first + count]
+    partners = (np.arange(first, first + count) ^ 1) - first
+    partners = np.where((partners >= 0) & (partners < count), partners, np.arange(count))
+
+    batch = np.random.default_rng(per_batch)
+    choices = [
+        (name, alpha)
+        for name, alpha in (("mixup", config.mixup_alpha), ("cutmix", config.cutmix_alpha))
+        if alpha > 0
+    ]
+    mixing, weight = None, 1.0
+    if choices:
+        mixing, alpha = choices[int(batch.random() * len(choices))]
+        weight = float(batch.beta(alpha, alpha))
+    centre = (float(batch.random()), float(batch.random()))
+    return BatchDraws(uniforms, image_seeds, partners, mixing, weight, centre)
+
+
+def mix(
+    inputs: torch.Tensor, targets: torch.Tensor, draws: BatchDraws
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mixup (a weighted sum of the two images) or CutMix (a box of the partner pasted in, of
+    area 1 - weight, the target weighted by the box's area after clipping to the image)."""
+    partners = torch.as_tensor(draws.partners, device=inputs.device)
+    weight = draws.weight
+    if draws.mixing == "mixup":
+        inputs = weight * inputs + (1 - weight) * inputs[partners]
+    elif draws.mixing == "cutmix":
+        height, width = inputs.shape[-2:]
+        half = 0.5 * math.sqrt(1 - weight)
+        centre_x, centre_y = draws.centre[0] * width, draws.centre[1] * height
+        x1, x2 = (round(min(max(centre_x + s * half * width, 0), width)) for s in (-1, 1))
+        y1, y2 = (round(min(max(centre_y + s * half * height, 0), height)) for s in (-1, 1))
+        inputs = inputs.clone()
+        inputs[..., y1:y2, x1:x2] = inputs[partners][..., y1:y2, x1:x2]
+        weight = 1 - (x2 - x1) * (y2 - y1) / (width * height)
+    else:
+        return inputs, targets
+    return inputs, weight * targets + (1 - weight) * targets[partners]
+
+
+class TrainAugment:
+    """uint8 images (B, C, H, W) and int labels (B,) -> normalised float images at the model's
+    resolution and class probabilities (B, num_classes)."""
+
+    def __init__(self, config: AugmentConfig):
+        self.config = config
+        self._randaugment = None
+        if config.randaugment:
+            from torchvision.transforms import v2
+
+            num_ops, magnitude = config.randaugment
+            self._randaugment = v2.RandAugment(num_ops=num_ops, magnitude=magnitude)
+
+    def __call__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        *,
+        key: Sequence[int],
+        first: int = 0,
+        total: int | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Augment `images`, the images [first, first + B) of a global batch of `total` (default
+        B) whose randomness `key` names (see the module docstring)."""
+        config = self.config
+        batch, _, height, width = images.shape
+        draws = draw(config, key, first=first, count=batch, total=total or batch)
+        uniforms = torch.as_tensor(draws.uniforms, dtype=torch.float32).to(images.device)
+        flip = uniforms[:, _FLIP] < 0.5 if config.hflip else None
+        pixels = images.float()
+        if config.crop_scale is not None:
+            boxes = random_crop_boxes(
+                uniforms[:, _CROP], height, width, scale=config.crop_scale, ratio=config.crop_ratio
+            )
+            pixels = crop_and_resize(pixels, boxes, config.resolution, flip=flip)
+        else:
+            pixels = resize(pixels, config.resolution)
+            if flip is not None:
+                pixels = torch.where(flip[:, None, None, None], pixels.flip(-1), pixels)
+        if self._randaugment is not None:
+            pixels = self._apply_randaugment(pixels, draws.image_seeds)
+
+        inputs = normalize(pixels, config.mean, config.std, inplace=True)  # pixels is ours
+        targets = F.one_hot(labels.to(images.device), config.num_classes).float()
+        inputs, targets = mix(inputs, targets, draws)
+        if config.label_smoothing:
+            targets = targets * (1 - config.label_smoothing) + config.label_smoothing / (
+                config.num_classes
+            )
+        return inputs, targets
+
+    def _apply_randaugment(self, pixels: torch.Tensor, seeds: np.ndarray) -> torch.Tensor:
+        """torchvision's RandAugment on each image, its operations drawn from the image's own
+        seed; the global generator is left as it was."""
+        as_uint8 = pixels.round().clamp(0, 255).to(torch.uint8)
+        augmented = []
+        with torch.random.fork_rng(devices=[]):
+            for image, seed in zip(as_uint8, seeds):
+                torch.manual_seed(int(seed))
+                augmented.append(self._randaugment(image))
+        return torch.stack(augmented).float()

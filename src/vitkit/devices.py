@@ -1,0 +1,47 @@
+"""Device names: what "auto", "cpu", "cuda" and "cuda:N" mean, decided in one place.
+
+Every command and the trainer take a device by name; "auto" is the GPU when PyTorch sees one,
+else the CPU. Only torch and `vitkit.errors` are imported, so any layer may use this module.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from vitkit.errors import ConfigError
+
+DEVICE_NAMES = "auto, cpu, cuda or cuda:N"  # for help texts and messages
+
+
+def device_problem(name: str) -> str | None:
+    """Why `name` is no device vitkit runs on (auto, cpu, cuda or cuda:N), else None.
+
+    Only the spelling is checked, not this machine's hardware: a config validated here may be
+    run on another machine (see `resolve_device`, which checks both)."""
+    if name == "auto":
+        return None
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):  # "gpu", "cuda:x", a non-string
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        return f"device must be {DEVICE_NAMES}, got {name!r}"
+    return None
+
+
+def resolve_device(name: str) -> torch.device:
+    """The device `name` stands for on this machine: "auto" is cuda when a GPU is available, else
+    cpu. Raises ConfigError, in one line, for a name that is no device (see `device_problem`) or a
+    GPU this machine does not have."""
+    if problem := device_problem(name):
+        raise ConfigError(problem)
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ConfigError(f"device {name!r} asked for, but no CUDA GPU is available")
+        if device.index is not None and device.index >= count:
+            raise ConfigError(f"device {name!r} asked for, but this machine has {count} GPU(s)")
+    return device

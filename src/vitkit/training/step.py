@@ -1,0 +1,109 @@
+"""One optimizer step: augment this process's share of the global batch, forward and backward per
+micro-batch, then clip, step the optimizer (through the loss scaler under fp16) and the EMA.
+
+`batch_size` is the global batch: each of N processes holds its 1/N slice of the same global
+batches (so the learning-rate schedule and the step count do not depend on N), and
+`micro_batch_size` splits a process's slice into accumulated passes, whose gradients are averaged
+across processes only in the last one's backward pass.
+
+Randomness: the augmentation's draws are a function of (seed, step) and each image's index in the
+global batch (data/augment.py), so 1 and N processes see the same crops, flips and mixes; dropout
+and stochastic depth draw from the global generator, seeded at every step by (seed, step, rank).
+Neither needs a saved generator state to resume.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from vitkit.data.augment import TrainAugment
+from vitkit.errors import TrainingError
+from vitkit.training import parallel
+from vitkit.training.distributed import World
+from vitkit.training.optim import clip_gradients
+from vitkit.training.state import TrainState
+
+
+def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy against class probabilities (one-hot, smoothed or mixed)."""
+    return -(targets * F.log_softmax(logits.float(), dim=-1)).sum(dim=-1).mean()
+
+
+def model_seed(seed: int, step: int, rank: int) -> int:
+    """The seed of process `rank`'s draws inside the model (dropout, stochastic depth) at
+    `step`: distinct per process and step, and the same again on resuming."""
+    return int(np.random.SeedSequence([seed, step, rank]).generate_state(1, np.uint64)[0])
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainStep:
+    """Runs one optimizer step of a `TrainState` on a global batch (see the module docstring)."""
+
+    augment: TrainAugment
+    device: torch.device
+    world: World
+    seed: int
+    micro_batches: int  # forward/backward passes per step in this process
+    grad_clip: float
+    autocast_dtype: torch.dtype | None
+    checkpoint_folder: Path  # named when the loss becomes NaN
+
+    def __call__(
+        self, state: TrainState, images: torch.Tensor, labels: torch.Tensor, *, lr: float
+    ) -> float:
+        """Step `state` on this process's slice of a global batch; returns the slice's mean loss."""
+        for group in state.optimizer.param_groups:
+            group["lr"] = lr
+        inputs, targets = self.augment(
+            images.to(self.device, non_blocking=True),
+            labels.to(self.device, non_blocking=True),
+            key=(self.seed, state.step),
+            first=self.world.rank * len(images),
+            total=self.world.size * len(images),
+        )
+        torch.manual_seed(model_seed(self.seed, state.step, self.world.rank))
+        total_loss = 0.0
+        passes = self.micro_batches
+        for index, (chunk, chunk_targets) in enumerate(
+            zip(inputs.chunk(passes), targets.chunk(passes))
+        ):
+            parallel.set_gradient_sync(state.model, enabled=index == passes - 1)
+            with torch.autocast(
+                self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None
+            ):
+                logits = state.model(chunk)
+            loss = soft_cross_entropy(logits, chunk_targets) / passes
+            value = loss.item()
+            if not math.isfinite(value):
+                raise TrainingError(
+                    f"the loss became {value} at step {state.step}; stopping (learning rate "
+                    f"{lr:.3g}). The checkpoints in {self.checkpoint_folder} hold the last "
+                    "finite state: lower lr or raise warmup_steps and run again"
+                )
+            total_loss += value
+            (state.scaler.scale(loss) if state.scaler is not None else loss).backward()
+        self._optimizer_step(state)
+        return total_loss
+
+    def _optimizer_step(self, state: TrainState) -> None:
+        if state.scaler is not None:
+            state.scaler.unscale_(state.optimizer)
+        if self.grad_clip > 0:
+            norm = clip_gradients(state.model.parameters(), self.grad_clip)
+            if not torch.isfinite(norm) and state.scaler is None:
+                raise TrainingError(f"the gradient norm became {norm.item()} at step {state.step}")
+        if state.scaler is not None:
+            state.scaler.step(state.optimizer)
+            state.scaler.update()
+        else:
+            state.optimizer.step()
+        state.optimizer.zero_grad(set_to_none=True)
+        if state.ema is not None:
+            state.ema.update_parameters(state.model)
+        state.step += 1
