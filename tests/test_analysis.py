@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import randomise_  # noqa: I001
 from test_hf_equivalence import hf_config  # noqa: I001 (a sibling test module)
 from transformers import ViTModel
 
@@ -26,6 +25,8 @@ from vitkit.analysis.attention import (
 from vitkit.analysis.embeddings import embedding_filter_components, position_similarity
 from vitkit.analysis.report import write_figures
 from vitkit.models import create_model
+
+from helpers import randomise_
 
 
 def random_attention(batch: int, heads: int, tokens: int, seed: int = 0) -> torch.Tensor:

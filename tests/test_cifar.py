@@ -13,10 +13,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import FileServer
 
 from vitkit.data.cifar import load_cifar
 from vitkit.data.images import DataError
+
+from helpers import FileServer
 
 CIFAR10_CLASSES = (
     "airplane",

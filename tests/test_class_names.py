@@ -7,11 +7,12 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import CLASSES, tiny  # noqa: I001
 
 import vitkit
 from vitkit.cli.main import main
 from vitkit.training.trainer import train
+
+from helpers import CLASSES, tiny
 
 pytestmark = pytest.mark.usefixtures("cache_in_tmp")
 

@@ -10,13 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import OFFICIAL_FIXTURE, SHARED
 from PIL import Image
 
 import vitkit
 from vitkit.cli.main import main
 from vitkit.data import Preprocessing
 from vitkit.data.shared import default_shared_dir
+
+from helpers import OFFICIAL_FIXTURE, SHARED
 
 CHECKPOINT = OFFICIAL_FIXTURE / "params.npz"
 FIXTURE_CLASSES = 7
@@ -218,6 +219,7 @@ def test_bad_input_exits_2(
     assert_one_line_error(code, err, *fragments)
 
 
+@pytest.mark.slow
 def test_demo_runs_the_three_stages(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import timm
 import torch
-from conftest import OFFICIAL_FIXTURE, randomise_
 from transformers import ViTForImageClassification, ViTModel
 
 import vitkit
@@ -19,6 +18,8 @@ from vitkit import CheckpointError
 from vitkit.cli.main import main
 from vitkit.weights.export import export_model
 from vitkit.weights.timm import TIMM_MODEL_NAME, timm_model_kwargs
+
+from helpers import OFFICIAL_FIXTURE, randomise_
 
 TOLERANCE = 1e-5
 

@@ -36,6 +36,8 @@ from vitkit.training.parallel import parallelize
 from vitkit.training.presets import get_preset
 
 README = Path(__file__).resolve().parents[1] / "README.md"
+pytestmark = pytest.mark.slow  # torchrun and several processes, throughout
+
 TORCHRUN = Path(sys.executable).with_name("torchrun")
 STEPS, CHECKPOINT_EVERY = 40, 10
 # The compared runs: the tiny preset without random augmentation (no crop, no flip; the preset

@@ -7,9 +7,10 @@ import socket
 from pathlib import Path
 
 import pytest
-from conftest import FileServer
 
 from vitkit.download import DownloadError, default_cache_dir, download
+
+from helpers import FileServer
 
 PAYLOAD = bytes(range(256)) * 40  # 10 KiB, every byte value, so an offset error shows
 pytestmark = pytest.mark.usefixtures("online")

@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import OFFICIAL_FIXTURE  # noqa: I001
 
 from vitkit.cli.main import main
 from vitkit.evaluation.fewshot import (
@@ -27,6 +26,8 @@ from vitkit.evaluation.fewshot import (
 from vitkit.evaluation.linear_probe import LinearProbe
 from vitkit.training.presets import get_preset
 from vitkit.training.trainer import train
+
+from helpers import OFFICIAL_FIXTURE
 
 
 @pytest.mark.parametrize("rows, dim", [(40, 6), (8, 30)])  # primal and dual forms
@@ -100,6 +101,7 @@ def run_cli(*args: object) -> int:
     return main([str(arg) for arg in args])
 
 
+@pytest.mark.slow
 def test_fewshot_on_trained_features_beats_chance(
     trained_run: Path, cifar_subset: Path, tmp_path: Path
 ) -> None:

@@ -18,7 +18,6 @@ import numpy as np
 import pytest
 import timm
 import torch
-from conftest import OFFICIAL_FIXTURE, randomise_
 from safetensors.torch import load_file
 from transformers import ViTForImageClassification
 
@@ -26,6 +25,8 @@ import vitkit
 from vitkit import CheckpointError
 from vitkit.weights.export import HOLDING_FORMATS, export_model
 from vitkit.weights.timm import TIMM_MODEL_NAME, timm_model_kwargs, timm_model_name
+
+from helpers import OFFICIAL_FIXTURE, randomise_
 
 # Small models share the fixture's transformer (width 64, 2 blocks, 4 heads, MLP 128, 8x8 patches
 # on 64 px, 7 classes), so that the exported .npz keys can be held to the fixture's own shapes.

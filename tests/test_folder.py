@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torchvision.transforms.functional as TF
-from conftest import CIFAR_TAR
 from PIL import Image
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import pil_loader
@@ -25,6 +24,8 @@ from vitkit.data.folder import (
     scan_tar,
 )
 from vitkit.data.images import DataError
+
+from helpers import CIFAR_TAR
 
 # Mixed case on purpose: the class order must be Python's sorted(), as torchvision's.
 CLASSES = ("Zebra", "cat", "dog")

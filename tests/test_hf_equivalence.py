@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import randomise_  # noqa: I001
 from safetensors.torch import load_file
 from torch import nn
 from transformers import ViTConfig as HFViTConfig
@@ -24,6 +23,8 @@ from vitkit.models.vit import VisionTransformer
 from vitkit.weights.export import export_model
 from vitkit.weights.hf import hf_to_vitkit
 from vitkit.weights.state_dict import load_checked
+
+from helpers import randomise_
 
 TOLERANCE = 1e-5
 SMALL = dict(

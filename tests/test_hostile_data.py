@@ -25,8 +25,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import FileServer
-from hostile import crashes, read_each_under_ceiling
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -41,6 +39,9 @@ from vitkit.data.images import PIXEL_LIMIT_VARIABLE, load_rgb
 from vitkit.data.shards import ShardDataset
 from vitkit.data.sources import open_dataset
 from vitkit.errors import DataError
+
+from helpers import FileServer
+from hostile import crashes, read_each_under_ceiling
 
 TESTS = Path(__file__).resolve().parent
 # numpy's array-rebuilding function, as numpy's own pickles name it.
@@ -691,6 +692,7 @@ def test_a_cifar_file_too_large_or_linked_is_refused(tmp_path: Path, kind: str) 
 
 
 @pytest.mark.usefixtures("child")
+@pytest.mark.slow
 def test_archive_bombs_are_refused_under_a_ceiling(tmp_path: Path) -> None:
     """A PAX header that claims (and decompresses to) 3 GiB, which tarfile would read whole, and
     20 images of 64 megapixels, 192 MiB each decoded, that a chunk of decoding held all at once."""

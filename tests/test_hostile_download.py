@@ -3,7 +3,7 @@ served as files, malformed registry entries and hub ids.
 
 Every case must end in one line of a VitkitError that names the URL, file, variable or id, and
 must leave nothing in the cache that would fail forever after: the next call either succeeds or
-fails for the same, stated reason. Servers are real (conftest.FileServer on 127.0.0.1).
+fails for the same, stated reason. Servers are real (helpers.FileServer on 127.0.0.1).
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 import test_registry
-from conftest import FileServer, RangeHandler
 from test_registry import NAME, SERVED
 
 from vitkit.cli.main import main
@@ -23,6 +22,8 @@ from vitkit.download import download
 from vitkit.errors import CheckpointError, DownloadError
 from vitkit.weights import PretrainedWeights, load_model, register_pretrained, registry
 from vitkit.weights.hub import _checkpoint_in
+
+from helpers import FileServer, RangeHandler
 
 PAYLOAD = bytes(range(256)) * 40  # 10 KiB, every byte value, so an offset error shows
 pytestmark = pytest.mark.usefixtures("online")

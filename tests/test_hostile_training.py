@@ -18,7 +18,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny  # noqa: I001
 
 from vitkit.cli.main import main
 from vitkit.errors import ConfigError, TrainingError
@@ -27,6 +26,8 @@ from vitkit.training.config import TrainConfig, parse_overrides
 from vitkit.training.presets import PRESETS
 from vitkit.training.schedule import learning_rate
 from vitkit.training.trainer import train
+
+from helpers import tiny
 
 pytestmark = pytest.mark.usefixtures("cache_in_tmp")
 
@@ -268,6 +269,7 @@ FULL_DISK = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_a_full_disk_says_so_and_the_saved_checkpoints_resume(
     image_tree: Path, tmp_path: Path
 ) -> None:

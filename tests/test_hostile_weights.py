@@ -31,7 +31,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hostile import crashes, read_each_under_ceiling
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
@@ -42,6 +41,8 @@ from vitkit.errors import CheckpointError
 from vitkit.weights.export import export_model
 from vitkit.weights.load import load_model
 from vitkit.weights.state_dict import NonFiniteWeightsWarning
+
+from hostile import crashes, read_each_under_ceiling
 
 TESTS = Path(__file__).resolve().parent
 TEST_HEADS = 4  # ViT-Test/8's heads, which timm and torchvision files do not record

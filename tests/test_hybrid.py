@@ -13,7 +13,6 @@ import pytest
 import timm
 import torch
 import torch.nn.functional as F
-from conftest import randomise_  # noqa: I001
 from safetensors.torch import load_file, save_file
 
 import vitkit
@@ -25,6 +24,8 @@ from vitkit.weights.google import write_npz
 from vitkit.weights.registry import get_pretrained, list_pretrained
 from vitkit.weights.state_dict import load_checked
 from vitkit.weights.timm import timm_to_vitkit
+
+from helpers import randomise_
 
 TOLERANCE = 1e-5
 TIMM_TWINS = {

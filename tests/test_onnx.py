@@ -12,12 +12,13 @@ import onnx
 import onnxruntime
 import pytest
 import torch
-from conftest import OFFICIAL_FIXTURE
 
 import vitkit
 from vitkit import CheckpointError
 from vitkit.cli.main import main
 from vitkit.weights.onnx_export import INPUT_NAME, export_onnx
+
+from helpers import OFFICIAL_FIXTURE
 
 TOLERANCE = 1e-4
 

@@ -1,6 +1,6 @@
 """Named pretrained weights, the Hugging Face hub, and safe, strict or partial loading.
 
-Downloads run against a real HTTP server on 127.0.0.1 (conftest.FileServer) serving a copy of
+Downloads run against a real HTTP server on 127.0.0.1 (helpers.FileServer) serving a copy of
 Google's reference fixture under a test name, so `load_model(name)` is checked end to end:
 fetched into the cache, resumed, checksummed, refused offline, and equal to Google's logits.
 """
@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import FileServer
 from safetensors.torch import load_file, save_file
 
 import vitkit
@@ -32,6 +31,8 @@ from vitkit.weights import (
     registry,
 )
 from vitkit.weights.native import WEIGHTS_FILE, save_pretrained
+
+from helpers import FileServer
 
 NAME = "ViT-Tiny/8@fixture"
 SERVED = "imagenet21k/ViT-Tiny_8.npz"  # the bucket's layout, as a mirror holds it

@@ -6,11 +6,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import SHARED
 from test_cifar import pack, write_cifar10
 from test_folder import make_tar, make_tree
 
 from vitkit.data import ArrayDataset, DataError, ShardDataset, open_dataset, write_shards
+
+from helpers import SHARED
 
 
 def test_cifar_by_name_folder_and_archive(tmp_path: Path) -> None:

@@ -11,8 +11,6 @@ from pathlib import Path
 import pytest
 import timm
 import torch
-from conftest import compare_outputs as compare  # noqa: I001
-from conftest import randomise_  # noqa: I001
 from safetensors.torch import load_file, save_file
 from timm.layers import SwiGLUPacked
 from torch import nn
@@ -22,6 +20,9 @@ from vitkit import CheckpointError
 from vitkit.models.vit import VisionTransformer
 from vitkit.weights.state_dict import load_checked
 from vitkit.weights.timm import timm_to_vitkit
+
+from helpers import compare_outputs as compare
+from helpers import randomise_
 
 TOLERANCE = 1e-5
 

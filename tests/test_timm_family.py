@@ -12,8 +12,6 @@ from pathlib import Path
 import pytest
 import timm
 import torch
-from conftest import compare_outputs as compare  # noqa: I001
-from conftest import randomise_  # noqa: I001
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -23,6 +21,9 @@ from vitkit.errors import ConfigError
 from vitkit.models.vit import VisionTransformer
 from vitkit.weights.export import export_model
 from vitkit.weights.timm import timm_create_model_call, timm_to_vitkit
+
+from helpers import compare_outputs as compare
+from helpers import randomise_
 
 TOLERANCE = 1e-5
 SIZE = 64  # a 4x4 grid: with 5 prefix tokens, 16 and 21 positions cannot be mistaken

@@ -9,8 +9,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import compare_outputs as compare  # noqa: I001
-from conftest import randomise_  # noqa: I001
 from safetensors.torch import save_file
 from torch import nn
 from torchvision.models.vision_transformer import VisionTransformer as TorchvisionViT
@@ -18,6 +16,9 @@ from torchvision.models.vision_transformer import VisionTransformer as Torchvisi
 import vitkit
 from vitkit import CheckpointError
 from vitkit.weights.load import detect_format
+
+from helpers import compare_outputs as compare
+from helpers import randomise_
 
 TOLERANCE = 1e-5
 SMALL = dict(

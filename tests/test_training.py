@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny  # noqa: I001
 from safetensors.torch import load_file
 
 import vitkit
@@ -28,6 +27,8 @@ from vitkit.training.run_dir import RunDir
 from vitkit.training.schedule import learning_rate
 from vitkit.training.step import TrainStep
 from vitkit.training.trainer import train
+
+from helpers import tiny
 
 pytestmark = pytest.mark.usefixtures("cache_in_tmp")
 
@@ -113,6 +114,7 @@ def _wait_for_checkpoint(run: Path, process: subprocess.Popen, minimum_step: int
     raise AssertionError("no checkpoint appeared")
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_is_bit_exact(image_tree: Path, tmp_path: Path) -> None:
     env = {**os.environ, "VITKIT_CACHE": str(tmp_path / "cache")}
     args = ["--preset", "tiny", "--data", str(image_tree), "steps=60", "checkpoint_every=10",
@@ -140,6 +142,7 @@ def test_resume_after_sigkill_is_bit_exact(image_tree: Path, tmp_path: Path) -> 
     assert summaries[0]["top1"] == summaries[1]["top1"]
 
 
+@pytest.mark.slow
 def test_ctrl_c_saves_and_exits_cleanly(image_tree: Path, tmp_path: Path) -> None:
     env = {**os.environ, "VITKIT_CACHE": str(tmp_path / "cache")}
     args = ["--preset", "tiny", "--data", str(image_tree), "steps=200", "checkpoint_every=1000"]

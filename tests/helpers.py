@@ -1,0 +1,137 @@
+"""What tests import: where ../shared lives, Google's official reference files, the HTTP server
+class of the download tests, `randomise_` and `compare_outputs` for the equivalence tests, and
+`tiny`, the tiny training preset on a test dataset. The fixtures that use them are in conftest.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import re
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from vitkit.training.config import TrainConfig
+from vitkit.training.presets import get_preset
+
+SHARED = Path(
+    os.environ.get("VITKIT_SHARED", Path(__file__).resolve().parents[1].parent / "shared")
+)
+OFFICIAL_FIXTURE = SHARED / "fixtures" / "official-vit-jax" / "tiny_gap_repr"
+# [class] token and position embeddings under the names of timm, transformers and torchvision.
+EMBEDDING_NAMES = (
+    "cls_token", "pos_embed", "reg_token", "position_embeddings", "class_token", "pos_embedding"
+)  # fmt: skip
+
+
+CIFAR_TAR = SHARED / "data" / "cifar10-jpg.tar.gz"
+
+
+class FileServer(ThreadingHTTPServer):
+    """Serves the files under `root` and records each request's path and Range header."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(("127.0.0.1", 0), RangeHandler)
+        self.root = root
+        self.supports_range = True
+        self.drop_after: int | None = None  # cut the next response after this many body bytes
+        # Send this many body bytes of every response, then fall silent with the connection open
+        # (a stalled mirror), until the fixture ends: readers must give up on their own.
+        self.stall_after: int | None = None
+        self.released = threading.Event()
+        self.requests: list[tuple[str, str | None]] = []
+
+    def url(self, name: str) -> str:
+        return f"http://127.0.0.1:{self.server_port}/{name}"
+
+    def serve(self, name: str, content: bytes) -> str:
+        (self.root / name).parent.mkdir(parents=True, exist_ok=True)
+        (self.root / name).write_bytes(content)
+        return self.url(name)
+
+
+class RangeHandler(BaseHTTPRequestHandler):
+    server: FileServer
+
+    def do_GET(self) -> None:
+        range_header = self.headers.get("Range")
+        self.server.requests.append((self.path, range_header))
+        file = self.server.root / self.path.lstrip("/")
+        if not file.is_file():
+            self.send_error(404)
+            return
+        content = file.read_bytes()
+        start = 0
+        if range_header and self.server.supports_range:
+            start = int(re.fullmatch(r"bytes=(\d+)-", range_header).group(1))
+            if start >= len(content):
+                self.send_error(416)
+                return
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{len(content) - 1}/{len(content)}")
+        else:
+            self.send_response(200)
+        body = content[start:]
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.server.drop_after is not None:
+            body, self.server.drop_after = body[: self.server.drop_after], None
+        if self.server.stall_after is not None:
+            self.wfile.write(body[: self.server.stall_after])
+            self.wfile.flush()
+            self.server.released.wait()
+            return
+        self.wfile.write(body)  # HTTP/1.0: the connection closes after each response
+
+    def log_message(self, format: str, *args: object) -> None:
+        """Keep test output free of access logs."""
+
+
+@torch.no_grad()
+def randomise_(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Give every parameter of a reference model (timm, transformers, torchvision) random values:
+    LayerNorm weights around 1 (not 1), no zero biases, no zero head or [class] token, matrices at
+    std 1/sqrt(fan_in) so the attention is far from uniform and a wrong head split or q/k/v order
+    shows in the outputs."""
+    generator = torch.Generator().manual_seed(seed)
+    layer_norms = [m for m in model.modules() if isinstance(m, nn.LayerNorm)]
+    for norm in layer_norms:
+        norm.weight.copy_(1.0 + 0.2 * torch.randn(norm.weight.shape, generator=generator))
+        norm.bias.copy_(0.1 * torch.randn(norm.bias.shape, generator=generator))
+    done = {id(p) for norm in layer_norms for p in norm.parameters()}
+    for name, param in model.named_parameters():
+        if id(param) in done:
+            continue
+        noise = torch.randn(param.shape, generator=generator)
+        if name.endswith(EMBEDDING_NAMES):
+            param.copy_(0.5 * noise)
+        elif param.ndim >= 2:
+            param.copy_(noise / math.sqrt(param[0].numel()) + 0.01)
+        else:
+            param.copy_(0.1 * noise + 0.01)
+    return model
+
+
+def compare_outputs(reference: nn.Module, model: nn.Module, x: torch.Tensor, label: str) -> float:
+    """max |model(x) - reference(x)|, printed; asserts the reference's outputs carry signal (differ
+    between inputs and from zero), or agreement would prove nothing."""
+    with torch.no_grad():
+        expected, got = reference(x), model(x)
+    assert got.shape == expected.shape
+    assert expected.std() > 0.05 and (expected[0] - expected[1]).abs().max() > 0.05
+    error = (got - expected).abs().max().item()
+    print(f"\n{label}: max |vitkit - reference| = {error:.3e} (max {expected.abs().max():.2f})")
+    return error
+
+
+CLASSES = ("red", "green", "blue")
+
+
+def tiny(image_tree: Path, **fields: object) -> TrainConfig:
+    """The `tiny` training preset on `image_tree`, with `fields` changed."""
+    return dataclasses.replace(get_preset("tiny"), data=str(image_tree), **fields)
