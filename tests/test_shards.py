@@ -6,6 +6,8 @@ import functools
 import io
 import json
 import shutil
+import subprocess
+import sys
 import tarfile
 import threading
 from collections import Counter
@@ -287,3 +289,13 @@ def test_shard_command_reads_archives_through_open_dataset(
     assert code == 0, capsys.readouterr().err
     shards = ShardDataset(tmp_path / "shards")
     assert shards.classes == FOLDER_CLASSES and len(list(shards)) == 6
+
+
+def test_everything_but_shards_works_without_webdataset() -> None:
+    """webdataset is imported only by the shard code that uses it: the GPU machine's Python,
+    for one, has no webdataset, and training, evaluation and the commands must still import."""
+    blocked = "import sys; sys.modules['webdataset'] = sys.modules['braceexpand'] = None; "
+    modules = "import vitkit.cli.main, vitkit.training, vitkit.evaluation, vitkit.analysis"
+    completed = subprocess.run([sys.executable, "-c", blocked + modules], capture_output=True,
+                               text=True, timeout=120)  # fmt: skip
+    assert completed.returncode == 0, completed.stderr[-2000:]

@@ -29,11 +29,9 @@ from urllib.parse import unquote, urljoin, urlparse
 
 import numpy as np
 import torch
-import webdataset as wds
 from PIL import Image
 from torch.utils.data import IterableDataset, get_worker_info
 from tqdm import tqdm
-from webdataset.shardlists import expand_urls
 
 from vitkit.data.archives import ARCHIVE_ERRORS, is_gzipped, members, open_tar, read_member
 from vitkit.data.images import IMAGE_EXTENSIONS, load_rgb
@@ -136,6 +134,8 @@ def write_shards(
     for stale in temp_files(out_dir, f"{SHARD_PREFIX}*.tar") + temp_files(out_dir, INDEX_NAME):
         stale.unlink(missing_ok=True)  # left by a run killed mid-write
 
+    import webdataset as wds  # here, not at the top: reading a dataset never needs it
+
     order = np.random.default_rng(seed).permutation(total)
     counts: list[int] = []
     with tqdm(total=total, unit="img", desc="shards", disable=not progress) as bar:
@@ -186,6 +186,8 @@ def open_stream(location: str) -> IO[bytes]:
         return urllib.request.urlopen(location, timeout=http_timeout())
     if not scheme:
         return open(location, "rb")
+    import webdataset as wds
+
     return wds.gopen(location, "rb")
 
 
@@ -344,6 +346,8 @@ class ShardDataset(IterableDataset):
         if source is not None and source.endswith(".json"):
             self.shards, self._counts, self.classes, self.num_samples = _read_index(source)
         else:
+            from webdataset.shardlists import expand_urls
+
             patterns = [source] if source is not None else [str(url) for url in urls]
             self.shards = [shard for pattern in patterns for shard in expand_urls(pattern)]
         self.rank, self.world_size = _distributed_position(rank, world_size)
@@ -372,6 +376,8 @@ class ShardDataset(IterableDataset):
         samples = (sample for url in mine for sample in self._read_shard(url))
         if self.shuffle_buffer:
             rng = random.Random(f"{self.seed}/{self.epoch}/{self.rank}/{worker_id}")
+            import webdataset as wds
+
             # Encoded samples are buffered, not decoded ones: a few times less memory.
             buffer = wds.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer, rng=rng)
             samples = buffer(samples)
