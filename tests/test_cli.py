@@ -14,7 +14,7 @@ from PIL import Image
 
 import vitkit
 from vitkit.cli.main import main
-from vitkit.data import Preprocessing
+from vitkit.data import Preprocessing, eval_transform
 from vitkit.data.shared import default_shared_dir
 
 from helpers import OFFICIAL_FIXTURE, SHARED
@@ -83,7 +83,7 @@ def test_classify_matches_the_model(capsys: pytest.CaptureFixture[str], image_fo
     """The printed top classes are the model's, whatever the batching."""
     model = vitkit.load_model(CHECKPOINT)
     path = image_folder / "a.png"
-    image = Preprocessing.google(model.config.img_size).eval_transform()(Image.open(path))
+    image = eval_transform(Preprocessing.google(model.config.img_size))(Image.open(path))
     with torch.no_grad():
         probabilities = model(image[None]).softmax(dim=-1)[0]
     top = probabilities.topk(FIXTURE_CLASSES)
@@ -108,7 +108,7 @@ def test_classify_normalization(
     path = image_folder / "b.png"
     preprocessing = getattr(Preprocessing, normalization)(model.config.img_size)
     with torch.no_grad():
-        logits = model(preprocessing.eval_transform()(Image.open(path))[None])
+        logits = model(eval_transform(preprocessing)(Image.open(path))[None])
     top = logits.softmax(dim=-1)[0].topk(FIXTURE_CLASSES)
     expected = [(round(p, 4), str(i)) for p, i in zip(top.values.tolist(), top.indices.tolist())]
     args = [CHECKPOINT, path, "--top-k", "7", "--normalization", normalization]

@@ -25,7 +25,9 @@ TOLERANCE = 1e-5
 
 
 @torch.no_grad()
-def random_model(seed: int = 0, **fields: object) -> vitkit.VisionTransformer:
+def random_model(
+    seed: int = 0, preprocessing: vitkit.Preprocessing | None = None, **fields: object
+) -> vitkit.VisionTransformer:
     """A small vitkit model with every parameter random (the head is zero at init): LayerNorm
     weights around 1, matrices at std 1/sqrt(fan_in), so that every weight matters."""
     config = vitkit.ViTConfig(
@@ -35,7 +37,8 @@ def random_model(seed: int = 0, **fields: object) -> vitkit.VisionTransformer:
             **fields,
         }
     )
-    return randomise_(vitkit.VisionTransformer(config), seed).eval()
+    model = vitkit.VisionTransformer(config, preprocessing=preprocessing)
+    return randomise_(model, seed).eval()
 
 
 def images(config: vitkit.ViTConfig, seed: int = 1) -> torch.Tensor:
@@ -62,8 +65,13 @@ HF_CASES: dict[str, dict] = {
     "exact-gelu": {},
     "tanh-gelu-eps-1e-12": dict(gelu="tanh", layer_norm_eps=1e-12),
     "32x48-no-qkv-bias-1-channel": dict(
-        img_size=(32, 48), qkv_bias=False, in_chans=1, mean=(0.5,), std=(0.25,)
-    ),
+        img_size=(32, 48),
+        qkv_bias=False,
+        in_chans=1,
+        preprocessing=vitkit.Preprocessing(
+            resolution=(32, 48), mean=(0.5,), std=(0.25,), interpolation="bicubic"
+        ),
+    ),  # fmt: skip
 }
 
 
@@ -80,8 +88,10 @@ def test_hf_export_loads_in_transformers(tmp_path: Path, case: str) -> None:
         expected = reference.eval()(pixel_values=x).logits
         error = max_difference(expected, model(x), f"HF export {case}")
     assert error <= TOLERANCE
-    # ... and vitkit reads it back with the same config (normalisation from the processor file).
-    assert vitkit.load_model(tmp_path / "hf").config == model.config
+    # ... and vitkit reads it back with the same config, and the same preprocessing from the
+    # processor file.
+    loaded = vitkit.load_model(tmp_path / "hf")
+    assert loaded.config == model.config and loaded.preprocessing == model.preprocessing
 
 
 def test_hf_export_of_features_with_pre_logits_is_a_vit_model(tmp_path: Path) -> None:

@@ -10,7 +10,14 @@ import pytest
 import torch
 from PIL import Image
 
-from vitkit.data import DataError, Preprocessing, find_images, list_images, load_rgb
+from vitkit.data import (
+    DataError,
+    Preprocessing,
+    eval_transform,
+    find_images,
+    list_images,
+    load_rgb,
+)
 
 
 def save_image(path: Path, size: tuple[int, int] = (20, 12), mode: str = "RGB", value: int = 0):
@@ -66,7 +73,7 @@ def test_unreadable_images_are_named(tmp_path: Path, kind: str) -> None:
 
 
 def test_google_preprocessing_maps_pixels_to_minus_one_one() -> None:
-    transform = Preprocessing.google(32).eval_transform()
+    transform = eval_transform(Preprocessing.google(32))
     black = transform(Image.new("RGB", (32, 32), (0, 0, 0)))
     white = transform(Image.new("RGB", (32, 32), (255, 255, 255)))
     assert black.dtype == torch.float32
@@ -76,7 +83,7 @@ def test_google_preprocessing_maps_pixels_to_minus_one_one() -> None:
 
 def test_google_preprocessing_is_vit_jax_normalisation() -> None:
     pixels = np.random.default_rng(1).integers(0, 256, (16, 24, 3), dtype=np.uint8)
-    result = Preprocessing.google((16, 24)).eval_transform()(Image.fromarray(pixels))
+    result = eval_transform(Preprocessing.google((16, 24)))(Image.fromarray(pixels))
     expected = (torch.from_numpy(pixels).permute(2, 0, 1).float() - 127.5) / 127.5
     torch.testing.assert_close(result, expected, atol=1e-6, rtol=0)
 
@@ -84,7 +91,7 @@ def test_google_preprocessing_is_vit_jax_normalisation() -> None:
 @pytest.mark.parametrize("resolution", [64, (48, 80)])
 def test_resize_gives_the_model_resolution(resolution: int | tuple[int, int]) -> None:
     preprocessing = Preprocessing.google(resolution)
-    tensor = preprocessing.eval_transform()(Image.new("RGB", (100, 30)))
+    tensor = eval_transform(preprocessing)(Image.new("RGB", (100, 30)))
     assert tensor.shape == (3, *preprocessing.resolution)
 
 
@@ -100,6 +107,6 @@ def test_imagenet_preprocessing_uses_timms_statistics() -> None:
     assert preprocessing.mean == pytest.approx(IMAGENET_DEFAULT_MEAN)
     assert preprocessing.std == pytest.approx(IMAGENET_DEFAULT_STD)
     pixels = np.full((8, 8, 3), 255, np.uint8)
-    result = preprocessing.eval_transform()(Image.fromarray(pixels))
+    result = eval_transform(preprocessing)(Image.fromarray(pixels))
     expected = (1 - torch.tensor(IMAGENET_DEFAULT_MEAN)) / torch.tensor(IMAGENET_DEFAULT_STD)
     assert torch.allclose(result[:, 0, 0], expected, atol=1e-6)

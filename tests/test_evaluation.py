@@ -231,7 +231,7 @@ def test_eval_runs_an_official_checkpoint_on_data_with_its_classes(tmp_path: Pat
     from PIL import Image
 
     import vitkit
-    from vitkit.data.preprocessing import Preprocessing
+    from vitkit.data.preprocessing import eval_transform
 
     rng = np.random.default_rng(0)
     for label in range(7):
@@ -246,7 +246,7 @@ def test_eval_runs_an_official_checkpoint_on_data_with_its_classes(tmp_path: Pat
     result = json.loads((tmp_path / "eval" / "eval.json").read_text())
     assert result["images"] == 21 and len(result["per_class"]) == 7
     model = vitkit.load_model(checkpoint)
-    transform = Preprocessing.for_model(model.config).eval_transform()
+    transform = eval_transform(model.preprocessing)
     hits = 0
     for label in range(7):
         for index in range(3):
@@ -298,8 +298,7 @@ def test_top1_counts_split_over_ranks_agree_with_the_report(
 
     model = load_model(trained_run)
     test = open_dataset(str(cifar_subset), split="test")
-    settings = dict(resolution=model.config.img_size, mean=model.config.mean,
-                    std=model.config.std)  # fmt: skip
+    settings = dict(preprocessing=model.preprocessing)
     report = classification_report(model, test, progress=None, **settings)
     counts = [
         top1_counts(model, test, device=torch.device("cpu"), rank=rank, world_size=3, **settings)

@@ -188,28 +188,35 @@ def test_non_gelu_activation_is_refused(tmp_path: Path) -> None:
 
 
 def test_normalisation_read_from_the_image_processor(tmp_path: Path) -> None:
-    """preprocessor_config.json's image_mean/std become the model's; vitkit's preprocessing then
-    gives what transformers' ViTImageProcessor gives (image already at the model's size)."""
+    """preprocessor_config.json's image_mean/std and resample become the model's preprocessing;
+    vitkit's preprocessing then gives what transformers' ViTImageProcessor gives (image already
+    at the model's size)."""
     import numpy as np
     from PIL import Image
     from transformers import ViTImageProcessor
 
-    from vitkit.data import Preprocessing
+    from vitkit.data import eval_transform
 
     config = hf_config()
     save_hf(randomise_(ViTForImageClassification(config)), tmp_path, "safetensors")
-    assert vitkit.load_model(tmp_path).config.mean == (0.5, 0.5, 0.5)  # processor default
+    default = vitkit.load_model(tmp_path).preprocessing
+    assert default == vitkit.Preprocessing.google(config.image_size)  # processor default
 
     mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
-    processor = ViTImageProcessor(image_mean=mean, image_std=std, size=config.image_size)
+    processor = ViTImageProcessor(
+        image_mean=mean, image_std=std, size=config.image_size, resample=3
+    )
     processor.save_pretrained(tmp_path)
     model = vitkit.load_model(tmp_path)
-    assert model.config.mean == pytest.approx(mean) and model.config.std == pytest.approx(std)
+    assert model.preprocessing.mean == pytest.approx(mean)
+    assert model.preprocessing.std == pytest.approx(std)
+    assert model.preprocessing.interpolation == "bicubic"
+    assert model.preprocessing.resolution == (config.image_size, config.image_size)
 
     size = config.image_size
     image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (size, size, 3), np.uint8))
     expected = processor(image, return_tensors="pt")["pixel_values"][0]
-    got = Preprocessing.for_model(model.config).eval_transform()(image)
+    got = eval_transform(model.preprocessing)(image)
     assert (got - expected).abs().max() <= 1e-5
 
 
@@ -243,7 +250,7 @@ def test_pipeline_prints_the_names_vitkit_wrote(tmp_path: Path) -> None:
     from PIL import Image
     from transformers import pipeline
 
-    from vitkit.data import Preprocessing
+    from vitkit.data import eval_transform
     from vitkit.weights.hf import write_hf
 
     model = vitkit.load_model(named_hf_directory(tmp_path / "source"))
@@ -252,7 +259,7 @@ def test_pipeline_prints_the_names_vitkit_wrote(tmp_path: Path) -> None:
     image = Image.fromarray(pixels)  # at the model's size: both resize nothing
     results = pipeline("image-classification", model=str(tmp_path / "written"), top_k=5)(image)
     with torch.no_grad():
-        inputs = Preprocessing.for_model(model.config).eval_transform()(image)[None]
+        inputs = eval_transform(model.preprocessing)(image)[None]
         probabilities = model(inputs).softmax(dim=-1)[0]
     top = probabilities.topk(5)
     expected = [NAMES[index] for index in top.indices.tolist()]

@@ -293,6 +293,17 @@ def vitkit_fields(**fields: object) -> Builder:
     return lambda sources, folder, name: vitkit_with(sources, folder, name, **fields)
 
 
+def vitkit_preprocessing(**fields: object) -> Builder:
+    """The vitkit directory whose config.json's "preprocessing" record has `fields`."""
+
+    def make(sources: dict[str, Path], folder: Path, name: str) -> Path:
+        directory = copy_to(sources["vitkit"], folder, name)
+        return with_json(directory, "config.json",
+                         lambda content: content["preprocessing"].update(fields))  # fmt: skip
+
+    return make
+
+
 def npz_changes(**changes: np.ndarray) -> Builder:
     return lambda sources, folder, name: npz_with(sources, folder, name, **changes)
 
@@ -570,8 +581,37 @@ BAD_VITKIT_FILES: dict[str, tuple[Builder, tuple[str, ...]]] = {
         ("classifier must be one of 'token', 'gap', got 3",),
     ),
     "image-one-side": (vitkit_fields(img_size=[32]), ("img_size must be an integer or a [",)),
-    "mean-short": (vitkit_fields(mean=[0.5]), ("mean and std need one value per input channel",)),
-    "std-nan": (vitkit_fields(std=[0.5, float("nan"), 0.5]), ("std must be in (0, inf), got nan",)),
+    "mean-short": (
+        vitkit_preprocessing(mean=[0.5]),
+        (
+            "preprocessing.mean and preprocessing.std need one value per input channel each, "
+            "got 1 and 3",
+        ),
+    ),
+    "mean-and-std-short": (
+        vitkit_preprocessing(mean=[0.5], std=[0.5]),
+        ("mean and std need one value per input channel (in_chans=3), got 1",),
+    ),
+    "std-nan": (
+        vitkit_preprocessing(std=[0.5, float("nan"), 0.5]),
+        ("preprocessing.std must be in (0, inf), got nan",),
+    ),
+    "resolution-zero": (
+        vitkit_preprocessing(resolution=[0, 32]),
+        ("preprocessing.resolution must be between 1",),
+    ),
+    # A file of format_version 1, its statistics among the config's fields.
+    "v1-std-nan": (
+        lambda sources, folder, name: with_json(
+            copy_to(sources["vitkit"], folder, name),
+            "config.json",
+            lambda content: (
+                content.update(format_version=1),
+                content["config"].update(mean=[0.5] * 3, std=[0.5, float("nan"), 0.5]),
+            ),
+        ),
+        ("std must be in (0, inf), got nan",),
+    ),  # fmt: skip
     "eps-string": (vitkit_fields(layer_norm_eps="1e-6"), ("layer_norm_eps must be a number",)),
     "dropout-two": (vitkit_fields(dropout=2), ("dropout must be in [0, 1), got 2",)),
     "resnet-too-deep": (vitkit_fields(resnet_layers=[3] * 9), ("resnet_layers",)),
@@ -946,6 +986,7 @@ HF_FIELDS = ["image_size", "patch_size", "num_channels", "hidden_size", "num_hid
              "num_attention_heads", "intermediate_size", "hidden_act", "layer_norm_eps",
              "qkv_bias", "model_type", "head_dim", "pooler_act"]  # fmt: skip
 VITKIT_FIELDS = [field.name for field in dataclasses.fields(vitkit.ViTConfig)]
+PREPROCESSING_FIELDS = [field.name for field in dataclasses.fields(vitkit.Preprocessing)]
 
 
 def examples(strategy: st.SearchStrategy, count: int) -> list:
@@ -979,14 +1020,18 @@ def link_directory(source: Path, target: Path) -> Path:
     return target
 
 
-def write_config_example(source: Path, folder: Path, example: tuple, nested: bool) -> Path:
+def write_config_example(
+    source: Path, folder: Path, example: tuple, inside: str | None = None
+) -> Path:
+    """The checkpoint with config.json's fields (those of its object `inside`, where given) set
+    as `example` says, or config.json replaced by it."""
     kind, value = example
     directory = link_directory(source, folder / "checkpoint")
     content = json.loads((source / "config.json").read_text())
     if kind == "whole":
         content = value
     else:
-        (content["config"] if nested else content).update(value)
+        (content[inside] if inside else content).update(value)
     (directory / "config.json").unlink()
     (directory / "config.json").write_text(json.dumps(content))
     return directory
@@ -1154,15 +1199,20 @@ def write_pth_example(sources: dict[str, Path], folder: Path, example: tuple) ->
 FUZZ: dict[str, tuple[st.SearchStrategy, Callable[[dict[str, Path], Path, object], Path], int]] = {
     "hf-config": (
         configs(HF_FIELDS),
-        lambda sources, folder, example: write_config_example(sources["hf"], folder, example,
-                                                              nested=False),
+        lambda sources, folder, example: write_config_example(sources["hf"], folder, example),
         120,
     ),
     "vitkit-config": (
         configs(VITKIT_FIELDS),
         lambda sources, folder, example: write_config_example(sources["vitkit"], folder, example,
-                                                              nested=True),
+                                                              inside="config"),
         120,
+    ),
+    "vitkit-preprocessing": (
+        configs(PREPROCESSING_FIELDS),
+        lambda sources, folder, example: write_config_example(sources["vitkit"], folder, example,
+                                                              inside="preprocessing"),
+        60,
     ),
     "npz": (NPZ_EXAMPLES, write_npz_example, 150),
     "safetensors": (SAFETENSORS_EXAMPLES, write_safetensors_example, 120),

@@ -1,5 +1,6 @@
-"""vitkit's own format (`save_pretrained` + `load_model`): every config field and every weight bit
-survives the round trip, and damaged directories fail with errors that name the culprit."""
+"""vitkit's own format (`save_pretrained` + `load_model`): every config field, the preprocessing
+record and every weight bit survive the round trip, files of format_version 1 still load, and
+damaged directories fail with errors that name the culprit."""
 
 from __future__ import annotations
 
@@ -11,12 +12,16 @@ import torch
 
 import vitkit
 from vitkit.errors import CheckpointError
+from vitkit.models.preprocessing import Preprocessing
 from vitkit.models.vit import VisionTransformer
 from vitkit.weights.load import detect_format
 from vitkit.weights.native import FORMAT_VERSION, save_pretrained
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+RECORD = Preprocessing(
+    resolution=(32, 48), mean=IMAGENET_MEAN, std=IMAGENET_STD, interpolation="bicubic"
+)
 
 
 @pytest.fixture
@@ -35,14 +40,12 @@ def model() -> VisionTransformer:
         representation_size=48,
         gelu="tanh",
         layer_norm_eps=1e-5,
-        mean=IMAGENET_MEAN,
-        std=IMAGENET_STD,
         dropout=0.1,
         dynamic_img_size=True,
         pos_embed_interpolation="bicubic",
     )
     torch.manual_seed(0)
-    model = VisionTransformer(config)
+    model = VisionTransformer(config, preprocessing=RECORD)
     with torch.no_grad():
         for parameter in model.parameters():
             parameter.normal_(std=0.5)
@@ -59,6 +62,7 @@ def test_round_trip_keeps_config_and_outputs(model: VisionTransformer, saved: Pa
     assert detect_format(saved) == "vitkit"
     loaded = vitkit.load_model(saved)
     assert loaded.config == model.config
+    assert loaded.preprocessing == RECORD
     for key, value in model.state_dict().items():
         assert torch.equal(loaded.state_dict()[key], value), key
     images = torch.randn(2, 3, 32, 48)
@@ -70,12 +74,22 @@ def test_config_json_is_plain_and_versioned(model: VisionTransformer, saved: Pat
     content = json.loads((saved / "config.json").read_text())
     assert content["format"] == "vitkit" and content["format_version"] == FORMAT_VERSION
     assert content["config"]["img_size"] == [32, 48]
-    assert content["config"]["mean"] == list(IMAGENET_MEAN)
+    assert "mean" not in content["config"]  # the weights' record, not the architecture's
+    assert content["preprocessing"] == {
+        "resolution": [32, 48],
+        "mean": list(IMAGENET_MEAN),
+        "std": list(IMAGENET_STD),
+        "interpolation": "bicubic",
+        "resize": "whole image to resolution, no crop",
+    }
 
 
 def test_load_at_another_resolution_with_a_new_head(saved: Path) -> None:
     loaded = vitkit.load_model(saved, img_size=48, num_classes=3)
     assert loaded.config.img_size == (48, 48)
+    assert loaded.preprocessing == Preprocessing(  # the weights' statistics, at the new size
+        resolution=(48, 48), mean=IMAGENET_MEAN, std=IMAGENET_STD, interpolation="bicubic"
+    )
     assert loaded.pos_embed.shape == (1, 36, 64)
     assert loaded(torch.randn(1, 3, 48, 48)).shape == (1, 3)
 
@@ -210,3 +224,75 @@ def test_a_config_written_before_the_timm_family_fields_still_loads(tmp_path: Pa
         del content["config"][field]
     config_file.write_text(json.dumps(content))
     assert vitkit.load_model(tmp_path).config == model.config
+
+
+# ---------------------------------------------------------------------------------------------
+# format_version 1: mean and std were ViTConfig fields, and what vitkit read back.
+
+
+def as_format_version_1(content: dict, mean: list[float], std: list[float]) -> None:
+    """`content` (a config.json of today) as vitkit wrote it with format_version 1: mean and std
+    among the "config" fields, and a "preprocessing" block for other readers that vitkit did not
+    read (always bilinear, at the config's img_size)."""
+    content["format_version"] = 1
+    content["config"].update(mean=mean, std=std)
+    content["preprocessing"] = {
+        "resolution": content["config"]["img_size"],
+        "mean": mean,
+        "std": std,
+        "interpolation": "bilinear",
+        "resize": "whole image to resolution, no crop",
+    }
+
+
+def test_a_format_version_1_file_loads_with_its_mean_and_std(
+    model: VisionTransformer, saved: Path
+) -> None:
+    mean, std = [0.1, 0.2, 0.3], [0.4, 0.5, 0.6]
+    edit_config(saved, lambda content: as_format_version_1(content, mean, std))
+    loaded = vitkit.load_model(saved)
+    assert loaded.config == model.config
+    assert loaded.preprocessing == Preprocessing(resolution=(32, 48), mean=mean, std=std)
+    assert vitkit.load_model(saved, img_size=48).preprocessing.resolution == (48, 48)
+
+
+def test_format_version_1_reads_the_config_fields_not_the_block(saved: Path) -> None:
+    """vitkit read a version 1 file's config fields; its "preprocessing" block was for others."""
+
+    def edit(content: dict) -> None:
+        as_format_version_1(content, [0.1, 0.2, 0.3], [0.4, 0.5, 0.6])
+        del content["preprocessing"]
+
+    edit_config(saved, edit)
+    assert vitkit.load_model(saved).preprocessing.mean == (0.1, 0.2, 0.3)
+
+
+def test_format_version_1_without_mean_is_missing_a_field(saved: Path) -> None:
+    def edit(content: dict) -> None:
+        as_format_version_1(content, [0.5] * 3, [0.5] * 3)
+        del content["config"]["mean"]
+
+    edit_config(saved, edit)
+    with pytest.raises(CheckpointError, match=r"config\.json: missing field\(s\) mean"):
+        vitkit.load_model(saved)
+
+
+def test_mean_among_the_config_fields_of_version_2_is_unknown(saved: Path) -> None:
+    edit_config(saved, lambda content: content["config"].update(mean=[0.5] * 3))
+    with pytest.raises(CheckpointError, match=r"config\.json: unknown field\(s\) mean"):
+        vitkit.load_model(saved)
+
+
+def test_version_2_needs_the_preprocessing_record(saved: Path) -> None:
+    edit_config(saved, lambda content: content.pop("preprocessing"))
+    with pytest.raises(CheckpointError, match=r'config\.json: "preprocessing" must be an object'):
+        vitkit.load_model(saved)
+
+
+def test_bad_preprocessing_values_are_named(saved: Path) -> None:
+    edit_config(saved, lambda content: content["preprocessing"].update(interpolation="area"))
+    with pytest.raises(CheckpointError, match=r"preprocessing\.interpolation must be one of"):
+        vitkit.load_model(saved)
+    edit_config(saved, lambda content: content["preprocessing"].update(size=3))
+    with pytest.raises(CheckpointError, match=r'"preprocessing": unknown field\(s\) size'):
+        vitkit.load_model(saved)

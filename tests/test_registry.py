@@ -143,6 +143,23 @@ def test_a_file_that_fails_the_registered_checksum_is_refused(
     assert list((home / "weights").iterdir()) == []  # deleted, never loaded
 
 
+def test_the_registered_normalisation_is_the_model_s(entry: PretrainedWeights, home: Path) -> None:
+    """An entry's mean and std become `model.preprocessing`, whatever the file records (an .npz
+    records none), at the resolution the model is built for."""
+    imagenet = vitkit.Preprocessing.imagenet(64)
+    changed = {**vars(entry), "mean": imagenet.mean, "std": imagenet.std}
+    register_pretrained(PretrainedWeights(**changed), replace=True)
+    assert get_pretrained(NAME).preprocessing == imagenet
+    assert load_model(NAME).preprocessing == imagenet
+    assert load_model(NAME, img_size=32).preprocessing == vitkit.Preprocessing.imagenet(32)
+    assert load_model(home / "weights" / "ViT-Tiny_8@fixture.npz").preprocessing.mean == (0.5,) * 3
+
+
+def test_an_entry_with_a_bad_normalisation_is_refused(entry: PretrainedWeights) -> None:
+    with pytest.raises(CheckpointError, match=r"ViT-Tiny/8@fixture: .*std must be in \(0, inf\)"):
+        PretrainedWeights(**{**vars(entry), "std": (0.5, 0.0, 0.5)})
+
+
 def test_a_corrupt_cached_file_is_fetched_again_online_and_refused_offline(
     entry: PretrainedWeights, server: FileServer, home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -17,6 +17,7 @@ import torch
 from safetensors.torch import load_file
 
 import vitkit
+from vitkit import devices
 from vitkit.errors import TrainingError
 from vitkit.training import build, planner, trainer
 from vitkit.training.build import build_model
@@ -189,9 +190,10 @@ def test_gradient_accumulation_equals_the_full_batch(image_tree: Path, tmp_path:
     for micro in (0, 8):
         config = tiny(image_tree, micro_batch_size=micro)
         device, world = torch.device("cpu"), World()
-        state = build.build_state(config, num_classes=3, device=device, world=world)
-        augment = build.build_augment(config, state.model.config, num_classes=3)
-        step = build.build_step(config, augment, device=device, world=world,
+        model = build.new_model(config, num_classes=3, device=device)
+        state = build.build_state(config, model, precision="fp32", device=device, world=world)
+        augment = build.build_augment(config, model.preprocessing, num_classes=3)
+        step = build.build_step(config, augment, precision="fp32", device=device, world=world,
                                 run_dir=RunDir(tmp_path))  # fmt: skip
         assert step.micro_batches == (4 if micro else 1)
         step(state, images, labels, lr=1e-3)
@@ -201,17 +203,28 @@ def test_gradient_accumulation_equals_the_full_batch(image_tree: Path, tmp_path:
 
 
 def test_fine_tune_from_a_run_at_higher_resolution(image_tree: Path, tmp_path: Path) -> None:
+    """The fine-tuned model is the init's, resized; it keeps the init's preprocessing (here made
+    ImageNet's), which the augmentation and the saved run then use, at the new resolution."""
     train(tiny(image_tree, representation_size=32), tmp_path / "pretrain")
     pretrained = vitkit.load_model(tmp_path / "pretrain")
+    assert pretrained.preprocessing == vitkit.Preprocessing.google(16)  # vitkit's own default
+    config_file = tmp_path / "pretrain" / "config.json"
+    content = json.loads(config_file.read_text())
+    content["preprocessing"].update(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])
+    config_file.write_text(json.dumps(content))
     config = tiny(image_tree, init=str(tmp_path / "pretrain"), resolution=32, optimizer="sgd",
                   lr=0.01, weight_decay=0.0)  # fmt: skip
     model = build_model(config, num_classes=3)
     assert model.config.img_size == (32, 32) and model.config.representation_size is None
+    assert model.preprocessing == vitkit.Preprocessing.imagenet(32)
+    augment = build.build_augment(config, model.preprocessing, num_classes=3).config
+    assert (augment.resolution, augment.mean) == ((32, 32), (0.485, 0.456, 0.406))
     assert torch.count_nonzero(model.head.weight) == 0
     expected = vitkit.resize_pos_embed(pretrained.pos_embed.detach(), new_grid=(4, 4))
     assert torch.equal(model.pos_embed.detach(), expected)
     summary = train(config, tmp_path / "finetune")
     assert summary.resolution == 32
+    assert vitkit.load_model(tmp_path / "finetune").preprocessing == model.preprocessing
 
 
 def test_ema_weights_are_the_final_model(image_tree: Path, tmp_path: Path) -> None:
@@ -273,3 +286,29 @@ def test_the_budget_calibration_leaves_the_run_as_it_would_be(
     second = load_file(tmp_path / "steps" / "model.safetensors")
     assert planned > 1 and first.keys() == second.keys()
     assert all(torch.equal(first[key], second[key]) for key in first)
+
+
+@pytest.mark.parametrize(
+    ("native", "model", "expected"),
+    [(None, "ViT-S/16", "fp32"), ("CPU with AMX-BF16", "R+ViT-CIFAR/4", "fp32"),
+     ("CPU with AMX-BF16", "ViT-Ti/16", "bf16"), ("CPU with AVX512-BF16", "ViT-S/16", "bf16")],
+)  # fmt: skip
+def test_auto_precision_is_bf16_only_where_it_was_measured_faster(
+    native: str | None, model: str, expected: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """precision=auto on a CPU: bf16 with native bf16 and a model of ViT-Ti's width or more
+    (1.47-1.62x faster measured), fp32 for the demo's width-128 model (0.71x) or without native
+    bf16; an explicit precision is kept whatever the machine."""
+    monkeypatch.setattr(devices, "native_bf16", lambda device: native)
+    architecture = vitkit.models.config.get_config(model)
+    cpu = torch.device("cpu")
+    precision, why = build.resolve_precision("auto", cpu, architecture)
+    assert precision == expected and why.startswith("auto: ")
+    assert build.resolve_precision("fp32", cpu, architecture) == ("fp32", "asked for")
+
+
+def test_the_run_says_which_precision_it_chose(
+    image_tree: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    train(tiny(image_tree, steps=1), tmp_path / "run")
+    assert "precision fp32 (auto: " in capsys.readouterr().err  # the tiny model is 64 wide

@@ -14,6 +14,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from vitkit.data.augment import CROP_ATTEMPTS, AugmentConfig, TrainAugment, random_crop_boxes
 from vitkit.data.transforms import crop_and_resize, eval_batch
+from vitkit.models.preprocessing import Preprocessing
 
 
 def _images(batch: int = 8, size: tuple[int, int] = (32, 32), seed: int = 0) -> torch.Tensor:
@@ -114,13 +115,20 @@ def test_flip_only_gives_image_or_its_mirror() -> None:
     assert (same | mirrored).all() and same.any() and mirrored.any()
 
 
-def test_eval_batch_matches_torchvision_pipeline() -> None:
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
+def test_eval_batch_matches_torchvision_pipeline(interpolation: str) -> None:
     images = _images(4, (48, 40))
-    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-    got = eval_batch(images, (32, 32), mean, std)
+    preprocessing = Preprocessing(
+        resolution=(32, 32),
+        mean=(0.485, 0.456, 0.406),
+        std=(0.229, 0.224, 0.225),
+        interpolation=interpolation,
+    )
+    got = eval_batch(images, preprocessing)
     pipeline = v2.Compose(
-        [v2.ToDtype(torch.float32, scale=True), v2.Resize((32, 32), antialias=True),
-         v2.Normalize(mean, std)]
+        [v2.ToDtype(torch.float32, scale=True),
+         v2.Resize((32, 32), interpolation=v2.InterpolationMode(interpolation), antialias=True),
+         v2.Normalize(preprocessing.mean, preprocessing.std)]
     )  # fmt: skip
     expected = torch.stack([pipeline(image) for image in images])
     assert (got - expected).abs().max() <= 1e-5
@@ -153,7 +161,7 @@ def test_randaugment_runs_per_image() -> None:
     )  # fmt: skip
     images = _images(16, (24, 24))
     out, _ = augment(images, torch.zeros(16, dtype=torch.long), key=(0,))
-    changed = (out - eval_batch(images, (24, 24), (0.5,) * 3, (0.5,) * 3)).abs().amax((1, 2, 3))
+    changed = (out - eval_batch(images, Preprocessing.google(24))).abs().amax((1, 2, 3))
     assert out.shape == (16, 3, 24, 24) and math.isfinite(out.sum().item())
     assert (changed > 1e-3).sum() >= 12  # only Identity twice leaves an image as it was
 

@@ -16,6 +16,7 @@ from vitkit.errors import (
     VitkitError,
 )
 from vitkit.models import (
+    Preprocessing,
     VisionTransformer,
     ViTConfig,
     create_model,
@@ -31,6 +32,7 @@ __all__ = [
     "ConfigError",
     "DataError",
     "DownloadError",
+    "Preprocessing",
     "TrainingError",
     "VitkitError",
     "ViTConfig",

@@ -45,3 +45,31 @@ def resolve_device(name: str) -> torch.device:
         if device.index is not None and device.index >= count:
             raise ConfigError(f"device {name!r} asked for, but this machine has {count} GPU(s)")
     return device
+
+
+def native_bf16(device: torch.device) -> str | None:
+    """What makes bf16 matrix arithmetic native on `device` ("CUDA GPU ...", "CPU with AMX-BF16",
+    "CPU with AVX512-BF16"), or None where bf16 is emulated and autocast only adds casts (a CPU
+    with AVX2 alone, or a GPU older than Ampere)."""
+    if device.type == "cuda":
+        if torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False):
+            return f"CUDA GPU {torch.cuda.get_device_name(device)}"
+        return None
+    flags = _cpu_flags()
+    if "amx_bf16" in flags:
+        return "CPU with AMX-BF16"
+    if "avx512_bf16" in flags:
+        return "CPU with AVX512-BF16"
+    return None
+
+
+def _cpu_flags() -> set[str]:
+    """The CPU's feature flags as Linux lists them (empty elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("flags"):
+                    return set(line.partition(":")[2].split())
+    except OSError:
+        pass
+    return set()

@@ -33,10 +33,10 @@ from vitkit.analysis.plots import (
 )
 from vitkit.data.arrays import ArrayDataset
 from vitkit.data.fewshot import k_shot_indices
-from vitkit.data.preprocessing import Preprocessing
 from vitkit.data.transforms import eval_batch, resize
 from vitkit.errors import DataError
 from vitkit.io import atomic_write_json, atomic_write_text
+from vitkit.models.preprocessing import Preprocessing
 from vitkit.models.vit import VisionTransformer
 
 CAPTIONS = {
@@ -79,12 +79,13 @@ def write_figures(
     description: str = "",
 ) -> dict[str, Path]:
     """Write the figures for `images` (N, H, W, 3) uint8 (all N average into the attention
-    distance, the first `shown` get attention maps) into `out_dir`; returns name -> path."""
+    distance, the first `shown` get attention maps) into `out_dir`; returns name -> path.
+    `preprocessing`: how the images become inputs (default: the model's own record)."""
     if len(images) == 0:
         raise ValueError("write_figures needs at least one image")
     out_dir.mkdir(parents=True, exist_ok=True)
     config = model.config
-    preprocessing = preprocessing or Preprocessing.for_model(config)
+    preprocessing = preprocessing or model.preprocessing
     model.eval()
     device = next(model.parameters()).device
     prefix = config.num_prefix_tokens
@@ -105,7 +106,7 @@ def write_figures(
     distances = []
     for start in range(0, len(pixels), 64):
         batch = pixels[start : start + 64].to(device)
-        inputs = eval_batch(batch, preprocessing.resolution, preprocessing.mean, preprocessing.std)
+        inputs = eval_batch(batch, preprocessing)
         weights = [w.cpu() for w in model.forward_attention(inputs)]
         distances.append(
             mean_attention_distance(weights, config.grid_size, config.total_stride, prefix)
@@ -119,7 +120,8 @@ def write_figures(
     )
 
     grid = config.grid_size
-    seen = resize(pixels[:shown].float(), preprocessing.resolution).round().clamp(0, 255)
+    seen = resize(pixels[:shown].float(), preprocessing.resolution, preprocessing.interpolation)
+    seen = seen.round().clamp(0, 255)
     seen = seen.to(torch.uint8).permute(0, 2, 3, 1).numpy()  # what the model saw, for display
     rollout = attention_rollout(first_weights, prefix, config.classifier)
     figures["attention_rollout.png"] = plot_attention_maps(

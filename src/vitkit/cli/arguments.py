@@ -3,18 +3,30 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 
-from vitkit.data import Preprocessing
 from vitkit.devices import DEVICE_NAMES, resolve_device
 from vitkit.errors import ConfigError
+from vitkit.models.preprocessing import (
+    GOOGLE_MEAN,
+    GOOGLE_STD,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    Preprocessing,
+)
 from vitkit.models.vit import VisionTransformer
 from vitkit.weights import load_model
 
-NORMALIZATIONS = {
-    "model": lambda config: Preprocessing.for_model(config),
-    "google": lambda config: Preprocessing.google(config.img_size),
-    "imagenet": lambda config: Preprocessing.imagenet(config.img_size),
+# --normalization: the model's own record, or its statistics overridden (its resolution and
+# interpolation kept).
+NORMALIZATIONS: dict[str, Callable[[Preprocessing], Preprocessing]] = {
+    "model": lambda recorded: recorded,
+    "google": lambda recorded: dataclasses.replace(recorded, mean=GOOGLE_MEAN, std=GOOGLE_STD),
+    "imagenet": lambda recorded: dataclasses.replace(
+        recorded, mean=IMAGENET_MEAN, std=IMAGENET_STD
+    ),
 }
 
 
@@ -62,4 +74,4 @@ def load_for_inference(
     """The checkpoint's model on the chosen device in eval mode, and its input preprocessing."""
     device = resolve_device(args.device)  # before the load: a bad --device fails at once
     model = load_checkpoint(checkpoint, args.img_size)
-    return model.to(device).eval(), NORMALIZATIONS[args.normalization](model.config)
+    return model.to(device).eval(), NORMALIZATIONS[args.normalization](model.preprocessing)

@@ -23,7 +23,7 @@ from vitkit.cli.arguments import (
     load_checkpoint,
     positive_int,
 )
-from vitkit.data import Preprocessing, find_images, load_rgb
+from vitkit.data import Preprocessing, eval_transform, find_images, load_rgb
 from vitkit.devices import resolve_device
 from vitkit.models.vit import VisionTransformer
 from vitkit.weights import CheckpointError
@@ -54,7 +54,7 @@ def predict(
     batch_size: int,
 ) -> list[Prediction]:
     """Top-k softmax probabilities of every image, in batches, with a progress bar on stderr."""
-    transform = preprocessing.eval_transform()
+    transform = eval_transform(preprocessing)
     device = next(model.parameters()).device
     top_k = min(top_k, model.config.num_classes)
     predictions = []
@@ -115,13 +115,14 @@ def classify_and_print(
     """Classify the images (files, or folders searched recursively) and print the top-k of each,
     as text or (as_json) one JSON document.
 
-    normalization: "model" (the mean and std the checkpoint records; Google's [-1, 1] where it
-    records none), "google" ([-1, 1]) or "imagenet" (ImageNet mean and std), to override it.
+    normalization: "model" (the preprocessing the checkpoint records, `model.preprocessing`;
+    Google's [-1, 1] where it records none), "google" ([-1, 1]) or "imagenet" (ImageNet mean
+    and std), to override its statistics.
     """
     images = find_images(paths)  # before loading the model, so a typo fails at once
     model = load_classifier(checkpoint, img_size=img_size).to(resolve_device("auto"))
     labels = class_names(model, labels_file)
-    preprocessing = NORMALIZATIONS[normalization](model.config)
+    preprocessing = NORMALIZATIONS[normalization](model.preprocessing)
     predictions = predict(
         model, images, preprocessing=preprocessing, top_k=top_k, batch_size=batch_size
     )

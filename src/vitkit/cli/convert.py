@@ -38,7 +38,8 @@ def run(args: argparse.Namespace) -> int:
     if model.class_names and args.to in PARAMETERS_ONLY:  # names beside the weights
         print(f"wrote {labels_file(written)} (the {len(model.class_names)} class names)")
     if args.to == "timm":  # a state dict records no architecture: say how to build the model
-        print(f"build it with: {timm_create_model_call(model.config, path=written)}")
+        call = timm_create_model_call(model.config, path=written, preprocessing=model.preprocessing)
+        print(f"build it with: {call}")
     return 0
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from vitkit.analysis.plots import plot_training_curves
 from vitkit.analysis.report import figures_for_dataset
-from vitkit.data import Preprocessing, open_dataset
+from vitkit.data import open_dataset
 from vitkit.data.shared import default_cifar10
 from vitkit.devices import resolve_device
 from vitkit.training.demo import run_demo
@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     model = load_model(args.out / "finetune")
     test = open_dataset(data, split="test")
     figures = figures_for_dataset(
-        model, Preprocessing.for_model(model.config), test, args.out / "figures",
+        model, model.preprocessing, test, args.out / "figures",
         label="vitkit demo, fine-tuned model",
     )  # fmt: skip
     print(f"inspection figures: {figures['index.html']}")

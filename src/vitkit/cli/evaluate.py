@@ -38,9 +38,7 @@ def run(args: argparse.Namespace) -> int:
     report = classification_report(
         model,
         dataset,
-        resolution=preprocessing.resolution,
-        mean=preprocessing.mean,
-        std=preprocessing.std,
+        preprocessing=preprocessing,
         batch_size=args.batch_size,
     )
     args.out.mkdir(parents=True, exist_ok=True)

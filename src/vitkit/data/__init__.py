@@ -7,7 +7,7 @@ from vitkit.data.fewshot import holdout_split, k_shot_indices
 from vitkit.data.folder import cached_image_folder, check_same_classes
 from vitkit.data.images import IMAGE_EXTENSIONS, DataError, find_images, list_images, load_rgb
 from vitkit.data.loader import ArrayLoader
-from vitkit.data.preprocessing import Preprocessing
+from vitkit.data.preprocessing import Preprocessing, eval_transform
 from vitkit.data.shards import ShardDataset, write_shards
 from vitkit.data.sources import open_dataset, open_for_sharding, open_labelled, open_train_test
 from vitkit.data.transforms import eval_batch
@@ -24,6 +24,7 @@ __all__ = [
     "cached_image_folder",
     "check_same_classes",
     "eval_batch",
+    "eval_transform",
     "find_images",
     "holdout_split",
     "k_shot_indices",

@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from vitkit.models.preprocessing import Interpolation, Preprocessing
+
 
 def normalize(
     images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...], *, inplace: bool = False
@@ -26,22 +28,21 @@ def normalize(
     return pixels.mul_(scale).add_(shift.to(images.device))
 
 
-def resize(images: torch.Tensor, resolution: tuple[int, int]) -> torch.Tensor:
-    """Whole images to `resolution` (float in, float out), antialiased bilinear; a no-op when
-    they already have it. The paper's test-time pipeline: resize, no crop."""
+def resize(
+    images: torch.Tensor, resolution: tuple[int, int], interpolation: Interpolation = "bilinear"
+) -> torch.Tensor:
+    """Whole images to `resolution` (float in, float out), antialiased; a no-op when they
+    already have it. The paper's test-time pipeline: resize, no crop."""
     if tuple(images.shape[-2:]) == tuple(resolution):
         return images
-    return F.interpolate(images, size=resolution, mode="bilinear", antialias=True)
+    return F.interpolate(images, size=resolution, mode=interpolation, antialias=True)
 
 
-def eval_batch(
-    images: torch.Tensor,
-    resolution: tuple[int, int],
-    mean: tuple[float, ...],
-    std: tuple[float, ...],
-) -> torch.Tensor:
-    """uint8 (B, C, H, W) -> the model's normalised float input at `resolution`."""
-    return normalize(resize(images.float(), resolution), mean, std)
+def eval_batch(images: torch.Tensor, preprocessing: Preprocessing) -> torch.Tensor:
+    """uint8 (B, C, H, W) -> the model's normalised float input, as `preprocessing` says (the
+    weights' record, `model.preprocessing`)."""
+    resized = resize(images.float(), preprocessing.resolution, preprocessing.interpolation)
+    return normalize(resized, preprocessing.mean, preprocessing.std)
 
 
 def crop_and_resize(

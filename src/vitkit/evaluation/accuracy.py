@@ -1,6 +1,7 @@
 """Classification accuracy with the paper's test-time pipeline (resize to the model's resolution,
 no crop): top-1 for the training loop, and the full report (top-1, top-5, per class, confusion
-matrix) that `vitkit eval` writes."""
+matrix) that `vitkit eval` writes. How images become inputs is the weights' `Preprocessing`
+record (`model.preprocessing`, or an override), passed whole."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from tqdm import tqdm
 from vitkit.data.arrays import ArrayDataset
 from vitkit.data.loader import ArrayLoader
 from vitkit.data.transforms import eval_batch
+from vitkit.models.preprocessing import Preprocessing
 
 # Above this many classes the (K, K) confusion matrix is not kept (ImageNet-21k: 21843^2 counts).
 MAX_CONFUSION_CLASSES = 1000
@@ -26,9 +28,7 @@ def iter_outputs(
     function: Callable[[torch.Tensor], torch.Tensor],
     dataset: ArrayDataset,
     *,
-    resolution: tuple[int, int],
-    mean: tuple[float, ...],
-    std: tuple[float, ...],
+    preprocessing: Preprocessing,
     device: torch.device,
     batch_size: int = 256,
     autocast_dtype: torch.dtype | None = None,
@@ -37,8 +37,8 @@ def iter_outputs(
     world_size: int = 1,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """(function(inputs) on the CPU in float32, labels) for every batch of `dataset`, in order;
-    images resized to `resolution` and normalised. `progress`: a progress bar with that title.
-    With `world_size` > 1, only the batches of the `rank`-th contiguous slice of the dataset,
+    images resized and normalised as `preprocessing` says. `progress`: a progress bar with that
+    title. With `world_size` > 1, only the batches of the `rank`-th contiguous slice of the dataset,
     without padding: the slices of all ranks hold every image exactly once."""
     loader = ArrayLoader(
         dataset,
@@ -57,7 +57,7 @@ def iter_outputs(
     )
     with bar:
         for images, labels in loader:
-            inputs = eval_batch(images.to(device), resolution, mean, std)
+            inputs = eval_batch(images.to(device), preprocessing)
             with torch.autocast(
                 device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None
             ):
@@ -92,9 +92,7 @@ def classification_report(
     model: nn.Module,
     dataset: ArrayDataset,
     *,
-    resolution: tuple[int, int],
-    mean: tuple[float, ...],
-    std: tuple[float, ...],
+    preprocessing: Preprocessing,
     batch_size: int = 256,
     device: torch.device | None = None,
     autocast_dtype: torch.dtype | None = None,
@@ -119,9 +117,7 @@ def classification_report(
     for logits, labels in iter_outputs(
         model,
         dataset,
-        resolution=resolution,
-        mean=mean,
-        std=std,
+        preprocessing=preprocessing,
         device=device,
         batch_size=batch_size,
         autocast_dtype=autocast_dtype,
@@ -153,9 +149,7 @@ def top1_counts(
     model: nn.Module,
     dataset: ArrayDataset,
     *,
-    resolution: tuple[int, int],
-    mean: tuple[float, ...],
-    std: tuple[float, ...],
+    preprocessing: Preprocessing,
     device: torch.device,
     batch_size: int = 256,
     autocast_dtype: torch.dtype | None = None,
@@ -171,9 +165,7 @@ def top1_counts(
     for logits, labels in iter_outputs(
         model,
         dataset,
-        resolution=resolution,
-        mean=mean,
-        std=std,
+        preprocessing=preprocessing,
         device=device,
         batch_size=batch_size,
         autocast_dtype=autocast_dtype,
@@ -190,9 +182,7 @@ def top1_accuracy(
     model: nn.Module,
     dataset: ArrayDataset,
     *,
-    resolution: tuple[int, int],
-    mean: tuple[float, ...],
-    std: tuple[float, ...],
+    preprocessing: Preprocessing,
     batch_size: int = 256,
     device: torch.device | None = None,
     autocast_dtype: torch.dtype | None = None,
@@ -202,9 +192,7 @@ def top1_accuracy(
     correct, total = top1_counts(
         model,
         dataset,
-        resolution=resolution,
-        mean=mean,
-        std=std,
+        preprocessing=preprocessing,
         device=device or next(model.parameters()).device,
         batch_size=batch_size,
         autocast_dtype=autocast_dtype,

@@ -6,8 +6,8 @@ import numpy as np
 import torch
 
 from vitkit.data.arrays import ArrayDataset
-from vitkit.data.preprocessing import Preprocessing
 from vitkit.evaluation.accuracy import iter_outputs
+from vitkit.models.preprocessing import Preprocessing
 from vitkit.models.vit import VisionTransformer
 
 
@@ -26,8 +26,9 @@ def extract_features(
     device: torch.device | None = None,
     progress: str | None = "features",
 ) -> tuple[torch.Tensor, np.ndarray]:
-    """(features (N, D) float32 on the CPU, labels (N,)) of every image of `dataset`, in order."""
-    preprocessing = preprocessing or Preprocessing.for_model(model.config)
+    """(features (N, D) float32 on the CPU, labels (N,)) of every image of `dataset`, in order;
+    images prepared as `preprocessing` says (default: the model's own record)."""
+    preprocessing = preprocessing or model.preprocessing
     device = device or next(model.parameters()).device
     model.eval()
     chunks = [
@@ -35,9 +36,7 @@ def extract_features(
         for features, _ in iter_outputs(
             lambda inputs: representation(model, inputs),
             dataset,
-            resolution=preprocessing.resolution,
-            mean=preprocessing.mean,
-            std=preprocessing.std,
+            preprocessing=preprocessing,
             device=device,
             batch_size=batch_size,
             progress=progress,

@@ -2,10 +2,12 @@
 
 from vitkit.models.config import PRESETS, ViTConfig, get_config, list_models
 from vitkit.models.pos_embed import resize_pos_embed
+from vitkit.models.preprocessing import Preprocessing
 from vitkit.models.vit import VisionTransformer, create_model
 
 __all__ = [
     "PRESETS",
+    "Preprocessing",
     "ViTConfig",
     "VisionTransformer",
     "create_model",

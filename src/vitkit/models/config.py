@@ -2,7 +2,9 @@
 
 The names are the paper's: "ViT-B/16" is the Base model (Table 1 of Dosovitskiy et al. 2021) with
 16x16 patches. A config describes an architecture and its numerics, never weights: named pretrained
-weights live in `vitkit.weights`, apart from architectures (timm's `arch.tag` convention).
+weights live in `vitkit.weights`, apart from architectures (timm's `arch.tag` convention), and
+how images become inputs for a set of weights (resolution, mean, std) is their `Preprocessing`
+record (models/preprocessing.py), which the model carries beside its config.
 """
 
 from __future__ import annotations
@@ -10,12 +12,23 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import numbers
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
 from vitkit.errors import ConfigError
+from vitkit.models.checks import (
+    FieldProblem,
+    boolean,
+    check_each,
+    choice,
+    image_size,
+    integer,
+    optional_integer,
+    rate,
+    real,
+    shown,
+)
 
 Classifier = Literal["token", "gap"]
 Gelu = Literal["exact", "tanh"]
@@ -74,11 +87,6 @@ class ViTConfig:
     img_size: tuple[int, int] = (224, 224)
     patch_size: int = 16
     in_chans: int = 3
-    # Per-channel normalisation of [0, 1] pixels that the weights expect, recorded here so that
-    # preprocessing follows the weights: Google's checkpoints take [-1, 1] (mean = std = 0.5),
-    # many timm/torchvision weights ImageNet's statistics.
-    mean: tuple[float, ...] = (0.5, 0.5, 0.5)
-    std: tuple[float, ...] = (0.5, 0.5, 0.5)
 
     # Transformer (Table 1 of the paper: width D, depth, heads, MLP width).
     width: int = 768
@@ -203,92 +211,23 @@ class ViTConfig:
 # ---------------------------------------------------------------------------------------------
 # Validation. Configs come from files written by strangers (config.json, a checkpoint's shapes) as
 # much as from code, so every field is checked for type, range and choice before anything reads
-# it, and a bad one is a `ConfigError` naming it, never a ZeroDivisionError or a torch traceback.
-
-# No real ViT comes near this size in any field; the bound keeps the shapes computed from a config
-# within what torch represents (a JSON number may be 10**400).
-MAX_SIZE = 1 << 24
-
-
-class _FieldProblem(Exception):
-    """What is wrong with one field's value; `checked_fields` prefixes the field's name."""
-
-
-def _shown(value: object) -> str:
-    """A value for an error message: its repr, cut short so the message stays one line."""
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
-def _integer(value: object, *, minimum: int = 1, maximum: int = MAX_SIZE) -> int:
-    # bool is an int subclass, but `"depth": true` in a file is a mistake, not depth 1.
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise _FieldProblem(f"must be an integer, got {_shown(value)}")
-    if not minimum <= value <= maximum:
-        raise _FieldProblem(f"must be between {minimum} and {maximum}, got {_shown(value)}")
-    return int(value)
-
-
-def _optional_integer(value: object) -> int | None:
-    return None if value is None else _integer(value)
-
-
-def _image_size(value: object) -> tuple[int, int]:
-    if isinstance(value, (list, tuple)):
-        if len(value) != 2:
-            raise _FieldProblem(f"must be an integer or a [height, width], got {_shown(value)}")
-        return (_integer(value[0]), _integer(value[1]))
-    size = _integer(value)
-    return (size, size)
-
-
-def _real(value: object, *, low: float, high: float, low_included: bool) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise _FieldProblem(f"must be a number, got {_shown(value)}")
-    number = float(value)
-    above_low = number >= low if low_included else number > low
-    if not (above_low and number < high):  # also refuses NaN, for which every comparison fails
-        bracket = "[" if low_included else "("
-        raise _FieldProblem(f"must be in {bracket}{low:g}, {high:g}), got {_shown(value)}")
-    return number
-
-
-def _reals(value: object, *, low: float, low_included: bool) -> tuple[float, ...]:
-    if not isinstance(value, (list, tuple)):
-        raise _FieldProblem(f"must be a list of numbers, got {_shown(value)}")
-    try:
-        return tuple(
-            _real(item, low=low, high=math.inf, low_included=low_included) for item in value
-        )
-    except _FieldProblem as problem:
-        raise _FieldProblem(f"{problem} (in {_shown(value)})") from None
-
-
-def _boolean(value: object) -> bool:
-    if not isinstance(value, bool):
-        raise _FieldProblem(f"must be true or false, got {_shown(value)}")
-    return value
-
-
-def _choice(value: object, *, choices: tuple[str, ...]) -> str:
-    if not isinstance(value, str) or value not in choices:
-        raise _FieldProblem(f"must be one of {', '.join(map(repr, choices))}, got {_shown(value)}")
-    return value
+# it, and a bad one is a `ConfigError` naming it, never a ZeroDivisionError or a torch traceback
+# (the checks of single values are models/checks.py's).
 
 
 def _resnet_layers(value: object) -> tuple[int, ...] | None:
     if value is None:
         return None
     if not isinstance(value, (list, tuple)):
-        raise _FieldProblem(f"must be a list of units per stage, got {_shown(value)}")
+        raise FieldProblem(f"must be a list of units per stage, got {shown(value)}")
     if len(value) > MAX_RESNET_STAGES:
-        raise _FieldProblem(
+        raise FieldProblem(
             f"has {len(value)} ResNet stages; at most {MAX_RESNET_STAGES} are supported"
         )
     try:
-        return tuple(_integer(units, maximum=MAX_RESNET_UNITS) for units in value)
-    except _FieldProblem as problem:
-        raise _FieldProblem(f"(units per stage) {problem} (in {_shown(value)})") from None
+        return tuple(integer(units, maximum=MAX_RESNET_UNITS) for units in value)
+    except FieldProblem as problem:
+        raise FieldProblem(f"(units per stage) {problem} (in {shown(value)})") from None
 
 
 def known_resnet_layout(layers: tuple[int, ...]) -> tuple[int, ...]:
@@ -300,39 +239,33 @@ def known_resnet_layout(layers: tuple[int, ...]) -> tuple[int, ...]:
     return layers
 
 
-def _rate(value: object) -> float:
-    return _real(value, low=0.0, high=1.0, low_included=True)
-
-
 # One check per ViTConfig field (a test holds the two to the same names).
 _CHECKS: dict[str, Callable[[object], object]] = {
-    "img_size": _image_size,
-    "patch_size": _integer,
-    "in_chans": _integer,
-    "mean": functools.partial(_reals, low=-math.inf, low_included=False),
-    "std": functools.partial(_reals, low=0.0, low_included=False),
-    "width": _integer,
-    "depth": _integer,
-    "num_heads": _integer,
-    "mlp_dim": _integer,
-    "qkv_bias": _boolean,
-    "num_classes": functools.partial(_integer, minimum=0),
-    "classifier": functools.partial(_choice, choices=get_args(Classifier)),
-    "class_token": _boolean,
-    "reg_tokens": functools.partial(_integer, minimum=0),
-    "no_embed_class": _boolean,
-    "fc_norm": _boolean,
-    "representation_size": _optional_integer,
-    "dropout": _rate,
-    "attention_dropout": _rate,
-    "drop_path": _rate,
-    "gelu": functools.partial(_choice, choices=get_args(Gelu)),
-    "layer_norm_eps": functools.partial(_real, low=0.0, high=math.inf, low_included=False),
-    "dynamic_img_size": _boolean,
-    "pos_embed_interpolation": functools.partial(_choice, choices=get_args(PosEmbedInterpolation)),
+    "img_size": image_size,
+    "patch_size": integer,
+    "in_chans": integer,
+    "width": integer,
+    "depth": integer,
+    "num_heads": integer,
+    "mlp_dim": integer,
+    "qkv_bias": boolean,
+    "num_classes": functools.partial(integer, minimum=0),
+    "classifier": functools.partial(choice, choices=get_args(Classifier)),
+    "class_token": boolean,
+    "reg_tokens": functools.partial(integer, minimum=0),
+    "no_embed_class": boolean,
+    "fc_norm": boolean,
+    "representation_size": optional_integer,
+    "dropout": rate,
+    "attention_dropout": rate,
+    "drop_path": rate,
+    "gelu": functools.partial(choice, choices=get_args(Gelu)),
+    "layer_norm_eps": functools.partial(real, low=0.0, high=math.inf, low_included=False),
+    "dynamic_img_size": boolean,
+    "pos_embed_interpolation": functools.partial(choice, choices=get_args(PosEmbedInterpolation)),
     "resnet_layers": _resnet_layers,
-    "resnet_width": _integer,
-    "resnet_numerics": functools.partial(_choice, choices=get_args(ResNetNumerics)),
+    "resnet_width": integer,
+    "resnet_numerics": functools.partial(choice, choices=get_args(ResNetNumerics)),
 }
 
 
@@ -340,16 +273,11 @@ def checked_fields(
     values: Mapping[str, object], *, names: Mapping[str, str] | None = None
 ) -> dict[str, object]:
     """Every ViTConfig field of `values`, checked and normalised (img_size a pair, sizes int,
-    mean/std tuples of float). Raises one ConfigError listing every problem, each naming its
+    resnet_layers a tuple). Raises one ConfigError listing every problem, each naming its
     field as `names` does (ViTConfig field -> the name in the file the values came from), or by
     its own name."""
     names = names or {}
-    checked, problems = {}, []
-    for field, check in _CHECKS.items():
-        try:
-            checked[field] = check(values[field])
-        except _FieldProblem as problem:
-            problems.append(f"{names.get(field, field)} {problem}")
+    checked, problems = check_each(_CHECKS, values, names)
     problems += _combination_problems(checked, names)
     if problems:
         raise ConfigError("Invalid ViTConfig: " + "; ".join(problems))
@@ -376,13 +304,6 @@ def _combination_problems(checked: dict[str, Any], names: Mapping[str, str]) -> 
         return all(field in checked for field in fields)
 
     problems = []
-    if valid("mean", "std", "in_chans") and not (
-        len(checked["mean"]) == len(checked["std"]) == checked["in_chans"]
-    ):
-        problems.append(
-            f"{name('mean')} and {name('std')} need one value per input channel "
-            f"({name('in_chans')}={checked['in_chans']})"
-        )
     if valid("width", "num_heads") and checked["width"] % checked["num_heads"]:
         problems.append(
             f"{name('width')} {checked['width']} is not divisible by "

@@ -24,13 +24,20 @@ from vitkit.models.config import ViTConfig
 from vitkit.models.layers import Block
 from vitkit.models.patch_embed import PatchEmbed
 from vitkit.models.pos_embed import resize_pos_embed
+from vitkit.models.preprocessing import Preprocessing
 from vitkit.models.resnet import ResNetStem
 
 
 class VisionTransformer(nn.Module):
-    def __init__(self, config: ViTConfig):
+    def __init__(self, config: ViTConfig, *, preprocessing: Preprocessing | None = None):
+        """A model of `config`, randomly initialised. `preprocessing`: how images become its
+        inputs; by default Google's [-1, 1] at config.img_size, which vitkit's own training
+        uses unless its init checkpoint records another."""
         super().__init__()
         self.config = config
+        self.preprocessing = preprocessing or Preprocessing.google(
+            config.img_size, channels=config.in_chans
+        )
         # Labels of the head's outputs when the weights record them (set by `load_model`, written
         # by every format that holds them); not part of the architecture, so not in `config`.
         self.class_names: tuple[str, ...] | None = None
@@ -126,6 +133,19 @@ class VisionTransformer(nn.Module):
         if isinstance(self.pre_logits, nn.Sequential):
             lecun_normal_(self.pre_logits[0].weight)
             nn.init.zeros_(self.pre_logits[0].bias)
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        """How images become this model's inputs (resolution, mean, std, interpolation): a fact
+        about the weights, not the architecture, so it sits beside `config`. `load_model` sets it
+        from the checkpoint's metadata, every writer that can records it, and evaluation,
+        training and export read it."""
+        return self._preprocessing
+
+    @preprocessing.setter
+    def preprocessing(self, value: Preprocessing) -> None:
+        value.check_channels(self.config.in_chans)
+        self._preprocessing = value
 
     def reset_classifier(self, num_classes: int) -> None:
         """Replace the head by a zero-initialised one for `num_classes` and drop the pre-logits
@@ -256,7 +276,8 @@ def create_model(
     name: str, *, img_size: int | tuple[int, int] | None = None, **overrides: object
 ) -> VisionTransformer:
     """A randomly initialised model of the named preset, e.g. create_model("ViT-B/16",
-    num_classes=10, img_size=384). `overrides` are ViTConfig fields."""
+    num_classes=10, img_size=384). `overrides` are ViTConfig fields. Its `preprocessing` is
+    Google's [-1, 1] at the model's resolution."""
     from vitkit.models.config import get_config
 
     if img_size is not None:

@@ -15,16 +15,22 @@ from vitkit.data.loader import ArrayLoader
 from vitkit.data.sources import open_dataset, open_train_test
 from vitkit.errors import TrainingError
 from vitkit.models.config import ViTConfig
+from vitkit.models.preprocessing import Preprocessing
 from vitkit.models.vit import VisionTransformer, create_model
 from vitkit.training import parallel
 from vitkit.training.config import ARCHITECTURE_FIELDS, TrainConfig
 from vitkit.training.distributed import Launch, World
 from vitkit.training.optim import build_optimizer
+from vitkit.training.run_dir import RunDir
 from vitkit.training.state import TrainState
 from vitkit.training.step import TrainStep
 from vitkit.weights.load import load_model
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+# precision=auto on a CPU with native bf16: bf16 from this width (ViT-Ti) up, fp32 below it:
+# measured 1.47x (ViT-Ti/16) and 1.62x (ViT-S/16) faster at 224 px, but 0.71x for the demo's
+# width-128 model at 16 px (benchmarks/RESULTS.md, 2026-12-01).
+AUTO_BF16_MIN_WIDTH = 192
 
 
 def resolve_device(name: str, launched: Launch | None = None) -> torch.device:
@@ -81,19 +87,49 @@ def build_model(config: TrainConfig, num_classes: int) -> VisionTransformer:
     model_config = dataclasses.replace(
         loaded.config, drop_path=config.drop_path, dropout=config.dropout
     )
-    model = VisionTransformer(model_config)
+    model = VisionTransformer(model_config, preprocessing=loaded.preprocessing)
     model.load_state_dict(loaded.state_dict())
     return model
 
 
-def build_state(
-    config: TrainConfig, *, num_classes: int, device: torch.device, world: World
-) -> TrainState:
-    """Model (initialised from `config.seed`, parallelised in place), EMA, optimizer and loss
-    scaler at step 0."""
+def new_model(config: TrainConfig, *, num_classes: int, device: torch.device) -> VisionTransformer:
+    """`build_model` initialised from `config.seed`, on `device`; the global random streams are
+    left as they were."""
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(config.seed)
-        model = build_model(config, num_classes=num_classes).to(device)
+        return build_model(config, num_classes=num_classes).to(device)
+
+
+def resolve_precision(
+    requested: str, device: torch.device, architecture: ViTConfig
+) -> tuple[str, str]:
+    """(precision, why): `requested` itself, or for "auto" bf16 where it is native and pays,
+    fp32 elsewhere. On a CPU, bf16 autocast pays only for wide models: its casts cost more than
+    the small matmuls of a narrow one save (benchmarks/RESULTS.md, precision)."""
+    if requested != "auto":
+        return requested, "asked for"
+    native = devices.native_bf16(device)
+    if native is None:
+        return "fp32", f"auto: bf16 is not native on this {device.type}"
+    if device.type == "cuda":
+        return "bf16", f"auto: {native}"
+    if architecture.width >= AUTO_BF16_MIN_WIDTH:
+        return "bf16", f"auto: {native}, width {architecture.width} >= {AUTO_BF16_MIN_WIDTH}"
+    return "fp32", (
+        f"auto: {native}, but width {architecture.width} < {AUTO_BF16_MIN_WIDTH}, where the "
+        "casts cost more than bf16 saves"
+    )
+
+
+def build_state(
+    config: TrainConfig,
+    model: VisionTransformer,
+    *,
+    precision: str,
+    device: torch.device,
+    world: World,
+) -> TrainState:
+    """`model` parallelised in place, its EMA, optimizer and loss scaler, at step 0."""
     ema = None
     if config.ema_decay:  # copied before parallelize: a sharded model cannot be copied
         ema = torch.optim.swa_utils.AveragedModel(
@@ -101,11 +137,11 @@ def build_state(
             multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(config.ema_decay),
             use_buffers=True,
         )
-    parallel.parallelize(model, config=config, world=world)
+    parallel.parallelize(model, config=config, world=world, precision=precision)
     if ema is not None and parallel.is_sharded(model):
-        parallel.shard(ema.module, precision=config.precision)  # averaged shard by shard
+        parallel.shard(ema.module, precision=precision)  # averaged shard by shard
     optimizer = build_optimizer(model, config)  # after sharding: it steps on this rank's shards
-    scaler = torch.amp.GradScaler(device.type) if config.precision == "fp16" else None
+    scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
     return TrainState(model, optimizer, ema, scaler)
 
 
@@ -119,16 +155,16 @@ def report_architecture(config: TrainConfig, model_config: ViTConfig) -> None:
 
 
 def build_augment(
-    config: TrainConfig, model_config: ViTConfig, *, num_classes: int
+    config: TrainConfig, preprocessing: Preprocessing, *, num_classes: int
 ) -> TrainAugment:
-    """The batched training augmentation `config` asks for, at the model's resolution and
-    normalisation."""
+    """The batched training augmentation `config` asks for, at the resolution and normalisation
+    of `preprocessing` (the model's record: its weights' own with init=, else Google's)."""
     return TrainAugment(
         AugmentConfig(
-            resolution=model_config.img_size,
+            resolution=preprocessing.resolution,
             num_classes=num_classes,
-            mean=model_config.mean,
-            std=model_config.std,
+            mean=preprocessing.mean,
+            std=preprocessing.std,
             crop_scale=(config.crop_scale_min, 1.0) if config.crop_scale_min < 1 else None,
             hflip=config.hflip,
             randaugment=(
@@ -157,8 +193,15 @@ def build_loader(config: TrainConfig, train_set: ArrayDataset, world: World) -> 
 
 
 def build_step(
-    config: TrainConfig, augment: TrainAugment, *, device: torch.device, world: World, run_dir
+    config: TrainConfig,
+    augment: TrainAugment,
+    *,
+    precision: str,
+    device: torch.device,
+    world: World,
+    run_dir: RunDir,
 ) -> TrainStep:
+    """The optimizer step of `config` at `precision` (resolved: not "auto")."""
     return TrainStep(
         augment=augment,
         device=device,
@@ -166,6 +209,6 @@ def build_step(
         seed=config.seed,
         micro_batches=config.micro_batches(processes=world.size),
         grad_clip=config.grad_clip,
-        autocast_dtype=AUTOCAST_DTYPES.get(config.precision),
+        autocast_dtype=AUTOCAST_DTYPES.get(precision),
         checkpoint_folder=run_dir.checkpoints,
     )

@@ -139,7 +139,11 @@ class TrainConfig:
     # Execution
     seed: int = described("seed of initialisation, data order and augmentation", 0, NON_NEGATIVE)
     device: str = described("auto, cpu, cuda or cuda:N", "auto")
-    precision: Literal["fp32", "bf16", "fp16"] = described("autocast precision", "fp32")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = described(
+        "autocast precision; auto: bf16 where it is native and pays (a CUDA GPU; a CPU with "
+        "AMX-BF16 or AVX512-BF16 for models of width 192 and up), else fp32; printed at the start",
+        "auto",
+    )
     compile: bool = described("torch.compile the model", False)
     checkpoint_every: int = described(
         "steps between checkpoints (the last two are kept)", 500, AT_LEAST_ONE

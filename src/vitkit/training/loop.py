@@ -110,13 +110,10 @@ class Run:
         """Top-1 on the test set: each process counts its own contiguous slice, without padding,
         and the counts are summed, so that every test image counts exactly once."""
         assert self.test is not None
-        architecture = self.state.model.config
         correct, total = top1_counts(
             parallel.unsharded(model),
             self.test,
-            resolution=architecture.img_size,
-            mean=architecture.mean,
-            std=architecture.std,
+            preprocessing=self.state.model.preprocessing,
             device=self.device,
             autocast_dtype=self.train_step.autocast_dtype,
             rank=self.world.rank,

@@ -45,14 +45,16 @@ _TO_SAVE = StateDictOptions(full_state_dict=True, cpu_offload=True)
 _TO_LOAD = StateDictOptions(full_state_dict=True)
 
 
-def parallelize(model: VisionTransformer, *, config: TrainConfig, world: World) -> None:
-    """Apply the config's activation checkpointing, DDP or FSDP2 (with several processes) and
-    compile to `model`, in place."""
+def parallelize(
+    model: VisionTransformer, *, config: TrainConfig, world: World, precision: str = "fp32"
+) -> None:
+    """Apply the config's activation checkpointing, DDP or FSDP2 (with several processes; bf16
+    compute under FSDP when `precision` is bf16) and compile to `model`, in place."""
     if config.activation_checkpointing:
         for block in model.blocks:
             checkpoint(block)
     if world.distributed and config.parallel == "fsdp":
-        shard(model, precision=config.precision)
+        shard(model, precision=precision)
     elif world.distributed:
         replicate(model, device_id=world.device)
     if config.compile:
@@ -147,7 +149,7 @@ def unsharded(model: VisionTransformer) -> VisionTransformer:
         return model
     state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
     with torch.device("meta"):
-        copy = VisionTransformer(model.config)
+        copy = VisionTransformer(model.config, preprocessing=model.preprocessing)
     device = next(iter(state.values())).device
     copy.to_empty(device=device)
     copy.load_state_dict(state)

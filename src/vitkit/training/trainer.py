@@ -11,6 +11,7 @@ Under torchrun every process runs `train` with the same arguments (training/dist
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import torch
@@ -57,11 +58,16 @@ def _start(
     changes = run_dir.config_changes(saved, config, force=force) if saved else {}
     train_set, test_set = build.open_data(config)
     num_classes = len(train_set.classes)
-    state = build.build_state(config, num_classes=num_classes, device=device, world=world)
-    if config.init and world.is_main:
-        build.report_architecture(config, state.model.config)
-    augment = build.build_augment(config, state.model.config, num_classes=num_classes)
-    train_step = build.build_step(config, augment, device=device, world=world, run_dir=run_dir)
+    model = build.new_model(config, num_classes=num_classes, device=device)
+    precision, why = build.resolve_precision(config.precision, device, model.config)
+    if world.is_main:
+        if config.init:
+            build.report_architecture(config, model.config)
+        print(f"precision {precision} ({why})", file=sys.stderr)
+    state = build.build_state(config, model, precision=precision, device=device, world=world)
+    augment = build.build_augment(config, model.preprocessing, num_classes=num_classes)
+    train_step = build.build_step(config, augment, precision=precision, device=device,
+                                  world=world, run_dir=run_dir)  # fmt: skip
     loader = build.build_loader(config, train_set, world)
     checkpoints = Checkpoints(run_dir, every=config.checkpoint_every, world=world)
     run = Run(config, run_dir, world, device, state, train_step, loader, test_set,
@@ -73,7 +79,9 @@ def _start(
             run_dir.truncate_metrics(0)
 
         def time_a_step() -> float:
-            trial = build.build_state(config, num_classes=num_classes, device=device, world=world)
+            model = build.new_model(config, num_classes=num_classes, device=device)
+            trial = build.build_state(config, model, precision=precision, device=device,
+                                      world=world)  # fmt: skip
             batches = run.batches(0)
             return calibrate(lambda: train_step(trial, *next(batches), lr=config.lr), device=device)
 

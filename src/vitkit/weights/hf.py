@@ -5,7 +5,8 @@ Handles `ViTForImageClassification` (head "classifier") and `ViTModel` (optional
 pooler, Linear + tanh on the [class] token, which is the paper's pre-logits layer). Both the key
 names of files on the Hub (encoder.layer.N.attention.attention.query, ...) and those of
 transformers 5 modules (layers.N.attention.q_proj, ...) are read. Numerics are taken from the
-config: exact GELU for "gelu", LayerNorm eps usually 1e-12.
+config: exact GELU for "gelu", LayerNorm eps usually 1e-12. The weights' preprocessing (image_mean,
+image_std, resample) is preprocessor_config.json's, read and written beside them.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch
 from vitkit.errors import CheckpointError, ConfigError
 from vitkit.io import atomic_write, atomic_write_json
 from vitkit.models.config import ViTConfig, config_from_fields
+from vitkit.models.preprocessing import Interpolation, Preprocessing
 from vitkit.weights.class_names import ClassNames, checked_class_names, model_class_names
 from vitkit.weights.key_maps import Row, find, to_foreign
 from vitkit.weights.shapes import require_shape
@@ -59,8 +61,8 @@ HF_KEYS: tuple[Row, ...] = (
 _REQUIRED_FIELDS = ("hidden_size", "num_attention_heads", "num_hidden_layers", "intermediate_size")
 
 
-# ViTConfig fields under the names of transformers' config.json (and preprocessor_config.json),
-# for errors that name the field the file has.
+# ViTConfig fields under the names of transformers' config.json, for errors that name the field
+# the file has.
 HF_FIELD_NAMES = {
     "img_size": "image_size",
     "patch_size": "patch_size",
@@ -71,8 +73,6 @@ HF_FIELD_NAMES = {
     "mlp_dim": "intermediate_size",
     "qkv_bias": "qkv_bias",
     "layer_norm_eps": "layer_norm_eps",
-    "mean": "image_mean (preprocessor_config.json)",
-    "std": "image_std (preprocessor_config.json)",
     "num_classes": "the classifier's rows",
     "representation_size": "the pooler's rows",
 }
@@ -99,15 +99,8 @@ def _rows(state: dict[str, torch.Tensor], key: str) -> int | None:
     return require_shape(state, key, 2)[0]
 
 
-def config_from_hf(
-    hf_config: dict, state: dict[str, torch.Tensor], preprocessor: dict | None = None
-) -> ViTConfig:
-    """vitkit's config for a transformers `ViTConfig` dict and its (vitkit-named) weights.
-
-    preprocessor: the directory's preprocessor_config.json, whose image_mean/image_std are the
-    normalisation the weights expect (ViTImageProcessor's default is 0.5, i.e. [-1, 1]).
-    """
-    preprocessor = preprocessor or {}
+def config_from_hf(hf_config: dict, state: dict[str, torch.Tensor]) -> ViTConfig:
+    """vitkit's config for a transformers `ViTConfig` dict and its (vitkit-named) weights."""
     if hf_config.get("model_type", "vit") != "vit":
         raise CheckpointError(
             f"config.json: model_type {hf_config['model_type']!r:.60} is not 'vit'"
@@ -147,8 +140,6 @@ def config_from_hf(
         representation_size=_rows(state, "pre_logits.0.weight"),
         gelu="exact" if activation in _EXACT_GELUS else "tanh",
         layer_norm_eps=hf_config.get("layer_norm_eps", 1e-12),
-        mean=preprocessor.get("image_mean", (0.5, 0.5, 0.5)),
-        std=preprocessor.get("image_std", (0.5, 0.5, 0.5)),
     )
     try:
         return config_from_fields(values, names=HF_FIELD_NAMES)
@@ -157,7 +148,7 @@ def config_from_hf(
 
 
 def hf_to_vitkit(
-    hf_config: dict, hf_state: dict[str, torch.Tensor], preprocessor: dict | None = None
+    hf_config: dict, hf_state: dict[str, torch.Tensor]
 ) -> tuple[ViTConfig, dict[str, torch.Tensor]]:
     """Convert a transformers ViT (config dict, state dict) to (config, vitkit state dict)."""
     state: dict[str, torch.Tensor] = {}
@@ -175,7 +166,36 @@ def hf_to_vitkit(
             qkv_parts.setdefault(found.vitkit, {})[found.part] = value
     for vitkit_key, parts in qkv_parts.items():
         state[vitkit_key] = _fused_qkv(vitkit_key, parts)
-    return config_from_hf(hf_config, state, preprocessor), state
+    return config_from_hf(hf_config, state), state
+
+
+# The two resizes vitkit has, by the numbers ViTImageProcessor's "resample" holds (PIL's
+# Image.Resampling: 2 BILINEAR, 3 BICUBIC).
+_RESAMPLE: dict[int, Interpolation] = {2: "bilinear", 3: "bicubic"}
+_PREPROCESSOR_NAMES = {
+    "mean": "image_mean (preprocessor_config.json)",
+    "std": "image_std (preprocessor_config.json)",
+}
+
+
+def preprocessing_from_hf(preprocessor: dict | None, config: ViTConfig) -> Preprocessing:
+    """The preprocessing of a transformers directory's weights at the model's resolution:
+    preprocessor_config.json's image_mean/image_std (ViTImageProcessor's default 0.5, i.e.
+    [-1, 1], when the file or the field is absent) and its resample filter (bicubic for PIL's 3,
+    else bilinear, ViTImageProcessor's default)."""
+    preprocessor = preprocessor or {}
+    default = Preprocessing.google(config.img_size, channels=config.in_chans)
+    resample = preprocessor.get("resample")
+    values = dict(
+        resolution=config.img_size,
+        mean=preprocessor.get("image_mean", default.mean),
+        std=preprocessor.get("image_std", default.std),
+        interpolation=_RESAMPLE.get(resample, "bilinear") if type(resample) is int else "bilinear",
+    )
+    try:
+        return Preprocessing.from_fields(values, names=_PREPROCESSOR_NAMES)
+    except ConfigError as error:
+        raise CheckpointError(f"preprocessor_config.json: {error}") from None
 
 
 def _fused_qkv(vitkit_key: str, parts: dict[int, torch.Tensor]) -> torch.Tensor:
@@ -263,13 +283,16 @@ def vitkit_to_hf(
     config: ViTConfig,
     state: dict[str, torch.Tensor],
     class_names: ClassNames | None = None,
+    preprocessing: Preprocessing | None = None,
 ) -> tuple[dict, dict[str, torch.Tensor], dict]:
     """(config.json, state dict, preprocessor_config.json) of the transformers model computing
     what a vitkit model of `config` computes: `ViTForImageClassification` when it has a head,
     else `ViTModel` (with its pooler as the pre-logits layer where there is one).
 
     class_names become id2label/label2id (what `pipeline("image-classification")` prints);
-    without them, transformers' own placeholders "LABEL_i"."""
+    without them, transformers' own placeholders "LABEL_i". preprocessing (the model's record;
+    Google's [-1, 1] at the model's size by default) becomes the image processor's size,
+    image_mean, image_std and resample."""
     if problem := hf_refusal(config):
         raise CheckpointError(problem)
     class_names = checked_class_names(class_names, config.num_classes, source="class_names")
@@ -310,16 +333,19 @@ def vitkit_to_hf(
     elif config.representation_size:
         hf_config["pooler_output_size"] = config.representation_size
         hf_config["pooler_act"] = "tanh"
+    preprocessing = preprocessing or Preprocessing.google(config.img_size, channels=config.in_chans)
+    resample = {name: number for number, name in _RESAMPLE.items()}[preprocessing.interpolation]
+    size_height, size_width = preprocessing.resolution
     preprocessor = {
         "image_processor_type": "ViTImageProcessor",
         "do_resize": True,
-        "size": {"height": height, "width": width},
-        "resample": 2,  # bilinear
+        "size": {"height": size_height, "width": size_width},
+        "resample": resample,
         "do_rescale": True,
         "rescale_factor": 1 / 255,
         "do_normalize": True,
-        "image_mean": list(config.mean),
-        "image_std": list(config.std),
+        "image_mean": list(preprocessing.mean),
+        "image_std": list(preprocessing.std),
     }
     return hf_config, hf_state, preprocessor
 
@@ -333,7 +359,9 @@ def write_hf(model: torch.nn.Module, directory: Path) -> Path:
 
     directory = Path(directory)
     names = model_class_names(model)
-    hf_config, hf_state, preprocessor = vitkit_to_hf(model.config, model.state_dict(), names)
+    hf_config, hf_state, preprocessor = vitkit_to_hf(
+        model.config, model.state_dict(), names, model.preprocessing
+    )
     if directory.exists() and not directory.is_dir():
         raise CheckpointError(f"{directory}: exists and is not a directory")
     tensors = {key: value.detach().cpu().contiguous() for key, value in hf_state.items()}

@@ -5,6 +5,12 @@ says `"format": "vitkit"` is vitkit's own (`save_pretrained`), any other directo
 `config.json` is Hugging Face transformers'; `.safetensors`, `.pth`, `.pt` and `.bin` files are
 torchvision state dicts when their keys are torchvision's (conv_proj, encoder.pos_embedding), timm
 state dicts otherwise.
+
+Each reader also gives the weights' `Preprocessing` record, which becomes `model.preprocessing`:
+vitkit's config.json records it; transformers' preprocessor_config.json holds image_mean,
+image_std and resample; a timm hub repository's config.json the `pretrained_cfg`; torchvision's
+weights take ImageNet's statistics and Google's [-1, 1]. Registered weights
+("ViT-B/16@i21k") take their registry entry's mean and std.
 """
 
 from __future__ import annotations
@@ -21,16 +27,26 @@ import torch
 from vitkit.errors import CheckpointError, ConfigError
 from vitkit.models.config import ViTConfig, as_pair
 from vitkit.models.pos_embed import resize_pos_embed
+from vitkit.models.preprocessing import Preprocessing
 from vitkit.models.vit import VisionTransformer
 from vitkit.weights.class_names import ClassNames, labels_file, read_labels
 from vitkit.weights.files import read_json_object, read_state_dict, torch_load, unwrap_state_dict
 from vitkit.weights.google import google_to_vitkit, read_npz
-from vitkit.weights.hf import HF_FIELD_NAMES, class_names_from_hf, hf_to_vitkit
+from vitkit.weights.hf import (
+    HF_FIELD_NAMES,
+    class_names_from_hf,
+    hf_to_vitkit,
+    preprocessing_from_hf,
+)
 from vitkit.weights.native import CONFIG_FILE, WEIGHTS_FILE, is_native_config, read_native
-from vitkit.weights.registry import resolve_checkpoint
+from vitkit.weights.registry import registered_weights, resolve_checkpoint
 from vitkit.weights.state_dict import PartialLoadWarning, build_and_load, check_architecture
-from vitkit.weights.timm import timm_to_vitkit
-from vitkit.weights.torchvision import looks_like_torchvision, torchvision_to_vitkit
+from vitkit.weights.timm import read_pretrained_cfg, timm_preprocessing, timm_to_vitkit
+from vitkit.weights.torchvision import (
+    looks_like_torchvision,
+    torchvision_preprocessing,
+    torchvision_to_vitkit,
+)
 
 Format = Literal["npz", "timm", "hf", "torchvision", "vitkit"]
 # Every format `load_model` reads (`format=`, `vitkit convert --format`), in one place.
@@ -81,12 +97,13 @@ def _state_dict_keys(path: Path) -> list[str]:
 @dataclass(frozen=True)
 class _Checkpoint:
     """What a reader found, and where, for errors: the file the architecture was read from (a
-    config file, or the weights' own shapes) and its names for ViTConfig's fields; and the class
-    names where the format records them (vitkit's and transformers'; .npz and state dicts hold
-    parameters only)."""
+    config file, or the weights' own shapes) and its names for ViTConfig's fields; the
+    preprocessing the weights expect; and the class names where the format records them
+    (vitkit's and transformers'; .npz and state dicts hold parameters only)."""
 
     config: ViTConfig
     state: dict[str, torch.Tensor]
+    preprocessing: Preprocessing
     config_source: str
     weights_source: str
     field_names: Mapping[str, str] = field(default_factory=dict)
@@ -97,29 +114,34 @@ def _read(path: Path, format: Format, num_heads: int | None) -> _Checkpoint:
     """The checkpoint at `path` in `format`, converted to vitkit's config and names."""
     inferred = dict(config_source="the config its shapes give", weights_source=path.name)
     if format == "npz":
-        checkpoint = _Checkpoint(*google_to_vitkit(read_npz(path)), **inferred)
+        config, state = google_to_vitkit(read_npz(path))
+        # The files record no preprocessing; Google's models all take [-1, 1].
+        preprocessing = Preprocessing.google(config.img_size, channels=config.in_chans)
     elif format == "timm":
-        state = read_state_dict(path)
-        checkpoint = _Checkpoint(*timm_to_vitkit(state, num_heads=num_heads), **inferred)
+        config, state = timm_to_vitkit(read_state_dict(path), num_heads=num_heads)
+        preprocessing = timm_preprocessing(read_pretrained_cfg(path), config)
     elif format == "torchvision":
-        state = read_state_dict(path)
-        checkpoint = _Checkpoint(*torchvision_to_vitkit(state, num_heads=num_heads), **inferred)
+        config, state = torchvision_to_vitkit(read_state_dict(path), num_heads=num_heads)
+        preprocessing = torchvision_preprocessing(config)
     if format in PARAMETERS_ONLY:  # names live beside the file
-        if (names := labels_file(path)).is_file():
-            read = read_labels(names, checkpoint.config.num_classes)
-            checkpoint = dataclasses.replace(checkpoint, class_names=read)
-        return checkpoint
+        names = None
+        if (labels := labels_file(path)).is_file():
+            names = read_labels(labels, config.num_classes)
+        return _Checkpoint(config, state, preprocessing, **inferred, class_names=names)
     if format == "hf":
         weights = _hf_weights(path)
         preprocessor_file = path / "preprocessor_config.json"
         preprocessor = read_json_object(preprocessor_file) if preprocessor_file.is_file() else None
         hf_config = read_json_object(path / "config.json")
-        config, state = hf_to_vitkit(hf_config, read_state_dict(weights), preprocessor)
+        config, state = hf_to_vitkit(hf_config, read_state_dict(weights))
+        preprocessing = preprocessing_from_hf(preprocessor, config)
         names = class_names_from_hf(hf_config, config.num_classes)
-        return _Checkpoint(config, state, "config.json", weights.name, HF_FIELD_NAMES, names)
+        return _Checkpoint(config, state, preprocessing, "config.json", weights.name,
+                           HF_FIELD_NAMES, names)  # fmt: skip
     if format == "vitkit":
-        config, state, names = read_native(path)
-        return _Checkpoint(config, state, CONFIG_FILE, WEIGHTS_FILE, class_names=names)
+        config, state, names, preprocessing = read_native(path)
+        return _Checkpoint(config, state, preprocessing, CONFIG_FILE, WEIGHTS_FILE,
+                           class_names=names)  # fmt: skip
     *others, last = map(repr, SOURCE_FORMATS)
     raise CheckpointError(f"unknown format {format!r}; expected {', '.join(others)} or {last}")
 
@@ -150,7 +172,8 @@ def load_model(
         hub's cache. An existing local path always wins.
 
     img_size: build for this resolution instead of the checkpoint's; the position embeddings
-        are resized on the patch grid (the paper's fine-tuning at higher resolution).
+        are resized on the patch grid (the paper's fine-tuning at higher resolution), and
+        `model.preprocessing` resizes images to it.
     num_classes: replace the head by a new zero-initialised one and drop the pre-logits layer,
         as the paper does for fine-tuning (even when the count equals the checkpoint's); the
         class names, which belong to the old head, are dropped with it.
@@ -168,6 +191,7 @@ def load_model(
     key or field. Weights must be fp16, bf16, fp32 or fp64; NaN or inf ones load with a
     `NonFiniteWeightsWarning` naming them.
     """
+    registered = registered_weights(path)
     path = resolve_checkpoint(path)
     format = format or detect_format(path)
     try:
@@ -180,6 +204,12 @@ def load_model(
             weights_source=checkpoint.weights_source,
             names=checkpoint.field_names,
         )
+        preprocessing = checkpoint.preprocessing
+        if registered is not None:  # the registry knows the weights better than their file
+            preprocessing = dataclasses.replace(
+                preprocessing, mean=registered.mean, std=registered.std
+            )
+        preprocessing.check_channels(checkpoint.config.in_chans)
     except (CheckpointError, ConfigError) as error:
         message = str(error)
         raise CheckpointError(message if str(path) in message else f"{path}: {message}") from None
@@ -195,9 +225,11 @@ def load_model(
             mode=config.pos_embed_interpolation,
         )
         config = target
+        preprocessing = dataclasses.replace(preprocessing, resolution=config.img_size)
     model, report = build_and_load(config, state, source=str(path), strict=strict)
     if report:
         warnings.warn(PartialLoadWarning(f"{path}: loaded partially: {report}"), stacklevel=2)
+    model.preprocessing = preprocessing
     model.class_names = checkpoint.class_names
     if num_classes is not None:
         model.reset_classifier(num_classes)  # a new head: the names go with the old one

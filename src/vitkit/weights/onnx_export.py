@@ -21,7 +21,6 @@ from pathlib import Path
 
 import torch
 
-from vitkit.data.preprocessing import Preprocessing
 from vitkit.errors import CheckpointError
 from vitkit.models.vit import VisionTransformer
 from vitkit.weights.class_names import model_class_names
@@ -91,8 +90,8 @@ def onnx_metadata(model: VisionTransformer) -> dict[str, str]:
     """The graph's metadata, every value a string (JSON for lists): "image_size" [height, width],
     "mean" and "std" per channel (inputs are (pixels / 255 - mean) / std), "interpolation" of
     the resize, "resize" (the whole image, no crop) and, when the weights record them,
-    "class_names", one per output."""
-    preprocessing = Preprocessing.for_model(model.config)
+    "class_names", one per output: the model's `preprocessing` record."""
+    preprocessing = model.preprocessing
     metadata = {
         "image_size": json.dumps(list(preprocessing.resolution)),
         "mean": json.dumps(list(preprocessing.mean)),

@@ -27,7 +27,8 @@ from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit
 
 from vitkit.download import Validator, default_cache_dir, download, url_problem
-from vitkit.errors import CheckpointError, DownloadError
+from vitkit.errors import CheckpointError, ConfigError, DownloadError
+from vitkit.models.preprocessing import GOOGLE_MEAN, GOOGLE_STD, Preprocessing
 from vitkit.weights.hub import HUB_PREFIX, fetch_hub
 
 GOOGLE_BUCKET = "https://storage.googleapis.com/vit_models"
@@ -37,9 +38,6 @@ MIRROR_VARIABLE = "VITKIT_WEIGHTS_URL"
 # Classes of the pre-training and fine-tuning datasets (ImageNet-21k's release has 21,843).
 IMAGENET21K_CLASSES = 21843
 IMAGENET1K_CLASSES = 1000
-# Google's checkpoints take pixels in [-1, 1]: (x - 0.5) / 0.5 for x in [0, 1].
-GOOGLE_MEAN = (0.5, 0.5, 0.5)
-GOOGLE_STD = (0.5, 0.5, 0.5)
 # File names that are checkpoints, never hub ids, even when they contain a single "/".
 _CHECKPOINT_SUFFIXES = (".npz", ".safetensors", ".pth", ".pt", ".bin", ".json")
 # A hub repository id: "org/name", as the hub spells them.
@@ -57,6 +55,8 @@ class PretrainedWeights:
     resolution: int  # square input size the weights were trained at, in pixels
     num_classes: int  # of the released head
     dataset: str  # human-readable: what it was pre-trained and fine-tuned on
+    # The normalisation the weights take (Google's checkpoints: [-1, 1]); `load_model` gives the
+    # model these, whatever the file's format records.
     mean: tuple[float, float, float] = GOOGLE_MEAN
     std: tuple[float, float, float] = GOOGLE_STD
     sha256: str | None = None  # checked after every download when known
@@ -79,6 +79,15 @@ class PretrainedWeights:
                 raise CheckpointError(
                     f"pretrained weights {self.name}: {field} must be a positive int, got {value!r}"
                 )
+        try:  # mean and std checked as every record's, for RGB images
+            self.preprocessing.check_channels(3)
+        except ConfigError as error:
+            raise CheckpointError(f"pretrained weights {self.name}: {error}") from None
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        """How images become inputs for these weights, at the resolution they were trained at."""
+        return Preprocessing(resolution=self.resolution, mean=self.mean, std=self.std)
 
     @property
     def file_name(self) -> str:
@@ -145,6 +154,18 @@ def get_pretrained(name: str) -> PretrainedWeights:
             f"{name}: no pretrained weights of that name; known: {', '.join(PRETRAINED)}"
         )
     return weights
+
+
+def registered_weights(checkpoint: str | Path) -> PretrainedWeights | None:
+    """The registry's entry that `checkpoint` (what `load_model` was given) names, None for a
+    path that exists (local files always win, as in `resolve_checkpoint`), a hub id or any
+    other path."""
+    try:
+        if Path(checkpoint).exists():
+            return None
+    except (OSError, ValueError):  # no usable path; resolve_checkpoint says so
+        return None
+    return _find(str(checkpoint))
 
 
 def _find(name: str) -> PretrainedWeights | None:

@@ -22,6 +22,12 @@ A state dict cannot tell timm's pooling either: with fc_norm the patch tokens ar
 without one the patch tokens are averaged ("avg" with fc_norm=False). A model built with
 class_token=True, global_pool="avg" and fc_norm=False has the same keys as a "token" model and
 would be read as one.
+
+Nor does a state dict record its preprocessing. timm keeps it in the model's `pretrained_cfg`
+(mean, std, interpolation), which a timm hub repository stores in the config.json beside the
+weights: read from there when it is present (`read_pretrained_cfg`), else Google's [-1, 1], what
+the ViT weights timm took from Google's releases expect. The printed `timm.create_model` call
+passes the model's record back in its `pretrained_cfg_overlay`.
 """
 
 from __future__ import annotations
@@ -33,11 +39,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from vitkit.errors import CheckpointError
+from vitkit.errors import CheckpointError, ConfigError
 from vitkit.io import atomic_write
 from vitkit.models.config import ViTConfig, as_pair, resnet_channels, resnet_stride
+from vitkit.models.preprocessing import Preprocessing
 from vitkit.models.resnet import NUMERICS
-from vitkit.weights.files import unwrap_key
+from vitkit.weights.files import read_json_object, unwrap_key
 from vitkit.weights.shapes import INDEX, block_indices, infer_num_heads, require_shape, square_side
 
 # timm features with parameters that vitkit does not model (yet): refuse rather than drop them.
@@ -248,6 +255,45 @@ def timm_to_vitkit(
     return config, converted
 
 
+def read_pretrained_cfg(weights: Path) -> dict | None:
+    """The `pretrained_cfg` of the config.json beside a timm weights file, as a timm hub
+    repository has it ({"architecture": ..., "pretrained_cfg": {...}}); None when there is no
+    such file, or it is no timm config (a folder's config.json may be another program's)."""
+    path = Path(weights).with_name("config.json")
+    if not path.is_file():
+        return None
+    try:
+        content = read_json_object(path)
+    except CheckpointError:
+        return None  # not ours to judge: a transformers or vitkit config is read elsewhere
+    pretrained_cfg = content.get("pretrained_cfg")
+    if "architecture" not in content or not isinstance(pretrained_cfg, dict):
+        return None
+    return pretrained_cfg
+
+
+def timm_preprocessing(pretrained_cfg: dict | None, config: ViTConfig) -> Preprocessing:
+    """The preprocessing of timm weights at the model's resolution: the mean, std and
+    interpolation of their `pretrained_cfg` where there is one (an interpolation other than
+    bilinear or bicubic is read as bilinear; the centre crop of `crop_pct` is not applied, as in
+    the paper's test-time pipeline), else Google's [-1, 1]."""
+    default = Preprocessing.google(config.img_size, channels=config.in_chans)
+    if pretrained_cfg is None:
+        return default
+    interpolation = pretrained_cfg.get("interpolation")
+    values = dict(
+        resolution=config.img_size,
+        mean=pretrained_cfg.get("mean", default.mean),
+        std=pretrained_cfg.get("std", default.std),
+        interpolation=interpolation if interpolation in ("bilinear", "bicubic") else "bilinear",
+    )
+    names = {"mean": "pretrained_cfg.mean", "std": "pretrained_cfg.std"}
+    try:
+        return Preprocessing.from_fields(values, names=names)
+    except ConfigError as error:
+        raise CheckpointError(f"config.json: {error}") from None
+
+
 # ---------------------------------------------------------------------------------------------
 # Writing: vitkit -> timm. A timm state dict holds only tensors; the architecture and numerics go
 # into the arguments of `timm.create_model`, which `timm_model_kwargs` gives.
@@ -328,11 +374,18 @@ def timm_model_kwargs(config: ViTConfig) -> dict[str, object]:
     return kwargs
 
 
-def timm_create_model_call(config: ViTConfig, *, path: str | Path | None = None) -> str:
+def timm_create_model_call(
+    config: ViTConfig,
+    *,
+    path: str | Path | None = None,
+    preprocessing: Preprocessing | None = None,
+) -> str:
     """Python that builds the matching timm model as `model`, for printing; run with `timm`
     imported. With `path` (the written file) the model loads it through timm's own pretrained
     path (`pretrained_cfg_overlay=dict(file=..., num_classes=...)`: the same num_classes keeps
-    timm from dropping the head); without, it is randomly initialised."""
+    timm from dropping the head); without, it is randomly initialised. `preprocessing` (the
+    model's record) goes into the overlay too, as timm's `input_size`, `mean`, `std` and
+    `interpolation`, so that timm's `resolve_data_config(model=model)` preprocesses as vitkit."""
     imports, arguments = "", []
     for name, value in timm_model_kwargs(config).items():
         value_text = repr(value)
@@ -340,12 +393,22 @@ def timm_create_model_call(config: ViTConfig, *, path: str | Path | None = None)
             imports = "import functools, torch; "
             value_text = f"functools.partial(torch.nn.LayerNorm, eps={config.layer_norm_eps!r})"
         arguments.append(f"{name}={value_text}")
-    weights = "pretrained=False"
+    overlay: dict[str, object] = {}
     if path is not None:
-        # timm's hybrid presets read Google's .npz by a custom loader unless told otherwise.
-        custom = ", custom_load=False" if config.is_hybrid else ""
-        overlay = f"dict(file={str(path)!r}, num_classes={config.num_classes}{custom})"
-        weights = f"pretrained=True, pretrained_cfg_overlay={overlay}"
+        overlay.update(file=str(path), num_classes=config.num_classes)
+        if config.is_hybrid:  # timm's hybrid presets read Google's .npz by a custom loader
+            overlay["custom_load"] = False
+    if preprocessing is not None:
+        overlay.update(
+            input_size=(config.in_chans, *preprocessing.resolution),
+            mean=preprocessing.mean,
+            std=preprocessing.std,
+            interpolation=preprocessing.interpolation,
+        )
+    weights = "pretrained=True" if path is not None else "pretrained=False"
+    if overlay:
+        items = ", ".join(f"{key}={value!r}" for key, value in overlay.items())
+        weights += f", pretrained_cfg_overlay=dict({items})"
     call = f"timm.create_model({timm_model_name(config)!r}, {weights}, {', '.join(arguments)})"
     return f"{imports}model = {call}"
 

@@ -6,8 +6,8 @@ vitkit's `qkv`, so the conversion is a renaming. Its architecture is fixed where
 configurable: always a [class] token that is read by the head ("token"), its position embedding in
 `encoder.pos_embedding` (so the first row is the token's), RGB input, square images. Numerics are
 torchvision's: exact GELU (`nn.GELU()`), LayerNorm eps 1e-6; its weights take ImageNet-normalised
-input. Like timm's, the files do not record the number of heads: it is the paper variant's of the
-same width, or given.
+input (`torchvision_preprocessing`). Like timm's, the files do not record the number of heads: it is
+the paper variant's of the same width, or given.
 """
 
 from __future__ import annotations
@@ -18,12 +18,11 @@ import torch
 
 from vitkit.errors import CheckpointError
 from vitkit.models.config import ViTConfig
+from vitkit.models.preprocessing import Preprocessing
 from vitkit.weights.files import unwrap_key
 from vitkit.weights.key_maps import Row, find
 from vitkit.weights.shapes import block_indices, infer_num_heads, require_shape, square_side
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 # Keys only a torchvision ViT has; `looks_like_torchvision` reads the state dict's keys for them.
 _SIGNATURE = ("conv_proj.weight", "encoder.pos_embedding")
 
@@ -112,9 +111,13 @@ def config_from_torchvision(
         representation_size=representation_size,
         gelu="exact",
         layer_norm_eps=1e-6,
-        mean=IMAGENET_MEAN,
-        std=IMAGENET_STD,
     )
+
+
+def torchvision_preprocessing(config: ViTConfig) -> Preprocessing:
+    """What torchvision's ViT weights take, at the model's resolution: ImageNet's statistics
+    (the files record none; every torchvision ViT weight is trained with them)."""
+    return Preprocessing.imagenet(config.img_size)
 
 
 def torchvision_to_vitkit(
