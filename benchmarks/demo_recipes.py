@@ -48,6 +48,15 @@ ROWS: dict[str, list[str]] = {
     "hybrid-lr2e-3": ["model=R+ViT-CIFAR/4", "lr=2e-3", "crop_scale_min=0.35", "steps=800"],
     "hybrid-crop0.6": ["model=R+ViT-CIFAR/4", "lr=1e-3", "crop_scale_min=0.6", "steps=800"],
     "hybrid-no-crop": ["model=R+ViT-CIFAR/4", "lr=1e-3", "crop_scale_min=1", "steps=800"],
+    # The time-to-accuracy levers (2026-12-01), against the preset as it is at 800 steps.
+    "preset-800": ["steps=800"],
+    "preset-800-eval-flip": ["steps=800", "eval_flip=true"],
+    "adamw-lr2e-3-800": ["steps=800", "lr=2e-3"],
+    "muon-lr1e-3-800": ["steps=800", "optimizer=muon"],
+    "muon-lr2e-3-800": ["steps=800", "optimizer=muon", "lr=2e-3"],
+    "muon-lr4e-3-800": ["steps=800", "optimizer=muon", "lr=4e-3"],
+    "muon-lr8e-3-800": ["steps=800", "optimizer=muon", "lr=8e-3"],
+    "bf16-800": ["steps=800", "precision=bf16"],
 }
 RESULTS = Path(__file__).with_name("RESULTS.md")
 

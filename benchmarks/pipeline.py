@@ -30,7 +30,7 @@ import subprocess
 import tarfile
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import timm.optim
@@ -64,19 +64,12 @@ def vitkit_steps(data: Path, device: torch.device) -> Iterator[tuple[float, floa
         step = build.build_step(config, augment, precision="fp32", device=device, world=world,
                                 run_dir=RunDir(folder))  # fmt: skip
     loader = build.build_loader(config, train_set, world)
-    epoch = 0
-    while True:
-        loader.set_epoch(epoch)
-        batches = iter(loader)
-        while True:
-            started = time.perf_counter()
-            batch = next(batches, None)
-            if batch is None:
-                break
-            fetched = time.perf_counter()
-            step(state, *batch, lr=config.lr)
-            yield fetched - started, time.perf_counter() - fetched
-        epoch += 1
+
+    def epoch(number: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        loader.set_epoch(number)
+        return iter(loader)
+
+    return timed_steps(epoch, lambda images, labels: step(state, images, labels, lr=config.lr))
 
 
 def timm_user_steps(
@@ -95,22 +88,36 @@ def timm_user_steps(
     optimizer = timm.optim.create_optimizer_v2(
         model, opt="adamw", lr=config.lr, weight_decay=config.weight_decay
     )
-    smoothing = config.label_smoothing
+
+    def step(images: torch.Tensor, labels: torch.Tensor) -> None:
+        images, labels = images.to(device), labels.to(device)
+        loss = F.cross_entropy(model(images), labels, label_smoothing=config.label_smoothing)
+        loss.backward()
+        clip_gradients(model.parameters(), config.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return timed_steps(lambda number: iter(loader), step)
+
+
+def timed_steps(
+    epoch: Callable[[int], Iterator[tuple[torch.Tensor, torch.Tensor]]],
+    step: Callable[[torch.Tensor, torch.Tensor], None],
+) -> Iterator[tuple[float, float]]:
+    """(seconds waiting for the batch, seconds of the rest of the step) of each step, over the
+    batches of epochs 0, 1, 2, ..."""
+    number = 0
     while True:
-        batches = iter(loader)
+        batches = epoch(number)
         while True:
             started = time.perf_counter()
             batch = next(batches, None)
             if batch is None:
                 break
             fetched = time.perf_counter()
-            images, labels = batch[0].to(device), batch[1].to(device)
-            loss = F.cross_entropy(model(images), labels, label_smoothing=smoothing)
-            loss.backward()
-            clip_gradients(model.parameters(), config.grad_clip)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            step(*batch)
             yield fetched - started, time.perf_counter() - fetched
+        number += 1
 
 
 def time_block(steps: Iterator[tuple[float, float]], count: int) -> tuple[float, float, float]:
@@ -183,6 +190,7 @@ def format_table(
 ) -> str:
     def rate(block: tuple[float, float, float]) -> float:
         return args.steps * batch / block[0]
+
     lines = [
         f"## Training pipeline end to end, {time.strftime('%Y-%m-%d')}",
         "",

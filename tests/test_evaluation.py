@@ -16,7 +16,11 @@ import numpy as np
 import pytest
 import torch
 
+import vitkit
 from vitkit.cli.main import main
+from vitkit.data.arrays import ArrayDataset
+from vitkit.data.transforms import eval_batch
+from vitkit.evaluation.accuracy import top1_counts
 from vitkit.evaluation.fewshot import (
     BIAS_FEATURE,
     FewShotPlan,
@@ -308,3 +312,24 @@ def test_top1_counts_split_over_ranks_agree_with_the_report(
     assert sum(correct for correct, _ in counts) == round(report.top1 * len(test))
     assert top1_accuracy(model, test, **settings) == report.top1
     assert 0.1 < report.top1 < 1.0  # a trained model: the counts are not all zero or all one
+
+
+def test_flip_averaged_top1_counts_the_mean_of_both_logits() -> None:
+    """flip_average: a prediction is the argmax of (logits(x) + logits(mirror of x)) / 2,
+    computed here by hand from the model's outputs."""
+    dataset = ArrayDataset(
+        images=np.random.default_rng(0).integers(0, 256, (40, 16, 16, 3), dtype=np.uint8),
+        labels=np.random.default_rng(1).integers(0, 3, 40),
+        classes=("a", "b", "c"),
+    )
+    torch.manual_seed(0)
+    model = vitkit.create_model("ViT-Test/8", img_size=16, num_classes=3).eval()
+    torch.nn.init.normal_(model.head.weight)
+    preprocessing = model.preprocessing
+    inputs = eval_batch(torch.from_numpy(dataset.images).permute(0, 3, 1, 2), preprocessing)
+    with torch.no_grad():
+        averaged = (model(inputs) + model(inputs.flip(-1))) / 2
+    expected = int((averaged.argmax(-1) == torch.from_numpy(dataset.labels)).sum())
+    got = top1_counts(model, dataset, preprocessing=preprocessing, device=torch.device("cpu"),
+                      batch_size=16, flip_average=True)  # fmt: skip
+    assert got == (expected, 40)

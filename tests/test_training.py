@@ -312,3 +312,37 @@ def test_the_run_says_which_precision_it_chose(
 ) -> None:
     train(tiny(image_tree, steps=1), tmp_path / "run")
     assert "precision fp32 (auto: " in capsys.readouterr().err  # the tiny model is 64 wide
+
+
+def test_muon_steps_the_encoder_matrices_and_adamw_the_rest(image_tree: Path) -> None:
+    """optimizer=muon: Muon holds exactly the 2-D weights of the encoder blocks, AdamW every
+    other parameter, each once; the schedule's lr reaches both."""
+    config = tiny(image_tree, optimizer="muon")
+    model = build.new_model(config, num_classes=3, device=torch.device("cpu"))
+    optimizer = build.build_optimizer(model, config)
+    held = {name: [id(p) for g in getattr(optimizer, name).param_groups for p in g["params"]]
+            for name in ("muon", "adamw")}  # fmt: skip
+    names = {id(param): name for name, param in model.named_parameters()}
+    assert sorted(held["muon"] + held["adamw"]) == sorted(names)
+    assert all(names[i].startswith("blocks.") and "weight" in names[i] for i in held["muon"])
+    assert {names[i] for i in held["muon"]} >= {
+        "blocks.0.attn.qkv.weight",
+        "blocks.1.mlp.fc2.weight",
+    }
+    for group in optimizer.param_groups:
+        group["lr"] = 0.123
+    assert optimizer.muon.param_groups[0]["lr"] == optimizer.adamw.param_groups[0]["lr"] == 0.123
+
+
+def test_a_muon_run_resumes_exactly(image_tree: Path, tmp_path: Path) -> None:
+    """Its checkpoint holds both optimizers' states: a run resumed from step 4 ends with the
+    weights of the run that was not interrupted."""
+    config = tiny(image_tree, optimizer="muon", steps=6, checkpoint_every=2)
+    train(config, tmp_path / "whole")
+    train(config, tmp_path / "resumed")
+    run = tmp_path / "resumed"
+    for leftover in [*run.glob("checkpoints/step-00000006.pt*"), run / "summary.json"]:
+        leftover.unlink()
+    train(config, run)
+    expected, got = _weights(tmp_path / "whole"), _weights(run)
+    assert all(torch.equal(expected[key], got[key]) for key in expected)

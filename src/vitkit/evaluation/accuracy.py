@@ -155,15 +155,17 @@ def top1_counts(
     autocast_dtype: torch.dtype | None = None,
     rank: int = 0,
     world_size: int = 1,
+    flip_average: bool = False,
 ) -> tuple[int, int]:
     """(images whose highest logit is the label, images) in the `rank`-th of `world_size`
     contiguous slices of `dataset`: summed over all ranks, every image counts exactly once. The
-    model runs in eval mode and is left in the mode it came in."""
+    model runs in eval mode and is left in the mode it came in. `flip_average`: the logits of
+    each image averaged with those of its mirror image (test-time augmentation)."""
     was_training = model.training
     model.eval()
     correct = total = 0
     for logits, labels in iter_outputs(
-        model,
+        (lambda inputs: (model(inputs) + model(inputs.flip(-1))) / 2) if flip_average else model,
         dataset,
         preprocessing=preprocessing,
         device=device,

@@ -26,7 +26,7 @@ from vitkit.training.fields import (
     describe,
     described,
     field_problem,
-    parse_value,
+    with_assignments,
 )
 
 # What a run that has started may resume with. Fields that say how to run, not what to compute,
@@ -41,7 +41,7 @@ FORCEABLE_FIELDS = frozenset({
     "weight_decay", "beta1", "beta2", "momentum", "grad_clip", "micro_batch_size",
     "label_smoothing", "dropout", "drop_path", "crop_scale_min", "hflip", "randaugment_ops",
     "randaugment_magnitude", "mixup_alpha", "cutmix_alpha", "test_split", "download", "device",
-    "compile", "checkpoint_every", "log_every", "eval_every",
+    "compile", "checkpoint_every", "log_every", "eval_every", "eval_flip",
 })  # fmt: skip
 
 
@@ -77,8 +77,11 @@ class TrainConfig:
     download: bool = described("download a named dataset when it is not in the cache", False)
 
     # Optimisation
-    optimizer: Literal["adamw", "sgd"] = described(
-        "adamw (pre-training) or sgd (fine-tuning)", "adamw"
+    optimizer: Literal["adamw", "sgd", "muon"] = described(
+        "adamw (pre-training), sgd (fine-tuning), or muon: Muon for the encoder blocks' weight "
+        "matrices (update RMS matched to AdamW's, so the same lr and weight_decay) and AdamW for "
+        "the rest",
+        "adamw",
     )
     # Bounded so that every rate stays a float32 (the optimisers' arithmetic) with room to spare;
     # the largest in use (LARS at batch 32k) are around 10.
@@ -152,6 +155,11 @@ class TrainConfig:
         "steps between metric lines and progress-bar updates", 10, AT_LEAST_ONE
     )
     eval_every: int = described("steps between evaluations (0: only at the end)", 0, NON_NEGATIVE)
+    eval_flip: bool = described(
+        "evaluate each test image with its mirror image, their logits averaged (test-time "
+        "augmentation; the summary's top1 counts these predictions)",
+        False,
+    )
 
     # Several processes (torchrun); a run may resume with other values of these
     parallel: Literal["ddp", "fsdp"] = described(
@@ -200,6 +208,8 @@ class TrainConfig:
             problems.append(
                 "fp16 with fsdp would need a gradient scaler that agrees across shards; use bf16"
             )
+        if self.optimizer == "muon" and (self.parallel == "fsdp" or self.precision == "fp16"):
+            problems.append("optimizer muon works with parallel=ddp and fp32 or bf16")
         if not self.init and (problem := self._model_problem()):
             problems.append(problem)
         return problems
@@ -256,16 +266,7 @@ _FIELD_TYPES: dict[str, Any] = typing.get_type_hints(TrainConfig)
 
 def parse_overrides(base: TrainConfig, assignments: list[str]) -> TrainConfig:
     """`base` with "field=value" assignments applied, each value parsed by the field's type."""
-    fields = {item.name for item in dataclasses.fields(TrainConfig)}
-    changes: dict[str, Any] = {}
-    for assignment in assignments:
-        name, separator, text = assignment.partition("=")
-        if not separator:
-            raise ConfigError(f"expected field=value, got {assignment!r}")
-        if name not in fields:
-            raise ConfigError(f"unknown field {name!r}; fields: {', '.join(sorted(fields))}")
-        changes[name] = parse_value(text, _FIELD_TYPES[name])
-    return dataclasses.replace(base, **changes)
+    return with_assignments(base, assignments, _FIELD_TYPES)
 
 
 def describe_fields() -> str:

@@ -86,6 +86,7 @@ def run_demo(
             return None
     summary = {
         "hardware": hardware,
+        "eval_flip": stages["finetune"].eval_flip,
         "top1": results["finetune"].top1,
         "top1_pretrain_res": results["finetune_at_pretrain_res"].top1,
         "top1_pretrained": results["pretrain"].top1,
@@ -116,4 +117,6 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"{summary['top1_pretrain_res']:.2%} for the same budget at the pre-training resolution "
         f"({gain:+.2%}). Whole demo: {summary['seconds'] / 60:.1f} min."
     )
+    if summary.get("eval_flip"):
+        lines.append("(top-1 counts each test image with its mirror image, logits averaged)")
     return "\n".join(lines)

@@ -10,6 +10,8 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from vitkit.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class Range:
@@ -102,3 +104,17 @@ def describe(config_class: type, types: dict[str, Any]) -> str:
             f"  {item.name}={item.default!r} ({type_name}{allowed}): {item.metadata['help']}"
         )
     return "\n".join(lines)
+
+
+def with_assignments(base: Any, assignments: list[str], types: dict[str, Any]) -> Any:
+    """The dataclass `base` with "field=value" assignments applied, each value parsed by the
+    field's declared type (`types`)."""
+    changes: dict[str, Any] = {}
+    for assignment in assignments:
+        name, separator, text = assignment.partition("=")
+        if not separator:
+            raise ConfigError(f"expected field=value, got {assignment!r}")
+        if name not in types:
+            raise ConfigError(f"unknown field {name!r}; fields: {', '.join(sorted(types))}")
+        changes[name] = parse_value(text, types[name])
+    return dataclasses.replace(base, **changes)

@@ -118,6 +118,7 @@ class Run:
             autocast_dtype=self.train_step.autocast_dtype,
             rank=self.world.rank,
             world_size=self.world.size,
+            flip_average=self.config.eval_flip,
         )
         correct, total = self.world.sum([correct, total])
         return correct / total

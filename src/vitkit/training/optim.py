@@ -31,12 +31,62 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     ]
 
 
-def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW (pre-training: decoupled weight decay) or SGD with momentum (fine-tuning)."""
+def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer | MuonAdamW:
+    """AdamW (pre-training: decoupled weight decay), SGD with momentum (fine-tuning), or Muon for
+    the encoder's weight matrices with AdamW for the rest."""
+    if config.optimizer == "muon":
+        return MuonAdamW(model, config)
     groups = param_groups(model, config.weight_decay)
     if config.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, foreach=True)
     return torch.optim.AdamW(groups, lr=config.lr, betas=(config.beta1, config.beta2), foreach=True)
+
+
+class MuonAdamW:
+    """PyTorch's Muon (momentum orthogonalised by Newton-Schulz iterations) on the 2-D weights of
+    the encoder blocks, AdamW on everything else (embeddings, the ResNet stem, norms, biases,
+    the head), as current speed-run practice does; one optimizer to the loop. Muon's update is
+    scaled to AdamW's RMS ("match_rms_adamw"), so both take the same lr and weight decay and
+    the schedule sets both through `param_groups`."""
+
+    def __init__(self, model: nn.Module, config: TrainConfig) -> None:
+        matrices = {
+            id(param)
+            for name, param in model.named_parameters()
+            if param.requires_grad and param.ndim == 2 and name.startswith("blocks.")
+        }
+        adamw_groups = [
+            {**group, "params": [p for p in group["params"] if id(p) not in matrices]}
+            for group in param_groups(model, config.weight_decay)
+        ]
+        self.muon = torch.optim.Muon(
+            [p for p in model.parameters() if id(p) in matrices],
+            lr=config.lr,
+            weight_decay=config.weight_decay,
+            adjust_lr_fn="match_rms_adamw",
+        )
+        self.adamw = torch.optim.AdamW(
+            adamw_groups, lr=config.lr, betas=(config.beta1, config.beta2), foreach=True
+        )
+
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:
+        return self.muon.param_groups + self.adamw.param_groups
+
+    def step(self) -> None:
+        self.muon.step()
+        self.adamw.step()
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.muon.zero_grad(set_to_none=set_to_none)
+        self.adamw.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"muon": self.muon.state_dict(), "adamw": self.adamw.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.muon.load_state_dict(state["muon"])
+        self.adamw.load_state_dict(state["adamw"])
 
 
 def clip_gradients(parameters: Iterable[torch.Tensor], max_norm: float) -> torch.Tensor:
