@@ -14,7 +14,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from vitkit import devices
 from vitkit.training.config import TrainConfig
+from vitkit.training.muon import Muon
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -43,11 +45,11 @@ def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimi
 
 
 class MuonAdamW:
-    """PyTorch's Muon (momentum orthogonalised by Newton-Schulz iterations) on the 2-D weights of
-    the encoder blocks, AdamW on everything else (embeddings, the ResNet stem, norms, biases,
-    the head), as current speed-run practice does; one optimizer to the loop. Muon's update is
-    scaled to AdamW's RMS ("match_rms_adamw"), so both take the same lr and weight decay and
-    the schedule sets both through `param_groups`."""
+    """Muon (training/muon.py: momentum orthogonalised by Newton-Schulz iterations, in bf16 where
+    it is native, else fp32) on the 2-D weights of the encoder blocks, AdamW on everything else
+    (embeddings, the ResNet stem, norms, biases, the head), as current speed-run practice does;
+    one optimizer to the loop. Muon's update is scaled to AdamW's RMS, so both take the same lr
+    and weight decay and the schedule sets both through `param_groups`."""
 
     def __init__(self, model: nn.Module, config: TrainConfig) -> None:
         matrices = {
@@ -59,11 +61,12 @@ class MuonAdamW:
             {**group, "params": [p for p in group["params"] if id(p) not in matrices]}
             for group in param_groups(model, config.weight_decay)
         ]
-        self.muon = torch.optim.Muon(
+        device = next(model.parameters()).device
+        self.muon = Muon(
             [p for p in model.parameters() if id(p) in matrices],
             lr=config.lr,
             weight_decay=config.weight_decay,
-            adjust_lr_fn="match_rms_adamw",
+            ns_dtype=torch.bfloat16 if devices.native_bf16(device) else torch.float32,
         )
         self.adamw = torch.optim.AdamW(
             adamw_groups, lr=config.lr, betas=(config.beta1, config.beta2), foreach=True
