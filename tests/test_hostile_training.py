@@ -61,6 +61,8 @@ BAD_VALUES = [
     ("seed", "-1", -1),
     ("device", "cuda:x", "cuda:x"),
     ("precision", "fp8", "fp8"),
+    ("optimizer", "lamb", "lamb"),
+    ("eval_flip", "sometimes", "sometimes"),
     ("classifier", "cls", "cls"),
     ("parallel", "zero3", "zero3"),
     ("randaugment_magnitude", "31", 31),
@@ -317,3 +319,14 @@ def test_init_decides_the_architecture_and_train_config_records_it(
     assert {key: value for key, value in saved["architecture"].items() if key != "img_size"} == {
         key: value for key, value in built.items() if key != "img_size"
     }
+
+
+@pytest.mark.parametrize(
+    "fields", [{"parallel": "fsdp"}, {"precision": "fp16", "device": "cuda"}], ids=["fsdp", "fp16"]
+)
+def test_muon_is_refused_where_its_state_would_not_fit(fields: dict[str, str]) -> None:
+    """Muon pairs two optimizers: FSDP's sharded optimizer state and fp16's loss scaler expect
+    one torch optimizer, so those combinations are one-line ConfigErrors up front."""
+    with pytest.raises(ConfigError, match="optimizer muon works with parallel=ddp") as error:
+        TrainConfig(model="ViT-Test/8", resolution=16, steps=1, optimizer="muon", **fields)
+    assert "\n" not in str(error.value)
