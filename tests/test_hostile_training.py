@@ -63,6 +63,11 @@ BAD_VALUES = [
     ("precision", "fp8", "fp8"),
     ("optimizer", "lamb", "lamb"),
     ("eval_flip", "sometimes", "sometimes"),
+    ("compile_time_limit", "-1", -1.0),
+    ("model_fields", "depth", "depth"),
+    ("model_fields", "patch_sise=2", "patch_sise=2"),
+    ("model_fields", "num_classes=3", "num_classes=3"),
+    ("model_fields", "depth=x", "depth=x"),
     ("classifier", "cls", "cls"),
     ("parallel", "zero3", "zero3"),
     ("randaugment_magnitude", "31", 31),
@@ -310,7 +315,7 @@ def test_init_decides_the_architecture_and_train_config_records_it(
     assert (
         "the architecture is init's (width 64, depth 2, 4 heads, patch 8, 32x32 px, gap pooling); "
         "not used: "
-        "model='ViT-Test/8', representation_size=0, classifier='token'"
+        "model='ViT-Test/8', model_fields='', representation_size=0, classifier='token'"
     ) in capsys.readouterr().err
     saved = json.loads((finetuned / "train_config.json").read_text())
     built = json.loads((pretrained / "config.json").read_text())["config"]

@@ -346,3 +346,40 @@ def test_a_muon_run_resumes_exactly(image_tree: Path, tmp_path: Path) -> None:
     train(config, run)
     expected, got = _weights(tmp_path / "whole"), _weights(run)
     assert all(torch.equal(expected[key], got[key]) for key in expected)
+
+
+def test_a_compile_past_its_time_limit_trains_eagerly_exactly(
+    image_tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    """A first compiled step that runs past compile_time_limit is abandoned and redone eagerly:
+    the run ends with the weights of a run that never compiled, bit for bit. Inductor's cache
+    is pointed into $VITKIT_HOME."""
+    monkeypatch.setenv("VITKIT_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    train(tiny(image_tree, compile=True, compile_time_limit=0.01), tmp_path / "compiled")
+    assert "still compiling after 0.01 s (compile_time_limit): training eagerly" in (
+        capsys.readouterr().err
+    )
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "home" / "inductor")
+    train(tiny(image_tree), tmp_path / "eager")
+    compiled = load_file(tmp_path / "compiled" / "model.safetensors")
+    eager = load_file(tmp_path / "eager" / "model.safetensors")
+    assert compiled.keys() == eager.keys()
+    assert all(torch.equal(compiled[key], eager[key]) for key in compiled)
+
+
+@pytest.mark.slow
+def test_a_compiled_run_fills_the_cache_in_vitkit_home(
+    image_tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    """Within its time limit the compile is kept (its first step is reported), inductor's code
+    lands in $VITKIT_HOME/inductor, and the compiled run trains as the eager one does."""
+    monkeypatch.setenv("VITKIT_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    train(tiny(image_tree, compile=True, steps=2), tmp_path / "compiled")
+    assert "torch.compile: first step" in capsys.readouterr().err
+    assert any(path.is_file() for path in (tmp_path / "home" / "inductor").rglob("*"))
+    train(tiny(image_tree, steps=2), tmp_path / "eager")
+    compiled = load_file(tmp_path / "compiled" / "model.safetensors")
+    eager = load_file(tmp_path / "eager" / "model.safetensors")
+    assert all(torch.allclose(compiled[key], eager[key], atol=1e-4) for key in compiled)

@@ -55,6 +55,8 @@ def native_bf16(device: torch.device) -> str | None:
         if torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False):
             return f"CUDA GPU {torch.cuda.get_device_name(device)}"
         return None
+    if torch.backends.cpu.get_cpu_capability() != "AVX512":
+        return None  # ATen itself is limited below AVX-512 (ATEN_CPU_CAPABILITY, or an old CPU)
     flags = _cpu_flags()
     if "amx_bf16" in flags:
         return "CPU with AMX-BF16"

@@ -18,7 +18,8 @@ from vitkit.models.config import ViTConfig
 from vitkit.models.preprocessing import Preprocessing
 from vitkit.models.vit import VisionTransformer, create_model
 from vitkit.training import parallel
-from vitkit.training.config import ARCHITECTURE_FIELDS, TrainConfig
+from vitkit.training.compiling import FirstCompileLimit
+from vitkit.training.config import ARCHITECTURE_FIELDS, TrainConfig, model_field_changes
 from vitkit.training.distributed import Launch, World
 from vitkit.training.optim import build_optimizer
 from vitkit.training.run_dir import RunDir
@@ -75,6 +76,7 @@ def build_model(config: TrainConfig, num_classes: int) -> VisionTransformer:
     if not config.init:
         return create_model(
             config.model,
+            **model_field_changes(config.model_fields),
             img_size=config.resolution,
             num_classes=num_classes,
             representation_size=config.representation_size or None,
@@ -211,4 +213,6 @@ def build_step(
         grad_clip=config.grad_clip,
         autocast_dtype=AUTOCAST_DTYPES.get(precision),
         checkpoint_folder=run_dir.checkpoints,
+        # All processes must agree on compiling, and only the alarm of one process is reliable.
+        first_compile=FirstCompileLimit(0 if world.distributed else config.compile_time_limit),
     )

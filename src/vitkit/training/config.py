@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from vitkit.devices import device_problem
 from vitkit.errors import ConfigError
-from vitkit.models.config import get_config
+from vitkit.models.config import ViTConfig, get_config
 from vitkit.training.fields import (
     AT_LEAST_ONE,
     FRACTION,
@@ -41,7 +41,7 @@ FORCEABLE_FIELDS = frozenset({
     "weight_decay", "beta1", "beta2", "momentum", "grad_clip", "micro_batch_size",
     "label_smoothing", "dropout", "drop_path", "crop_scale_min", "hflip", "randaugment_ops",
     "randaugment_magnitude", "mixup_alpha", "cutmix_alpha", "test_split", "download", "device",
-    "compile", "checkpoint_every", "log_every", "eval_every", "eval_flip",
+    "compile", "compile_time_limit", "checkpoint_every", "log_every", "eval_every", "eval_flip",
 })  # fmt: skip
 
 
@@ -52,6 +52,12 @@ class TrainConfig:
     # What to train
     model: str = described(
         "architecture preset (vitkit models), used when init is empty", "ViT-Ti/16"
+    )
+    model_fields: str = described(
+        "changes to the model preset's architecture as ViTConfig fields, NAME=VALUE[,NAME=VALUE"
+        "...], e.g. depth=11,width=96,mlp_dim=192 (not img_size, num_classes or the fields "
+        "named here)",
+        "",
     )
     init: str = described(
         "checkpoint to start from: a vitkit run or weights directory, Google .npz, timm or Hugging "
@@ -147,7 +153,15 @@ class TrainConfig:
         "AMX-BF16 or AVX512-BF16 for models of width 192 and up), else fp32; printed at the start",
         "auto",
     )
-    compile: bool = described("torch.compile the model", False)
+    compile: bool = described(
+        "torch.compile the model (inductor's cache is kept in $VITKIT_HOME/inductor)", False
+    )
+    compile_time_limit: float = described(
+        "seconds the first compiled step may take; past them the run gives up compiling and "
+        "trains eagerly (0: no limit; single-process runs only)",
+        300.0,
+        NON_NEGATIVE,
+    )
     checkpoint_every: int = described(
         "steps between checkpoints (the last two are kept)", 500, AT_LEAST_ONE
     )
@@ -218,12 +232,17 @@ class TrainConfig:
         """Whether `model` names a preset that can be built at `resolution` (a checkpoint given
         as `init` is checked when it is read)."""
         try:
-            get_config(self.model, img_size=self.resolution)
+            changes = model_field_changes(self.model_fields)
+        except ConfigError as error:
+            return str(error)
+        try:
+            get_config(self.model, img_size=self.resolution, **changes)
         except KeyError as error:
             return f"model: {error.args[0]}"
         except ConfigError as error:
             reason = str(error).removeprefix("Invalid ViTConfig: ")
-            return f"model {self.model} at resolution {self.resolution}: {reason}"
+            changed = f" with model_fields {self.model_fields}" if changes else ""
+            return f"model {self.model}{changed} at resolution {self.resolution}: {reason}"
         return None
 
     def warmup_for(self, total_steps: int) -> int:
@@ -258,7 +277,12 @@ class TrainConfig:
 
 # Fields that choose the architecture of a model built from scratch; with `init`, the checkpoint
 # decides them (the run says so, and records the architecture it trained).
-ARCHITECTURE_FIELDS = ("model", "representation_size", "classifier")
+ARCHITECTURE_FIELDS = ("model", "model_fields", "representation_size", "classifier")
+# ViTConfig fields that `model_fields` may not set: training sets them from its own fields.
+_SET_BY_TRAINING = frozenset({
+    "img_size", "num_classes", "classifier", "class_token", "representation_size", "drop_path",
+    "dropout",
+})  # fmt: skip
 # The declared type of every field (resolved once: the annotations are strings under
 # `from __future__ import annotations`).
 _FIELD_TYPES: dict[str, Any] = typing.get_type_hints(TrainConfig)
@@ -272,3 +296,30 @@ def parse_overrides(base: TrainConfig, assignments: list[str]) -> TrainConfig:
 def describe_fields() -> str:
     """One line per field with its type, default, range and help: `vitkit train --help`."""
     return describe(TrainConfig, _FIELD_TYPES)
+
+
+def model_field_changes(text: str) -> dict[str, Any]:
+    """The ViTConfig fields that a `model_fields` text sets, each value read as an integer, a
+    number or a boolean where it is one (ViTConfig checks them); ConfigError naming a bad part."""
+    changes: dict[str, Any] = {}
+    known = {item.name for item in dataclasses.fields(ViTConfig)}
+    for part in filter(None, (piece.strip() for piece in text.split(","))):
+        name, separator, value = part.partition("=")
+        name = name.strip()
+        if not separator:
+            raise ConfigError(f"model_fields: expected NAME=VALUE, got {part!r}")
+        if name not in known:
+            raise ConfigError(f"model_fields: {name!r} is not a ViTConfig field")
+        if name in _SET_BY_TRAINING:
+            raise ConfigError(f"model_fields: {name} is set by training; use its own field")
+        changes[name] = _literal(value.strip())
+    return changes
+
+
+def _literal(text: str) -> Any:
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return {"true": True, "false": False}.get(text.lower(), text)

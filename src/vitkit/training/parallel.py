@@ -9,7 +9,8 @@ that the optimizer steps is the module the loop calls, as PyTorch's composable A
   forward and backward. For models whose training state does not fit one GPU (ViT-H).
 - Activation checkpointing (composable `checkpoint`): each block's activations are recomputed in
   the backward pass instead of kept.
-- `torch.compile` through `Module.compile`, which compiles the forward in place.
+- `torch.compile` through `Module.compile`, which compiles the forward in place (its cache and
+  time limit: compiling.py).
 Either way the averaged gradient is that of the global batch, as in one process.
 
 Checkpoints always hold the full, unsharded state a single process saves (`model.state_dict()`,
@@ -36,6 +37,7 @@ from torch.distributed.checkpoint.state_dict import (
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
 from vitkit.models.vit import VisionTransformer
+from vitkit.training.compiling import keep_compile_cache
 from vitkit.training.config import TrainConfig
 from vitkit.training.distributed import World
 
@@ -58,6 +60,7 @@ def parallelize(
     elif world.distributed:
         replicate(model, device_id=world.device)
     if config.compile:
+        keep_compile_cache()
         model.compile()
 
 

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from vitkit.data.augment import TrainAugment
 from vitkit.errors import TrainingError
 from vitkit.training import parallel
+from vitkit.training.compiling import FirstCompileLimit
 from vitkit.training.distributed import World
 from vitkit.training.optim import clip_gradients
 from vitkit.training.state import TrainState
@@ -53,6 +54,7 @@ class TrainStep:
     grad_clip: float
     autocast_dtype: torch.dtype | None
     checkpoint_folder: Path  # named when the loss becomes NaN
+    first_compile: FirstCompileLimit  # the time limit on a compiled model's first step
 
     def __call__(
         self, state: TrainState, images: torch.Tensor, labels: torch.Tensor, *, lr: float
@@ -67,6 +69,18 @@ class TrainStep:
             first=self.world.rank * len(images),
             total=self.world.size * len(images),
         )
+        total_loss = self.first_compile.run(
+            state.model, lambda: self._forward_backward(state, inputs, targets, lr=lr)
+        )
+        self._optimizer_step(state)
+        return total_loss
+
+    def _forward_backward(
+        self, state: TrainState, inputs: torch.Tensor, targets: torch.Tensor, *, lr: float
+    ) -> float:
+        """The gradients of the mean loss, summed over the micro-batches; safe to run again from
+        the start (as after an abandoned compile): it clears the gradients and re-seeds."""
+        state.optimizer.zero_grad(set_to_none=True)
         torch.manual_seed(model_seed(self.seed, state.step, self.world.rank))
         total_loss = 0.0
         passes = self.micro_batches
@@ -88,7 +102,6 @@ class TrainStep:
                 )
             total_loss += value
             (state.scaler.scale(loss) if state.scaler is not None else loss).backward()
-        self._optimizer_step(state)
         return total_loss
 
     def _optimizer_step(self, state: TrainState) -> None:
