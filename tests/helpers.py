@@ -6,13 +6,18 @@ class of the download tests, `randomise_` and `compare_outputs` for the equivale
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import re
+import shutil
+import subprocess
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import pytest
 import torch
 from torch import nn
 
@@ -135,3 +140,46 @@ CLASSES = ("red", "green", "blue")
 def tiny(image_tree: Path, **fields: object) -> TrainConfig:
     """The `tiny` training preset on `image_tree`, with `fields` changed."""
     return dataclasses.replace(get_preset("tiny"), data=str(image_tree), **fields)
+
+
+def chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def images_loaded_in_chromium(page: Path, workdir: Path) -> dict[str, int]:
+    """Open `page` in headless Chromium and count its <img> elements that decoded (naturalWidth
+    > 0). A harness page served from the same local HTTP server loads it in an iframe and writes
+    the counts into its own DOM, which --dump-dom prints."""
+    browser = chromium()
+    if browser is None:
+        if os.environ.get("VITKIT_REQUIRE_CHROMIUM"):
+            pytest.fail("chromium is required (VITKIT_REQUIRE_CHROMIUM) but not installed")
+        pytest.skip("chromium is not installed (Debian package chromium; .ci/run installs it)")
+    (page.parent / "harness.html").write_text(
+        f"<!DOCTYPE html><html><body><iframe id='f' src='{page.name}'></iframe><pre id='out'>"
+        "</pre><script>document.getElementById('f').onload = function () {"
+        "  var images = Array.from(this.contentDocument.images);"
+        "  document.getElementById('out').textContent = JSON.stringify({images: images.length,"
+        "    loaded: images.filter(function (i) { return i.complete && i.naturalWidth > 0; })"
+        "    .length});"
+        "};</script></body></html>"
+    )
+    serve = [sys.executable, "-u", "-m", "http.server", "0", "--bind", "127.0.0.1"]
+    server = subprocess.Popen([*serve, "-d", str(page.parent)], stdout=subprocess.PIPE, text=True)
+    try:
+        line = server.stdout.readline()  # "Serving HTTP on 127.0.0.1 port N (...)"
+        port = int(line.split(" port ")[1].split()[0])
+        result = subprocess.run(
+            [browser, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=10000",
+             f"--user-data-dir={workdir / 'chromium-profile'}", "--dump-dom",
+             f"http://127.0.0.1:{port}/harness.html"],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    finally:
+        server.terminate()
+        server.wait()
+    dom = result.stdout
+    start = dom.index('<pre id="out">') + len('<pre id="out">')
+    text = dom[start : dom.index("</pre>", start)]
+    assert text, f"the harness wrote nothing; chromium said: {result.stderr[-2000:]}"
+    return json.loads(text)

@@ -7,9 +7,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +28,7 @@ from vitkit.evaluation.linear_probe import LinearProbe
 from vitkit.training.presets import get_preset
 from vitkit.training.trainer import train
 
-from helpers import OFFICIAL_FIXTURE
+from helpers import OFFICIAL_FIXTURE, images_loaded_in_chromium
 
 
 @pytest.mark.parametrize("rows, dim", [(40, 6), (8, 30)])  # primal and dual forms
@@ -183,49 +180,6 @@ def test_figures_page_loads_every_image_in_chromium(
     if source == "run":  # the check sees a picture that does not load
         (out / "attention_heads.png").write_bytes(b"not a png")
         assert images_loaded_in_chromium(out / "index.html", tmp_path)["loaded"] == 4
-
-
-def chromium() -> str | None:
-    return shutil.which("chromium") or shutil.which("chromium-browser")
-
-
-def images_loaded_in_chromium(page: Path, workdir: Path) -> dict[str, int]:
-    """Open `page` in headless Chromium and count its <img> elements that decoded (naturalWidth
-    > 0). A harness page served from the same local HTTP server loads it in an iframe and writes
-    the counts into its own DOM, which --dump-dom prints."""
-    browser = chromium()
-    if browser is None:
-        if os.environ.get("VITKIT_REQUIRE_CHROMIUM"):
-            pytest.fail("chromium is required (VITKIT_REQUIRE_CHROMIUM) but not installed")
-        pytest.skip("chromium is not installed (Debian package chromium; .ci/run installs it)")
-    (page.parent / "harness.html").write_text(
-        "<!DOCTYPE html><html><body><iframe id='f' src='index.html'></iframe><pre id='out'>"
-        "</pre><script>document.getElementById('f').onload = function () {"
-        "  var images = Array.from(this.contentDocument.images);"
-        "  document.getElementById('out').textContent = JSON.stringify({images: images.length,"
-        "    loaded: images.filter(function (i) { return i.complete && i.naturalWidth > 0; })"
-        "    .length});"
-        "};</script></body></html>"
-    )
-    serve = [sys.executable, "-u", "-m", "http.server", "0", "--bind", "127.0.0.1"]
-    server = subprocess.Popen([*serve, "-d", str(page.parent)], stdout=subprocess.PIPE, text=True)
-    try:
-        line = server.stdout.readline()  # "Serving HTTP on 127.0.0.1 port N (...)"
-        port = int(line.split(" port ")[1].split()[0])
-        result = subprocess.run(
-            [browser, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=10000",
-             f"--user-data-dir={workdir / 'chromium-profile'}", "--dump-dom",
-             f"http://127.0.0.1:{port}/harness.html"],
-            capture_output=True, text=True, timeout=120,
-        )  # fmt: skip
-    finally:
-        server.terminate()
-        server.wait()
-    dom = result.stdout
-    start = dom.index('<pre id="out">') + len('<pre id="out">')
-    text = dom[start : dom.index("</pre>", start)]
-    assert text, f"the harness wrote nothing; chromium said: {result.stderr[-2000:]}"
-    return json.loads(text)
 
 
 def test_eval_runs_an_official_checkpoint_on_data_with_its_classes(tmp_path: Path) -> None:

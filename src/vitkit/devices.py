@@ -1,10 +1,14 @@
-"""Device names: what "auto", "cpu", "cuda" and "cuda:N" mean, decided in one place.
+"""Device names: what "auto", "cpu", "cuda" and "cuda:N" mean, decided in one place; what the
+machine can do natively (bf16) and its one-line description for reports.
 
 Every command and the trainer take a device by name; "auto" is the GPU when PyTorch sees one,
 else the CPU. Only torch and `vitkit.errors` are imported, so any layer may use this module.
 """
 
 from __future__ import annotations
+
+import os
+import platform
 
 import torch
 
@@ -67,11 +71,36 @@ def native_bf16(device: torch.device) -> str | None:
 
 def _cpu_flags() -> set[str]:
     """The CPU's feature flags as Linux lists them (empty elsewhere)."""
+    return set((_cpu_field("flags") or "").split())
+
+
+def describe_machine() -> str:
+    """The machine in one line, for reports: the CPU model, its vector and bf16 features, cores,
+    the GPU when there is one, and torch's version (figures depend on all of them)."""
+    cpu = _cpu_field("model name") or platform.processor() or platform.machine()
+    flags = _cpu_flags()
+    features = [name for flag, name in _REPORTED_FLAGS if flag in flags]
+    described = f"{cpu} ({', '.join(features) or 'no AVX2'}), {os.cpu_count()} CPUs"
+    if torch.cuda.is_available():
+        described += f", {torch.cuda.get_device_name()}"
+    return f"{described}, torch {torch.__version__}"
+
+
+# /proc/cpuinfo flags that decide vitkit's speed, and how reports name them.
+_REPORTED_FLAGS = (
+    ("avx2", "AVX2"), ("avx512f", "AVX-512"), ("avx512_bf16", "AVX512-BF16"),
+    ("amx_bf16", "AMX-BF16"),
+)  # fmt: skip
+
+
+def _cpu_field(name: str) -> str | None:
+    """A field of /proc/cpuinfo's first processor ("model name"), or None."""
     try:
         with open("/proc/cpuinfo") as cpuinfo:
             for line in cpuinfo:
-                if line.startswith("flags"):
-                    return set(line.partition(":")[2].split())
+                key, _, value = line.partition(":")
+                if key.strip() == name:
+                    return value.strip()
     except OSError:
         pass
-    return set()
+    return None

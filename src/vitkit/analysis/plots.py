@@ -179,3 +179,23 @@ def plot_training_curves(metrics: Sequence[dict], path: Path) -> Path:
         other.plot(*zip(*accuracies), "o-", label="top-1", color="tab:orange")
         other.set_ylabel("top-1")
     return _save(figure, path)
+
+
+def plot_arms(values: dict[str, list[float]], path: Path, *, ylabel: str, title: str) -> Path:
+    """An experiment's arms side by side: each seed's value as a dot, the mean as a bar, so the
+    spread over seeds is seen next to the difference between arms. Values are fractions (top-1),
+    drawn in percent."""
+    figure, axes = plt.subplots(figsize=(1.8 + 1.6 * len(values), 4))
+    for position, arm in enumerate(values.values()):
+        percent = 100 * np.asarray(arm, dtype=float)
+        axes.bar(position, percent.mean(), width=0.6, color="#c8d8ea")
+        axes.scatter(np.full(len(percent), position), percent, color="#1f4e79", zorder=3)
+    axes.set_xticks(range(len(values)), list(values), fontsize=9)
+    lowest = 100 * min(min(arm) for arm in values.values())
+    highest = 100 * max(max(arm) for arm in values.values())
+    margin = max(1.0, 0.15 * (highest - lowest))
+    axes.set_ylim(lowest - 3 * margin, highest + margin)
+    axes.set_ylabel(ylabel)
+    axes.set_title(title, fontsize=10)
+    axes.grid(axis="y", alpha=0.3)
+    return _save(figure, path)

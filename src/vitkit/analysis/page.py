@@ -1,0 +1,76 @@
+"""One self-contained HTML page of headings, paragraphs, tables and figures: the reports that
+experiments (and training runs) write beside their results.
+
+Images are PNG files in the page's own folder, linked by name, so the folder works offline and can
+be moved or shared as it is; every text is escaped. The style keeps the page readable on a laptop
+screen: a text column of 60 em, images scaled to fit it, tables that scroll sideways if wide.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from vitkit.io import atomic_write_text
+
+_STYLE = """
+body { font-family: system-ui, sans-serif; max-width: 60em; margin: 2em auto; padding: 0 1em;
+       color: #222; line-height: 1.45; }
+h1 { font-size: 1.6em; } h2 { font-size: 1.25em; margin-top: 2em; }
+.table { overflow-x: auto; }
+table { border-collapse: collapse; margin: 1em 0; }
+th, td { border-bottom: 1px solid #ddd; padding: 0.3em 0.8em; text-align: right; }
+th:first-child, td:first-child { text-align: left; }
+figure { margin: 1.5em 0; }
+img { max-width: 100%; height: auto; }
+figcaption { color: #555; font-size: 0.92em; }
+code { background: #f4f4f4; padding: 0 0.25em; }
+"""
+
+
+@dataclass
+class Page:
+    """An HTML page built part by part, in order, then written with `write`."""
+
+    title: str
+    parts: list[str] = field(default_factory=list)
+
+    def heading(self, text: str) -> None:
+        self.parts.append(f"<h2>{html.escape(text)}</h2>")
+
+    def paragraph(self, text: str, *, code: bool = False) -> None:
+        """A paragraph; with `code`, the text set as one line of code (a command)."""
+        escaped = html.escape(text)
+        self.parts.append(f"<p><code>{escaped}</code></p>" if code else f"<p>{escaped}</p>")
+
+    def table(self, header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+        head = "".join(f"<th>{html.escape(cell)}</th>" for cell in header)
+        body = "".join(
+            "<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in row) + "</tr>"
+            for row in rows
+        )
+        self.parts.append(
+            f'<div class="table"><table><thead><tr>{head}</tr></thead>'
+            f"<tbody>{body}</tbody></table></div>"
+        )
+
+    def figure(self, image: Path, caption: str) -> None:
+        """An image of the page's folder (linked by its name) with its caption."""
+        name = html.escape(image.name)
+        self.parts.append(
+            f'<figure><img src="{name}" alt="{html.escape(caption)}">'
+            f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+        )
+
+    def write(self, path: Path) -> None:
+        title = html.escape(self.title)
+        body = "\n".join(self.parts)
+        atomic_write_text(
+            path,
+            f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+            f"<title>{title}</title>\n<style>{_STYLE}</style>\n</head>\n<body>\n"
+            f"<h1>{title}</h1>\n{body}\n</body>\n</html>\n",
+        )

@@ -1,0 +1,97 @@
+"""`vitkit experiment`: the statistics against scipy, the experiment record (resume, one
+experiment per folder), and the resolution experiment end to end at a tiny budget, its report
+opened in headless Chromium."""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from vitkit.cli.main import main
+from vitkit.errors import TrainingError
+from vitkit.experiments import record as record_module
+from vitkit.experiments.record import ExperimentRecord
+from vitkit.experiments.statistics import PairedDifference, Spread
+
+from helpers import images_loaded_in_chromium
+
+pytestmark = pytest.mark.usefixtures("cache_in_tmp")
+
+
+@pytest.mark.parametrize("n", [2, 3, 5, 12])
+def test_the_paired_interval_is_scipys(n: int) -> None:
+    rng = np.random.default_rng(n)
+    first, second = rng.normal(0.7, 0.02, n), rng.normal(0.69, 0.02, n)
+    difference = PairedDifference.of(list(first), list(second))
+    reference = stats.ttest_rel(first, second).confidence_interval(0.95)
+    assert difference.mean == pytest.approx(np.mean(first - second), abs=1e-15)
+    assert (difference.low, difference.high) == pytest.approx(
+        (reference.low, reference.high), abs=1e-12
+    )
+    spread = Spread.of(list(first))
+    assert (spread.mean, spread.std) == pytest.approx((first.mean(), first.std(ddof=1)))
+
+
+def test_one_seed_has_a_mean_but_no_interval() -> None:
+    difference = PairedDifference.of([0.7], [0.6])
+    assert difference.mean == pytest.approx(0.1) and math.isnan(difference.low)
+    assert difference.percent() == "+10.00 points (one seed, no interval)"
+    with pytest.raises(ValueError, match="need pairs"):
+        PairedDifference.of([0.7, 0.6], [0.6])
+
+
+def test_a_folder_holds_one_experiment_with_one_set_of_settings(tmp_path: Path) -> None:
+    settings = {"seeds": [0, 1, 2], "budget_seconds": 180.0}
+    ExperimentRecord.open(tmp_path, "resolution", settings, "vitkit experiment resolution")
+    again = ExperimentRecord.open(tmp_path, "resolution", dict(settings), "")
+    assert again.content["command"] == "vitkit experiment resolution"
+    with pytest.raises(TrainingError, match=r"made with seeds=\[0, 1, 2\], this command asks for"):
+        ExperimentRecord.open(tmp_path, "resolution", {**settings, "seeds": [0]}, "")
+    with pytest.raises(TrainingError, match="holds the 'resolution' experiment"):
+        ExperimentRecord.open(tmp_path, "posemb", settings, "")
+    (tmp_path / "experiment.json").write_text("[1, 2]")
+    with pytest.raises(TrainingError, match="not an experiment record"):
+        ExperimentRecord.open(tmp_path, "resolution", settings, "")
+
+
+@pytest.mark.slow
+def test_the_resolution_experiment_end_to_end(
+    image_tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two seeds at a 2 s budget per arm on a 3-class folder: every run recorded, the report's
+    table and interval made from those results (the interval checked against scipy), the plot
+    loading in Chromium, and the same command again training nothing."""
+    out = tmp_path / "experiment"
+    command = ["experiment", "resolution", "--data", str(image_tree), "--out", str(out),
+               "--seeds", "2", "--budget", "2", "--hardware", "cpu"]  # fmt: skip
+    assert main(command) == 0
+    record = json.loads((out / "experiment.json").read_text())
+    assert record["settings"]["seeds"] == [0, 1] and record["settings"]["budget_seconds"] == 2.0
+    stages = ["low", "low_then_high-pretrain", "low_then_high", "high"]
+    assert sorted(record["runs"]) == sorted(f"seed{s}/{stage}" for s in (0, 1) for stage in stages)
+    top1 = {
+        arm: [record["runs"][f"seed{seed}/{arm}"]["top1"] for seed in (0, 1)]
+        for arm in ("low", "low_then_high", "high")
+    }
+    page = html.unescape((out / "report.html").read_text())
+    for values in top1.values():
+        for value in values:
+            assert f"{value:.2%}" in page
+    interval = stats.ttest_rel(top1["low_then_high"], top1["low"]).confidence_interval(0.95)
+    mean = np.mean(np.subtract(top1["low_then_high"], top1["low"]))
+    if np.isfinite(interval.low):  # equal differences over both seeds leave no spread
+        assert f"CI {interval.low * 100:+.2f} to {interval.high * 100:+.2f}" in page
+    assert f"{mean * 100:+.2f} points" in page
+    assert images_loaded_in_chromium(out / "report.html", tmp_path) == {"images": 1, "loaded": 1}
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished run was trained again")
+
+    monkeypatch.setattr(record_module, "train", no_training)
+    assert main(command) == 0
