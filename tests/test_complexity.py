@@ -26,6 +26,11 @@ CASES = [
     # Google's fixture layout: no [class] token, average pooling, pre-logits layer.
     ("ViT-S/32", {"img_size": 96, "classifier": "gap", "class_token": False,
                   "representation_size": 32}),
+    # The position-embedding variants of the paper's Table 8 (and big_vision's sin-cos).
+    ("ViT-Test/8", {"pos_embed_type": "learned_2d"}),
+    ("ViT-Test/8", {"pos_embed_type": "relative", "img_size": (32, 48)}),
+    ("ViT-Test/8", {"pos_embed_type": "none"}),
+    ("ViT-Test/8", {"pos_embed_type": "sincos_2d"}),
 ]  # fmt: skip
 
 

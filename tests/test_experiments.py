@@ -95,3 +95,26 @@ def test_the_resolution_experiment_end_to_end(
 
     monkeypatch.setattr(record_module, "train", no_training)
     assert main(command) == 0
+
+
+@pytest.mark.slow
+def test_the_posemb_experiment_end_to_end(image_tree: Path, tmp_path: Path) -> None:
+    """Two seeds of every position-embedding variant at a 1 s budget: each run trained with its
+    variant, its top-1 and 5-shot accuracy recorded and in the report beside the paper's Table 8,
+    both plots loading in Chromium."""
+    out = tmp_path / "experiment"
+    assert main(["experiment", "posemb", "--data", str(image_tree), "--out", str(out),
+                 "--seeds", "2", "--budget", "1", "--hardware", "cpu"]) == 0  # fmt: skip
+    record = json.loads((out / "experiment.json").read_text())
+    variants = ["none", "learned_1d", "learned_2d", "relative", "sincos_2d"]
+    assert sorted(record["runs"]) == sorted(f"seed{s}/{v}" for s in (0, 1) for v in variants)
+    for key, result in record["runs"].items():
+        assert 0 <= result["fewshot"] <= 1 and 0 <= result["top1"] <= 1
+        saved = json.loads((out / "runs" / key / "config.json").read_text())
+        assert saved["config"]["pos_embed_type"] == key.split("/")[1]
+    page = html.unescape((out / "report.html").read_text())
+    assert "61.38%" in page and "64.21%" in page  # the paper's no / 1-D position embedding
+    for variant in variants:
+        mean = np.mean([record["runs"][f"seed{s}/{variant}"]["fewshot"] for s in (0, 1)])
+        assert f"{mean:.2%} ±" in page
+    assert images_loaded_in_chromium(out / "report.html", tmp_path) == {"images": 2, "loaded": 2}

@@ -273,18 +273,28 @@ def test_budgeted_run_replans_when_the_machine_slows_down(
 
 
 def test_the_budget_calibration_leaves_the_run_as_it_would_be(
-    image_tree: Path, tmp_path: Path
+    image_tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The steps timed to plan a budget run on throw-away state: a budgeted run that is not
     re-planned (no checkpoint before its end) ends with the weights of a run given its step
-    count outright, bit for bit."""
+    count outright, bit for bit. The planner's clock is a fake one advancing 1/32 s per step, so
+    the plan (32 steps) does not depend on the machine's load."""
+    clock = {"now": 0.0}
+    monkeypatch.setattr(planner, "time", types.SimpleNamespace(perf_counter=lambda: clock["now"]))
+    real_step = TrainStep.__call__
+
+    def timed_step(self, *args, **kwargs):
+        clock["now"] += 1 / 32
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(TrainStep, "__call__", timed_step)
     budgeted = tiny(image_tree, steps=0, budget_seconds=1.0, checkpoint_every=100_000)
     train(budgeted, tmp_path / "budgeted")
     planned = json.loads((tmp_path / "budgeted" / "train_config.json").read_text())["total_steps"]
     train(tiny(image_tree, steps=planned, checkpoint_every=100_000), tmp_path / "steps")
     first = load_file(tmp_path / "budgeted" / "model.safetensors")
     second = load_file(tmp_path / "steps" / "model.safetensors")
-    assert planned > 1 and first.keys() == second.keys()
+    assert planned == 32 and first.keys() == second.keys()
     assert all(torch.equal(first[key], second[key]) for key in first)
 
 

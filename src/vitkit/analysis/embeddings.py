@@ -38,8 +38,9 @@ def position_similarity(
     """(h, w, h, w) cosine similarities: entry [i, j] is the map of how similar the position
     embedding of patch (i, j) is to that of every patch of the grid.
 
-    `pos_embed` is the model's (1, prefix + h*w, D) parameter (or one resized with
-    `resize_pos_embed` for another grid); the [class] token's embedding is left out.
+    `pos_embed` is a (1, prefix + h*w, D) position embedding: a model's
+    `patch_position_embeddings()` (prefix 0), its learned_1d `pos_embed` parameter, or one
+    resized with `resize_pos_embed` for another grid; the prefix rows are left out.
     """
     patches = pos_embed.detach().reshape(-1, pos_embed.shape[-1])[num_prefix_tokens:].double()
     height, width = grid

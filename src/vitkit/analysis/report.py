@@ -95,12 +95,13 @@ def write_figures(
     figures["embedding_filters.png"] = plot_embedding_filters(
         components, out_dir / "embedding_filters.png"
     )
-    similarity = position_similarity(
-        model.pos_embed.cpu(), config.grid_size, config.num_pos_embed_prefix
-    )
-    figures["position_similarity.png"] = plot_position_similarity(
-        similarity, out_dir / "position_similarity.png"
-    )
+    # Models that add no position embedding to the tokens (pos_embed_type "none", "relative")
+    # have nothing to compare: the figure is left out.
+    if (positions := model.patch_position_embeddings()) is not None:
+        similarity = position_similarity(positions.cpu(), config.grid_size, num_prefix_tokens=0)
+        figures["position_similarity.png"] = plot_position_similarity(
+            similarity, out_dir / "position_similarity.png"
+        )
 
     pixels = torch.from_numpy(images).permute(0, 3, 1, 2)
     distances = []

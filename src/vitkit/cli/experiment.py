@@ -4,6 +4,8 @@ statistics, a plot and a report.html in the output folder.
 Experiments (see `vitkit.experiments`):
   resolution  fine-tuning at a higher resolution after pre-training at a lower one, against
               either resolution alone, at equal training time (paper, section 3.2)
+  posemb      no, learned 1-D, learned 2-D, relative and sin-cos position embeddings: top-1 and
+              5-shot accuracy beside the paper's Table 8 (Appendix D.4)
 
 Running the same command again resumes: finished runs are read from DIR/experiment.json, an
 interrupted one continues from its checkpoint. The data defaults to the CIFAR-10 JPEG tarball in
@@ -19,10 +21,10 @@ from pathlib import Path
 
 from vitkit.data.shared import default_cifar10
 from vitkit.devices import resolve_device
-from vitkit.experiments import resolution
+from vitkit.experiments import posemb, resolution
 from vitkit.experiments.record import Interrupted
 
-EXPERIMENTS = {resolution.NAME: resolution}
+EXPERIMENTS = {module.NAME: module for module in (resolution, posemb)}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -33,8 +35,10 @@ def run(args: argparse.Namespace) -> int:
     experiment = EXPERIMENTS[args.name]
     budget = args.budget if args.budget is not None else experiment.DEFAULT_BUDGET_SECONDS
     command = shlex.join(["vitkit", *sys.argv[1:]]) if sys.argv[1:2] == ["experiment"] else ""
-    print(f"vitkit experiment {args.name}: data {data}, output {args.out}, seeds "
-          f"{list(range(args.seeds))}, {budget:g} s per arm, {hardware} recipe")  # fmt: skip
+    print(
+        f"vitkit experiment {args.name}: data {data}, output {args.out}, seeds "
+        f"{list(range(args.seeds))}, {budget:g} s of training per arm, {hardware} recipe"
+    )
     try:
         experiment.run(
             data, args.out, seeds=list(range(args.seeds)), budget_seconds=budget,
@@ -61,7 +65,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", type=Path, required=True, help="the experiment's folder")
     parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (default 3)")
     parser.add_argument(
-        "--budget", type=float, help="seconds of training per arm (default: the experiment's)"
+        "--budget", type=float, help="seconds of training per arm (default: the experiment's own)"
     )
     parser.add_argument(
         "--hardware", choices=["auto", "cpu", "gpu"], default="auto",

@@ -17,7 +17,7 @@ from vitkit.data import DataError
 from vitkit.data.fewshot import balanced_subset
 from vitkit.data.sources import open_labelled
 from vitkit.evaluation.features import extract_features
-from vitkit.evaluation.fewshot import FewShotPlan, evaluate_fewshot
+from vitkit.evaluation.fewshot import fewshot_accuracy
 from vitkit.evaluation.linear_probe import linear_probe_accuracy
 from vitkit.io import atomic_write_json
 
@@ -40,26 +40,16 @@ def run(args: argparse.Namespace) -> int:
     num_classes = len(train.classes)
     if args.test_limit:
         test = balanced_subset(test, args.test_limit)
-    plan = FewShotPlan.build(
-        train.labels,
-        num_classes,
-        shots=args.shots,
-        seeds=args.seeds,
-        holdout_per_class=args.holdout_per_class,
-    )
     model, preprocessing = load_for_inference(args.checkpoint, args)
-    options = dict(preprocessing=preprocessing, batch_size=args.batch_size)
-    train_features, _ = extract_features(
-        model, train.subset(plan.needed()), progress="train features", **options
-    )
-    test_features, test_labels = extract_features(model, test, progress="test features", **options)
-    results = evaluate_fewshot(
-        plan, train_features, train.labels, test_features, test_labels, num_classes
-    )
+    results, test_features, test_labels = fewshot_accuracy(
+        model, train, test, shots=args.shots, seeds=args.seeds,
+        holdout_per_class=args.holdout_per_class, preprocessing=preprocessing,
+        batch_size=args.batch_size,
+    )  # fmt: skip
     report = {
         "checkpoint": str(args.checkpoint),
         "data": str(args.data),
-        "feature_dim": train_features.shape[1],
+        "feature_dim": test_features.shape[1],
         "test_images": len(test),
         "holdout_per_class": args.holdout_per_class,
         "seeds": args.seeds,
@@ -72,8 +62,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"{result.shots:>6} {result.mean:>8.2%} {result.std:>7.2%}")
     if args.linear_probe:
         all_features, all_labels = extract_features(
-            model, train, progress="probe features", **options
-        )
+            model, train, preprocessing=preprocessing, batch_size=args.batch_size,
+            progress="probe features",
+        )  # fmt: skip
         probe = linear_probe_accuracy(
             all_features, all_labels, test_features, test_labels, num_classes
         )

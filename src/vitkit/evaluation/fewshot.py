@@ -18,7 +18,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from vitkit.data.arrays import ArrayDataset
 from vitkit.data.fewshot import holdout_split, k_shot_indices
+from vitkit.evaluation.features import extract_features
+from vitkit.models.preprocessing import Preprocessing
+from vitkit.models.vit import VisionTransformer
 
 # Powers of two from 2^-10 to 2^19: wide enough for unnormalised and tanh features alike.
 L2_CANDIDATES = tuple(2.0**power for power in range(-10, 20))
@@ -163,3 +167,33 @@ def evaluate_fewshot(
         result.accuracies.append(classifier.accuracy(test_features, test_labels))
         result.l2.append(best)
     return [by_shots[k] for k in sorted(by_shots)]
+
+
+def fewshot_accuracy(
+    model: VisionTransformer,
+    train: ArrayDataset,
+    test: ArrayDataset,
+    *,
+    shots: Sequence[int],
+    seeds: int,
+    holdout_per_class: int = 20,
+    preprocessing: Preprocessing | None = None,
+    batch_size: int = 256,
+) -> tuple[list[FewShotResult], torch.Tensor, np.ndarray]:
+    """The whole evaluation of a frozen `model` on `train` (the k-shot subsets and held-out
+    images) and `test`: (a result per shot count, the test features, the test labels), the last
+    two for further probes. Features are extracted once, for the training images the plan needs
+    and for every test image."""
+    num_classes = len(train.classes)
+    plan = FewShotPlan.build(
+        train.labels, num_classes, shots=shots, seeds=seeds, holdout_per_class=holdout_per_class
+    )
+    options = dict(preprocessing=preprocessing, batch_size=batch_size)
+    train_features, _ = extract_features(
+        model, train.subset(plan.needed()), progress="train features", **options
+    )
+    test_features, test_labels = extract_features(model, test, progress="test features", **options)
+    results = evaluate_fewshot(
+        plan, train_features, train.labels, test_features, test_labels, num_classes
+    )
+    return results, test_features, test_labels

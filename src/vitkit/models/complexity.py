@@ -8,6 +8,7 @@ them against PyTorch's own `FlopCounterMode` and against built models.
 from __future__ import annotations
 
 from vitkit.models.config import ViTConfig
+from vitkit.models.pos_embed import relative_table_length
 
 
 def _resnet_cost(config: ViTConfig) -> tuple[int, int]:
@@ -82,11 +83,16 @@ def count_params(config: ViTConfig) -> int:
     patch_embed += _resnet_cost(config)[1]
     class_token = width if config.class_token else 0
     pos_embed = config.pos_embed_length * width + config.reg_tokens * width  # + registers
+    if config.pos_embed_type == "learned_2d":  # a row and a column table of width / 2
+        pos_embed += sum(config.grid_size) * width // 2
+    relative_bias = 0
+    if config.pos_embed_type == "relative":  # per block, one bias per head and offset
+        relative_bias = relative_table_length(config.grid_size) * config.num_heads
 
     qkv = width * 3 * width + (3 * width if config.qkv_bias else 0)
     out_proj = width * width + width
     mlp = width * mlp_dim + mlp_dim + mlp_dim * width + width
-    block = 2 * layer_norm + qkv + out_proj + mlp
+    block = 2 * layer_norm + qkv + out_proj + mlp + relative_bias
 
     features = width
     pre_logits = 0

@@ -33,6 +33,7 @@ from vitkit.models.checks import (
 Classifier = Literal["token", "gap"]
 Gelu = Literal["exact", "tanh"]
 PosEmbedInterpolation = Literal["bilinear", "bicubic"]
+PosEmbedType = Literal["learned_1d", "none", "learned_2d", "relative", "sincos_2d"]
 ResNetNumerics = Literal["google", "timm"]
 
 # ResNet stage layouts of the hybrids (units per stage) with a name. Google's code and timm take
@@ -127,6 +128,15 @@ class ViTConfig:
     # embeddings on every forward pass instead of raising an error.
     dynamic_img_size: bool = False
     pos_embed_interpolation: PosEmbedInterpolation = "bilinear"
+    # Where the position information comes from (Appendix D.4 and Table 8 of the paper, which
+    # finds any of them far ahead of "none" and the others alike): "learned_1d", one learned
+    # embedding per token (the paper's default, timm's and Google's pos_embed); "none";
+    # "learned_2d", learned X- and Y-embeddings of width/2 each, concatenated per patch;
+    # "relative", a learned bias per head and 2-D offset between patches added to every block's
+    # attention logits (BEiT's layout); "sincos_2d", big_vision's fixed 2-D sin-cos embedding.
+    # All but "learned_1d" give the patches only, never the prefix tokens
+    # (models/pos_embed.py has the formulas and how each is resized).
+    pos_embed_type: PosEmbedType = "learned_1d"
 
     # Hybrid (section 3.1 of the paper): a BiT ResNet stem (models/resnet.py) turns the image into
     # a feature map, which the patch embedding cuts into patch_size x patch_size patches (1 for
@@ -148,10 +158,13 @@ class ViTConfig:
         """The architecture in one phrase, for logs and captions: width, depth, heads, patch,
         resolution, pooling and, for hybrids, the ResNet stages."""
         stem = f", ResNet stages {self.resnet_layers}" if self.is_hybrid else ""
+        positions = ""
+        if self.pos_embed_type != "learned_1d":
+            positions = f", position information {self.pos_embed_type}"
         return (
             f"width {self.width}, depth {self.depth}, {self.num_heads} heads, patch "
             f"{self.patch_size}, {self.img_size[0]}x{self.img_size[1]} px, {self.classifier} "
-            f"pooling{stem}"
+            f"pooling{stem}{positions}"
         )
 
     @property
@@ -187,9 +200,12 @@ class ViTConfig:
 
     @property
     def num_pos_embed_prefix(self) -> int:
-        """Rows of pos_embed before the patch rows: one per prefix token, none with
-        no_embed_class. Resizing the position embeddings keeps these rows as they are."""
-        return 0 if self.no_embed_class else self.num_prefix_tokens
+        """Rows of the position embedding before the patch rows: one per prefix token for
+        learned_1d, none with no_embed_class or any other pos_embed_type (those give the patches
+        only). Resizing the position embeddings keeps these rows as they are."""
+        if self.no_embed_class or self.pos_embed_type != "learned_1d":
+            return 0
+        return self.num_prefix_tokens
 
     @property
     def num_tokens(self) -> int:
@@ -199,7 +215,10 @@ class ViTConfig:
 
     @property
     def pos_embed_length(self) -> int:
-        """Rows of pos_embed at the build resolution (the patches, plus the prefix rows)."""
+        """Rows of pos_embed at the build resolution (the patches, plus the prefix rows); 0 for
+        the pos_embed_types without that 1-D table."""
+        if self.pos_embed_type != "learned_1d":
+            return 0
         grid_h, grid_w = self.grid_size
         return grid_h * grid_w + self.num_pos_embed_prefix
 
@@ -263,6 +282,7 @@ _CHECKS: dict[str, Callable[[object], object]] = {
     "layer_norm_eps": functools.partial(real, low=0.0, high=math.inf, low_included=False),
     "dynamic_img_size": boolean,
     "pos_embed_interpolation": functools.partial(choice, choices=get_args(PosEmbedInterpolation)),
+    "pos_embed_type": functools.partial(choice, choices=get_args(PosEmbedType)),
     "resnet_layers": _resnet_layers,
     "resnet_width": integer,
     "resnet_numerics": functools.partial(choice, choices=get_args(ResNetNumerics)),
@@ -331,6 +351,27 @@ def _combination_problems(checked: dict[str, Any], names: Mapping[str, str]) -> 
     if valid("fc_norm", "classifier") and checked["fc_norm"] and checked["classifier"] != "gap":
         # A LayerNorm after picking one token is the final LayerNorm: fc_norm means "gap".
         problems.append(f"{name('fc_norm')}=True needs {name('classifier')}='gap'")
+    problems += _position_problems(checked, name)
+    return problems
+
+
+def _position_problems(checked: dict[str, Any], name: Callable[[str], str]) -> list[str]:
+    """Problems of pos_embed_type with the width (learned_2d splits it into halves; big_vision's
+    sin-cos into quarters, dividing by width/4 - 1) and with no_embed_class (which says where
+    the rows of a 1-D table go; the other types have no such table)."""
+    kind, width = checked.get("pos_embed_type"), checked.get("width")
+    field = f"{name('pos_embed_type')}={kind!r}"
+    problems = []
+    if kind == "learned_2d" and width is not None and width % 2:
+        problems.append(f"{field} needs an even {name('width')}, got {width}")
+    if kind == "sincos_2d" and width is not None and (width % 4 or width < 8):
+        problems.append(f"{field} needs a {name('width')} that is a multiple of 4, at least 8, "
+                        f"got {width}")  # fmt: skip
+    if kind not in (None, "learned_1d") and checked.get("no_embed_class"):
+        problems.append(
+            f"{name('no_embed_class')}=True needs {name('pos_embed_type')}='learned_1d' (the "
+            f"other types give the patches only), got {field}"
+        )
     return problems
 
 

@@ -6,20 +6,50 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vitkit.models.config import Gelu
+from vitkit.models.config import Gelu, PosEmbedInterpolation
+from vitkit.models.pos_embed import RelativePositions, relative_bias, relative_table_length
 
 
 class Attention(nn.Module):
     """Multi-head self-attention with one fused qkv projection, computed by
-    `scaled_dot_product_attention` (flash / memory-efficient kernels where available)."""
+    `scaled_dot_product_attention` (flash / memory-efficient kernels where available).
 
-    def __init__(self, width: int, num_heads: int, *, qkv_bias: bool = True, dropout: float = 0.0):
+    relative_grid: the patch grid of a "relative" model (pos_embed_type), for which this layer
+    learns `relative_bias` (1, entries, heads), zero-initialised: a bias per head for every 2-D
+    offset between two patches and for the prefix tokens (models/pos_embed.py), added to the
+    attention logits. Without it the logits are unbiased and SDPA gets no mask."""
+
+    def __init__(
+        self,
+        width: int,
+        num_heads: int,
+        *,
+        qkv_bias: bool = True,
+        dropout: float = 0.0,
+        relative_grid: tuple[int, int] | None = None,
+        interpolation: PosEmbedInterpolation = "bilinear",
+    ):
         super().__init__()
         self.num_heads = num_heads
         self.head_dim = width // num_heads
         self.dropout = dropout
         self.qkv = nn.Linear(width, 3 * width, bias=qkv_bias)
         self.proj = nn.Linear(width, width)
+        self.relative_grid, self.interpolation = relative_grid, interpolation
+        if relative_grid is not None:
+            entries = relative_table_length(relative_grid)
+            self.relative_bias = nn.Parameter(torch.zeros(1, entries, num_heads))
+
+    def _bias(self, positions: RelativePositions | None, dtype: torch.dtype) -> torch.Tensor | None:
+        """The logits' bias (heads, T, T) in `dtype` (SDPA wants the query's), or None."""
+        if self.relative_grid is None:
+            return None
+        if positions is None:
+            raise ValueError("a relative-position attention layer needs the input's positions")
+        bias = relative_bias(
+            self.relative_bias, positions, table_grid=self.relative_grid, mode=self.interpolation
+        )
+        return bias.to(dtype)
 
     def _heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         batch, tokens, _ = x.shape
@@ -30,17 +60,27 @@ class Attention(nn.Module):
     def _merge(self, out: torch.Tensor) -> torch.Tensor:  # (B, heads, T, head_dim) -> (B, T, D)
         return self.proj(out.transpose(1, 2).flatten(2))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, D) -> (B, T, D)
+    def forward(
+        self, x: torch.Tensor, positions: RelativePositions | None = None
+    ) -> torch.Tensor:  # (B, T, D) -> (B, T, D)
+        """`positions`: the input's, for a "relative" layer; ignored otherwise."""
         query, key, value = self._heads(x)
         dropout = self.dropout if self.training else 0.0
-        return self._merge(F.scaled_dot_product_attention(query, key, value, dropout_p=dropout))
+        bias = self._bias(positions, query.dtype)
+        out = F.scaled_dot_product_attention(query, key, value, attn_mask=bias, dropout_p=dropout)
+        return self._merge(out)
 
-    def forward_with_weights(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward_with_weights(
+        self, x: torch.Tensor, positions: RelativePositions | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """The same output as `forward` (without attention dropout) and the attention weights
         (B, heads, T, T), rows summing to 1, computed explicitly: for analysis, not training, as
         the fused kernel of `forward` never materialises them."""
         query, key, value = self._heads(x)
-        weights = (query @ key.transpose(-2, -1) * self.head_dim**-0.5).softmax(dim=-1)
+        logits = query @ key.transpose(-2, -1) * self.head_dim**-0.5  # (B, heads, T, T)
+        if (bias := self._bias(positions, logits.dtype)) is not None:
+            logits = logits + bias
+        weights = logits.softmax(dim=-1)
         return self._merge(weights @ value), weights
 
 
@@ -92,21 +132,32 @@ class Block(nn.Module):
         dropout: float = 0.0,
         attention_dropout: float = 0.0,
         drop_path: float = 0.0,
+        relative_grid: tuple[int, int] | None = None,
+        interpolation: PosEmbedInterpolation = "bilinear",
     ):
         super().__init__()
         self.norm1 = nn.LayerNorm(width, eps=layer_norm_eps)
-        self.attn = Attention(width, num_heads, qkv_bias=qkv_bias, dropout=attention_dropout)
+        self.attn = Attention(
+            width,
+            num_heads,
+            qkv_bias=qkv_bias,
+            dropout=attention_dropout,
+            relative_grid=relative_grid,
+            interpolation=interpolation,
+        )
         self.attn_drop = nn.Dropout(dropout)
         self.norm2 = nn.LayerNorm(width, eps=layer_norm_eps)
         self.mlp = Mlp(width, mlp_dim, gelu=gelu, dropout=dropout)
         self.drop_path = DropPath(drop_path)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop_path(self.attn_drop(self.attn(self.norm1(x))))
+    def forward(self, x: torch.Tensor, positions: RelativePositions | None = None) -> torch.Tensor:
+        x = x + self.drop_path(self.attn_drop(self.attn(self.norm1(x), positions)))
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
-    def forward_with_attention(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward_with_attention(
+        self, x: torch.Tensor, positions: RelativePositions | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """`forward` in eval mode, plus the attention weights (B, heads, T, T)."""
-        attended, weights = self.attn.forward_with_weights(self.norm1(x))
+        attended, weights = self.attn.forward_with_weights(self.norm1(x), positions)
         x = x + attended
         return x + self.mlp(self.norm2(x)), weights

@@ -4,6 +4,8 @@ images (N, C, H, W)
   -> patch embedding            (N, h*w, D)     equation 1 (hybrids: of a ResNet's feature map)
   -> [class] token, registers prepended  (N, P+h*w, D)   P = num_prefix_tokens (0 to 1 + regs)
   -> + position embeddings, dropout     (with no_embed_class: added to the patches before)
+                                (pos_embed_type, Table 8: other variants add patches-only 2-D
+                                embeddings, none, or bias every block's attention logits)
   -> pre-LN encoder blocks      (N, T, D)       equations 2-3
   -> final LayerNorm                            equation 4 (fc_norm: after pooling instead)
   -> pool: [class] token, or mean of patch tokens ("gap")   (N, D)
@@ -23,7 +25,15 @@ from torch import nn
 from vitkit.models.config import ViTConfig
 from vitkit.models.layers import Block
 from vitkit.models.patch_embed import PatchEmbed
-from vitkit.models.pos_embed import resize_pos_embed
+from vitkit.models.pos_embed import (
+    RelativePositions,
+    grid_pos_embed,
+    relative_position_index,
+    resize_axis,
+    resize_pos_embed,
+    resize_relative_bias,
+    sincos_2d,
+)
 from vitkit.models.preprocessing import Preprocessing
 from vitkit.models.resnet import ResNetStem
 
@@ -62,7 +72,7 @@ class VisionTransformer(nn.Module):
         self.reg_token = None
         if config.reg_tokens:
             self.reg_token = nn.Parameter(torch.zeros(1, config.reg_tokens, width))
-        self.pos_embed = nn.Parameter(torch.zeros(1, config.pos_embed_length, width))
+        self._build_positions(config)
         self.pos_drop = nn.Dropout(config.dropout)
         # Stochastic depth grows linearly with depth, reaching config.drop_path at the last block.
         rates = [config.drop_path * i / max(config.depth - 1, 1) for i in range(config.depth)]
@@ -77,6 +87,8 @@ class VisionTransformer(nn.Module):
                 dropout=config.dropout,
                 attention_dropout=config.attention_dropout,
                 drop_path=rate,
+                relative_grid=config.grid_size if config.pos_embed_type == "relative" else None,
+                interpolation=config.pos_embed_interpolation,
             )
             for rate in rates
         )
@@ -87,6 +99,17 @@ class VisionTransformer(nn.Module):
         self.fc_norm: nn.Module = layer_norm if config.fc_norm else nn.Identity()
         self.pre_logits, self.head = self._build_head(config)
         self.init_weights()
+
+    def _build_positions(self, config: ViTConfig) -> None:
+        """The learned position tables outside the blocks: learned_1d's `pos_embed` (1, prefix
+        rows + h*w, D); learned_2d's `pos_embed_rows` (1, h, D/2) and `pos_embed_cols`
+        (1, w, D/2). The other types have none here ("relative" learns one table per block)."""
+        width, (grid_h, grid_w) = config.width, config.grid_size
+        if config.pos_embed_type == "learned_1d":
+            self.pos_embed = nn.Parameter(torch.zeros(1, config.pos_embed_length, width))
+        elif config.pos_embed_type == "learned_2d":
+            self.pos_embed_rows = nn.Parameter(torch.zeros(1, grid_h, width // 2))
+            self.pos_embed_cols = nn.Parameter(torch.zeros(1, grid_w, width // 2))
 
     @staticmethod
     def _build_head(config: ViTConfig) -> tuple[nn.Module, nn.Module]:
@@ -106,7 +129,8 @@ class VisionTransformer(nn.Module):
     def init_weights(self) -> None:
         """The initialisation of Google's JAX code: Xavier-uniform for every dense layer (q, k, v
         separately), LeCun-normal for the patch embedding and pre-logits, N(0, 0.02) position
-        embeddings, zero [class] token and zero head."""
+        embeddings (learned_2d's X- and Y-tables alike), zero relative biases, zero [class]
+        token and zero head."""
 
         def lecun_normal_(weight: torch.Tensor) -> None:
             fan_in = weight[0].numel()
@@ -115,7 +139,9 @@ class VisionTransformer(nn.Module):
 
         lecun_normal_(self.patch_embed.proj.weight)
         nn.init.zeros_(self.patch_embed.proj.bias)
-        nn.init.normal_(self.pos_embed, std=0.02)
+        for name in ("pos_embed", "pos_embed_rows", "pos_embed_cols"):
+            if hasattr(self, name):
+                nn.init.normal_(getattr(self, name), std=0.02)
         if self.cls_token is not None:
             nn.init.zeros_(self.cls_token)
         if self.reg_token is not None:  # registers that start equal would stay equal
@@ -130,6 +156,8 @@ class VisionTransformer(nn.Module):
             for linear in (block.mlp.fc1, block.mlp.fc2):
                 nn.init.xavier_uniform_(linear.weight)
                 nn.init.normal_(linear.bias, std=1e-6)
+            if block.attn.relative_grid is not None:
+                nn.init.zeros_(block.attn.relative_bias)
         if isinstance(self.pre_logits, nn.Sequential):
             lecun_normal_(self.pre_logits[0].weight)
             nn.init.zeros_(self.pre_logits[0].bias)
@@ -156,28 +184,50 @@ class VisionTransformer(nn.Module):
             self.config, num_classes=num_classes, representation_size=None
         )
         pre_logits, head = self._build_head(self.config)
-        device, dtype = self.pos_embed.device, self.pos_embed.dtype
+        weight = self.patch_embed.proj.weight
+        device, dtype = weight.device, weight.dtype
         self.pre_logits, self.head = pre_logits.to(device, dtype), head.to(device, dtype)
 
-    def _pos_embed_for(self, grid: tuple[int, int]) -> torch.Tensor:
-        if grid == self.config.grid_size:
-            return self.pos_embed
-        if not self.config.dynamic_img_size:
-            height, width = (side * self.config.total_stride for side in grid)
-            built_h, built_w = self.config.img_size
-            raise ValueError(
-                f"This model was built for {built_h}x{built_w} images but got {height}x{width}. "
-                f"Build it for that size (create_model(..., img_size=({height}, {width})) or "
-                f"load_model(..., img_size=({height}, {width})), which resize the position "
-                "embeddings), resize the images, or set dynamic_img_size=True."
-            )
-        return resize_pos_embed(
-            self.pos_embed,
-            new_grid=grid,
-            old_grid=self.config.grid_size,
-            num_prefix_tokens=self.config.num_pos_embed_prefix,
-            mode=self.config.pos_embed_interpolation,
+    def _check_grid(self, grid: tuple[int, int]) -> None:
+        """Refuse another grid than the build one unless the model is dynamic."""
+        if grid == self.config.grid_size or self.config.dynamic_img_size:
+            return
+        height, width = (side * self.config.total_stride for side in grid)
+        built_h, built_w = self.config.img_size
+        raise ValueError(
+            f"This model was built for {built_h}x{built_w} images but got {height}x{width}. "
+            f"Build it for that size (create_model(..., img_size=({height}, {width})) or "
+            f"load_model(..., img_size=({height}, {width})), which resize the position "
+            "embeddings), resize the images, or set dynamic_img_size=True."
         )
+
+    def _position_embedding(self, grid: tuple[int, int]) -> torch.Tensor | None:
+        """What is added to the tokens at `grid`: learned_1d's (1, prefix rows + h*w, D)
+        (`config.num_pos_embed_prefix` rows), the 2-D types' (1, h*w, D) for the patches; None
+        for "none" and "relative" (whose positions enter the attention)."""
+        config = self.config
+
+        def resized(name: str) -> torch.Tensor:
+            tensor = getattr(self, name)
+            return resize_position_parameter(name, tensor, config=config, new_grid=grid)
+
+        if config.pos_embed_type == "learned_1d":
+            return resized("pos_embed")
+        if config.pos_embed_type == "learned_2d":
+            return grid_pos_embed(resized("pos_embed_rows"), resized("pos_embed_cols"))
+        if config.pos_embed_type == "sincos_2d":  # fixed: made in the parameters' device, dtype
+            weight = self.patch_embed.proj.weight
+            return sincos_2d(grid, config.width, device=weight.device).to(weight.dtype)
+        return None
+
+    def patch_position_embeddings(self) -> torch.Tensor | None:
+        """The position embedding of each patch at the build grid, (1, h*w, D), the prefix rows
+        left out: what Fig. 7 (centre) compares. None where nothing is added to the tokens
+        (pos_embed_type "none" and "relative")."""
+        embedding = self._position_embedding(self.config.grid_size)
+        if embedding is None:
+            return None
+        return embedding[:, self.config.num_pos_embed_prefix :]
 
     def _prefix_tokens(self, batch: int) -> list[torch.Tensor]:
         """The [class] token and the registers, each (N, n, D), in timm's order."""
@@ -187,20 +237,33 @@ class VisionTransformer(nn.Module):
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """Images (N, C, H, W) -> encoder input tokens (N, T, D), position embeddings added."""
         grid = self.patch_embed.grid_size(images)
-        pos_embed = self._pos_embed_for(grid)
+        self._check_grid(grid)
+        pos_embed = self._position_embedding(grid)
         tokens = self.patch_embed(images)  # (N, h*w, D)
         prefix = self._prefix_tokens(tokens.shape[0])
-        if self.config.no_embed_class:  # position embeddings for the patches only
-            tokens = torch.cat([*prefix, tokens + pos_embed], dim=1)
-        else:
+        if pos_embed is None:  # no position embedding ("none", "relative")
+            tokens = torch.cat([*prefix, tokens], dim=1)
+        elif self.config.num_pos_embed_prefix:
             tokens = torch.cat([*prefix, tokens], dim=1) + pos_embed  # (N, P + h*w, D)
+        else:  # position embeddings for the patches only
+            tokens = torch.cat([*prefix, tokens + pos_embed], dim=1)
         return self.pos_drop(tokens)
+
+    def _relative_positions(self, images: torch.Tensor) -> RelativePositions | None:
+        """The positions every block of a "relative" model biases its attention by (None for the
+        other types): computed once per forward pass."""
+        if self.config.pos_embed_type != "relative":
+            return None
+        grid = self.patch_embed.grid_size(images)
+        index = relative_position_index(grid, self.config.num_prefix_tokens, device=images.device)
+        return RelativePositions(grid, index)
 
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
         """Images -> every token after the final LayerNorm (none with fc_norm), (N, T, D)."""
         tokens = self.embed(images)
+        positions = self._relative_positions(images)
         for block in self.blocks:
-            tokens = block(tokens)
+            tokens = block(tokens, positions)
         return self.norm(tokens)
 
     def forward_intermediates(
@@ -216,9 +279,10 @@ class VisionTransformer(nn.Module):
         identity with fc_norm, as in timm); the default is the blocks' raw output."""
         wanted = self._block_indices(indices)
         tokens = self.embed(images)
+        positions = self._relative_positions(images)
         outputs = []
         for index, block in enumerate(self.blocks[: max(wanted) + 1]):
-            tokens = block(tokens)
+            tokens = block(tokens, positions)
             if index in wanted:
                 outputs.append(self.norm(tokens) if norm else tokens)
         return outputs
@@ -248,9 +312,10 @@ class VisionTransformer(nn.Module):
         patches, rows (queries) summing to 1; the model should be in eval mode. For the paper's
         attention maps and attention distances; the normal forward never computes them."""
         tokens = self.embed(images)
+        positions = self._relative_positions(images)
         weights = []
         for block in self.blocks:
-            tokens, block_weights = block.forward_with_attention(tokens)
+            tokens, block_weights = block.forward_with_attention(tokens, positions)
             weights.append(block_weights)
         return weights
 
@@ -270,6 +335,27 @@ class VisionTransformer(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Images (N, C, H, W) -> logits (N, num_classes)."""
         return self.forward_head(self.forward_features(images))
+
+
+def resize_position_parameter(
+    name: str, tensor: torch.Tensor, *, config: ViTConfig, new_grid: tuple[int, int]
+) -> torch.Tensor:
+    """`tensor`, the parameter `name` of a model of `config`, for the patch grid `new_grid`: a
+    learned position table resized (models/pos_embed.py: learned_1d's pos_embed over the grid,
+    learned_2d's tables along their axis, each block's relative bias over the offsets), any
+    other parameter as it is. For loading at another size and for dynamic sizes alike."""
+    old, mode = config.grid_size, config.pos_embed_interpolation
+    if name == "pos_embed":
+        prefix = config.num_pos_embed_prefix
+        return resize_pos_embed(
+            tensor, new_grid=new_grid, old_grid=old, num_prefix_tokens=prefix, mode=mode
+        )
+    if name in ("pos_embed_rows", "pos_embed_cols"):
+        axis = 0 if name == "pos_embed_rows" else 1
+        return resize_axis(tensor, new_length=new_grid[axis], axis=axis, mode=mode)
+    if name.endswith("attn.relative_bias"):
+        return resize_relative_bias(tensor, old_grid=old, new_grid=new_grid, mode=mode)
+    return tensor
 
 
 def create_model(

@@ -20,12 +20,18 @@ from vitkit.training.muon import Muon
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Weight decay on kernels only: not on biases, norms, position embeddings or [class] token."""
+    """Weight decay on kernels only: not on biases, norms, position embeddings (any kind: 1-D,
+    rows and columns, relative attention biases) or the [class] token."""
     decay, no_decay = [], []
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        skip = param.ndim < 2 or name in ("pos_embed", "cls_token")
+        skip = (
+            param.ndim < 2
+            or name.startswith("pos_embed")
+            or name.endswith("relative_bias")
+            or name == "cls_token"
+        )
         (no_decay if skip else decay).append(param)
     return [
         {"params": decay, "weight_decay": weight_decay},

@@ -480,13 +480,19 @@ def google_refusal(config: ViTConfig) -> str | None:
     What "can hold" means: an .npz file holds parameters only; everything else is fixed by the
     code that runs them, Google's vit_jax (`models_vit`, `models_resnet`), whose computation
     vitkit's reader reproduces. A model can be written as .npz when that code, reading the file,
-    computes the model's function: tanh-GELU (flax's `nn.gelu`), LayerNorm eps 1e-6, Google's
-    ResNet numerics, a [class] token only when it is read, query/key/value biases, a head and a
-    square patch grid. An exact-GELU model's weights would fit in the file, but every reader of
-    the format would compute tanh-GELU from them, so its outputs would silently change: that is
-    refused, not written. The one reason returned is the first of these that fails, naming only
-    the field that differs.
+    computes the model's function: learned 1-D position embeddings, tanh-GELU (flax's
+    `nn.gelu`), LayerNorm eps 1e-6, Google's ResNet numerics, a [class] token only when it is
+    read, query/key/value biases, a head and a square patch grid. An exact-GELU model's weights
+    would fit in the file, but every reader of the format would compute tanh-GELU from them, so
+    its outputs would silently change: that is refused, not written. The one reason returned is
+    the first of these that fails, naming only the field that differs.
     """
+    if config.pos_embed_type != "learned_1d":
+        return (
+            "Google's ViT learns one 1-D position embedding per token (posembed_input), and the "
+            f"file has no place for others, but this model has pos_embed_type="
+            f"{config.pos_embed_type!r}"
+        )
     if config.is_hybrid and config.resnet_numerics != "google":
         return (
             f"Google's ResNet computes {NUMERICS['google'].describe()}, and the file cannot "

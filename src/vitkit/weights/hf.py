@@ -250,6 +250,11 @@ def hf_refusal(config: ViTConfig) -> str | None:
     first that fails, naming only the field that differs (`export_model` adds the formats that
     do hold the model). Its numerics (GELU flavour, LayerNorm eps) are recorded in config.json,
     so they never stand in the way."""
+    if config.pos_embed_type != "learned_1d":
+        return (
+            "transformers' ViT learns one 1-D position embedding per token "
+            f"(position_embeddings), but this model has pos_embed_type={config.pos_embed_type!r}"
+        )
     if config.is_hybrid:
         return (
             "transformers has no ResNet + ViT hybrid (ViTHybrid was removed in transformers 5), "

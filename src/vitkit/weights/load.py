@@ -26,9 +26,8 @@ import torch
 
 from vitkit.errors import CheckpointError, ConfigError
 from vitkit.models.config import ViTConfig, as_pair
-from vitkit.models.pos_embed import resize_pos_embed
 from vitkit.models.preprocessing import Preprocessing
-from vitkit.models.vit import VisionTransformer
+from vitkit.models.vit import VisionTransformer, resize_position_parameter
 from vitkit.weights.class_names import ClassNames, labels_file, read_labels
 from vitkit.weights.files import read_json_object, read_state_dict, torch_load, unwrap_state_dict
 from vitkit.weights.google import google_to_vitkit, read_npz
@@ -40,7 +39,12 @@ from vitkit.weights.hf import (
 )
 from vitkit.weights.native import CONFIG_FILE, WEIGHTS_FILE, is_native_config, read_native
 from vitkit.weights.registry import registered_weights, resolve_checkpoint
-from vitkit.weights.state_dict import PartialLoadWarning, build_and_load, check_architecture
+from vitkit.weights.state_dict import (
+    PartialLoadWarning,
+    build_and_load,
+    check_architecture,
+    expected_shapes,
+)
 from vitkit.weights.timm import read_pretrained_cfg, timm_preprocessing, timm_to_vitkit
 from vitkit.weights.torchvision import (
     looks_like_torchvision,
@@ -153,6 +157,21 @@ def _hf_weights(path: Path) -> Path:
     raise CheckpointError(f"{path}: has neither {' nor '.join(_HF_WEIGHTS)}")
 
 
+def _resized_positions(
+    state: dict[str, torch.Tensor], config: ViTConfig, grid: tuple[int, int]
+) -> dict[str, torch.Tensor]:
+    """`state` of a model of `config` with its position tables resized for the patch grid `grid`
+    (`resize_position_parameter`). A table whose shape is not the one `config` gives it is left
+    as it is, for the strict load to report, never resized from whatever size it has."""
+    expected = expected_shapes(config)
+    return {
+        key: resize_position_parameter(key, tensor, config=config, new_grid=grid)
+        if tuple(tensor.shape) == expected.get(key)
+        else tensor
+        for key, tensor in state.items()
+    }
+
+
 def load_model(
     path: str | Path,
     *,
@@ -217,13 +236,7 @@ def load_model(
     config, state = checkpoint.config, checkpoint.state
     if img_size is not None and as_pair(img_size) != config.img_size:
         target = dataclasses.replace(config, img_size=as_pair(img_size))
-        state["pos_embed"] = resize_pos_embed(
-            state["pos_embed"],
-            new_grid=target.grid_size,
-            old_grid=config.grid_size,
-            num_prefix_tokens=config.num_pos_embed_prefix,
-            mode=config.pos_embed_interpolation,
-        )
+        state = _resized_positions(state, config, target.grid_size)
         config = target
         preprocessing = dataclasses.replace(preprocessing, resolution=config.img_size)
     model, report = build_and_load(config, state, source=str(path), strict=strict)

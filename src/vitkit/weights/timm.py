@@ -333,9 +333,16 @@ def timm_model_kwargs(config: ViTConfig) -> dict[str, object]:
     see `vitkit_to_timm`).
 
     Raises CheckpointError for what timm's VisionTransformer cannot express: the pre-logits
-    layer (timm has no Linear + tanh before the head), hybrids timm has no name for.
+    layer (timm has no Linear + tanh before the head), hybrids timm has no name for, position
+    information other than one learned 1-D embedding per token.
     """
     timm_model_name(config)
+    if config.pos_embed_type != "learned_1d":
+        raise CheckpointError(
+            "timm's VisionTransformer learns one 1-D position embedding per token (pos_embed), "
+            f"and vitkit reads no other from its files, but this model has pos_embed_type="
+            f"{config.pos_embed_type!r}"
+        )
     if config.representation_size:
         raise CheckpointError(
             f"timm's VisionTransformer has no pre-logits layer (Linear + tanh, here of size "
