@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vitkit.data.fewshot import holdout_split, k_shot_indices
+from vitkit.data.fewshot import holdout_split, k_shot_indices, nested_fraction
 from vitkit.data.images import DataError
 
 # 5 classes of unequal size, shuffled so that classes are not contiguous.
@@ -68,3 +68,22 @@ def test_holdout_is_disjoint_complete_and_per_class() -> None:
 def test_holdout_leaves_every_class_a_training_image() -> None:
     with pytest.raises(DataError, match="class 3 has 10"):
         holdout_split(LABELS, 10, seed=0)
+
+
+def test_nested_fractions_are_class_balanced_and_nested() -> None:
+    """Each class keeps round(fraction x its count) images, and every smaller fraction's images
+    are among every larger one's; the whole set at 1."""
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 4, 1000)
+    counts = np.bincount(labels, minlength=4)
+    subsets = {f: nested_fraction(labels, f) for f in (0.1, 0.25, 0.5, 1.0)}
+    for fraction, indices in subsets.items():
+        assert np.all(np.diff(indices) > 0)
+        kept = np.bincount(labels[indices], minlength=4)
+        assert kept.tolist() == [max(1, round(fraction * count)) for count in counts]
+    for smaller, larger in [(0.1, 0.25), (0.25, 0.5), (0.5, 1.0)]:
+        assert set(subsets[smaller]) <= set(subsets[larger])
+    assert subsets[1.0].tolist() == list(range(1000))
+    assert not np.array_equal(nested_fraction(labels, 0.1, seed=1), subsets[0.1])
+    with pytest.raises(ValueError, match="fraction must be in"):
+        nested_fraction(labels, 0)

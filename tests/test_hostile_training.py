@@ -64,6 +64,8 @@ BAD_VALUES = [
     ("optimizer", "lamb", "lamb"),
     ("eval_flip", "sometimes", "sometimes"),
     ("compile_time_limit", "-1", -1.0),
+    ("train_fraction", "0", 0.0),
+    ("train_fraction", "1.5", 1.5),
     ("model_fields", "depth", "depth"),
     ("model_fields", "patch_sise=2", "patch_sise=2"),
     ("model_fields", "num_classes=3", "num_classes=3"),

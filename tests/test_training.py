@@ -393,3 +393,11 @@ def test_a_compiled_run_fills_the_cache_in_vitkit_home(
     compiled = load_file(tmp_path / "compiled" / "model.safetensors")
     eager = load_file(tmp_path / "eager" / "model.safetensors")
     assert all(torch.allclose(compiled[key], eager[key], atol=1e-4) for key in compiled)
+
+
+def test_train_fraction_trains_on_a_class_balanced_share(image_tree: Path, tmp_path: Path) -> None:
+    """train_fraction=0.5 of the 3 x 48 training images keeps 72 (24 per class): two epochs of
+    full batches of 32 are 2 x 2 steps, against 2 x 4 on all 144 images."""
+    config = tiny(image_tree, steps=0, epochs=2, train_fraction=0.5)
+    assert train(config, tmp_path / "half").steps == 2 * (72 // 32)
+    assert train(tiny(image_tree, steps=0, epochs=2), tmp_path / "all").steps == 2 * (144 // 32)

@@ -38,6 +38,19 @@ def balanced_subset(dataset: ArrayDataset, limit: int) -> ArrayDataset:
     )
 
 
+def nested_fraction(
+    labels: np.ndarray, fraction: float, *, seed: int = 0, num_classes: int | None = None
+) -> np.ndarray:
+    """Sorted indices of `fraction` of every class's images (rounded, at least one each): the
+    first ones of the class in a seeded order, so that every smaller fraction's images are among
+    a larger one's. Nested, class-balanced subsets are what a data-size curve compares."""
+    if not 0 < fraction <= 1:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    orders = _shuffled_classes(labels, 1, seed, num_classes, "a training subset")
+    chosen = [order[: max(1, round(fraction * len(order)))] for order in orders]
+    return np.sort(np.concatenate(chosen))
+
+
 def holdout_split(
     labels: np.ndarray, per_class: int, *, seed: int, num_classes: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:

@@ -11,6 +11,7 @@ import torch
 from vitkit import devices
 from vitkit.data.arrays import ArrayDataset
 from vitkit.data.augment import AugmentConfig, TrainAugment
+from vitkit.data.fewshot import nested_fraction
 from vitkit.data.loader import ArrayLoader
 from vitkit.data.sources import open_dataset, open_train_test
 from vitkit.errors import TrainingError
@@ -62,6 +63,11 @@ def open_data(config: TrainConfig) -> tuple[ArrayDataset, ArrayDataset | None]:
         test_set = None
     if not isinstance(train_set, ArrayDataset):
         raise TrainingError(f"{config.data}: training reads map-style datasets, not shards (yet)")
+    if config.train_fraction < 1:
+        chosen = nested_fraction(
+            train_set.labels, config.train_fraction, num_classes=len(train_set.classes)
+        )
+        train_set = train_set.subset(chosen)
     if len(train_set) < config.batch_size:
         raise TrainingError(
             f"{config.data}: {len(train_set)} training images do not fill one batch of "

@@ -80,6 +80,12 @@ class TrainConfig:
     data: str = described("dataset path or name (see vitkit.data.open_dataset)", "cifar10")
     train_split: str = described("split to train on", "train")
     test_split: str = described("split to evaluate top-1 on ('' to skip)", "test")
+    train_fraction: float = described(
+        "share of each class's training images to train on (1: all); a smaller share's images "
+        "are among a larger one's (nested subsets, for data-size curves)",
+        1.0,
+        Range(0, 1, low_open=True),
+    )
     download: bool = described("download a named dataset when it is not in the cache", False)
 
     # Optimisation
