@@ -31,6 +31,8 @@ CASES = [
     ("ViT-Test/8", {"pos_embed_type": "relative", "img_size": (32, 48)}),
     ("ViT-Test/8", {"pos_embed_type": "none"}),
     ("ViT-Test/8", {"pos_embed_type": "sincos_2d"}),
+    # No transformer at all: the data-scale experiment's ResNet with a pooled head.
+    ("BiT-R26-CIFAR", {"img_size": 32}),
 ]  # fmt: skip
 
 

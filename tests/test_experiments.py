@@ -4,6 +4,7 @@ opened in headless Chromium."""
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import json
 import math
@@ -11,15 +12,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from scipy import stats
 
+import vitkit
 from vitkit.cli.main import main
-from vitkit.errors import TrainingError
+from vitkit.errors import ConfigError, TrainingError
 from vitkit.experiments import record as record_module
 from vitkit.experiments.record import ExperimentRecord
 from vitkit.experiments.statistics import PairedDifference, Spread
+from vitkit.training.trainer import train
 
-from helpers import images_loaded_in_chromium
+from helpers import images_loaded_in_chromium, tiny
 
 pytestmark = pytest.mark.usefixtures("cache_in_tmp")
 
@@ -117,4 +121,54 @@ def test_the_posemb_experiment_end_to_end(image_tree: Path, tmp_path: Path) -> N
     for variant in variants:
         mean = np.mean([record["runs"][f"seed{s}/{variant}"]["fewshot"] for s in (0, 1)])
         assert f"{mean:.2%} ±" in page
+    assert images_loaded_in_chromium(out / "report.html", tmp_path) == {"images": 2, "loaded": 2}
+
+
+def test_the_resnet_preset_is_a_resnet_that_saves_loads_and_refuses_muon(
+    image_tree: Path, tmp_path: Path
+) -> None:
+    """BiT-R26-CIFAR has no transformer block; it round-trips through vitkit's format with the
+    same outputs, and Muon (which needs the blocks' matrices) is refused in one line."""
+    model = vitkit.create_model("BiT-R26-CIFAR", img_size=32).eval()
+    assert len(model.blocks) == 0 and model.config.depth == 0
+    vitkit.save_pretrained(model, tmp_path / "resnet")
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(vitkit.load_model(tmp_path / "resnet").eval()(images), model(images))
+    config = dataclasses.replace(tiny(image_tree), model="BiT-R26-CIFAR", resolution=32,
+                                 optimizer="muon", steps=1)  # fmt: skip
+    with pytest.raises(ConfigError, match="optimizer muon .* has none \\(depth 0\\)"):
+        train(config, tmp_path / "run")
+
+
+def test_overrides_reach_every_run_and_a_bad_one_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="unknown field 'batchsize'"):
+        ExperimentRecord.open(tmp_path / "a", "resolution", {"overrides": ["batchsize=8"]}, "")
+    assert not (tmp_path / "a").exists()
+
+
+@pytest.mark.slow
+def test_the_data_scale_experiment_end_to_end(image_tree: Path, tmp_path: Path) -> None:
+    """One seed, a 1 s budget, batch 4 (the 10% share of the 144-image folder is 15 images):
+    every model on every share trained on that share, top-1 and 10-shot recorded, the report's
+    verdict computed from those numbers, both plots loading in Chromium."""
+    out = tmp_path / "experiment"
+    assert main(["experiment", "data-scale", "--data", str(image_tree), "--out", str(out),
+                 "--budget", "1", "--hardware", "cpu", "--set", "batch_size=4"]) == 0  # fmt: skip
+    record = json.loads((out / "experiment.json").read_text())
+    assert record["settings"]["seeds"] == [0] and record["settings"]["overrides"] == [
+        "batch_size=4"
+    ]
+    models = ["BiT-R26-CIFAR", "ViT-CIFAR-4", "R+ViT-CIFAR-4"]
+    fractions = ["0.1", "0.25", "0.5", "1"]
+    assert sorted(record["runs"]) == sorted(f"seed0/{m}/{f}" for m in models for f in fractions)
+    for key in record["runs"]:
+        saved = json.loads((out / "runs" / key / "train_config.json").read_text())
+        assert saved["requested"]["train_fraction"] == float(key.split("/")[2])
+        assert saved["requested"]["batch_size"] == 4
+    top1 = {m: [record["runs"][f"seed0/{m}/{f}"]["top1"] for f in fractions] for m in models}
+    first = (top1["BiT-R26-CIFAR"][0] - top1["ViT-CIFAR-4"][0]) * 100
+    last = (top1["BiT-R26-CIFAR"][-1] - top1["ViT-CIFAR-4"][-1]) * 100
+    page = html.unescape((out / "report.html").read_text())
+    assert f"{first:+.2f} points at 10% of the data, {last:+.2f} at 100%" in page
     assert images_loaded_in_chromium(out / "report.html", tmp_path) == {"images": 2, "loaded": 2}

@@ -199,3 +199,28 @@ def plot_arms(values: dict[str, list[float]], path: Path, *, ylabel: str, title:
     axes.set_title(title, fontsize=10)
     axes.grid(axis="y", alpha=0.3)
     return _save(figure, path)
+
+
+def plot_lines(
+    x: Sequence[float],
+    series: dict[str, list[float]],
+    path: Path,
+    *,
+    xlabel: str,
+    ylabel: str,
+    title: str,
+    log_x: bool = False,
+) -> Path:
+    """One line per series over the shared `x` (e.g. accuracy against training-set size);
+    values are fractions, drawn in percent."""
+    figure, axes = plt.subplots(figsize=(6, 4))
+    for label, values in series.items():
+        axes.plot(x, 100 * np.asarray(values, dtype=float), marker="o", label=label)
+    if log_x:
+        axes.set_xscale("log")
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel(ylabel)
+    axes.set_title(title, fontsize=10)
+    axes.grid(alpha=0.3)
+    axes.legend()
+    return _save(figure, path)

@@ -6,6 +6,8 @@ Experiments (see `vitkit.experiments`):
               either resolution alone, at equal training time (paper, section 3.2)
   posemb      no, learned 1-D, learned 2-D, relative and sin-cos position embeddings: top-1 and
               5-shot accuracy beside the paper's Table 8 (Appendix D.4)
+  data-scale  a ResNet, a ViT and a hybrid on nested shares of the training set at equal time:
+              does the ResNet's lead shrink with more data? (section 4.2, Figs. 3-4)
 
 Running the same command again resumes: finished runs are read from DIR/experiment.json, an
 interrupted one continues from its checkpoint. The data defaults to the CIFAR-10 JPEG tarball in
@@ -19,12 +21,13 @@ import shlex
 import sys
 from pathlib import Path
 
+from vitkit.cli.arguments import positive_int
 from vitkit.data.shared import default_cifar10
 from vitkit.devices import resolve_device
-from vitkit.experiments import posemb, resolution
+from vitkit.experiments import data_scale, posemb, resolution
 from vitkit.experiments.record import Interrupted
 
-EXPERIMENTS = {module.NAME: module for module in (resolution, posemb)}
+EXPERIMENTS = {module.NAME: module for module in (resolution, posemb, data_scale)}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -34,15 +37,16 @@ def run(args: argparse.Namespace) -> int:
         hardware = "gpu" if resolve_device("auto").type == "cuda" else "cpu"
     experiment = EXPERIMENTS[args.name]
     budget = args.budget if args.budget is not None else experiment.DEFAULT_BUDGET_SECONDS
+    seeds = list(range(args.seeds if args.seeds is not None else experiment.DEFAULT_SEEDS))
     command = shlex.join(["vitkit", *sys.argv[1:]]) if sys.argv[1:2] == ["experiment"] else ""
     print(
         f"vitkit experiment {args.name}: data {data}, output {args.out}, seeds "
-        f"{list(range(args.seeds))}, {budget:g} s of training per arm, {hardware} recipe"
+        f"{seeds}, {budget:g} s of training per arm, {hardware} recipe"
     )
     try:
         experiment.run(
-            data, args.out, seeds=list(range(args.seeds)), budget_seconds=budget,
-            hardware=hardware, command=command,
+            data, args.out, seeds=seeds, budget_seconds=budget, hardware=hardware,
+            overrides=args.overrides, command=command,
         )  # fmt: skip
     except Interrupted as stopped:
         print(f"stopped during {stopped}; the same command resumes")
@@ -60,10 +64,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("name", choices=sorted(EXPERIMENTS), help="the experiment")
     parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="field=value",
+        help="a change to every run's training config, as vitkit train takes it (e.g. "
+        "--set batch_size=64); repeat for several",
+    )  # fmt: skip
+    parser.add_argument(
         "--data", help="CIFAR-10 source (default: the shared tarball, else cifar10)"
     )
     parser.add_argument("--out", type=Path, required=True, help="the experiment's folder")
-    parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (default 3)")
+    parser.add_argument(
+        "--seeds",
+        type=positive_int,
+        help="seeds 0..N-1 (default: the experiment's own, 3, or 1 for data-scale)",
+    )
     parser.add_argument(
         "--budget", type=float, help="seconds of training per arm (default: the experiment's own)"
     )

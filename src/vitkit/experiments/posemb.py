@@ -28,6 +28,7 @@ from vitkit.training.presets import get_preset
 from vitkit.weights import load_model
 
 NAME = "posemb"
+DEFAULT_SEEDS = 3
 DEFAULT_BUDGET_SECONDS = 90.0  # per run: 5 variants x 3 seeds is about 30 minutes on 2 CPU cores
 MODEL = {"cpu": "ViT-CIFAR/4", "gpu": "ViT-CIFAR-L/4"}
 SHOTS, FEWSHOT_SEEDS = 5, 5
@@ -50,12 +51,20 @@ def run(
     seeds: list[int],
     budget_seconds: float = DEFAULT_BUDGET_SECONDS,
     hardware: Literal["cpu", "gpu"] = "cpu",
+    overrides: list[str] | None = None,
     command: str = "",
 ) -> dict[str, dict[str, list[float]]]:
     """Train and evaluate every variant for every seed (resuming what the folder holds), write
     the report; returns {"top1": {variant: per seed}, "fewshot": {...}}."""
-    settings = {"data": data, "seeds": seeds, "budget_seconds": budget_seconds,
-                "hardware": hardware, "model": MODEL[hardware], "shots": SHOTS}  # fmt: skip
+    settings = {
+        "data": data,
+        "seeds": seeds,
+        "budget_seconds": budget_seconds,
+        "overrides": overrides or [],
+        "hardware": hardware,
+        "model": MODEL[hardware],
+        "shots": SHOTS,
+    }
     record = ExperimentRecord.open(out, NAME, settings, command)
     started = time.perf_counter()
     recipe = dataclasses.replace(

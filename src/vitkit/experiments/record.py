@@ -5,7 +5,8 @@ command, the machine and the start time, and keeps each finished training run's 
 its key ("seed0/low"). Every run trains in `runs/KEY` with `vitkit.training.train`, which resumes
 an interrupted run from its checkpoint; a finished one is read from the record and not repeated.
 A folder belongs to one experiment: another experiment, or other settings, is refused in one
-line naming what differs.
+line naming what differs. The settings' "overrides" ("field=value", as `vitkit train` takes them)
+change every run's TrainConfig, e.g. a smaller batch_size for a small dataset.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 from vitkit.devices import describe_machine
 from vitkit.errors import TrainingError
 from vitkit.io import atomic_write_json
-from vitkit.training.config import TrainConfig
+from vitkit.training.config import TrainConfig, parse_overrides
 from vitkit.training.trainer import train
 
 RECORD_NAME = "experiment.json"
@@ -41,7 +42,8 @@ class ExperimentRecord:
         cls, folder: Path, experiment: str, settings: dict[str, Any], command: str
     ) -> ExperimentRecord:
         """The folder's record, created if new; TrainingError when the folder holds another
-        experiment or the same one with other settings."""
+        experiment or the same one with other settings, ConfigError for a bad override."""
+        parse_overrides(TrainConfig(steps=1), settings.get("overrides", []))
         path = folder / RECORD_NAME
         if path.is_file():
             try:
@@ -88,6 +90,7 @@ class ExperimentRecord:
         if key in self.runs:
             return self.runs[key]
         print(f"\n== {self.content['experiment']}: {key} ==", flush=True)
+        config = parse_overrides(config, self.content["settings"].get("overrides", []))
         summary = train(config, self.run_folder(key))
         if not summary.complete:
             raise Interrupted(key)

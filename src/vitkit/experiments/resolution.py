@@ -32,6 +32,7 @@ from vitkit.training.demo import STAGE_PRESETS
 from vitkit.training.presets import get_preset
 
 NAME = "resolution"
+DEFAULT_SEEDS = 3
 DEFAULT_BUDGET_SECONDS = 180.0  # per arm: 3 arms x 3 seeds is about 30 minutes on 2 CPU cores
 PRETRAIN_SHARE = 0.75  # of the low_then_high arm's budget (the demo's 0.6 : 0.2)
 ARMS = {
@@ -84,12 +85,19 @@ def run(
     seeds: list[int],
     budget_seconds: float = DEFAULT_BUDGET_SECONDS,
     hardware: Literal["cpu", "gpu"] = "cpu",
+    overrides: list[str] | None = None,
     command: str = "",
 ) -> dict[str, list[float]]:
     """Train every arm for every seed (resuming what the folder holds), write the report and
     return each arm's top-1 per seed."""
-    settings = {"data": data, "seeds": seeds, "budget_seconds": budget_seconds,
-                "hardware": hardware, "pretrain_share": PRETRAIN_SHARE}  # fmt: skip
+    settings = {
+        "data": data,
+        "seeds": seeds,
+        "budget_seconds": budget_seconds,
+        "overrides": overrides or [],
+        "hardware": hardware,
+        "pretrain_share": PRETRAIN_SHARE,
+    }
     record = ExperimentRecord.open(out, NAME, settings, command)
     started = time.perf_counter()
     top1: dict[str, list[float]] = {arm: [] for arm in ARMS}

@@ -264,7 +264,7 @@ _CHECKS: dict[str, Callable[[object], object]] = {
     "patch_size": integer,
     "in_chans": integer,
     "width": integer,
-    "depth": integer,
+    "depth": functools.partial(integer, minimum=0),  # 0: no blocks (a ResNet with a pooled head)
     "num_heads": integer,
     "mlp_dim": integer,
     "qkv_bias": boolean,
@@ -466,6 +466,13 @@ HYBRID_PRESETS: dict[str, ViTConfig] = {
     # hybrids ahead of ViT at small budgets; here +5.8 points after 800 steps at about the same
     # FLOPs (benchmarks/RESULTS.md).
     "R+ViT-CIFAR/4": dataclasses.replace(PRESETS["ViT-CIFAR/4"], patch_size=1, resnet_layers=()),
+    # A BiT-style ResNet for CIFAR with no transformer at all (depth 0): the hybrids' ResNet-26
+    # stem (stride 32: one position at 32 px), a 1x1 projection to width 256, the final
+    # LayerNorm, average pooling and the head. At 32 px it costs 97 MFLOPs per image against
+    # ViT-CIFAR/4's 114, so `vitkit experiment data-scale` compares the two at about equal compute.
+    "BiT-R26-CIFAR": dataclasses.replace(
+        PRESETS["ViT-CIFAR/4"], patch_size=1, resnet_layers=(2, 2, 2, 2), width=256, depth=0
+    ),
 }
 
 

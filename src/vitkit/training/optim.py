@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from vitkit import devices
+from vitkit.errors import ConfigError
 from vitkit.training.config import TrainConfig
 from vitkit.training.muon import Muon
 
@@ -63,6 +64,11 @@ class MuonAdamW:
             for name, param in model.named_parameters()
             if param.requires_grad and param.ndim == 2 and name.startswith("blocks.")
         }
+        if not matrices:
+            raise ConfigError(
+                "optimizer muon orthogonalises the encoder blocks' weight matrices and this model "
+                "has none (depth 0); use optimizer adamw or sgd"
+            )
         adamw_groups = [
             {**group, "params": [p for p in group["params"] if id(p) not in matrices]}
             for group in param_groups(model, config.weight_decay)
