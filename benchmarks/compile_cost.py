@@ -28,6 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from vitkit.devices import describe_machine
+
 RESULTS = Path(__file__).with_name("RESULTS.md")
 FIRST_STEP = re.compile(r"torch\.compile: first step ([\d.]+) s")
 
@@ -80,14 +82,9 @@ def main() -> None:
                 lines.append(f"| {resolution} | {name} | {first:.1f} | {other_ms:.1f} | "
                              f"{result['seconds']:.1f} | {break_even} |")  # fmt: skip
                 print(lines[-1], flush=True)
-    cpu = next(
-        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-         if line.startswith("model name")),
-        "unknown CPU",
-    )  # fmt: skip
     header = (
         f"\n## torch.compile's cost and pay-back, {time.strftime('%Y-%m-%d')}\n\n"
-        f"Machine: {cpu}, {os.cpu_count()} CPUs. Command: `.venv/bin/python "
+        f"Machine: {describe_machine()}. Command: `.venv/bin/python "
         f"benchmarks/compile_cost.py --steps {args.steps} --resolutions "
         f"{' '.join(map(str, args.resolutions))}`. The demo's pre-training recipe, batch 128.\n\n"
     )

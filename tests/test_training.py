@@ -358,41 +358,52 @@ def test_a_muon_run_resumes_exactly(image_tree: Path, tmp_path: Path) -> None:
     assert all(torch.equal(expected[key], got[key]) for key in expected)
 
 
+def _compile_env(tmp_path: Path) -> dict[str, str]:
+    """A fresh process's environment with $VITKIT_HOME in the test's folder and no inductor
+    cache chosen: the compile tests run `vitkit train` in such a process, because dynamo and
+    inductor keep state per process (compiled code, the cache folder) that earlier tests of the
+    same test process would have set."""
+    env = {**os.environ, "VITKIT_HOME": str(tmp_path / "home")}
+    env.pop("TORCHINDUCTOR_CACHE_DIR", None)
+    env.pop("VITKIT_CACHE", None)
+    return env
+
+
 def test_a_compile_past_its_time_limit_trains_eagerly_exactly(
-    image_tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+    image_tree: Path, tmp_path: Path
 ) -> None:
     """A first compiled step that runs past compile_time_limit is abandoned and redone eagerly:
-    the run ends with the weights of a run that never compiled, bit for bit. Inductor's cache
-    is pointed into $VITKIT_HOME."""
-    monkeypatch.setenv("VITKIT_HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
-    train(tiny(image_tree, compile=True, compile_time_limit=0.01), tmp_path / "compiled")
-    assert "still compiling after 0.01 s (compile_time_limit): training eagerly" in (
-        capsys.readouterr().err
-    )
-    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "home" / "inductor")
-    train(tiny(image_tree), tmp_path / "eager")
-    compiled = load_file(tmp_path / "compiled" / "model.safetensors")
-    eager = load_file(tmp_path / "eager" / "model.safetensors")
-    assert compiled.keys() == eager.keys()
-    assert all(torch.equal(compiled[key], eager[key]) for key in compiled)
+    the run ends with the weights of a run that never compiled, bit for bit."""
+    args = ["--preset", "tiny", "--data", str(image_tree)]
+    compiled = _cli(*args, "--out", str(tmp_path / "compiled"), "compile=true",
+                    "compile_time_limit=0.01", env=_compile_env(tmp_path))  # fmt: skip
+    output = compiled.communicate(timeout=600)[0]
+    assert compiled.returncode == 0, output
+    assert "still compiling after 0.01 s (compile_time_limit): training eagerly" in output
+    eager = _cli(*args, "--out", str(tmp_path / "eager"), env=_compile_env(tmp_path))
+    assert eager.wait(timeout=600) == 0
+    first = load_file(tmp_path / "compiled" / "model.safetensors")
+    second = load_file(tmp_path / "eager" / "model.safetensors")
+    assert first.keys() == second.keys()
+    assert all(torch.equal(first[key], second[key]) for key in first)
 
 
 @pytest.mark.slow
-def test_a_compiled_run_fills_the_cache_in_vitkit_home(
-    image_tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
-) -> None:
+def test_a_compiled_run_fills_the_cache_in_vitkit_home(image_tree: Path, tmp_path: Path) -> None:
     """Within its time limit the compile is kept (its first step is reported), inductor's code
     lands in $VITKIT_HOME/inductor, and the compiled run trains as the eager one does."""
-    monkeypatch.setenv("VITKIT_HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
-    train(tiny(image_tree, compile=True, steps=2), tmp_path / "compiled")
-    assert "torch.compile: first step" in capsys.readouterr().err
+    args = ["--preset", "tiny", "--data", str(image_tree)]
+    compiled = _cli(*args, "--out", str(tmp_path / "compiled"), "steps=2", "compile=true",
+                    env=_compile_env(tmp_path))  # fmt: skip
+    output = compiled.communicate(timeout=900)[0]
+    assert compiled.returncode == 0, output
+    assert "torch.compile: first step" in output
     assert any(path.is_file() for path in (tmp_path / "home" / "inductor").rglob("*"))
-    train(tiny(image_tree, steps=2), tmp_path / "eager")
-    compiled = load_file(tmp_path / "compiled" / "model.safetensors")
-    eager = load_file(tmp_path / "eager" / "model.safetensors")
-    assert all(torch.allclose(compiled[key], eager[key], atol=1e-4) for key in compiled)
+    eager = _cli(*args, "--out", str(tmp_path / "eager"), "steps=2", env=_compile_env(tmp_path))
+    assert eager.wait(timeout=600) == 0
+    first = load_file(tmp_path / "compiled" / "model.safetensors")
+    second = load_file(tmp_path / "eager" / "model.safetensors")
+    assert all(torch.allclose(first[key], second[key], atol=1e-4) for key in first)
 
 
 def test_train_fraction_trains_on_a_class_balanced_share(image_tree: Path, tmp_path: Path) -> None:

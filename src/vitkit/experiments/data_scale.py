@@ -23,20 +23,18 @@ from typing import Literal
 from vitkit.analysis.page import Page
 from vitkit.analysis.plots import plot_lines
 from vitkit.data import open_dataset
-from vitkit.evaluation.fewshot import fewshot_accuracy
 from vitkit.experiments.record import ExperimentRecord
 from vitkit.experiments.statistics import Spread
 from vitkit.training.config import TrainConfig
 from vitkit.training.demo import STAGE_PRESETS
 from vitkit.training.presets import get_preset
-from vitkit.weights import load_model
 
 NAME = "data-scale"
 DEFAULT_SEEDS = 1
 DEFAULT_BUDGET_SECONDS = 120.0  # per run: 3 models x 4 shares is about 30 minutes on 2 CPU cores
 FRACTIONS = (0.1, 0.25, 0.5, 1.0)
 RESOLUTION = 32  # the ResNet's stride is 32: one position at 32 px
-SHOTS, FEWSHOT_SEEDS = 10, 5
+SHOTS = 10
 # name in the report -> (model preset, changes to the demo's pre-training recipe)
 MODELS: dict[str, tuple[str, dict[str, object]]] = {
     "ResNet (BiT-R26-CIFAR)": ("BiT-R26-CIFAR", {"optimizer": "adamw", "lr": 1e-3}),
@@ -99,15 +97,9 @@ def run(
                 config = run_config(model, fraction, data=data, seed=seed,
                                     budget_seconds=budget_seconds, hardware=hardware)  # fmt: skip
                 result = record.train(key, config)
-                if "fewshot" not in result:
-                    trained = load_model(record.run_folder(key))
-                    fewshot, _, _ = fewshot_accuracy(
-                        trained, train_set, test_set, shots=[SHOTS], seeds=FEWSHOT_SEEDS
-                    )
-                    result["fewshot"] = fewshot[0].mean
-                    record.save()
+                fewshot = record.fewshot(key, train_set, test_set, shots=SHOTS)
                 results["top1"][model][position].append(result["top1"])
-                results["fewshot"][model][position].append(result["fewshot"])
+                results["fewshot"][model][position].append(fewshot)
     write_report(record, results, train_images=len(train_set),
                  seconds=time.perf_counter() - started)  # fmt: skip
     return results

@@ -20,18 +20,16 @@ from typing import Literal
 from vitkit.analysis.page import Page
 from vitkit.analysis.plots import plot_arms
 from vitkit.data import open_dataset
-from vitkit.evaluation.fewshot import fewshot_accuracy
-from vitkit.experiments.record import ExperimentRecord
+from vitkit.experiments.record import FEWSHOT_SEEDS, ExperimentRecord
 from vitkit.experiments.statistics import PairedDifference, Spread
 from vitkit.training.demo import STAGE_PRESETS
 from vitkit.training.presets import get_preset
-from vitkit.weights import load_model
 
 NAME = "posemb"
 DEFAULT_SEEDS = 3
 DEFAULT_BUDGET_SECONDS = 90.0  # per run: 5 variants x 3 seeds is about 30 minutes on 2 CPU cores
 MODEL = {"cpu": "ViT-CIFAR/4", "gpu": "ViT-CIFAR-L/4"}
-SHOTS, FEWSHOT_SEEDS = 5, 5
+SHOTS = 5
 # pos_embed_type -> (the paper's name, its ImageNet 5-shot linear accuracy with ViT-B/16, Table 8
 # "Default/Stem" column; None where the paper has no such row).
 VARIANTS: dict[str, tuple[str, float | None]] = {
@@ -82,15 +80,9 @@ def run(
                 recipe, seed=seed, model_fields=f"pos_embed_type={variant}"
             )
             result = record.train(key, config)
-            if "fewshot" not in result:
-                model = load_model(record.run_folder(key))
-                fewshot, _, _ = fewshot_accuracy(
-                    model, train_set, test_set, shots=[SHOTS], seeds=FEWSHOT_SEEDS
-                )
-                result["fewshot"] = fewshot[0].mean
-                record.save()
+            fewshot = record.fewshot(key, train_set, test_set, shots=SHOTS)
             results["top1"][variant].append(result["top1"])
-            results["fewshot"][variant].append(result["fewshot"])
+            results["fewshot"][variant].append(fewshot)
     write_report(record, results, seconds=time.perf_counter() - started)
     return results
 

@@ -17,13 +17,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from vitkit.data.arrays import ArrayDataset
 from vitkit.devices import describe_machine
 from vitkit.errors import TrainingError
+from vitkit.evaluation.fewshot import fewshot_accuracy
 from vitkit.io import atomic_write_json
 from vitkit.training.config import TrainConfig, parse_overrides
 from vitkit.training.trainer import train
+from vitkit.weights import load_model
 
 RECORD_NAME = "experiment.json"
+FEWSHOT_SEEDS = 5  # draws of the k images per class, averaged
 
 
 class Interrupted(Exception):
@@ -97,3 +101,16 @@ class ExperimentRecord:
         self.runs[key] = {"top1": summary.top1, "steps": summary.steps, "seconds": summary.seconds}
         self.save()
         return self.runs[key]
+
+    def fewshot(self, key: str, train: ArrayDataset, test: ArrayDataset, *, shots: int) -> float:
+        """The `shots`-shot linear accuracy (mean over FEWSHOT_SEEDS draws) of finished run
+        `key`'s frozen model: from the record, else measured now and recorded."""
+        result = self.runs[key]
+        if "fewshot" not in result:
+            model = load_model(self.run_folder(key))
+            measured, _, _ = fewshot_accuracy(
+                model, train, test, shots=[shots], seeds=FEWSHOT_SEEDS
+            )
+            result["fewshot"] = measured[0].mean
+            self.save()
+        return result["fewshot"]

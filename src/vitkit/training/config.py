@@ -164,7 +164,7 @@ class TrainConfig:
     )
     compile_time_limit: float = described(
         "seconds the first compiled step may take; past them the run gives up compiling and "
-        "trains eagerly (0: no limit; single-process runs only)",
+        "trains eagerly (0: no limit; single-process runs, in the main thread only)",
         300.0,
         NON_NEGATIVE,
     )
