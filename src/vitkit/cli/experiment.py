@@ -8,6 +8,9 @@ Experiments (see `vitkit.experiments`):
               5-shot accuracy beside the paper's Table 8 (Appendix D.4)
   data-scale  a ResNet, a ViT and a hybrid on nested shares of the training set at equal time:
               does the ResNet's lead shrink with more data? (section 4.2, Figs. 3-4)
+  mpp         masked patch prediction, the paper's self-supervised pre-training, then
+              fine-tuning, against training from scratch at equal time; few-shot accuracy of
+              the frozen representations (section 4.6, Appendix B.1.2)
 
 Running the same command again resumes: finished runs are read from DIR/experiment.json, an
 interrupted one continues from its checkpoint. The data defaults to the CIFAR-10 JPEG tarball in
@@ -24,10 +27,10 @@ from pathlib import Path
 from vitkit.cli.arguments import positive_int
 from vitkit.data.shared import default_cifar10
 from vitkit.devices import resolve_device
-from vitkit.experiments import data_scale, posemb, resolution
+from vitkit.experiments import data_scale, masked_patches, posemb, resolution
 from vitkit.experiments.record import Interrupted
 
-EXPERIMENTS = {module.NAME: module for module in (resolution, posemb, data_scale)}
+EXPERIMENTS = {module.NAME: module for module in (resolution, posemb, data_scale, masked_patches)}
 
 
 def run(args: argparse.Namespace) -> int:

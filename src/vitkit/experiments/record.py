@@ -22,6 +22,7 @@ from vitkit.devices import describe_machine
 from vitkit.errors import TrainingError
 from vitkit.evaluation.fewshot import fewshot_accuracy
 from vitkit.io import atomic_write_json
+from vitkit.models.vit import VisionTransformer
 from vitkit.training.config import TrainConfig, parse_overrides
 from vitkit.training.trainer import train
 from vitkit.weights import load_model
@@ -88,26 +89,38 @@ class ExperimentRecord:
     def run_folder(self, key: str) -> Path:
         return self.folder / "runs" / key
 
+    def configured(self, config: TrainConfig) -> TrainConfig:
+        """`config` with the settings' overrides applied, as every run of the experiment."""
+        return parse_overrides(config, self.content["settings"].get("overrides", []))
+
     def train(self, key: str, config: TrainConfig) -> dict[str, Any]:
         """The result of run `key` (top1, steps, seconds): from the record when it finished
         before, else trained now (resumed where it stopped) and recorded."""
         if key in self.runs:
             return self.runs[key]
         print(f"\n== {self.content['experiment']}: {key} ==", flush=True)
-        config = parse_overrides(config, self.content["settings"].get("overrides", []))
-        summary = train(config, self.run_folder(key))
+        summary = train(self.configured(config), self.run_folder(key))
         if not summary.complete:
             raise Interrupted(key)
         self.runs[key] = {"top1": summary.top1, "steps": summary.steps, "seconds": summary.seconds}
         self.save()
         return self.runs[key]
 
-    def fewshot(self, key: str, train: ArrayDataset, test: ArrayDataset, *, shots: int) -> float:
+    def fewshot(
+        self,
+        key: str,
+        train: ArrayDataset,
+        test: ArrayDataset,
+        *,
+        shots: int,
+        model: VisionTransformer | None = None,
+    ) -> float:
         """The `shots`-shot linear accuracy (mean over FEWSHOT_SEEDS draws) of finished run
-        `key`'s frozen model: from the record, else measured now and recorded."""
-        result = self.runs[key]
+        `key`'s frozen model, or of `model` (e.g. an untrained one) recorded under `key`: from
+        the record, else measured now and recorded."""
+        result = self.runs.setdefault(key, {}) if model is not None else self.runs[key]
         if "fewshot" not in result:
-            model = load_model(self.run_folder(key))
+            model = model if model is not None else load_model(self.run_folder(key))
             measured, _, _ = fewshot_accuracy(
                 model, train, test, shots=[shots], seeds=FEWSHOT_SEEDS
             )

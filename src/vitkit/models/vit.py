@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -234,12 +234,20 @@ class VisionTransformer(nn.Module):
         learned = (self.cls_token, self.reg_token)
         return [token.expand(batch, -1, -1) for token in learned if token is not None]
 
-    def embed(self, images: torch.Tensor) -> torch.Tensor:
-        """Images (N, C, H, W) -> encoder input tokens (N, T, D), position embeddings added."""
+    def embed(
+        self,
+        images: torch.Tensor,
+        corrupt: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """Images (N, C, H, W) -> encoder input tokens (N, T, D), position embeddings added.
+        `corrupt` changes the patch embeddings (N, h*w, D) before the [class] token and the
+        positions are added: masked patch prediction (models/masked_patches.py)."""
         grid = self.patch_embed.grid_size(images)
         self._check_grid(grid)
         pos_embed = self._position_embedding(grid)
         tokens = self.patch_embed(images)  # (N, h*w, D)
+        if corrupt is not None:
+            tokens = corrupt(tokens)
         prefix = self._prefix_tokens(tokens.shape[0])
         if pos_embed is None:  # no position embedding ("none", "relative")
             tokens = torch.cat([*prefix, tokens], dim=1)
@@ -258,9 +266,14 @@ class VisionTransformer(nn.Module):
         index = relative_position_index(grid, self.config.num_prefix_tokens, device=images.device)
         return RelativePositions(grid, index)
 
-    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
-        """Images -> every token after the final LayerNorm (none with fc_norm), (N, T, D)."""
-        tokens = self.embed(images)
+    def forward_features(
+        self,
+        images: torch.Tensor,
+        corrupt: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """Images -> every token after the final LayerNorm (none with fc_norm), (N, T, D);
+        `corrupt` as in `embed`."""
+        tokens = self.embed(images, corrupt)
         positions = self._relative_positions(images)
         for block in self.blocks:
             tokens = block(tokens, positions)

@@ -15,9 +15,10 @@ from vitkit.data.fewshot import nested_fraction
 from vitkit.data.loader import ArrayLoader
 from vitkit.data.sources import open_dataset, open_train_test
 from vitkit.errors import TrainingError
-from vitkit.models.config import ViTConfig
+from vitkit.models.config import ViTConfig, get_config
+from vitkit.models.masked_patches import MaskedPatchViT, masked_patch_loss
 from vitkit.models.preprocessing import Preprocessing
-from vitkit.models.vit import VisionTransformer, create_model
+from vitkit.models.vit import VisionTransformer
 from vitkit.training import parallel
 from vitkit.training.compiling import FirstCompileLimit
 from vitkit.training.config import ARCHITECTURE_FIELDS, TrainConfig, model_field_changes
@@ -25,7 +26,7 @@ from vitkit.training.distributed import Launch, World
 from vitkit.training.optim import build_optimizer
 from vitkit.training.run_dir import RunDir
 from vitkit.training.state import TrainState
-from vitkit.training.step import TrainStep
+from vitkit.training.step import TrainStep, soft_cross_entropy
 from vitkit.weights.load import load_model
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -77,20 +78,23 @@ def open_data(config: TrainConfig) -> tuple[ArrayDataset, ArrayDataset | None]:
 
 
 def build_model(config: TrainConfig, num_classes: int) -> VisionTransformer:
-    """A new model of `config.model`, or the `config.init` checkpoint at `config.resolution` with
+    """A new model of `config.model` (with masked patch prediction's parts for that task), or
+    the `config.init` checkpoint at `config.resolution` with
     a new zero-initialised head and no pre-logits layer (the paper's fine-tuning)."""
     if not config.init:
-        return create_model(
+        masked_patches = config.task == "masked_patches"
+        architecture = get_config(
             config.model,
             **model_field_changes(config.model_fields),
             img_size=config.resolution,
-            num_classes=num_classes,
+            num_classes=0 if masked_patches else num_classes,
             representation_size=config.representation_size or None,
             classifier=config.classifier,
             class_token=config.classifier == "token",
             drop_path=config.drop_path,
             dropout=config.dropout,
         )
+        return (MaskedPatchViT if masked_patches else VisionTransformer)(architecture)
     loaded = load_model(config.init, img_size=config.resolution, num_classes=num_classes)
     model_config = dataclasses.replace(
         loaded.config, drop_path=config.drop_path, dropout=config.dropout
@@ -212,6 +216,7 @@ def build_step(
     """The optimizer step of `config` at `precision` (resolved: not "auto")."""
     return TrainStep(
         augment=augment,
+        loss=masked_patch_loss if config.task == "masked_patches" else soft_cross_entropy,
         device=device,
         world=world,
         seed=config.seed,

@@ -59,6 +59,12 @@ class TrainConfig:
         "named here)",
         "",
     )
+    task: Literal["classify", "masked_patches"] = described(
+        "classify: supervised, from the labels; masked_patches: the paper's self-supervised "
+        "masked patch prediction (no labels; predict the 3-bit mean colour of the corrupted "
+        "half of the patches; the run saves the encoder, to fine-tune with init=)",
+        "classify",
+    )
     init: str = described(
         "checkpoint to start from: a vitkit run or weights directory, Google .npz, timm or Hugging "
         "Face weights; its head is replaced by a zero-initialised one (the paper's fine-tuning)",
@@ -230,8 +236,22 @@ class TrainConfig:
             )
         if self.optimizer == "muon" and (self.parallel == "fsdp" or self.precision == "fp16"):
             problems.append("optimizer muon works with parallel=ddp and fp32 or bf16")
+        if self.task == "masked_patches":
+            problems.extend(self._masked_patches_problems())
         if not self.init and (problem := self._model_problem()):
             problems.append(problem)
+        return problems
+
+    def _masked_patches_problems(self) -> list[str]:
+        """Masked patch prediction pre-trains a new encoder, which has no classifier to evaluate
+        or pre-logits layer to train."""
+        problems = []
+        if self.init:
+            problems.append("task masked_patches pre-trains from scratch; leave init empty")
+        if self.test_split:
+            problems.append("task masked_patches has no classifier to evaluate; set test_split=''")
+        if self.representation_size:
+            problems.append("task masked_patches trains no pre-logits layer; representation_size=0")
         return problems
 
     def _model_problem(self) -> str | None:

@@ -17,6 +17,7 @@ from tqdm import tqdm
 from vitkit.data.arrays import ArrayDataset
 from vitkit.data.loader import ArrayLoader
 from vitkit.evaluation.accuracy import top1_counts
+from vitkit.models.masked_patches import MaskedPatchViT
 from vitkit.models.vit import VisionTransformer
 from vitkit.training import parallel
 from vitkit.training.config import TrainConfig
@@ -149,8 +150,9 @@ class Run:
                 metrics.write({"step": self.state.step, "top1": summary.top1})
                 metrics.close()
             with self.run_dir.writing():
-                save_pretrained(
-                    final.cpu(), self.run_dir.path, class_names=self.loader.dataset.classes
-                )
+                weights = final.encoder() if isinstance(final, MaskedPatchViT) else final
+                # A masked-patch encoder has no classifier whose outputs the classes could name.
+                classes = None if weights is not final else self.loader.dataset.classes
+                save_pretrained(weights.cpu(), self.run_dir.path, class_names=classes)
             self.run_dir.write_summary(summary)
         return summary

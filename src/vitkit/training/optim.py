@@ -22,7 +22,8 @@ from vitkit.training.muon import Muon
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """Weight decay on kernels only: not on biases, norms, position embeddings (any kind: 1-D,
-    rows and columns, relative attention biases) or the [class] token."""
+    rows and columns, relative attention biases), the [class] token or masked patch prediction's
+    [mask] embedding."""
     decay, no_decay = [], []
     for name, param in model.named_parameters():
         if not param.requires_grad:
@@ -31,7 +32,7 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
             param.ndim < 2
             or name.startswith("pos_embed")
             or name.endswith("relative_bias")
-            or name == "cls_token"
+            or name in ("cls_token", "mask_token")
         )
         (no_decay if skip else decay).append(param)
     return [

@@ -152,7 +152,7 @@ def unsharded(model: VisionTransformer) -> VisionTransformer:
         return model
     state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
     with torch.device("meta"):
-        copy = VisionTransformer(model.config, preprocessing=model.preprocessing)
+        copy = type(model)(model.config, preprocessing=model.preprocessing)
     device = next(iter(state.values())).device
     copy.to_empty(device=device)
     copy.load_state_dict(state)

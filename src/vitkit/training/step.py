@@ -15,8 +15,10 @@ Neither needs a saved generator state to resume.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -47,6 +49,8 @@ class TrainStep:
     """Runs one optimizer step of a `TrainState` on a global batch (see the module docstring)."""
 
     augment: TrainAugment
+    # The model's output and the (augmented, soft) targets -> the mean loss of the micro-batch.
+    loss: Callable[[Any, torch.Tensor], torch.Tensor]
     device: torch.device
     world: World
     seed: int
@@ -91,8 +95,8 @@ class TrainStep:
             with torch.autocast(
                 self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None
             ):
-                logits = state.model(chunk)
-            loss = soft_cross_entropy(logits, chunk_targets) / passes
+                outputs = state.model(chunk)
+            loss = self.loss(outputs, chunk_targets) / passes
             value = loss.item()
             if not math.isfinite(value):
                 raise TrainingError(
