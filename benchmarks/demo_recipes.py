@@ -1,4 +1,4 @@
-"""Fixed-step comparison of pre-training recipes for the main job (vitkit demo), at 16 px.
+"""Fixed-step comparison of pre-training recipes for the demo (vitkit demo), at 16 px.
 
 Each row is one `vitkit train --preset demo-pretrain` run with a fixed number of steps (so machine
 load changes its duration but not its accuracy) and the given field overrides; the script prints

@@ -73,7 +73,7 @@ ROWS = [
     Row("ViT-Ti/16", 224, dict(infer=16, train=8), dict(infer=512, train=256)),
     Row("ViT-S/16", 224, dict(infer=16, train=8), dict(infer=512, train=256)),
     Row("ViT-B/16", 224, dict(infer=8, train=4), dict(infer=256, train=256)),
-    # The main job's model (vitkit demo) at its pre-training and fine-tuning resolutions.
+    # The demo's model (vitkit demo) at its pre-training and fine-tuning resolutions.
     Row("R+ViT-CIFAR/4", 16, dict(infer=256, train=128), dict(infer=1024, train=512)),
     Row("R+ViT-CIFAR/4", 32, dict(infer=256, train=128), dict(infer=1024, train=512)),
 ]
@@ -375,7 +375,7 @@ def format_row(result: dict) -> str:
 
 
 def pipeline(args: argparse.Namespace, device: torch.device) -> str:
-    """The main job's pre-training stage, per step: the input pipeline alone (ArrayLoader batch +
+    """The demo's pre-training stage, per step: the input pipeline alone (ArrayLoader batch +
     batched augmentation), the training step alone (one fixed batch), and both end to end."""
     from vitkit.data.loader import ArrayLoader
     from vitkit.data.sources import open_dataset
@@ -415,7 +415,7 @@ def pipeline(args: argparse.Namespace, device: torch.device) -> str:
         for name, call in calls.items():
             times[name].append(time_calls(call, steps, device))
     lines = [
-        f"\nMain job's input pipeline (`demo-pretrain`: {config.model} at {config.resolution} px, "
+        f"\nDemo's input pipeline (`demo-pretrain`: {config.model} at {config.resolution} px, "
         f"batch {config.batch_size}, crop_scale_min {config.crop_scale_min}, flips, label "
         f"smoothing {config.label_smoothing}; data {args.data}), "
         f"{args.repeats} repeats of {steps} steps:\n",

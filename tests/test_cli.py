@@ -223,7 +223,7 @@ def test_bad_input_exits_2(
 def test_demo_runs_the_three_stages(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The main job on a tiny 16 px dataset with a few seconds of budget: the three stages run,
+    """The demo on a tiny 16 px dataset with a few seconds of budget: the three stages run,
     the fine-tuned model is at 32 px, and summary.json has the keys checks rely on."""
     monkeypatch.setenv("VITKIT_CACHE", str(tmp_path / "cache"))
     rng = np.random.default_rng(0)

@@ -42,7 +42,7 @@ KINDS: dict[str, vitkit.ViTConfig] = {
     "vit-gap-tanh-gelu": vitkit.ViTConfig(
         **SMALL, classifier="gap", class_token=False, gelu="tanh"
     ),
-    # The main job's model as the demo fine-tunes it (exact GELU, eps 1e-6), and in tanh-GELU.
+    # The demo's model as the demo fine-tunes it (exact GELU, eps 1e-6), and in tanh-GELU.
     "R+ViT-CIFAR/4": vitkit.get_config("R+ViT-CIFAR/4"),
     "R+ViT-CIFAR/4-tanh": vitkit.get_config("R+ViT-CIFAR/4", gelu="tanh"),
     # Hybrids with stages in Google's numerics: R26 (a layout timm has a name for), and two

@@ -2,7 +2,7 @@
 the LayerNorm after average pooling (fc_norm, MAE/BEiT fine-tuning), position embeddings for the
 patches only (no_embed_class) and models without a [class] token, checked against timm in both
 directions; the timm command `vitkit convert --to timm` prints, executed as printed; hybrids,
-the main job's R+ViT-CIFAR/4 among them, written for timm's hybrid ViT."""
+the demo's R+ViT-CIFAR/4 among them, written for timm's hybrid ViT."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""`vitkit demo`: the main job, pre-training at 16 px then fine-tuning at 32 px on CIFAR-10.
+"""`vitkit demo`: the paper's workflow in miniature, pre-training at 16 px then fine-tuning at
+32 px on CIFAR-10.
 
 See `vitkit.training.demo`. The data defaults to the CIFAR-10 JPEG tarball in the project's shared
 folder when there is one ($VITKIT_SHARED, else `shared/` beside the checkout; see
@@ -52,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "demo",
-        help="pre-train a ViT at 16 px, fine-tune at 32 px on CIFAR-10, compare (the main job)",
+        help="pre-train a ViT at 16 px, fine-tune at 32 px on CIFAR-10, compare",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -406,7 +406,7 @@ def _paper_presets() -> dict[str, ViTConfig]:
 
 PRESETS: dict[str, ViTConfig] = {
     **_paper_presets(),
-    # The main job's model (vitkit demo): small enough to pre-train on CIFAR-10 at 16 px and
+    # The demo's model (vitkit demo): small enough to pre-train on CIFAR-10 at 16 px and
     # fine-tune at 32 px within minutes on a laptop CPU; 4x4 patches, so 16 or 64 tokens.
     "ViT-CIFAR/4": ViTConfig(
         img_size=32,
@@ -419,7 +419,7 @@ PRESETS: dict[str, ViTConfig] = {
         classifier="gap",
         class_token=False,
     ),  # fmt: skip
-    # The main job's model on a GPU (vitkit demo --hardware gpu): the shape of ViT-Lite-7/4
+    # The demo's model on a GPU (vitkit demo --hardware gpu): the shape of ViT-Lite-7/4
     # (Hassani et al. 2021), which reaches ~91% on CIFAR-10 from scratch with a long schedule.
     "ViT-CIFAR-L/4": ViTConfig(
         img_size=32,
@@ -460,7 +460,7 @@ HYBRID_PRESETS: dict[str, ViTConfig] = {
     "R26+ViT-S/32": _hybrid("S", 1, (2, 2, 2, 2)),
     "R26+ViT-B/32": _hybrid("B", 1, (2, 2, 2, 2)),
     "R+ViT-Ti/16": _hybrid("Ti", 8, ()),
-    # The main job's model (vitkit demo): ViT-CIFAR/4's transformer fed by the ResNet root only
+    # The demo's model (vitkit demo): ViT-CIFAR/4's transformer fed by the ResNet root only
     # (7x7 stride-2 conv, GroupNorm, ReLU, 3x3 stride-2 max-pool: stride 4, 64 channels) and a 1x1
     # patch embedding, so 16 or 64 tokens at 16 or 32 px as with 4x4 patches. The paper finds
     # hybrids ahead of ViT at small budgets; here +5.8 points after 800 steps at about the same

@@ -1,4 +1,4 @@
-"""The main job: the paper's pre-train -> higher-resolution fine-tune workflow, on CIFAR-10.
+"""The demo: the paper's pre-train -> higher-resolution fine-tune workflow, on CIFAR-10.
 
     vitkit demo --data ../shared/data/cifar10-jpg.tar.gz --out runs/demo [--budget 780]
 

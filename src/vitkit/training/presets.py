@@ -8,7 +8,7 @@ from typing import Any
 
 from vitkit.training.config import TrainConfig
 
-# The main job's first stage (vitkit demo): pre-train R+ViT-CIFAR/4 (the paper's hybrid with the
+# The demo's first stage (vitkit demo): pre-train R+ViT-CIFAR/4 (the paper's hybrid with the
 # ResNet root only; it learns faster than the plain ViT-CIFAR/4 at this budget) from scratch on
 # CIFAR-10 at 16 px for a time budget. Command: vitkit demo (or vitkit train --preset
 # demo-pretrain --data ../shared/data/cifar10-jpg.tar.gz --out runs/pre).
@@ -35,7 +35,7 @@ _DEMO_PRETRAIN = TrainConfig(
     eval_flip=True,
     checkpoint_every=100,
 )
-# The main job's second stage: fine-tune the demo-pretrain run at 32 px (init=its directory).
+# The demo's second stage: fine-tune the demo-pretrain run at 32 px (init=its directory).
 _DEMO_FINETUNE = dataclasses.replace(
     _DEMO_PRETRAIN, model="ViT-Ti/16", classifier="token", resolution=32, budget_seconds=155.0,
     checkpoint_every=50,
@@ -112,7 +112,7 @@ PRESETS: dict[str, TrainConfig] = {
     ),
     "demo-pretrain": _DEMO_PRETRAIN,
     "demo-finetune": _DEMO_FINETUNE,
-    # The main job on a GPU (vitkit demo --hardware gpu, chosen automatically when CUDA is
+    # The demo on a GPU (vitkit demo --hardware gpu, chosen automatically when CUDA is
     # there): the CPU recipe with a 4.8M-parameter model, batch 512, bf16 autocast, Mixup/CutMix
     # and stochastic depth, for the hundreds of epochs a GPU fits in the budget. Expected: 90%+
     # top-1 after fine-tuning; NOT measured yet (no GPU was available to the session that wrote it).
