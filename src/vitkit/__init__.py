@@ -4,6 +4,7 @@ import vitkit
 model = vitkit.create_model("ViT-B/16", num_classes=1000, img_size=224)
 model = vitkit.load_model("ViT-B_16.npz", img_size=384, num_classes=10)
 model = vitkit.load_model("ViT-B/16@i21k", num_classes=10)  # downloaded on first use
+model = vitkit.load_model("ViT-B/16@i21k", patch_size=8)  # kernel resampled (FlexiViT)
 logits = model(images)  # images (N, C, H, W) -> (N, num_classes)
 """
 
@@ -22,6 +23,7 @@ from vitkit.models import (
     create_model,
     get_config,
     list_models,
+    resample_patch_embed,
     resize_pos_embed,
 )
 from vitkit.weights import list_pretrained, load_model, save_pretrained
@@ -42,6 +44,7 @@ __all__ = [
     "list_models",
     "list_pretrained",
     "load_model",
+    "resample_patch_embed",
     "resize_pos_embed",
     "save_pretrained",
 ]

@@ -45,11 +45,17 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_input_arguments(parser: argparse.ArgumentParser) -> None:
-    """--img-size and --normalization: how images become the model's inputs."""
+    """--img-size, --patch-size and --normalization: how images become the model's inputs."""
     parser.add_argument(
         "--img-size",
         type=positive_int,
         help="resolution to run at (default: the checkpoint's); position embeddings are resized",
+    )
+    parser.add_argument(
+        "--patch-size",
+        type=positive_int,
+        help="patch size to run at (default: the checkpoint's); the patch kernel is resampled "
+        "(FlexiViT) and the position embeddings resized",
     )
     parser.add_argument(
         "--normalization",
@@ -60,12 +66,15 @@ def add_input_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def load_checkpoint(checkpoint: Path, img_size: int | None) -> VisionTransformer:
+def load_checkpoint(
+    checkpoint: Path, img_size: int | None, patch_size: int | None = None
+) -> VisionTransformer:
     """`load_model`, with a size the model cannot take reported as a checkpoint problem."""
     try:
-        return load_model(checkpoint, img_size=img_size)
+        return load_model(checkpoint, img_size=img_size, patch_size=patch_size)
     except ConfigError as error:  # e.g. an img_size that is no multiple of the patch size
-        raise ConfigError(f"{checkpoint}: cannot build it at {img_size} px: {error}") from None
+        asked = f"{img_size or 'its'} px" + (f", patch size {patch_size}" if patch_size else "")
+        raise ConfigError(f"{checkpoint}: cannot build it at {asked}: {error}") from None
 
 
 def load_for_inference(
@@ -73,5 +82,5 @@ def load_for_inference(
 ) -> tuple[VisionTransformer, Preprocessing]:
     """The checkpoint's model on the chosen device in eval mode, and its input preprocessing."""
     device = resolve_device(args.device)  # before the load: a bad --device fails at once
-    model = load_checkpoint(checkpoint, args.img_size)
+    model = load_checkpoint(checkpoint, args.img_size, args.patch_size)
     return model.to(device).eval(), NORMALIZATIONS[args.normalization](model.preprocessing)

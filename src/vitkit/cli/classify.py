@@ -37,8 +37,10 @@ class Prediction:
     probabilities: list[float]
 
 
-def load_classifier(checkpoint: Path, *, img_size: int | None) -> VisionTransformer:
-    model = load_checkpoint(checkpoint, img_size)
+def load_classifier(
+    checkpoint: Path, *, img_size: int | None, patch_size: int | None = None
+) -> VisionTransformer:
+    model = load_checkpoint(checkpoint, img_size, patch_size)
     if model.config.num_classes == 0:
         raise CheckpointError(f"{checkpoint}: has no classification head (num_classes=0)")
     return model
@@ -106,6 +108,7 @@ def classify_and_print(
     paths: Sequence[Path],
     *,
     img_size: int | None = None,
+    patch_size: int | None = None,
     top_k: int = 5,
     batch_size: int = 32,
     labels_file: Path | None = None,
@@ -120,7 +123,9 @@ def classify_and_print(
     and std), to override its statistics.
     """
     images = find_images(paths)  # before loading the model, so a typo fails at once
-    model = load_classifier(checkpoint, img_size=img_size).to(resolve_device("auto"))
+    model = load_classifier(checkpoint, img_size=img_size, patch_size=patch_size).to(
+        resolve_device("auto")
+    )
     labels = class_names(model, labels_file)
     preprocessing = NORMALIZATIONS[normalization](model.preprocessing)
     predictions = predict(
@@ -139,6 +144,7 @@ def run(args: argparse.Namespace) -> int:
         args.checkpoint,
         args.paths,
         img_size=args.img_size,
+        patch_size=args.patch_size,
         top_k=args.top_k,
         batch_size=args.batch_size,
         labels_file=args.labels,

@@ -127,6 +127,10 @@ class ViTConfig:
     # Accept inputs of any size that is a multiple of patch_size, resizing the position
     # embeddings on every forward pass instead of raising an error.
     dynamic_img_size: bool = False
+    # Accept another patch size on each forward pass (`model(images, patch_size=8)`, FlexiViT):
+    # the kernel is resampled for it (models/patch_resample.py) and the position embeddings are
+    # resized to the grid it gives.
+    dynamic_patch_size: bool = False
     pos_embed_interpolation: PosEmbedInterpolation = "bilinear"
     # Where the position information comes from (Appendix D.4 and Table 8 of the paper, which
     # finds any of them far ahead of "none" and the others alike): "learned_1d", one learned
@@ -281,6 +285,7 @@ _CHECKS: dict[str, Callable[[object], object]] = {
     "gelu": functools.partial(choice, choices=get_args(Gelu)),
     "layer_norm_eps": functools.partial(real, low=0.0, high=math.inf, low_included=False),
     "dynamic_img_size": boolean,
+    "dynamic_patch_size": boolean,
     "pos_embed_interpolation": functools.partial(choice, choices=get_args(PosEmbedInterpolation)),
     "pos_embed_type": functools.partial(choice, choices=get_args(PosEmbedType)),
     "resnet_layers": _resnet_layers,

@@ -188,12 +188,29 @@ class VisionTransformer(nn.Module):
         device, dtype = weight.device, weight.dtype
         self.pre_logits, self.head = pre_logits.to(device, dtype), head.to(device, dtype)
 
-    def _check_grid(self, grid: tuple[int, int]) -> None:
-        """Refuse another grid than the build one unless the model is dynamic."""
-        if grid == self.config.grid_size or self.config.dynamic_img_size:
-            return
-        height, width = (side * self.config.total_stride for side in grid)
+    def _patch_size(self, patch_size: int | None) -> int:
+        """The patch size a forward pass cuts: the built one unless the call asks for another,
+        which the model must be configured for."""
+        built = self.config.patch_size
+        if patch_size is None or patch_size == built:
+            return built
+        if isinstance(patch_size, bool) or not isinstance(patch_size, int) or patch_size < 1:
+            raise ValueError(f"patch_size={patch_size!r}: expected a positive integer")
+        if not self.config.dynamic_patch_size:
+            raise ValueError(
+                f"This model was built for patch size {built}, not {patch_size}: set "
+                f"dynamic_patch_size=True, or load_model(..., patch_size={patch_size}) for a "
+                "model of that size."
+            )
+        return patch_size
+
+    def _check_grid(self, grid: tuple[int, int], patch_size: int) -> None:
+        """Refuse another grid than the build resolution gives unless the model is dynamic."""
+        stride = patch_size * self.config.resnet_stride
         built_h, built_w = self.config.img_size
+        if grid == (built_h // stride, built_w // stride) or self.config.dynamic_img_size:
+            return
+        height, width = (side * stride for side in grid)
         raise ValueError(
             f"This model was built for {built_h}x{built_w} images but got {height}x{width}. "
             f"Build it for that size (create_model(..., img_size=({height}, {width})) or "
@@ -238,14 +255,18 @@ class VisionTransformer(nn.Module):
         self,
         images: torch.Tensor,
         corrupt: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        *,
+        patch_size: int | None = None,
     ) -> torch.Tensor:
         """Images (N, C, H, W) -> encoder input tokens (N, T, D), position embeddings added.
         `corrupt` changes the patch embeddings (N, h*w, D) before the [class] token and the
-        positions are added: masked patch prediction (models/masked_patches.py)."""
-        grid = self.patch_embed.grid_size(images)
-        self._check_grid(grid)
+        positions are added: masked patch prediction (models/masked_patches.py). `patch_size`:
+        another than the built one, for a model with dynamic_patch_size."""
+        patch_size = self._patch_size(patch_size)
+        grid = self.patch_embed.grid_size(images, patch_size)
+        self._check_grid(grid, patch_size)
         pos_embed = self._position_embedding(grid)
-        tokens = self.patch_embed(images)  # (N, h*w, D)
+        tokens = self.patch_embed(images, patch_size)  # (N, h*w, D)
         if corrupt is not None:
             tokens = corrupt(tokens)
         prefix = self._prefix_tokens(tokens.shape[0])
@@ -257,12 +278,14 @@ class VisionTransformer(nn.Module):
             tokens = torch.cat([*prefix, tokens + pos_embed], dim=1)
         return self.pos_drop(tokens)
 
-    def _relative_positions(self, images: torch.Tensor) -> RelativePositions | None:
+    def _relative_positions(
+        self, images: torch.Tensor, patch_size: int | None
+    ) -> RelativePositions | None:
         """The positions every block of a "relative" model biases its attention by (None for the
         other types): computed once per forward pass."""
         if self.config.pos_embed_type != "relative":
             return None
-        grid = self.patch_embed.grid_size(images)
+        grid = self.patch_embed.grid_size(images, patch_size)
         index = relative_position_index(grid, self.config.num_prefix_tokens, device=images.device)
         return RelativePositions(grid, index)
 
@@ -270,11 +293,13 @@ class VisionTransformer(nn.Module):
         self,
         images: torch.Tensor,
         corrupt: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        *,
+        patch_size: int | None = None,
     ) -> torch.Tensor:
         """Images -> every token after the final LayerNorm (none with fc_norm), (N, T, D);
-        `corrupt` as in `embed`."""
-        tokens = self.embed(images, corrupt)
-        positions = self._relative_positions(images)
+        `corrupt` and `patch_size` as in `embed`."""
+        tokens = self.embed(images, corrupt, patch_size=patch_size)
+        positions = self._relative_positions(images, patch_size)
         for block in self.blocks:
             tokens = block(tokens, positions)
         return self.norm(tokens)
@@ -285,14 +310,16 @@ class VisionTransformer(nn.Module):
         *,
         indices: int | Sequence[int] | None = None,
         norm: bool = False,
+        patch_size: int | None = None,
     ) -> list[torch.Tensor]:
         """The tokens after encoder blocks, each (N, T, D), in block order: every block's by
         default, the last n blocks' for indices=n, or those of the listed blocks (negative
         indices count from the end), as timm's keywords. norm=True applies the final norm (an
-        identity with fc_norm, as in timm); the default is the blocks' raw output."""
+        identity with fc_norm, as in timm); the default is the blocks' raw output. `patch_size`
+        as in `embed`."""
         wanted = self._block_indices(indices)
-        tokens = self.embed(images)
-        positions = self._relative_positions(images)
+        tokens = self.embed(images, patch_size=patch_size)
+        positions = self._relative_positions(images, patch_size)
         outputs = []
         for index, block in enumerate(self.blocks[: max(wanted) + 1]):
             tokens = block(tokens, positions)
@@ -320,12 +347,15 @@ class VisionTransformer(nn.Module):
             raise ValueError("indices: an empty list selects no block")
         return wanted
 
-    def forward_attention(self, images: torch.Tensor) -> list[torch.Tensor]:
+    def forward_attention(
+        self, images: torch.Tensor, *, patch_size: int | None = None
+    ) -> list[torch.Tensor]:
         """The attention weights of every block, each (N, heads, T, T) with T = prefix tokens +
         patches, rows (queries) summing to 1; the model should be in eval mode. For the paper's
-        attention maps and attention distances; the normal forward never computes them."""
-        tokens = self.embed(images)
-        positions = self._relative_positions(images)
+        attention maps and attention distances; the normal forward never computes them.
+        `patch_size` as in `embed`."""
+        tokens = self.embed(images, patch_size=patch_size)
+        positions = self._relative_positions(images, patch_size)
         weights = []
         for block in self.blocks:
             tokens, block_weights = block.forward_with_attention(tokens, positions)
@@ -345,9 +375,9 @@ class VisionTransformer(nn.Module):
         features = self.pre_logits(self.fc_norm(self.pool(tokens)))
         return features if pre_logits else self.head(features)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Images (N, C, H, W) -> logits (N, num_classes)."""
-        return self.forward_head(self.forward_features(images))
+    def forward(self, images: torch.Tensor, *, patch_size: int | None = None) -> torch.Tensor:
+        """Images (N, C, H, W) -> logits (N, num_classes); `patch_size` as in `embed`."""
+        return self.forward_head(self.forward_features(images, patch_size=patch_size))
 
 
 def resize_position_parameter(

@@ -81,6 +81,8 @@ def build_model(config: TrainConfig, num_classes: int) -> VisionTransformer:
     """A new model of `config.model` (with masked patch prediction's parts for that task), or
     the `config.init` checkpoint at `config.resolution` with
     a new zero-initialised head and no pre-logits layer (the paper's fine-tuning)."""
+    # FlexiViT training runs the model at other patch sizes; a model that already does keeps it.
+    flexible = {"dynamic_patch_size": True} if config.patch_size_choices else {}
     if not config.init:
         masked_patches = config.task == "masked_patches"
         architecture = get_config(
@@ -93,11 +95,12 @@ def build_model(config: TrainConfig, num_classes: int) -> VisionTransformer:
             class_token=config.classifier == "token",
             drop_path=config.drop_path,
             dropout=config.dropout,
+            **flexible,
         )
         return (MaskedPatchViT if masked_patches else VisionTransformer)(architecture)
     loaded = load_model(config.init, img_size=config.resolution, num_classes=num_classes)
     model_config = dataclasses.replace(
-        loaded.config, drop_path=config.drop_path, dropout=config.dropout
+        loaded.config, drop_path=config.drop_path, dropout=config.dropout, **flexible
     )
     model = VisionTransformer(model_config, preprocessing=loaded.preprocessing)
     model.load_state_dict(loaded.state_dict())
@@ -220,6 +223,7 @@ def build_step(
         device=device,
         world=world,
         seed=config.seed,
+        patch_sizes=config.patch_size_choices,
         micro_batches=config.micro_batches(processes=world.size),
         grad_clip=config.grad_clip,
         autocast_dtype=AUTOCAST_DTYPES.get(precision),

@@ -71,6 +71,13 @@ class TrainConfig:
         "",
     )
     resolution: int = described("training and evaluation image size in pixels", 224, AT_LEAST_ONE)
+    patch_sizes: str = described(
+        "FlexiViT training: patch sizes, e.g. 2,4,8, one drawn uniformly per step (the kernel "
+        "resampled and the position embeddings resized for it), so that one model serves each "
+        "at its own cost; the model keeps its preset's patch size for evaluation and saving and "
+        "runs at the others with patch_size= ('' for one patch size)",
+        "",
+    )
     representation_size: int = described(
         "width of the pre-logits tanh layer (paper's pre-training head); 0 for none",
         0,
@@ -238,9 +245,41 @@ class TrainConfig:
             problems.append("optimizer muon works with parallel=ddp and fp32 or bf16")
         if self.task == "masked_patches":
             problems.extend(self._masked_patches_problems())
-        if not self.init and (problem := self._model_problem()):
+        model_problem = None if self.init else self._model_problem()
+        if model_problem:
+            problems.append(model_problem)
+        if problem := self._patch_sizes_problem(fit=not self.init and not model_problem):
             problems.append(problem)
         return problems
+
+    @property
+    def patch_size_choices(self) -> tuple[int, ...]:
+        """`patch_sizes` as integers, in the order given (empty: the model's own only)."""
+        parts = [part.strip() for part in self.patch_sizes.split(",") if part.strip()]
+        return tuple(int(part) for part in parts)
+
+    def _patch_sizes_problem(self, *, fit: bool) -> str | None:
+        """`patch_sizes` must list distinct positive integers, for a classifier; with `fit`,
+        each must cut the preset's images at `resolution` into whole patches (an `init`
+        checkpoint's are checked when it is read)."""
+        try:
+            choices = self.patch_size_choices
+        except ValueError:
+            return f"patch_sizes: expected integers separated by commas, got {self.patch_sizes!r}"
+        if any(size < 1 for size in choices) or len(set(choices)) != len(choices):
+            return f"patch_sizes: expected distinct positive integers, got {self.patch_sizes!r}"
+        if choices and self.task == "masked_patches":
+            return "patch_sizes: masked patch prediction trains at one patch size"
+        for size in choices if fit else ():
+            try:
+                changes = {**model_field_changes(self.model_fields), "patch_size": size}
+                get_config(self.model, img_size=self.resolution, **changes)
+            except ConfigError:
+                return (
+                    f"patch_sizes: {size} does not cut {self.resolution} px images of "
+                    f"{self.model} into whole patches"
+                )
+        return None
 
     def _masked_patches_problems(self) -> list[str]:
         """Masked patch prediction pre-trains a new encoder, which has no classifier to evaluate

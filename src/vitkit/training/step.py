@@ -8,8 +8,9 @@ across processes only in the last one's backward pass.
 
 Randomness: the augmentation's draws are a function of (seed, step) and each image's index in the
 global batch (data/augment.py), so 1 and N processes see the same crops, flips and mixes; dropout
-and stochastic depth draw from the global generator, seeded at every step by (seed, step, rank).
-Neither needs a saved generator state to resume.
+and stochastic depth draw from the global generator, seeded at every step by (seed, step, rank);
+FlexiViT's patch size is drawn by (seed, step), the same in every process. None needs a saved
+generator state to resume.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ class TrainStep:
     device: torch.device
     world: World
     seed: int
+    patch_sizes: tuple[int, ...] = ()  # FlexiViT: one drawn per step; empty: the model's own
     micro_batches: int  # forward/backward passes per step in this process
     grad_clip: float
     autocast_dtype: torch.dtype | None
@@ -86,6 +88,7 @@ class TrainStep:
         the start (as after an abandoned compile): it clears the gradients and re-seeds."""
         state.optimizer.zero_grad(set_to_none=True)
         torch.manual_seed(model_seed(self.seed, state.step, self.world.rank))
+        patch_size = self.patch_size_at(state.step)
         total_loss = 0.0
         passes = self.micro_batches
         for index, (chunk, chunk_targets) in enumerate(
@@ -95,7 +98,10 @@ class TrainStep:
             with torch.autocast(
                 self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None
             ):
-                outputs = state.model(chunk)
+                if patch_size is None:
+                    outputs = state.model(chunk)
+                else:
+                    outputs = state.model(chunk, patch_size=patch_size)
             loss = self.loss(outputs, chunk_targets) / passes
             value = loss.item()
             if not math.isfinite(value):
@@ -107,6 +113,13 @@ class TrainStep:
             total_loss += value
             (state.scaler.scale(loss) if state.scaler is not None else loss).backward()
         return total_loss
+
+    def patch_size_at(self, step: int) -> int | None:
+        """FlexiViT: the patch size of `step`, uniform over `patch_sizes` (None without them)."""
+        if not self.patch_sizes:
+            return None
+        draw = np.random.default_rng([self.seed, step]).integers(len(self.patch_sizes))
+        return self.patch_sizes[int(draw)]
 
     def _optimizer_step(self, state: TrainState) -> None:
         if state.scaler is not None:

@@ -26,6 +26,7 @@ import torch
 
 from vitkit.errors import CheckpointError, ConfigError
 from vitkit.models.config import ViTConfig, as_pair
+from vitkit.models.patch_resample import resample_patch_embed
 from vitkit.models.preprocessing import Preprocessing
 from vitkit.models.vit import VisionTransformer, resize_position_parameter
 from vitkit.weights.class_names import ClassNames, labels_file, read_labels
@@ -172,10 +173,19 @@ def _resized_positions(
     }
 
 
+def _resampled_patches(state: dict[str, torch.Tensor], patch_size: int) -> dict[str, torch.Tensor]:
+    """`state` with its patch-embedding kernel resampled for `patch_size` (FlexiViT)."""
+    key = "patch_embed.proj.weight"
+    if key not in state or state[key].ndim != 4:  # missing or misshapen: the strict load says so
+        return state
+    return {**state, key: resample_patch_embed(state[key], patch_size)}
+
+
 def load_model(
     path: str | Path,
     *,
     img_size: int | tuple[int, int] | None = None,
+    patch_size: int | None = None,
     num_classes: int | None = None,
     format: Format | None = None,
     num_heads: int | None = None,
@@ -193,6 +203,10 @@ def load_model(
     img_size: build for this resolution instead of the checkpoint's; the position embeddings
         are resized on the patch grid (the paper's fine-tuning at higher resolution), and
         `model.preprocessing` resizes images to it.
+    patch_size: build for patches of this size instead of the checkpoint's (FlexiViT): the
+        patch-embedding kernel is resampled by the pseudo-inverse of the patch resize
+        (`vitkit.models.patch_resample`) and the position embeddings resized to the new grid;
+        with img_size, both change.
     num_classes: replace the head by a new zero-initialised one and drop the pre-logits layer,
         as the paper does for fine-tuning (even when the count equals the checkpoint's); the
         class names, which belong to the old head, are dropped with it.
@@ -234,9 +248,14 @@ def load_model(
         raise CheckpointError(message if str(path) in message else f"{path}: {message}") from None
 
     config, state = checkpoint.config, checkpoint.state
-    if img_size is not None and as_pair(img_size) != config.img_size:
-        target = dataclasses.replace(config, img_size=as_pair(img_size))
+    target = dataclasses.replace(
+        config,
+        img_size=config.img_size if img_size is None else as_pair(img_size),
+        patch_size=config.patch_size if patch_size is None else patch_size,
+    )
+    if target != config:
         state = _resized_positions(state, config, target.grid_size)
+        state = _resampled_patches(state, target.patch_size)
         config = target
         preprocessing = dataclasses.replace(preprocessing, resolution=config.img_size)
     model, report = build_and_load(config, state, source=str(path), strict=strict)
