@@ -228,7 +228,7 @@ def test_relative_attention_weights_match_the_fused_forward() -> None:
     x = images(40, 48)
     with torch.no_grad():
         tokens = model.embed(x)
-        positions = model._relative_positions(x)
+        positions = model._relative_positions(x, None)
         for block in model.blocks:
             fused = block(tokens, positions)
             tokens, weights = block.forward_with_attention(tokens, positions)

@@ -61,12 +61,21 @@ class Attention(nn.Module):
         return self.proj(out.transpose(1, 2).flatten(2))
 
     def forward(
-        self, x: torch.Tensor, positions: RelativePositions | None = None
+        self,
+        x: torch.Tensor,
+        positions: RelativePositions | None = None,
+        mask: torch.Tensor | None = None,
     ) -> torch.Tensor:  # (B, T, D) -> (B, T, D)
-        """`positions`: the input's, for a "relative" layer; ignored otherwise."""
+        """`positions`: the input's, for a "relative" layer; ignored otherwise. `mask`: which
+        tokens each token may attend to, (B, 1, T, T) booleans, for images packed into one
+        sequence (models/packing.py); not with relative positions."""
         query, key, value = self._heads(x)
         dropout = self.dropout if self.training else 0.0
         bias = self._bias(positions, query.dtype)
+        if mask is not None:
+            if bias is not None:
+                raise ValueError("packed sequences do not take relative positions")
+            bias = mask
         out = F.scaled_dot_product_attention(query, key, value, attn_mask=bias, dropout_p=dropout)
         return self._merge(out)
 
@@ -150,8 +159,14 @@ class Block(nn.Module):
         self.mlp = Mlp(width, mlp_dim, gelu=gelu, dropout=dropout)
         self.drop_path = DropPath(drop_path)
 
-    def forward(self, x: torch.Tensor, positions: RelativePositions | None = None) -> torch.Tensor:
-        x = x + self.drop_path(self.attn_drop(self.attn(self.norm1(x), positions)))
+    def forward(
+        self,
+        x: torch.Tensor,
+        positions: RelativePositions | None = None,
+        mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """`positions` and `mask` as in `Attention.forward`."""
+        x = x + self.drop_path(self.attn_drop(self.attn(self.norm1(x), positions, mask)))
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
     def forward_with_attention(

@@ -372,7 +372,12 @@ class VisionTransformer(nn.Module):
     def forward_head(self, tokens: torch.Tensor, *, pre_logits: bool = False) -> torch.Tensor:
         """Normalised tokens -> logits; with pre_logits=True the representation the head reads
         (after the tanh layer where there is one), as used for few-shot linear evaluation."""
-        features = self.pre_logits(self.fc_norm(self.pool(tokens)))
+        return self.classify_pooled(self.pool(tokens), pre_logits=pre_logits)
+
+    def classify_pooled(self, pooled: torch.Tensor, *, pre_logits: bool = False) -> torch.Tensor:
+        """Pooled tokens (N, D) -> logits, or with pre_logits=True the head's input: what
+        follows the pooling, for `forward_head` and for packed sequences (models/packing.py)."""
+        features = self.pre_logits(self.fc_norm(pooled))
         return features if pre_logits else self.head(features)
 
     def forward(self, images: torch.Tensor, *, patch_size: int | None = None) -> torch.Tensor:
