@@ -57,7 +57,7 @@ def make_step(optimizer: str, lr: float, pytorch_muon: bool):
         state.optimizer.muon = torch.optim.Muon(
             matrices, lr=lr, weight_decay=config.weight_decay, adjust_lr_fn="match_rms_adamw"
         )
-    augment = build.build_augment(config, model.preprocessing, num_classes=10)
+    augment = build.build_augment(config, model, num_classes=10)
     step = build.build_step(config, augment, precision="fp32", device=cpu, world=world,
                             run_dir=RunDir(tempfile.gettempdir()))  # fmt: skip
     generator = torch.Generator().manual_seed(0)

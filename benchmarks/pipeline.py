@@ -59,7 +59,7 @@ def vitkit_steps(data: Path, device: torch.device) -> Iterator[tuple[float, floa
     world = World()
     model = build.new_model(config, num_classes=len(train_set.classes), device=device)
     state = build.build_state(config, model, precision="fp32", device=device, world=world)
-    augment = build.build_augment(config, model.preprocessing, num_classes=len(train_set.classes))
+    augment = build.build_augment(config, model, num_classes=len(train_set.classes))
     with tempfile.TemporaryDirectory() as folder:
         step = build.build_step(config, augment, precision="fp32", device=device, world=world,
                                 run_dir=RunDir(folder))  # fmt: skip

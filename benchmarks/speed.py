@@ -385,7 +385,7 @@ def pipeline(args: argparse.Namespace, device: torch.device) -> str:
     config = dataclasses.replace(get_preset("demo-pretrain"), device=device.type)
     dataset = open_dataset(args.data, split="train")
     model = build_model(config, num_classes=len(dataset.classes)).to(device)
-    augment = build_augment(config, model.preprocessing, num_classes=len(dataset.classes))
+    augment = build_augment(config, model, num_classes=len(dataset.classes))
     optimizer = build_optimizer(model, config)
     loader = ArrayLoader(dataset, batch_size=config.batch_size, shuffle=True, drop_last=True)
     batches = enumerate(loader)

@@ -192,7 +192,7 @@ def test_gradient_accumulation_equals_the_full_batch(image_tree: Path, tmp_path:
         device, world = torch.device("cpu"), World()
         model = build.new_model(config, num_classes=3, device=device)
         state = build.build_state(config, model, precision="fp32", device=device, world=world)
-        augment = build.build_augment(config, model.preprocessing, num_classes=3)
+        augment = build.build_augment(config, model, num_classes=3)
         step = build.build_step(config, augment, precision="fp32", device=device, world=world,
                                 run_dir=RunDir(tmp_path))  # fmt: skip
         assert step.micro_batches == (4 if micro else 1)
@@ -217,7 +217,7 @@ def test_fine_tune_from_a_run_at_higher_resolution(image_tree: Path, tmp_path: P
     model = build_model(config, num_classes=3)
     assert model.config.img_size == (32, 32) and model.config.representation_size is None
     assert model.preprocessing == vitkit.Preprocessing.imagenet(32)
-    augment = build.build_augment(config, model.preprocessing, num_classes=3).config
+    augment = build.build_augment(config, model, num_classes=3).config
     assert (augment.resolution, augment.mean) == ((32, 32), (0.485, 0.456, 0.406))
     assert torch.count_nonzero(model.head.weight) == 0
     expected = vitkit.resize_pos_embed(pretrained.pos_embed.detach(), new_grid=(4, 4))

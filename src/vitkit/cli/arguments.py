@@ -66,12 +66,29 @@ def add_input_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_token_budget_argument(parser: argparse.ArgumentParser) -> None:
+    """--max-tokens: each image at its own aspect ratio instead of the square resize."""
+    parser.add_argument(
+        "--max-tokens",
+        type=positive_int,
+        help="keep each image's aspect ratio: resize it to the largest size of at most this "
+        "many patches and pack the images into shared sequences (NaViT), instead of resizing "
+        "every image to the model's square resolution",
+    )
+
+
 def load_checkpoint(
-    checkpoint: Path, img_size: int | None, patch_size: int | None = None
+    checkpoint: Path,
+    img_size: int | None,
+    patch_size: int | None = None,
+    *,
+    dynamic_img_size: bool = False,
 ) -> VisionTransformer:
     """`load_model`, with a size the model cannot take reported as a checkpoint problem."""
     try:
-        return load_model(checkpoint, img_size=img_size, patch_size=patch_size)
+        return load_model(
+            checkpoint, img_size=img_size, patch_size=patch_size, dynamic_img_size=dynamic_img_size
+        )
     except ConfigError as error:  # e.g. an img_size that is no multiple of the patch size
         asked = f"{img_size or 'its'} px" + (f", patch size {patch_size}" if patch_size else "")
         raise ConfigError(f"{checkpoint}: cannot build it at {asked}: {error}") from None
@@ -80,7 +97,9 @@ def load_checkpoint(
 def load_for_inference(
     checkpoint: Path, args: argparse.Namespace
 ) -> tuple[VisionTransformer, Preprocessing]:
-    """The checkpoint's model on the chosen device in eval mode, and its input preprocessing."""
+    """The checkpoint's model on the chosen device in eval mode, and its input preprocessing;
+    a model that takes any image size where the command packs images (--max-tokens)."""
     device = resolve_device(args.device)  # before the load: a bad --device fails at once
-    model = load_checkpoint(checkpoint, args.img_size, args.patch_size)
+    packed = getattr(args, "max_tokens", None) is not None
+    model = load_checkpoint(checkpoint, args.img_size, args.patch_size, dynamic_img_size=packed)
     return model.to(device).eval(), NORMALIZATIONS[args.normalization](model.preprocessing)

@@ -14,17 +14,20 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
 from vitkit.cli.arguments import (
     NORMALIZATIONS,
     add_input_arguments,
+    add_token_budget_argument,
     load_checkpoint,
     positive_int,
 )
 from vitkit.data import Preprocessing, eval_transform, find_images, load_rgb
 from vitkit.devices import resolve_device
+from vitkit.evaluation.packed import packed_logits
 from vitkit.models.vit import VisionTransformer
 from vitkit.weights import CheckpointError
 from vitkit.weights.class_names import read_labels
@@ -38,9 +41,13 @@ class Prediction:
 
 
 def load_classifier(
-    checkpoint: Path, *, img_size: int | None, patch_size: int | None = None
+    checkpoint: Path,
+    *,
+    img_size: int | None,
+    patch_size: int | None = None,
+    dynamic_img_size: bool = False,
 ) -> VisionTransformer:
-    model = load_checkpoint(checkpoint, img_size, patch_size)
+    model = load_checkpoint(checkpoint, img_size, patch_size, dynamic_img_size=dynamic_img_size)
     if model.config.num_classes == 0:
         raise CheckpointError(f"{checkpoint}: has no classification head (num_classes=0)")
     return model
@@ -54,8 +61,10 @@ def predict(
     preprocessing: Preprocessing,
     top_k: int,
     batch_size: int,
+    max_tokens: int | None = None,
 ) -> list[Prediction]:
-    """Top-k softmax probabilities of every image, in batches, with a progress bar on stderr."""
+    """Top-k softmax probabilities of every image, in batches, with a progress bar on stderr;
+    `max_tokens`: each image at its own aspect ratio, packed (`vitkit.evaluation.packed`)."""
     transform = eval_transform(preprocessing)
     device = next(model.parameters()).device
     top_k = min(top_k, model.config.num_classes)
@@ -63,8 +72,15 @@ def predict(
     with tqdm(total=len(paths), desc="classify", unit="img", file=sys.stderr) as progress:
         for start in range(0, len(paths), batch_size):
             chunk = paths[start : start + batch_size]
-            images = torch.stack([transform(load_rgb(path)) for path in chunk])  # (B, 3, H, W)
-            top = model(images.to(device)).softmax(dim=-1).topk(top_k, dim=-1)
+            if max_tokens is None:
+                images = torch.stack([transform(load_rgb(path)) for path in chunk])
+                logits = model(images.to(device))
+            else:
+                pixels = [np.asarray(load_rgb(path)) for path in chunk]
+                logits = packed_logits(
+                    model, pixels, preprocessing=preprocessing, max_tokens=max_tokens
+                )
+            top = logits.softmax(dim=-1).topk(top_k, dim=-1)
             for path, probabilities, classes in zip(chunk, top.values, top.indices):
                 predictions.append(Prediction(path, classes.tolist(), probabilities.tolist()))
             progress.update(len(chunk))
@@ -114,6 +130,7 @@ def classify_and_print(
     labels_file: Path | None = None,
     normalization: str = "model",
     as_json: bool = False,
+    max_tokens: int | None = None,
 ) -> list[Prediction]:
     """Classify the images (files, or folders searched recursively) and print the top-k of each,
     as text or (as_json) one JSON document.
@@ -121,15 +138,25 @@ def classify_and_print(
     normalization: "model" (the preprocessing the checkpoint records, `model.preprocessing`;
     Google's [-1, 1] where it records none), "google" ([-1, 1]) or "imagenet" (ImageNet mean
     and std), to override its statistics.
+    max_tokens: each image at its own aspect ratio, at most this many patches (NaViT packing),
+    instead of the square resize.
     """
     images = find_images(paths)  # before loading the model, so a typo fails at once
-    model = load_classifier(checkpoint, img_size=img_size, patch_size=patch_size).to(
-        resolve_device("auto")
-    )
+    model = load_classifier(
+        checkpoint,
+        img_size=img_size,
+        patch_size=patch_size,
+        dynamic_img_size=max_tokens is not None,
+    ).to(resolve_device("auto"))
     labels = class_names(model, labels_file)
     preprocessing = NORMALIZATIONS[normalization](model.preprocessing)
     predictions = predict(
-        model, images, preprocessing=preprocessing, top_k=top_k, batch_size=batch_size
+        model,
+        images,
+        preprocessing=preprocessing,
+        top_k=top_k,
+        batch_size=batch_size,
+        max_tokens=max_tokens,
     )
     if as_json:
         print(json.dumps(predictions_json(predictions, labels), indent=2))
@@ -150,6 +177,7 @@ def run(args: argparse.Namespace) -> int:
         labels_file=args.labels,
         normalization=args.normalization,
         as_json=args.json,
+        max_tokens=args.max_tokens,
     )
     return 0
 
@@ -166,6 +194,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("paths", type=Path, nargs="+", metavar="PATH", help="images or folders")
     parser.add_argument("--top-k", type=positive_int, default=5, help="classes shown per image")
     add_input_arguments(parser)
+    add_token_budget_argument(parser)
     parser.add_argument("--batch-size", type=positive_int, default=32)
     parser.add_argument(
         "--labels", type=Path, help="class names, one per line (overrides the checkpoint's)"

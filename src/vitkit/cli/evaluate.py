@@ -1,6 +1,7 @@
-"""`vitkit eval --checkpoint CKPT --data PATH [--out DIR] [--limit N]`: top-1, top-5, per-class
-accuracy and a confusion-matrix picture, with the paper's test-time pipeline (resize to the
-model's resolution).
+"""`vitkit eval --checkpoint CKPT --data PATH [--out DIR] [--limit N] [--max-tokens N]`: top-1,
+top-5, per-class accuracy and a confusion-matrix picture, with the paper's test-time pipeline
+(resize to the model's resolution), or with --max-tokens every image at its own aspect ratio,
+packed (NaViT; a folder's images may then differ in size).
 
 Writes DIR/eval.json and DIR/confusion_matrix.png. The checkpoint's classes must be the data's
 (same count, same order, as a `vitkit train` run on that data has them); to judge a representation
@@ -14,16 +15,24 @@ import dataclasses
 from pathlib import Path
 
 from vitkit.analysis.plots import plot_confusion_matrix
-from vitkit.cli.arguments import add_model_arguments, load_for_inference, positive_int
+from vitkit.cli.arguments import (
+    add_model_arguments,
+    add_token_budget_argument,
+    load_for_inference,
+    positive_int,
+)
 from vitkit.data import DataError
 from vitkit.data.fewshot import balanced_subset
-from vitkit.data.sources import open_labelled
+from vitkit.data.sources import open_image_by_image, open_labelled
 from vitkit.evaluation.accuracy import classification_report
 from vitkit.io import atomic_write_json
 
 
 def run(args: argparse.Namespace) -> int:
-    dataset = open_labelled(args.data, args.split)
+    if args.max_tokens is None:
+        dataset = open_labelled(args.data, args.split)
+    else:  # every image at its stored size: a folder's may differ
+        dataset = open_image_by_image(args.data, args.split)
     if args.limit:
         dataset = balanced_subset(dataset, args.limit)
     model, preprocessing = load_for_inference(args.checkpoint, args)
@@ -40,13 +49,15 @@ def run(args: argparse.Namespace) -> int:
         dataset,
         preprocessing=preprocessing,
         batch_size=args.batch_size,
+        max_tokens=args.max_tokens,
     )
     args.out.mkdir(parents=True, exist_ok=True)
     result = {
         "checkpoint": str(args.checkpoint),
         "data": str(args.data),
         "split": args.split,
-        "resolution": list(preprocessing.resolution),
+        "resolution": list(preprocessing.resolution) if args.max_tokens is None else None,
+        "max_tokens": args.max_tokens,
         "preprocessing": dataclasses.asdict(preprocessing),
         **report.to_json(),
     }
@@ -56,9 +67,13 @@ def run(args: argparse.Namespace) -> int:
     width = max(len(name) for name in report.per_class)
     for name, accuracy in report.per_class.items():
         print(f"  {name:<{width}}  {accuracy:7.2%}  ({report.counts[name]} images)")
+    if args.max_tokens is None:
+        sizes = f"at {preprocessing.resolution[0]}x{preprocessing.resolution[1]} px"
+    else:
+        sizes = f"at their aspect ratios, at most {args.max_tokens} patches each"
     print(
         f"top-1 {report.top1:.2%}  top-5 {report.top5:.2%}  on {report.images} images "
-        f"at {preprocessing.resolution[0]}x{preprocessing.resolution[1]} px -> {args.out}"
+        f"{sizes} -> {args.out}"
     )
     return 0
 
@@ -80,5 +95,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="evaluate on about this many images, the same number of every class (the same "
         "subset every time), for a quick estimate",
     )
+    add_token_budget_argument(parser)
     add_model_arguments(parser)
     parser.set_defaults(run=run, command="eval")

@@ -8,11 +8,11 @@ from pathlib import Path
 
 from vitkit.cli.arguments import positive_int
 from vitkit.data.shards import write_shards
-from vitkit.data.sources import open_for_sharding
+from vitkit.data.sources import open_image_by_image
 
 
 def run(args: argparse.Namespace) -> int:
-    dataset = open_for_sharding(args.source, args.split)
+    dataset = open_image_by_image(args.source, args.split)
     index = write_shards(
         dataset,
         args.out_dir,

@@ -9,7 +9,7 @@ from vitkit.data.images import IMAGE_EXTENSIONS, DataError, find_images, list_im
 from vitkit.data.loader import ArrayLoader
 from vitkit.data.preprocessing import Preprocessing, eval_transform
 from vitkit.data.shards import ShardDataset, write_shards
-from vitkit.data.sources import open_dataset, open_for_sharding, open_labelled, open_train_test
+from vitkit.data.sources import open_dataset, open_image_by_image, open_labelled, open_train_test
 from vitkit.data.transforms import eval_batch
 
 __all__ = [
@@ -32,7 +32,7 @@ __all__ = [
     "load_cifar",
     "load_rgb",
     "open_dataset",
-    "open_for_sharding",
+    "open_image_by_image",
     "open_labelled",
     "open_train_test",
     "write_shards",

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from vitkit.data.token_budget import size_for_token_budget
 from vitkit.data.transforms import crop_and_resize, normalize, resize
 
 # Mixed into every key, so that the augmentation's draws never coincide with the loader's
@@ -60,6 +61,13 @@ class AugmentConfig:
     mixup_alpha: float = 0.0
     cutmix_alpha: float = 0.0
     label_smoothing: float = 0.0
+    # NaViT: (pixels per patch, most patches): each crop keeps its aspect ratio and is resized to
+    # that budget (data/token_budget.py) instead of to `resolution`; images come out as a list.
+    token_budget: tuple[int, int] | None = None
+
+    def __post_init__(self) -> None:
+        if self.token_budget is not None and (self.mixup_alpha or self.cutmix_alpha):
+            raise ValueError("mixup and cutmix mix images of one size; a token budget gives many")
 
 
 def random_crop_boxes(
@@ -171,7 +179,8 @@ def mix(
 
 class TrainAugment:
     """uint8 images (B, C, H, W) and int labels (B,) -> normalised float images at the model's
-    resolution and class probabilities (B, num_classes)."""
+    resolution (with a token budget: a list of B images of their own sizes) and class
+    probabilities (B, num_classes)."""
 
     def __init__(self, config: AugmentConfig):
         self.config = config
@@ -199,6 +208,10 @@ class TrainAugment:
         uniforms = torch.as_tensor(draws.uniforms, dtype=torch.float32).to(images.device)
         flip = uniforms[:, _FLIP] < 0.5 if config.hflip else None
         pixels = images.float()
+        if config.token_budget is not None:
+            return self._at_token_budget(
+                pixels, labels, uniforms, flip, draws.image_seeds, config.token_budget
+            )
         if config.crop_scale is not None:
             boxes = random_crop_boxes(
                 uniforms[:, _CROP], height, width, scale=config.crop_scale, ratio=config.crop_ratio
@@ -212,13 +225,55 @@ class TrainAugment:
             pixels = self._apply_randaugment(pixels, draws.image_seeds)
 
         inputs = normalize(pixels, config.mean, config.std, inplace=True)  # pixels is ours
-        targets = F.one_hot(labels.to(images.device), config.num_classes).float()
-        inputs, targets = mix(inputs, targets, draws)
-        if config.label_smoothing:
-            targets = targets * (1 - config.label_smoothing) + config.label_smoothing / (
-                config.num_classes
+        inputs, targets = mix(inputs, self._targets(labels.to(images.device)), draws)
+        return inputs, self._smoothed(targets)
+
+    def _targets(self, labels: torch.Tensor) -> torch.Tensor:
+        return F.one_hot(labels, self.config.num_classes).float()
+
+    def _smoothed(self, targets: torch.Tensor) -> torch.Tensor:
+        smoothing = self.config.label_smoothing
+        if not smoothing:
+            return targets
+        return targets * (1 - smoothing) + smoothing / self.config.num_classes
+
+    def _at_token_budget(
+        self,
+        pixels: torch.Tensor,
+        labels: torch.Tensor,
+        uniforms: torch.Tensor,
+        flip: torch.Tensor | None,
+        seeds: np.ndarray,
+        budget: tuple[int, int],
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """NaViT's inputs: each image's crop (the same draws as the square path) resized at its
+        own aspect ratio to the token budget, flipped, RandAugment-ed and normalised, one by
+        one since their sizes differ."""
+        config = self.config
+        patch, most = budget
+        batch, _, height, width = pixels.shape
+        if config.crop_scale is not None:
+            boxes = random_crop_boxes(
+                uniforms[:, _CROP], height, width, scale=config.crop_scale, ratio=config.crop_ratio
             )
-        return inputs, targets
+        else:
+            boxes = torch.tensor([[0.0, 0.0, width, height]], device=pixels.device).expand(batch, 4)
+        inputs = []
+        for index in range(batch):
+            x1, y1, x2, y2 = boxes[index].tolist()
+            size = size_for_token_budget(
+                max(1, round(y2 - y1)), max(1, round(x2 - x1)), patch_size=patch, max_tokens=most
+            )
+            image = crop_and_resize(
+                pixels[index : index + 1],
+                boxes[index : index + 1],
+                size,
+                flip=None if flip is None else flip[index : index + 1],
+            )
+            if self._randaugment is not None:
+                image = self._apply_randaugment(image, seeds[index : index + 1])
+            inputs.append(normalize(image, config.mean, config.std, inplace=True)[0])
+        return inputs, self._smoothed(self._targets(labels.to(pixels.device)))
 
     def _apply_randaugment(self, pixels: torch.Tensor, seeds: np.ndarray) -> torch.Tensor:
         """torchvision's RandAugment on each image, its operations drawn from the image's own

@@ -9,10 +9,16 @@ depend on the other classes, and for one seed the 5-shot images are among the 10
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 import numpy as np
 
 from vitkit.data.arrays import ArrayDataset
+from vitkit.data.folder import LazyImageFolder
 from vitkit.data.images import DataError
+
+# A labelled dataset that can give a subset of itself: decoded arrays, or a folder read lazily.
+Labelled = TypeVar("Labelled", ArrayDataset, LazyImageFolder)
 
 
 def k_shot_indices(
@@ -29,7 +35,7 @@ def k_shot_indices(
     return np.sort(np.concatenate(chosen))
 
 
-def balanced_subset(dataset: ArrayDataset, limit: int) -> ArrayDataset:
+def balanced_subset(dataset: Labelled, limit: int) -> Labelled:
     """About `limit` images of `dataset`, the same number of every class (at least one each),
     always the same ones: a quicker evaluation that keeps the class balance of the full one."""
     per_class = max(1, limit // len(dataset.classes))

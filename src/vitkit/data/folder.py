@@ -8,6 +8,7 @@ as a stream, never extracted: a .tar.gz cannot seek, and unpacking would take as
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import os
@@ -323,8 +324,9 @@ def cached_image_folder(
 
 @dataclass(frozen=True)
 class LazyImageFolder:
-    """One split of an image folder, decoded image by image when asked for (`write_shards` reads
-    it so), so that a folder larger than memory or the disk cache can be sharded."""
+    """One split of an image folder, decoded image by image when asked for, each image at its
+    stored size: `write_shards` reads it so, so that a folder larger than memory or the disk
+    cache can be sharded, and so does the evaluation at each image's own aspect ratio."""
 
     source: ImageSource
 
@@ -334,6 +336,16 @@ class LazyImageFolder:
 
     def __len__(self) -> int:
         return len(self.source.entries)
+
+    @property
+    def labels(self) -> np.ndarray:
+        """(N,) int64, every image's label, known from the listing without decoding."""
+        return np.array([label for _, label in self.source.entries], dtype=np.int64)
+
+    def subset(self, indices: np.ndarray) -> LazyImageFolder:
+        """The images at `indices`, still undecoded, same classes."""
+        entries = tuple(self.source.entries[index] for index in indices)
+        return LazyImageFolder(dataclasses.replace(self.source, entries=entries))
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
         path, label = self.source.entries[index]

@@ -8,8 +8,8 @@
 
 Map-style sources come back as an `ArrayDataset` (decoded once, memory-mapped from the cache
 after the first use); shards, which may not fit one disk, as a streaming `ShardDataset`.
-`open_labelled` (map-style only, for the evaluations) and `open_for_sharding` (an image folder read
-lazily, for `write_shards`) narrow it for their callers.
+`open_labelled` (map-style only, for the evaluations) and `open_image_by_image` (an image folder
+read lazily, each image at its stored size) narrow it for their callers.
 """
 
 from __future__ import annotations
@@ -153,14 +153,16 @@ def open_labelled(source: str | Path, split: str) -> ArrayDataset:
     return dataset
 
 
-def open_for_sharding(source: str | Path, split: str) -> LazyImageFolder | ArrayDataset:
-    """The `split` of `source` as `write_shards` reads it: an image folder lazily, image by image;
-    anything else `open_dataset` reads (CIFAR by name or release, .tar/.tar.gz of an image tree)
-    through its decoded array. Shards are refused."""
+def open_image_by_image(source: str | Path, split: str) -> LazyImageFolder | ArrayDataset:
+    """The `split` of a map-style source with every image at its stored size: an image folder
+    lazily, image by image, so its images may differ in size and need not fit the disk cache
+    (`write_shards` and the evaluation at each image's aspect ratio read it so); anything else
+    `open_dataset` reads (CIFAR by name or release, .tar/.tar.gz of an image tree) through its
+    decoded array. Shards, which only stream, are refused."""
     path = Path(source)
     if path.is_dir() and (path / split).is_dir():
         return LazyImageFolder(scan_folder(path, split))
     dataset = open_dataset(source, split=split)
     if not isinstance(dataset, ArrayDataset):
-        raise DataError(f"{source}: is already sharded")
+        raise DataError(f"{source}: shards only stream; this reads folders, archives and CIFAR")
     return dataset

@@ -1,7 +1,8 @@
 """Classification accuracy with the paper's test-time pipeline (resize to the model's resolution,
 no crop): top-1 for the training loop, and the full report (top-1, top-5, per class, confusion
 matrix) that `vitkit eval` writes. How images become inputs is the weights' `Preprocessing`
-record (`model.preprocessing`, or an override), passed whole."""
+record (`model.preprocessing`, or an override), passed whole. With `max_tokens` the report
+keeps each image's aspect ratio instead (NaViT packing, `vitkit.evaluation.packed`)."""
 
 from __future__ import annotations
 
@@ -15,8 +16,10 @@ from torch import nn
 from tqdm import tqdm
 
 from vitkit.data.arrays import ArrayDataset
+from vitkit.data.folder import LazyImageFolder
 from vitkit.data.loader import ArrayLoader
 from vitkit.data.transforms import eval_batch
+from vitkit.evaluation.packed import iter_packed_outputs
 from vitkit.models.preprocessing import Preprocessing
 
 # Above this many classes the (K, K) confusion matrix is not kept (ImageNet-21k: 21843^2 counts).
@@ -90,17 +93,22 @@ class ClassificationReport:
 
 def classification_report(
     model: nn.Module,
-    dataset: ArrayDataset,
+    dataset: ArrayDataset | LazyImageFolder,
     *,
     preprocessing: Preprocessing,
     batch_size: int = 256,
     device: torch.device | None = None,
     autocast_dtype: torch.dtype | None = None,
     progress: str | None = "eval",
+    max_tokens: int | None = None,
 ) -> ClassificationReport:
     """Top-1, top-5 (top-k for k = min(5, classes)), per-class accuracy and confusion matrix,
     counted batch by batch so that no logits are kept. The model is run in eval mode and left in
-    the mode it came in."""
+    the mode it came in.
+
+    max_tokens: each image at its own aspect ratio, resized to at most this many patches and
+    packed (`vitkit.evaluation.packed`; the model needs dynamic_img_size=True, and a
+    LazyImageFolder keeps images of different sizes); None: the paper's square resize."""
     num_classes = len(dataset.classes)
     device = device or next(model.parameters()).device
     was_training = model.training
@@ -114,15 +122,29 @@ def classification_report(
         if num_classes <= MAX_CONFUSION_CLASSES
         else None
     )
-    for logits, labels in iter_outputs(
-        model,
-        dataset,
-        preprocessing=preprocessing,
-        device=device,
-        batch_size=batch_size,
-        autocast_dtype=autocast_dtype,
-        progress=progress,
-    ):
+    if max_tokens is None:
+        if not isinstance(dataset, ArrayDataset):
+            raise TypeError("the square resize reads an ArrayDataset; pass max_tokens")
+        outputs = iter_outputs(
+            model,
+            dataset,
+            preprocessing=preprocessing,
+            device=device,
+            batch_size=batch_size,
+            autocast_dtype=autocast_dtype,
+            progress=progress,
+        )
+    else:
+        outputs = iter_packed_outputs(
+            model,
+            dataset,
+            preprocessing=preprocessing,
+            max_tokens=max_tokens,
+            batch_size=batch_size,
+            autocast_dtype=autocast_dtype,
+            progress=progress,
+        )
+    for logits, labels in outputs:
         ranked = logits.topk(top_k, dim=-1).indices
         first = ranked[:, 0]
         right = first == labels

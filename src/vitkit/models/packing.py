@@ -19,6 +19,17 @@ import torch
 
 from vitkit.models.vit import VisionTransformer
 
+# Images' worth of tokens in one packed sequence, for `sequence_length`. Attention over a packed
+# sequence costs its length squared, masked or not, so longer sequences waste more; one image per
+# sequence would leave the small images' sequences mostly padding. Four keeps both costs small.
+IMAGES_PER_SEQUENCE = 4
+
+
+def sequence_length(model: VisionTransformer, max_tokens: int) -> int:
+    """The packed sequence length for images of at most `max_tokens` patches: room for
+    IMAGES_PER_SEQUENCE of them with their prefix tokens."""
+    return IMAGES_PER_SEQUENCE * (max_tokens + model.config.num_prefix_tokens)
+
 
 def forward_packed(
     model: VisionTransformer,

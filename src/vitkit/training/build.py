@@ -14,10 +14,9 @@ from vitkit.data.augment import AugmentConfig, TrainAugment
 from vitkit.data.fewshot import nested_fraction
 from vitkit.data.loader import ArrayLoader
 from vitkit.data.sources import open_dataset, open_train_test
-from vitkit.errors import TrainingError
+from vitkit.errors import ConfigError, TrainingError
 from vitkit.models.config import ViTConfig, get_config
 from vitkit.models.masked_patches import MaskedPatchViT, masked_patch_loss
-from vitkit.models.preprocessing import Preprocessing
 from vitkit.models.vit import VisionTransformer
 from vitkit.training import parallel
 from vitkit.training.compiling import FirstCompileLimit
@@ -81,8 +80,11 @@ def build_model(config: TrainConfig, num_classes: int) -> VisionTransformer:
     """A new model of `config.model` (with masked patch prediction's parts for that task), or
     the `config.init` checkpoint at `config.resolution` with
     a new zero-initialised head and no pre-logits layer (the paper's fine-tuning)."""
-    # FlexiViT training runs the model at other patch sizes; a model that already does keeps it.
+    # FlexiViT training runs the model at other patch sizes, and NaViT's at every image's own
+    # size; a model that already does keeps it.
     flexible = {"dynamic_patch_size": True} if config.patch_size_choices else {}
+    if config.max_tokens:
+        flexible["dynamic_img_size"] = True
     if not config.init:
         masked_patches = config.task == "masked_patches"
         architecture = get_config(
@@ -170,10 +172,12 @@ def report_architecture(config: TrainConfig, model_config: ViTConfig) -> None:
 
 
 def build_augment(
-    config: TrainConfig, preprocessing: Preprocessing, *, num_classes: int
+    config: TrainConfig, model: VisionTransformer, *, num_classes: int
 ) -> TrainAugment:
     """The batched training augmentation `config` asks for, at the resolution and normalisation
-    of `preprocessing` (the model's record: its weights' own with init=, else Google's)."""
+    of the model's preprocessing record (its weights' own with init=, else Google's), or at
+    `max_tokens` of the model's patches."""
+    preprocessing = model.preprocessing
     return TrainAugment(
         AugmentConfig(
             resolution=preprocessing.resolution,
@@ -190,6 +194,9 @@ def build_augment(
             mixup_alpha=config.mixup_alpha,
             cutmix_alpha=config.cutmix_alpha,
             label_smoothing=config.label_smoothing,
+            token_budget=(
+                (model.config.total_stride, config.max_tokens) if config.max_tokens else None
+            ),
         )
     )
 
@@ -217,6 +224,11 @@ def build_step(
     run_dir: RunDir,
 ) -> TrainStep:
     """The optimizer step of `config` at `precision` (resolved: not "auto")."""
+    if config.max_tokens and world.distributed:
+        raise ConfigError(
+            "max_tokens: packed training runs in one process (DDP and FSDP wrap the model's "
+            "forward, which packing bypasses)"
+        )
     return TrainStep(
         augment=augment,
         loss=masked_patch_loss if config.task == "masked_patches" else soft_cross_entropy,
@@ -224,6 +236,8 @@ def build_step(
         world=world,
         seed=config.seed,
         patch_sizes=config.patch_size_choices,
+        max_tokens=config.max_tokens,
+        token_keep=config.token_keep,
         micro_batches=config.micro_batches(processes=world.size),
         grad_clip=config.grad_clip,
         autocast_dtype=AUTOCAST_DTYPES.get(precision),

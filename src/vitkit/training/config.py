@@ -42,6 +42,7 @@ FORCEABLE_FIELDS = frozenset({
     "label_smoothing", "dropout", "drop_path", "crop_scale_min", "hflip", "randaugment_ops",
     "randaugment_magnitude", "mixup_alpha", "cutmix_alpha", "test_split", "download", "device",
     "compile", "compile_time_limit", "checkpoint_every", "log_every", "eval_every", "eval_flip",
+    "token_keep",
 })  # fmt: skip
 
 
@@ -77,6 +78,21 @@ class TrainConfig:
         "at its own cost; the model keeps its preset's patch size for evaluation and saving and "
         "runs at the others with patch_size= ('' for one patch size)",
         "",
+    )
+    max_tokens: int = described(
+        "NaViT training: each crop keeps its aspect ratio and is resized to the largest size of "
+        "at most this many patches, and the images of a pass are packed into shared sequences "
+        "(0: the paper's square crops at `resolution`); one process, no mixup, cutmix, "
+        "drop_path or compile. Top-1 during training stays the square test pipeline; "
+        "`vitkit eval --max-tokens` evaluates packed",
+        0,
+        NON_NEGATIVE,
+    )
+    token_keep: float = described(
+        "NaViT token dropping, with max_tokens: the share of each training image's patch tokens "
+        "kept (1: all), drawn anew every step",
+        1.0,
+        Range(0, 1, low_open=True),
     )
     representation_size: int = described(
         "width of the pre-logits tanh layer (paper's pre-training head); 0 for none",
@@ -250,7 +266,32 @@ class TrainConfig:
             problems.append(model_problem)
         if problem := self._patch_sizes_problem(fit=not self.init and not model_problem):
             problems.append(problem)
+        problems.extend(self._packing_problems())
         return problems
+
+    def _packing_problems(self) -> list[str]:
+        """What packed training (max_tokens) cannot combine with: mixing needs two images of one
+        size, stochastic depth would drop whole packed sequences, and compile and FlexiViT's
+        patch sizes act on the model's forward, which packing bypasses."""
+        if not self.max_tokens:
+            return (
+                ["token_keep < 1 drops tokens of packed images: set max_tokens"]
+                if (self.token_keep < 1)
+                else []
+            )
+        clashes = {
+            "mixup_alpha": self.mixup_alpha > 0,
+            "cutmix_alpha": self.cutmix_alpha > 0,
+            "drop_path": self.drop_path > 0,
+            "compile": self.compile,
+            "patch_sizes": bool(self.patch_sizes.strip()),
+            "task=masked_patches": self.task == "masked_patches",
+        }
+        return [
+            f"max_tokens (packed training) does not work with {name}"
+            for name, clash in clashes.items()
+            if clash
+        ]
 
     @property
     def patch_size_choices(self) -> tuple[int, ...]:

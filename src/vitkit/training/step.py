@@ -9,8 +9,8 @@ across processes only in the last one's backward pass.
 Randomness: the augmentation's draws are a function of (seed, step) and each image's index in the
 global batch (data/augment.py), so 1 and N processes see the same crops, flips and mixes; dropout
 and stochastic depth draw from the global generator, seeded at every step by (seed, step, rank);
-FlexiViT's patch size is drawn by (seed, step), the same in every process. None needs a saved
-generator state to resume.
+FlexiViT's patch size is drawn by (seed, step), the same in every process; NaViT's dropped tokens
+come from the global generator, seeded as dropout's. None needs a saved generator state to resume.
 """
 
 from __future__ import annotations
@@ -27,11 +27,23 @@ import torch.nn.functional as F
 
 from vitkit.data.augment import TrainAugment
 from vitkit.errors import TrainingError
+from vitkit.models.packing import forward_packed, sequence_length
 from vitkit.training import parallel
 from vitkit.training.compiling import FirstCompileLimit
 from vitkit.training.distributed import World
 from vitkit.training.optim import clip_gradients
 from vitkit.training.state import TrainState
+
+
+def _chunks(
+    inputs: torch.Tensor | list[torch.Tensor], passes: int
+) -> list[torch.Tensor] | list[list[torch.Tensor]]:
+    """The micro-batches of a batch tensor, or of a list of packed images, split as
+    `torch.chunk` splits (equal parts of ceil(n / passes), the last smaller)."""
+    if isinstance(inputs, torch.Tensor):
+        return list(inputs.chunk(passes))
+    size = -(-len(inputs) // passes)
+    return [inputs[start : start + size] for start in range(0, len(inputs), size)]
 
 
 def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -56,6 +68,10 @@ class TrainStep:
     world: World
     seed: int
     patch_sizes: tuple[int, ...] = ()  # FlexiViT: one drawn per step; empty: the model's own
+    # NaViT: the augmentation gives a list of images of at most `max_tokens` patches each, packed
+    # into sequences of `sequence_length`, each keeping `token_keep` of its patch tokens.
+    max_tokens: int = 0  # 0: square batches
+    token_keep: float = 1.0
     micro_batches: int  # forward/backward passes per step in this process
     grad_clip: float
     autocast_dtype: torch.dtype | None
@@ -82,7 +98,12 @@ class TrainStep:
         return total_loss
 
     def _forward_backward(
-        self, state: TrainState, inputs: torch.Tensor, targets: torch.Tensor, *, lr: float
+        self,
+        state: TrainState,
+        inputs: torch.Tensor | list[torch.Tensor],
+        targets: torch.Tensor,
+        *,
+        lr: float,
     ) -> float:
         """The gradients of the mean loss, summed over the micro-batches; safe to run again from
         the start (as after an abandoned compile): it clears the gradients and re-seeds."""
@@ -92,13 +113,18 @@ class TrainStep:
         total_loss = 0.0
         passes = self.micro_batches
         for index, (chunk, chunk_targets) in enumerate(
-            zip(inputs.chunk(passes), targets.chunk(passes))
+            zip(_chunks(inputs, passes), targets.chunk(passes))
         ):
             parallel.set_gradient_sync(state.model, enabled=index == passes - 1)
             with torch.autocast(
                 self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None
             ):
-                if patch_size is None:
+                if isinstance(chunk, list):
+                    sequence = sequence_length(state.model, self.max_tokens)
+                    outputs = forward_packed(
+                        state.model, chunk, max_tokens=sequence, keep=self.token_keep
+                    )
+                elif patch_size is None:
                     outputs = state.model(chunk)
                 else:
                     outputs = state.model(chunk, patch_size=patch_size)

@@ -65,7 +65,7 @@ def _start(
             build.report_architecture(config, model.config)
         print(f"precision {precision} ({why})", file=sys.stderr)
     state = build.build_state(config, model, precision=precision, device=device, world=world)
-    augment = build.build_augment(config, model.preprocessing, num_classes=num_classes)
+    augment = build.build_augment(config, model, num_classes=num_classes)
     train_step = build.build_step(config, augment, precision=precision, device=device,
                                   world=world, run_dir=run_dir)  # fmt: skip
     loader = build.build_loader(config, train_set, world)

@@ -190,6 +190,7 @@ def load_model(
     format: Format | None = None,
     num_heads: int | None = None,
     strict: bool = True,
+    dynamic_img_size: bool = False,
 ) -> VisionTransformer:
     """Build the model a checkpoint describes and load its weights (returned in eval mode).
     `model.class_names` are the labels the checkpoint records for its head (vitkit's
@@ -214,6 +215,9 @@ def load_model(
         path does not tell.
     num_heads: for timm and torchvision state dicts whose width is no paper variant's (their
         files omit it).
+    dynamic_img_size: build a model that takes images of any size whose sides are multiples of
+        the patch size, its position embeddings resized to each input's grid at every call (as
+        timm's dynamic_img_size=True); packed evaluation at each image's aspect ratio needs it.
     strict: True raises a `CheckpointError` listing every missing, unexpected and misshapen key;
         False loads the keys that fit, leaves the others at their initial values and lists them
         all in a `PartialLoadWarning` (for partial loads, e.g. a backbone without its head), as
@@ -258,6 +262,8 @@ def load_model(
         state = _resampled_patches(state, target.patch_size)
         config = target
         preprocessing = dataclasses.replace(preprocessing, resolution=config.img_size)
+    if dynamic_img_size:
+        config = dataclasses.replace(config, dynamic_img_size=True)
     model, report = build_and_load(config, state, source=str(path), strict=strict)
     if report:
         warnings.warn(PartialLoadWarning(f"{path}: loaded partially: {report}"), stacklevel=2)
