@@ -36,12 +36,14 @@ def train(out: Path, data: str, model: str, steps: int, *fields: str) -> None:
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def evaluate(run: Path, patch_size: int, test: ArrayDataset) -> tuple[float, float]:
-    """(top-1, test images per second) of the run's model at `patch_size`."""
+def evaluate(run: Path, patch_size: int, test: ArrayDataset) -> tuple[float, float, int]:
+    """(top-1, test images per second, patch tokens per image) of the run's model at
+    `patch_size` (a hybrid's patches are cut from its ResNet's feature map)."""
     model = load_model(run, patch_size=patch_size)
     start = time.perf_counter()
     accuracy = top1_accuracy(model, test, preprocessing=model.preprocessing)
-    return accuracy, len(test) / (time.perf_counter() - start)
+    height, width = model.config.grid_size
+    return accuracy, len(test) / (time.perf_counter() - start), height * width
 
 
 def main() -> None:
@@ -72,9 +74,8 @@ def main() -> None:
             train(root / f"fixed{size}", args.data, args.model, args.steps, seed,
                   f"model_fields=patch_size={size}")  # fmt: skip
             seconds = time.perf_counter() - started
-            flexible, speed = evaluate(root / "flexible", size, test)
-            fixed, _ = evaluate(root / f"fixed{size}", size, test)
-            tokens = (32 // size) ** 2
+            flexible, speed, tokens = evaluate(root / "flexible", size, test)
+            fixed, _, _ = evaluate(root / f"fixed{size}", size, test)
             print(f"| {size} | {tokens} | {flexible:.2%} | {fixed:.2%} | {speed:.0f} | "
                   f"{seconds:.0f} s |", flush=True)  # fmt: skip
 

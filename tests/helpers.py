@@ -183,3 +183,16 @@ def images_loaded_in_chromium(page: Path, workdir: Path) -> dict[str, int]:
     text = dom[start : dom.index("</pre>", start)]
     assert text, f"the harness wrote nothing; chromium said: {result.stderr[-2000:]}"
     return json.loads(text)
+
+
+def screenshot_in_chromium(page: Path, image: Path, workdir: Path) -> Path:
+    """A PNG of `page` as headless Chromium shows it in a 1280x900 laptop window."""
+    browser = chromium()
+    assert browser is not None, "chromium is not installed"
+    subprocess.run(
+        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+         "--window-size=1280,900", f"--user-data-dir={workdir / 'chromium-profile'}",
+         f"--screenshot={image}", page.resolve().as_uri()],
+        capture_output=True, text=True, timeout=120, check=True,
+    )  # fmt: skip
+    return image

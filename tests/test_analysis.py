@@ -5,6 +5,7 @@ transformers' own `output_attentions`)."""
 
 from __future__ import annotations
 
+import html
 import json
 import math
 from pathlib import Path
@@ -151,3 +152,11 @@ def test_write_figures_for_a_gap_model_on_a_non_square_grid(tmp_path: Path, stem
         assert figures[name].is_file() and figures[name].stat().st_size > 1000, name
     distances = json.loads((tmp_path / "attention_distance.json").read_text())
     assert distances["pixels_per_token"] == (8 if stem == "patches" else 4)
+    # Every figure's caption, with this model's numbers, is on the page.
+    captions = json.loads((tmp_path / "captions.json").read_text())
+    assert set(captions) == set(figures) - {"index.html"}
+    page = (tmp_path / "index.html").read_text()
+    assert all(html.escape(caption) in page for caption in captions.values())
+    layers = np.array(distances["pixels_by_layer_and_head"])
+    span = f"block 1's heads span {layers[0].min():.1f}-{layers[0].max():.1f} px"
+    assert html.escape(span) in page

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import os
 import re
 from pathlib import Path
 
@@ -17,7 +18,13 @@ from vitkit.cli.main import main
 from vitkit.data import Preprocessing, eval_transform
 from vitkit.data.shared import default_shared_dir
 
-from helpers import OFFICIAL_FIXTURE, SHARED
+from helpers import (
+    OFFICIAL_FIXTURE,
+    SHARED,
+    chromium,
+    images_loaded_in_chromium,
+    screenshot_in_chromium,
+)
 
 CHECKPOINT = OFFICIAL_FIXTURE / "params.npz"
 FIXTURE_CLASSES = 7
@@ -247,6 +254,41 @@ def test_demo_runs_the_three_stages(
     assert "Fine-tuning at the higher resolution" in output
     assert (out / "figures" / "index.html").is_file()
     assert (out / "figures" / "attention_rollout.png").stat().st_size > 1000
+    # One page holds it all: the table has summary.json's numbers, the claim its margin.
+    assert f"report: {out / 'report.html'}" in output
+    report = (out / "report.html").read_text()
+    for stage in summary["stages"].values():
+        assert f"<td>{stage['top1']:.2%}</td>" in report
+        assert f"<td>{stage['steps']}</td>" in report
+    assert f"{100 * (summary['top1'] - summary['top1_pretrain_res']):+.2f} points" in report
+    assert "block 1&#x27;s heads span" in report  # the figures' captions, with this model's data
+    if chromium() or os.environ.get("VITKIT_REQUIRE_CHROMIUM"):
+        loaded = images_loaded_in_chromium(out / "report.html", tmp_path)
+        assert loaded == {"images": 8, "loaded": 8}, loaded  # 3 curves, 5 figures
+        shot = screenshot_in_chromium(out / "report.html", tmp_path / "report.png", tmp_path)
+        assert shot.stat().st_size > 20_000
+
+
+def test_train_writes_a_report_page(
+    capsys: pytest.CaptureFixture[str], image_tree: Path, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    monkeypatch.setenv("VITKIT_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "run"
+    code, output, _ = run(capsys, "train", "--preset", "tiny", "--data", image_tree, "--out", out,
+                          "steps=4", "lr=2e-3")  # fmt: skip
+    assert code == 0
+    assert f"report: {out / 'report.html'}" in output
+    summary = json.loads((out / "summary.json").read_text())
+    report = (out / "report.html").read_text()
+    assert f"<td>{summary['top1']:.2%}</td>" in report and "<td>4</td>" in report
+    assert "<td>lr</td><td>0.002</td>" in report and "<td>ViT-Test/8</td>" in report
+    assert "vitkit train --preset tiny" in report
+    if chromium() or os.environ.get("VITKIT_REQUIRE_CHROMIUM"):
+        assert images_loaded_in_chromium(out / "report.html", tmp_path) == {
+            "images": 1,
+            "loaded": 1,
+        }
 
 
 def test_default_shared_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -24,6 +24,8 @@ table { border-collapse: collapse; margin: 1em 0; }
 th, td { border-bottom: 1px solid #ddd; padding: 0.3em 0.8em; text-align: right; }
 th:first-child, td:first-child { text-align: left; }
 figure { margin: 1.5em 0; }
+.row { display: flex; flex-wrap: wrap; gap: 0 1.5em; }
+.row figure { flex: 1 1 18em; margin: 1em 0; }
 img { max-width: 100%; height: auto; }
 figcaption { color: #555; font-size: 0.92em; }
 code { background: #f4f4f4; padding: 0 0.25em; }
@@ -56,13 +58,18 @@ class Page:
             f"<tbody>{body}</tbody></table></div>"
         )
 
-    def figure(self, image: Path, caption: str) -> None:
-        """An image of the page's folder (linked by its name) with its caption."""
-        name = html.escape(image.name)
-        self.parts.append(
-            f'<figure><img src="{name}" alt="{html.escape(caption)}">'
-            f"<figcaption>{html.escape(caption)}</figcaption></figure>"
-        )
+    def figure(self, image: Path, caption: str, *, folder: Path | None = None) -> None:
+        """An image with its caption, linked by its name when it lies in the page's folder, or
+        by its path relative to `folder`, the page's folder, when it lies below it."""
+        self.parts.append(_figure(image, caption, folder))
+
+    def figure_row(
+        self, figures: Sequence[tuple[Path, str]], *, folder: Path | None = None
+    ) -> None:
+        """(image, caption) pairs side by side where the screen is wide enough, wrapping
+        below each other where it is not; linked as in `figure`."""
+        cells = "".join(_figure(image, caption, folder) for image, caption in figures)
+        self.parts.append(f'<div class="row">{cells}</div>')
 
     def write(self, path: Path) -> None:
         title = html.escape(self.title)
@@ -74,3 +81,9 @@ class Page:
             f"<title>{title}</title>\n<style>{_STYLE}</style>\n</head>\n<body>\n"
             f"<h1>{title}</h1>\n{body}\n</body>\n</html>\n",
         )
+
+
+def _figure(image: Path, caption: str, folder: Path | None) -> str:
+    name = html.escape(image.name if folder is None else image.relative_to(folder).as_posix())
+    text = html.escape(caption)
+    return f'<figure><img src="{name}" alt="{text}"><figcaption>{text}</figcaption></figure>'

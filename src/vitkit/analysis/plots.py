@@ -100,18 +100,25 @@ def plot_attention_maps(
     images: np.ndarray, maps: torch.Tensor, path: Path, *, titles: Sequence[str] = ()
 ) -> Path:
     """Images (N, H, W, 3) uint8 beside the images weighted by their attention map (N, h, w),
-    upsampled to the image (Fig. 6)."""
+    upsampled to the image (Fig. 6): pairs in a grid of up to 4 pairs a row, so that a page
+    shows them on one screen."""
     masks = _upsample(maps, images.shape[1:3])
     count = len(images)
-    figure, axes = plt.subplots(count, 2, figsize=(3.2, 1.6 * count + 0.3), squeeze=False)
+    per_row = min(4, count)
+    rows = -(-count // per_row)
+    figure, axes = plt.subplots(
+        rows, 2 * per_row, figsize=(1.6 * 2 * per_row, 1.7 * rows + 0.3), squeeze=False
+    )
+    for axis in axes.flat:
+        axis.set_axis_off()
     for index in range(count):
-        axes[index, 0].imshow(images[index])
-        axes[index, 1].imshow((images[index] * masks[index][..., None]).astype(np.uint8))
+        row, column = divmod(index, per_row)
+        image_axis, weighted_axis = axes[row, 2 * column], axes[row, 2 * column + 1]
+        image_axis.imshow(images[index])
+        weighted_axis.imshow((images[index] * masks[index][..., None]).astype(np.uint8))
         if index < len(titles):
-            axes[index, 0].set_title(titles[index], fontsize=7)
-        for axis in axes[index]:
-            axis.set_axis_off()
-    axes[0, 1].set_title("attention rollout", fontsize=7)
+            image_axis.set_title(titles[index], fontsize=7)
+        weighted_axis.set_title("rollout", fontsize=7)
     return _save(figure, path)
 
 

@@ -1,5 +1,7 @@
-"""`write_figures`: every inspection figure of the paper for one model, plus an index.html page;
-`figures_for_dataset`: the same for a class-balanced choice of a dataset's images.
+"""`write_figures`: every inspection figure of the paper for one model, plus an index.html page
+whose captions say what each figure shows for this model beside what the paper reports
+(analysis/captions.py); `figures_for_dataset`: the same for a class-balanced choice of a
+dataset's images.
 
 Figures (PNG): embedding filters (Fig. 7 left), position-embedding similarity (Fig. 7 centre),
 mean attention distance (Fig. 7 right), attention rollout maps (Fig. 6) and the last block's
@@ -8,7 +10,6 @@ per-head attention of the output token.
 
 from __future__ import annotations
 
-import html
 from pathlib import Path
 
 import numpy as np
@@ -19,11 +20,18 @@ from vitkit.analysis.attention import (
     mean_attention_distance,
     output_token_attention,
 )
+from vitkit.analysis.captions import (
+    attention_distance_caption,
+    embedding_filters_caption,
+    position_similarity_caption,
+    rollout_caption,
+)
 from vitkit.analysis.embeddings import (
     embedding_filter_components,
     position_similarity,
     to_unit_range,
 )
+from vitkit.analysis.page import Page
 from vitkit.analysis.plots import (
     plot_attention_distance,
     plot_attention_maps,
@@ -35,24 +43,16 @@ from vitkit.data.arrays import ArrayDataset
 from vitkit.data.fewshot import k_shot_indices
 from vitkit.data.transforms import eval_batch, resize
 from vitkit.errors import DataError
-from vitkit.io import atomic_write_json, atomic_write_text
+from vitkit.io import atomic_write_json
 from vitkit.models.preprocessing import Preprocessing
 from vitkit.models.vit import VisionTransformer
 
-CAPTIONS = {
-    "embedding_filters.png": "Principal components of the patch-embedding filters (paper Fig. 7 "
-    "left): the image-space patterns the linear patch projection is most sensitive to (for a "
-    "hybrid, those of the ResNet root's 7x7 filters, the first to see pixels).",
-    "position_similarity.png": "Cosine similarity between the position embedding of each patch "
-    "(tile) and those of all patches (Fig. 7 centre): nearby patches, rows and columns look "
-    "alike once the model has learned the 2D layout.",
-    "attention_distance.png": "Mean attention distance per head against depth (Fig. 7 right): "
-    "how far in pixels each head looks, averaged over the images; low layers mix local and "
-    "global heads, deep layers attend globally.",
-    "attention_rollout.png": "Attention rollout (Abnar & Zuidema 2020) from the output token to "
-    "the input, the image weighted by it (Fig. 6).",
-    "attention_heads.png": "Raw attention of the output token in the last block, per head.",
-}
+# The figures small enough to stand side by side on a page; the attention maps take the width.
+SIDE_BY_SIDE = ("embedding_filters.png", "position_similarity.png", "attention_distance.png")
+HEADS_CAPTION = (
+    "Raw attention of the output token in the last block, one column per head, over the first "
+    "images: where each head of the last block looks before the output is read."
+)
 
 
 def pixel_filters(model: VisionTransformer) -> torch.Tensor:
@@ -91,10 +91,12 @@ def write_figures(
     prefix = config.num_prefix_tokens
     figures: dict[str, Path] = {}
 
-    components = to_unit_range(embedding_filter_components(pixel_filters(model).cpu()))
+    filters = pixel_filters(model).cpu()
+    components = to_unit_range(embedding_filter_components(filters))
     figures["embedding_filters.png"] = plot_embedding_filters(
         components, out_dir / "embedding_filters.png"
     )
+    captions = {"embedding_filters.png": embedding_filters_caption(filters, len(components))}
     # Models that add no position embedding to the tokens (pos_embed_type "none", "relative")
     # have nothing to compare: the figure is left out.
     if (positions := model.patch_position_embeddings()) is not None:
@@ -102,6 +104,7 @@ def write_figures(
         figures["position_similarity.png"] = plot_position_similarity(
             similarity, out_dir / "position_similarity.png"
         )
+        captions["position_similarity.png"] = position_similarity_caption(similarity)
 
     pixels = torch.from_numpy(images).permute(0, 3, 1, 2)
     distances = []
@@ -119,6 +122,9 @@ def write_figures(
     figures["attention_distance.png"] = plot_attention_distance(
         distance, config.total_stride, out_dir / "attention_distance.png"
     )
+    captions["attention_distance.png"] = attention_distance_caption(
+        distance, config.grid_size, config.total_stride
+    )
 
     grid = config.grid_size
     seen = resize(pixels[:shown].float(), preprocessing.resolution, preprocessing.interpolation)
@@ -128,16 +134,25 @@ def write_figures(
     figures["attention_rollout.png"] = plot_attention_maps(
         seen, rollout.reshape(-1, *grid), out_dir / "attention_rollout.png", titles=titles or ()
     )
+    captions["attention_rollout.png"] = rollout_caption(rollout)
     last = output_token_attention(first_weights[-1], prefix, config.classifier)
     figures["attention_heads.png"] = plot_head_attention(
         seen, last.reshape(len(seen), -1, *grid), out_dir / "attention_heads.png"
     )
+    captions["attention_heads.png"] = HEADS_CAPTION
 
     atomic_write_json(
         out_dir / "attention_distance.json",
         {"pixels_per_token": config.total_stride, "pixels_by_layer_and_head": distance.tolist()},
     )
-    write_index(out_dir, figures, description)
+    atomic_write_json(out_dir / "captions.json", captions)
+    page = Page("vitkit figures")
+    page.paragraph(description)
+    page.figure_row([(figures[name], captions[name]) for name in SIDE_BY_SIDE if name in figures])
+    for name, path in figures.items():
+        if name not in SIDE_BY_SIDE:
+            page.figure(path, captions[name])
+    page.write(out_dir / "index.html")
     figures["index.html"] = out_dir / "index.html"
     return figures
 
@@ -172,33 +187,3 @@ def figures_for_dataset(
         shown=shown,
         description=f"{label}: {model.config.describe()}; {len(order)} images.",
     )
-
-
-def write_index(out_dir: Path, figures: dict[str, Path], description: str) -> None:
-    """index.html: every figure with its caption on one page (relative links, so the directory
-    can be moved or served as it is)."""
-    sections = "\n".join(
-        f'<figure><img src="{html.escape(path.name)}" alt="{html.escape(name)}">'
-        f"<figcaption>{html.escape(CAPTIONS.get(name, name))}</figcaption></figure>"
-        for name, path in figures.items()
-    )
-    page = f"""<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<title>vitkit figures</title>
-<style>
-body {{ font-family: sans-serif; max-width: 960px; margin: 2em auto; color: #222; }}
-figure {{ margin: 2em 0; }}
-img {{ max-width: 100%; }}
-figcaption {{ color: #555; font-size: 0.9em; }}
-</style>
-</head>
-<body>
-<h1>vitkit figures</h1>
-<p>{html.escape(description)}</p>
-{sections}
-</body>
-</html>
-"""
-    atomic_write_text(out_dir / "index.html", page)

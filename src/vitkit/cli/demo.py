@@ -13,6 +13,7 @@ from pathlib import Path
 
 from vitkit.analysis.plots import plot_training_curves
 from vitkit.analysis.report import figures_for_dataset
+from vitkit.analysis.run_report import write_demo_report
 from vitkit.data import open_dataset
 from vitkit.data.shared import default_cifar10
 from vitkit.devices import resolve_device
@@ -47,6 +48,11 @@ def run(args: argparse.Namespace) -> int:
         label="vitkit demo, fine-tuned model",
     )  # fmt: skip
     print(f"inspection figures: {figures['index.html']}")
+    command = (
+        f"vitkit demo --data {data} --out {args.out} --budget {args.budget:g} "
+        f"--hardware {args.hardware}"
+    )
+    print(f"report: {write_demo_report(args.out, summary, command)}")
     return 0
 
 

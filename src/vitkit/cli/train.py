@@ -12,9 +12,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import shlex
 from pathlib import Path
 
 from vitkit.analysis.plots import plot_training_curves
+from vitkit.analysis.run_report import write_train_report
 from vitkit.training.config import describe_fields, parse_overrides
 from vitkit.training.distributed import launch
 from vitkit.training.presets import PRESETS, get_preset
@@ -33,6 +35,11 @@ def run(args: argparse.Namespace) -> int:
             curves = plot_training_curves(RunDir(args.out).metric_records(), args.out / CURVES_NAME)
             print(f"training curves: {curves}")
         print(json.dumps(summary.to_json(), indent=2))
+        if summary.complete:
+            data = ["--data", args.data] if args.data else []
+            command = shlex.join(["vitkit", "train", "--preset", args.preset, *data,
+                                  "--out", str(args.out), *args.fields])  # fmt: skip
+            print(f"report: {write_train_report(args.out, summary.to_json(), command)}")
     return 0
 
 
