@@ -1,6 +1,7 @@
 """What tests import: where ../shared lives, Google's official reference files, the HTTP server
 class of the download tests, `randomise_` and `compare_outputs` for the equivalence tests, and
-`tiny`, the tiny training preset on a test dataset. The fixtures that use them are in conftest.py.
+`tiny`, the tiny training preset on a test dataset, with `train_killed_and_resumed`, and
+`random_test_vit`. The fixtures that use them are in conftest.py.
 """
 
 from __future__ import annotations
@@ -21,8 +22,11 @@ import pytest
 import torch
 from torch import nn
 
+import vitkit
+from vitkit.models.vit import VisionTransformer
 from vitkit.training.config import TrainConfig
 from vitkit.training.presets import get_preset
+from vitkit.training.trainer import train
 
 SHARED = Path(
     os.environ.get("VITKIT_SHARED", Path(__file__).resolve().parents[1].parent / "shared")
@@ -140,6 +144,27 @@ CLASSES = ("red", "green", "blue")
 def tiny(image_tree: Path, **fields: object) -> TrainConfig:
     """The `tiny` training preset on `image_tree`, with `fields` changed."""
     return dataclasses.replace(get_preset("tiny"), data=str(image_tree), **fields)
+
+
+def train_killed_and_resumed(config: TrainConfig, run: Path) -> None:
+    """Train `config` in `run`, take its last checkpoint and summary back as if the process had
+    died just before writing them, and train again: the run resumes from the checkpoint before."""
+    train(config, run)
+    last = f"checkpoints/step-{config.steps:08d}.pt*"
+    for leftover in [*run.glob(last), run / "summary.json"]:
+        leftover.unlink()
+    train(config, run)
+
+
+def random_test_vit(**fields: object) -> VisionTransformer:
+    """ViT-Test/8 with `fields` changed and every parameter drawn from N(0, 0.5^2), seeded, in
+    eval mode: a model whose every part shows in its outputs."""
+    torch.manual_seed(0)
+    model = vitkit.create_model("ViT-Test/8", **fields)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.normal_(std=0.5)
+    return model.eval()
 
 
 def chromium() -> str | None:

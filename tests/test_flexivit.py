@@ -20,7 +20,7 @@ from vitkit.errors import ConfigError
 from vitkit.training.step import TrainStep
 from vitkit.training.trainer import train
 
-from helpers import tiny
+from helpers import random_test_vit, tiny, train_killed_and_resumed
 
 
 def kernel(old: tuple[int, int], seed: int = 0) -> torch.Tensor:
@@ -82,12 +82,7 @@ def test_resample_refuses_a_bad_size() -> None:
 
 def random_model(kind: str, **fields: object) -> VisionTransformer:
     """A ViT-Test/8 (4x4 grid at 32 px) of position type `kind`, every parameter random."""
-    torch.manual_seed(0)
-    model = vitkit.create_model("ViT-Test/8", pos_embed_type=kind, **fields)
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.normal_(std=0.5)
-    return model.eval()
+    return random_test_vit(pos_embed_type=kind, **fields)
 
 
 @pytest.mark.parametrize("kind", ["learned_1d", "learned_2d", "relative", "sincos_2d"])
@@ -154,11 +149,7 @@ def test_flexible_training_resumes_exactly_and_serves_every_patch_size(
     saved model runs at either size."""
     config = tiny(image_tree, patch_sizes="4,8", steps=6, checkpoint_every=2)
     train(config, tmp_path / "whole")
-    run = tmp_path / "resumed"
-    train(config, run)
-    for leftover in [*run.glob("checkpoints/step-00000006.pt*"), run / "summary.json"]:
-        leftover.unlink()
-    train(config, run)
+    train_killed_and_resumed(config, tmp_path / "resumed")
     train(tiny(image_tree, steps=6, checkpoint_every=2), tmp_path / "fixed")
     whole, resumed, fixed = (
         load_file(str(tmp_path / name / "model.safetensors"))

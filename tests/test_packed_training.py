@@ -17,7 +17,7 @@ from vitkit.data.augment import AugmentConfig, TrainAugment
 from vitkit.errors import ConfigError
 from vitkit.training.trainer import train
 
-from helpers import tiny
+from helpers import tiny, train_killed_and_resumed
 
 
 def images(count: int, size: int = 24) -> torch.Tensor:
@@ -85,11 +85,7 @@ def test_packed_training_learns_and_resumes_exactly(image_tree: Path, tmp_path: 
     config = tiny(image_tree, max_tokens=4, token_keep=0.5, steps=8, checkpoint_every=4,
                   lr=3e-3, crop_scale_min=0.3)  # fmt: skip
     train(config, tmp_path / "whole")
-    run = tmp_path / "resumed"
-    train(config, run)
-    for leftover in [*run.glob("checkpoints/step-00000008.pt*"), run / "summary.json"]:
-        leftover.unlink()
-    train(config, run)
+    train_killed_and_resumed(config, tmp_path / "resumed")
     whole, resumed = (load_file(str(tmp_path / name / "model.safetensors"))
                       for name in ("whole", "resumed"))  # fmt: skip
     assert all(torch.equal(whole[key], resumed[key]) for key in whole)

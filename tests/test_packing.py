@@ -10,17 +10,14 @@ import vitkit
 from vitkit import VisionTransformer
 from vitkit.models.packing import forward_packed
 
+from helpers import random_test_vit
+
 SIZES = [(32, 32), (16, 48), (40, 24), (8, 8), (24, 64)]  # multiples of 8, several aspect ratios
 
 
 def random_model(**fields: object) -> VisionTransformer:
     """A ViT-Test/8 that takes any size (dynamic_img_size), every parameter random."""
-    torch.manual_seed(0)
-    model = vitkit.create_model("ViT-Test/8", dynamic_img_size=True, **fields)
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.normal_(std=0.5)
-    return model.eval()
+    return random_test_vit(dynamic_img_size=True, **fields)
 
 
 def mixed_images(sizes: list[tuple[int, int]] = SIZES) -> list[torch.Tensor]:

@@ -77,10 +77,12 @@ def plot_attention_distance(distances: torch.Tensor, token_pixels: int, path: Pa
     blocks, heads = distances.shape
     figure, axis = plt.subplots(figsize=(5, 4))
     for head in range(heads):
-        axis.scatter(np.arange(blocks), distances[:, head].numpy(), s=14, label=f"head {head + 1}")
-    axis.set_xlabel("network depth (layer)")
+        axis.scatter(
+            np.arange(1, blocks + 1), distances[:, head].numpy(), s=14, label=f"head {head + 1}"
+        )
+    axis.set_xlabel("network depth (block, counted from 1 as the captions count)")
     axis.set_ylabel("mean attention distance (pixels)")
-    axis.set_xticks(range(blocks))
+    axis.set_xticks(range(1, blocks + 1))
     axis.set_ylim(bottom=0)
     axis.set_title(f"Mean attention distance ({token_pixels} px per token)")
     if heads <= 16:
