@@ -138,3 +138,36 @@ def test_dynamic_img_size_keeps_the_outputs_at_the_built_size() -> None:
         assert dynamic(torch.randn(1, 3, 40, 24)).shape == (1, 7)
     with pytest.raises(ValueError, match="built for 64x64"):
         fixed(torch.randn(1, 3, 40, 24))
+
+
+@pytest.mark.parametrize("budget", ["0", "-4", "16385", "many"])
+def test_a_bad_token_budget_is_refused_in_one_line(
+    budget: str, mixed_folder: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for command in (["eval", "--checkpoint", str(CHECKPOINT), "--data", str(mixed_folder)],
+                    ["classify", str(CHECKPOINT), str(mixed_folder)]):  # fmt: skip
+        with pytest.raises(SystemExit) as exit_info:
+            main([*command, "--max-tokens", budget])
+        assert exit_info.value.code == 2
+        error = capsys.readouterr().err.strip().splitlines()[-1]
+        assert "--max-tokens" in error
+
+
+def test_a_broken_image_is_named_in_one_line(
+    mixed_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    broken = mixed_folder / "test" / "c2" / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n not an image")
+    code = main(["eval", "--checkpoint", str(CHECKPOINT), "--data", str(mixed_folder),
+                 "--out", str(tmp_path / "eval"), "--max-tokens", str(BUDGET)])  # fmt: skip
+    assert code == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert error[-1].startswith("vitkit eval: error:") and "broken.png" in error[-1]
+    assert not (tmp_path / "eval" / "eval.json").exists()
+
+
+def test_a_budget_over_the_limit_is_refused_before_anything_is_allocated() -> None:
+    from vitkit.data.token_budget import MOST_TOKENS, size_for_token_budget
+
+    with pytest.raises(ValueError, match="max_tokens=16385 is over 16384"):
+        size_for_token_budget(10, 10, patch_size=8, max_tokens=MOST_TOKENS + 1)

@@ -69,6 +69,8 @@ def test_mixing_is_refused_with_a_token_budget() -> None:
         ({"max_tokens": 4, "patch_sizes": "4,8"}, "does not work with patch_sizes"),
         ({"token_keep": 0.5}, "set max_tokens"),
         ({"max_tokens": 4, "token_keep": 0.0}, "token_keep"),
+        ({"max_tokens": 16385}, "max_tokens"),
+        ({"max_tokens": -1}, "max_tokens"),
     ],
 )
 def test_packed_training_refuses_what_it_cannot_combine(

@@ -7,6 +7,7 @@ import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 
+from vitkit.data.token_budget import MOST_TOKENS
 from vitkit.devices import DEVICE_NAMES, resolve_device
 from vitkit.errors import ConfigError
 from vitkit.models.preprocessing import (
@@ -66,11 +67,19 @@ def add_input_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def token_budget(text: str) -> int:
+    """--max-tokens: a positive number of patches, at most MOST_TOKENS."""
+    value = positive_int(text)
+    if value > MOST_TOKENS:
+        raise argparse.ArgumentTypeError(f"at most {MOST_TOKENS} patches, got {value}")
+    return value
+
+
 def add_token_budget_argument(parser: argparse.ArgumentParser) -> None:
     """--max-tokens: each image at its own aspect ratio instead of the square resize."""
     parser.add_argument(
         "--max-tokens",
-        type=positive_int,
+        type=token_budget,
         help="keep each image's aspect ratio: resize it to the largest size of at most this "
         "many patches and pack the images into shared sequences (NaViT), instead of resizing "
         "every image to the model's square resolution",

@@ -247,8 +247,8 @@ class TrainAugment:
         budget: tuple[int, int],
     ) -> tuple[list[torch.Tensor], torch.Tensor]:
         """NaViT's inputs: each image's crop (the same draws as the square path) resized at its
-        own aspect ratio to the token budget, flipped, RandAugment-ed and normalised, one by
-        one since their sizes differ."""
+        own aspect ratio to the token budget, flipped, RandAugment-ed and normalised; the images
+        that come out at one size are resampled together, in one call."""
         config = self.config
         patch, most = budget
         batch, _, height, width = pixels.shape
@@ -258,21 +258,25 @@ class TrainAugment:
             )
         else:
             boxes = torch.tensor([[0.0, 0.0, width, height]], device=pixels.device).expand(batch, 4)
-        inputs = []
-        for index in range(batch):
-            x1, y1, x2, y2 = boxes[index].tolist()
-            size = size_for_token_budget(
+        sizes = [
+            size_for_token_budget(
                 max(1, round(y2 - y1)), max(1, round(x2 - x1)), patch_size=patch, max_tokens=most
             )
-            image = crop_and_resize(
-                pixels[index : index + 1],
-                boxes[index : index + 1],
-                size,
-                flip=None if flip is None else flip[index : index + 1],
+            for x1, y1, x2, y2 in boxes.tolist()
+        ]
+        inputs: list[torch.Tensor] = [pixels] * batch  # every entry is replaced below
+        for size in dict.fromkeys(sizes):
+            chosen = [index for index, wanted in enumerate(sizes) if wanted == size]
+            rows = torch.tensor(chosen, device=pixels.device)
+            images = crop_and_resize(
+                pixels[rows], boxes[rows], size, flip=None if flip is None else flip[rows]
             )
             if self._randaugment is not None:
-                image = self._apply_randaugment(image, seeds[index : index + 1])
-            inputs.append(normalize(image, config.mean, config.std, inplace=True)[0])
+                images = self._apply_randaugment(images, seeds[chosen])
+            for index, image in zip(
+                chosen, normalize(images, config.mean, config.std, inplace=True)
+            ):
+                inputs[index] = image
         return inputs, self._smoothed(self._targets(labels.to(pixels.device)))
 
     def _apply_randaugment(self, pixels: torch.Tensor, seeds: np.ndarray) -> torch.Tensor:

@@ -16,6 +16,10 @@ import torch
 from vitkit.data.transforms import normalize, resize
 from vitkit.models.preprocessing import Preprocessing
 
+# The largest budget taken: a 128x128 patch grid (ViT-B/16 at 2048 px). A budget is a size the
+# process allocates for every image, so a mistyped one must fail here, not in the allocator.
+MOST_TOKENS = 16_384
+
 
 def size_for_token_budget(
     height: int, width: int, *, patch_size: int, max_tokens: int
@@ -32,6 +36,8 @@ def size_for_token_budget(
                         ("max_tokens", max_tokens)):  # fmt: skip
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"size_for_token_budget: {name}={value!r} is not a positive integer")
+    if max_tokens > MOST_TOKENS:
+        raise ValueError(f"size_for_token_budget: max_tokens={max_tokens} is over {MOST_TOKENS}")
 
     def other_side(k: int, side: int, other: int) -> int:
         """Patches along `other` when `side` spans exactly k patches (at least one)."""

@@ -15,6 +15,7 @@ import typing
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from vitkit.data.token_budget import MOST_TOKENS
 from vitkit.devices import device_problem
 from vitkit.errors import ConfigError
 from vitkit.models.config import ViTConfig, get_config
@@ -86,7 +87,7 @@ class TrainConfig:
         "drop_path or compile. Top-1 during training stays the square test pipeline; "
         "`vitkit eval --max-tokens` evaluates packed",
         0,
-        NON_NEGATIVE,
+        Range(0, MOST_TOKENS),
     )
     token_keep: float = described(
         "NaViT token dropping, with max_tokens: the share of each training image's patch tokens "
@@ -274,11 +275,9 @@ class TrainConfig:
         size, stochastic depth would drop whole packed sequences, and compile and FlexiViT's
         patch sizes act on the model's forward, which packing bypasses."""
         if not self.max_tokens:
-            return (
-                ["token_keep < 1 drops tokens of packed images: set max_tokens"]
-                if (self.token_keep < 1)
-                else []
-            )
+            if self.token_keep < 1:
+                return ["token_keep < 1 drops tokens of packed images: set max_tokens"]
+            return []
         clashes = {
             "mixup_alpha": self.mixup_alpha > 0,
             "cutmix_alpha": self.cutmix_alpha > 0,
