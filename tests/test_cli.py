@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import importlib.metadata
 import json
 import os
@@ -284,11 +285,15 @@ def test_train_writes_a_report_page(
     assert f"<td>{summary['top1']:.2%}</td>" in report and "<td>4</td>" in report
     assert "<td>lr</td><td>0.002</td>" in report and "<td>ViT-Test/8</td>" in report
     assert "vitkit train --preset tiny" in report
+    # The inspection figures of the trained model, captioned with its own numbers.
+    assert f"inspection figures: {out / 'figures' / 'index.html'}" in output
+    captions = json.loads((out / "figures" / "captions.json").read_text())
+    assert "block 1's heads span" in captions["attention_distance.png"]
+    for caption in captions.values():
+        assert html.escape(caption) in report
     if chromium() or os.environ.get("VITKIT_REQUIRE_CHROMIUM"):
-        assert images_loaded_in_chromium(out / "report.html", tmp_path) == {
-            "images": 1,
-            "loaded": 1,
-        }
+        loaded = images_loaded_in_chromium(out / "report.html", tmp_path)
+        assert loaded == {"images": 6, "loaded": 6}, loaded  # the curves and 5 figures
 
 
 def test_default_shared_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -28,6 +28,33 @@ from helpers import images_loaded_in_chromium, tiny
 pytestmark = pytest.mark.usefixtures("cache_in_tmp")
 
 
+def assert_runs_shown(out: Path, page: str, arms: dict[str, list[list[str]]]) -> None:
+    """The report's sections on the runs: every stage's metrics carry a training time that
+    grows to the run's own recorded seconds; the first seed's final model of each arm has
+    its figures written, and their data-driven captions stand on the page, or, for a model
+    without attention, a note says so."""
+    record = json.loads((out / "experiment.json").read_text())
+    for seeds in arms.values():
+        for stages in seeds:
+            for key in stages:
+                lines = (out / "runs" / key / "metrics.jsonl").read_text().splitlines()
+                seconds = [json.loads(line)["seconds"] for line in lines]
+                assert seconds == sorted(seconds) and seconds[0] > 0
+                assert seconds[-1] == pytest.approx(record["runs"][key]["seconds"], abs=0.05)
+    assert (out / "curves.png").stat().st_size > 10_000
+    for seeds in arms.values():
+        key = seeds[0][-1]
+        figures = out / "runs" / key / "figures"
+        if vitkit.load_model(out / "runs" / key).config.depth == 0:
+            assert not figures.exists() and f"({key}): a ResNet without attention" in page
+            continue
+        captions = json.loads((figures / "captions.json").read_text())
+        assert "block 1's heads span" in captions["attention_distance.png"]
+        for name in ("embedding_filters.png", "attention_distance.png"):
+            assert captions[name] in page
+        assert f'href="runs/{key}/figures/index.html"' in page
+
+
 @pytest.mark.parametrize("n", [2, 3, 5, 12])
 def test_the_paired_interval_is_scipys(n: int) -> None:
     rng = np.random.default_rng(n)
@@ -92,7 +119,12 @@ def test_the_resolution_experiment_end_to_end(
     if np.isfinite(interval.low):  # equal differences over both seeds leave no spread
         assert f"CI {interval.low * 100:+.2f} to {interval.high * 100:+.2f}" in page
     assert f"{mean * 100:+.2f} points" in page
-    assert images_loaded_in_chromium(out / "report.html", tmp_path) == {"images": 1, "loaded": 1}
+    arms = {"low": [[f"seed{s}/low"] for s in (0, 1)], "high": [[f"seed{s}/high"] for s in (0, 1)],
+            "low_then_high": [[f"seed{s}/low_then_high-pretrain", f"seed{s}/low_then_high"]
+                              for s in (0, 1)]}  # fmt: skip
+    assert_runs_shown(out, page, arms)
+    # The result plot, the curves, and the hybrid's three small figures for each of the 3 arms.
+    assert images_loaded_in_chromium(out / "report.html", tmp_path) == {"images": 11, "loaded": 11}
 
     def no_training(*args, **kwargs):
         raise AssertionError("a finished run was trained again")
@@ -121,7 +153,10 @@ def test_the_posemb_experiment_end_to_end(image_tree: Path, tmp_path: Path) -> N
     for variant in variants:
         mean = np.mean([record["runs"][f"seed{s}/{variant}"]["fewshot"] for s in (0, 1)])
         assert f"{mean:.2%} ±" in page
-    assert images_loaded_in_chromium(out / "report.html", tmp_path) == {"images": 2, "loaded": 2}
+    assert_runs_shown(out, page, {v: [[f"seed{s}/{v}"] for s in (0, 1)] for v in variants})
+    # 2 result plots, the curves, and the small figures: position similarity only where the
+    # model adds position embeddings to its tokens (not "none", not "relative").
+    assert images_loaded_in_chromium(out / "report.html", tmp_path) == {"images": 16, "loaded": 16}
 
 
 def test_the_resnet_preset_is_a_resnet_that_saves_loads_and_refuses_muon(
@@ -171,7 +206,9 @@ def test_the_data_scale_experiment_end_to_end(image_tree: Path, tmp_path: Path) 
     last = (top1["BiT-R26-CIFAR"][-1] - top1["ViT-CIFAR-4"][-1]) * 100
     page = html.unescape((out / "report.html").read_text())
     assert f"{first:+.2f} points at 10% of the data, {last:+.2f} at 100%" in page
-    assert images_loaded_in_chromium(out / "report.html", tmp_path) == {"images": 2, "loaded": 2}
+    assert_runs_shown(out, page, {m: [[f"seed0/{m}/1"]] for m in models})
+    # 2 result plots, the curves, and three small figures for the ViT and the hybrid each.
+    assert images_loaded_in_chromium(out / "report.html", tmp_path) == {"images": 9, "loaded": 9}
 
 
 @pytest.mark.slow
@@ -205,4 +242,10 @@ def test_the_mpp_experiment_end_to_end(image_tree: Path, tmp_path: Path) -> None
     assert f"randomly initialised one's: {mean * 100:+.2f} points" in page
     for values in fewshot.values():
         assert f"{np.mean(values):.2%} ±" in page
-    assert images_loaded_in_chromium(out / "report.html", tmp_path) == {"images": 2, "loaded": 2}
+    arms = {"scratch": [[f"seed{s}/scratch"] for s in (0, 1)],
+            "scratch_half": [[f"seed{s}/scratch_half"] for s in (0, 1)],
+            "mpp_then_finetune": [[f"seed{s}/mpp", f"seed{s}/mpp_then_finetune"] for s in (0, 1)],
+            "masked-patch encoder": [[f"seed{s}/mpp"] for s in (0, 1)]}  # fmt: skip
+    assert_runs_shown(out, page, arms)
+    # 2 result plots, the curves, and three small figures for each of the 4 models.
+    assert images_loaded_in_chromium(out / "report.html", tmp_path) == {"images": 15, "loaded": 15}

@@ -47,6 +47,11 @@ class Page:
         escaped = html.escape(text)
         self.parts.append(f"<p><code>{escaped}</code></p>" if code else f"<p>{escaped}</p>")
 
+    def link(self, target: Path, text: str, *, folder: Path) -> None:
+        """A paragraph that links `text` to `target`, a file below `folder`, the page's folder."""
+        href = html.escape(target.relative_to(folder).as_posix())
+        self.parts.append(f'<p><a href="{href}">{html.escape(text)}</a></p>')
+
     def table(self, header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
         head = "".join(f"<th>{html.escape(cell)}</th>" for cell in header)
         body = "".join(

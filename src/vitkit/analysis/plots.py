@@ -190,6 +190,35 @@ def plot_training_curves(metrics: Sequence[dict], path: Path) -> Path:
     return _save(figure, path)
 
 
+def plot_curves_against_time(curves: dict[str, list[Sequence[dict]]], path: Path) -> Path:
+    """Training loss (left) and test top-1 (right) against training seconds for several arms of
+    an experiment: one colour per arm, one line per seed. Each curve is a list of metrics.jsonl
+    records carrying "seconds"; records without it (runs older than that field) are left out.
+    Time, not step, is the x axis because the arms are compared at equal time and differ in
+    steps (a higher resolution or a pre-training stage costs steps)."""
+    figure, (losses, accuracies) = plt.subplots(1, 2, figsize=(10, 3.8))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for position, (label, seeds) in enumerate(curves.items()):
+        colour = colours[position % len(colours)]
+        for seed, records in enumerate(seeds):
+            timed = [record for record in records if "seconds" in record]
+            for axis, key in ((losses, "loss"), (accuracies, "top1")):
+                points = [(record["seconds"], record[key]) for record in timed if key in record]
+                if points:
+                    seconds, values = zip(*points)
+                    scale = 100 if key == "top1" else 1
+                    axis.plot(seconds, np.asarray(values) * scale, color=colour, alpha=0.8,
+                              marker="o" if key == "top1" else None, markersize=3,
+                              label=label if seed == 0 else None)  # fmt: skip
+    losses.set_yscale("log")
+    for axis, ylabel in ((losses, "training loss (log scale)"), (accuracies, "test top-1 (%)")):
+        axis.set_xlabel("training time (s)")
+        axis.set_ylabel(ylabel)
+        axis.grid(alpha=0.3)
+    losses.legend(fontsize=8)
+    return _save(figure, path)
+
+
 def plot_arms(values: dict[str, list[float]], path: Path, *, ylabel: str, title: str) -> Path:
     """An experiment's arms side by side: each seed's value as a dot, the mean as a bar, so the
     spread over seeds is seen next to the difference between arms. Values are fractions (top-1),

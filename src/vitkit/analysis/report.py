@@ -10,6 +10,7 @@ per-head attention of the output token.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -46,9 +47,12 @@ from vitkit.errors import DataError
 from vitkit.io import atomic_write_json
 from vitkit.models.preprocessing import Preprocessing
 from vitkit.models.vit import VisionTransformer
+from vitkit.weights import load_model
 
+FIGURES_FOLDER = "figures"  # a run's inspection figures, below its folder
 # The figures small enough to stand side by side on a page; the attention maps take the width.
 SIDE_BY_SIDE = ("embedding_filters.png", "position_similarity.png", "attention_distance.png")
+CAPTIONS_NAME = "captions.json"  # figure file name -> its caption, beside the figures
 HEADS_CAPTION = (
     "Raw attention of the output token in the last block, one column per head, over the first "
     "images: where each head of the last block looks before the output is read."
@@ -145,13 +149,10 @@ def write_figures(
         out_dir / "attention_distance.json",
         {"pixels_per_token": config.total_stride, "pixels_by_layer_and_head": distance.tolist()},
     )
-    atomic_write_json(out_dir / "captions.json", captions)
+    atomic_write_json(out_dir / CAPTIONS_NAME, captions)
     page = Page("vitkit figures")
     page.paragraph(description)
-    page.figure_row([(figures[name], captions[name]) for name in SIDE_BY_SIDE if name in figures])
-    for name, path in figures.items():
-        if name not in SIDE_BY_SIDE:
-            page.figure(path, captions[name])
+    add_figures(page, out_dir, page_folder=out_dir)
     page.write(out_dir / "index.html")
     figures["index.html"] = out_dir / "index.html"
     return figures
@@ -187,3 +188,37 @@ def figures_for_dataset(
         shown=shown,
         description=f"{label}: {model.config.describe()}; {len(order)} images.",
     )
+
+
+def add_figures(page: Page, folder: Path, *, page_folder: Path, small_only: bool = False) -> bool:
+    """The figures `write_figures` left in `folder`, captioned from its captions.json, onto
+    `page` (written in `page_folder`): the small ones side by side, then, unless `small_only`,
+    the wide ones (attention maps) one below the other. False, adding nothing, when the folder
+    holds no figures."""
+    captions_file = folder / CAPTIONS_NAME
+    if not captions_file.is_file():
+        return False
+    captions = json.loads(captions_file.read_text())
+    small = [name for name in SIDE_BY_SIDE if name in captions]
+    page.figure_row([(folder / name, captions[name]) for name in small], folder=page_folder)
+    if not small_only:
+        for name, caption in captions.items():
+            if name not in small:
+                page.figure(folder / name, caption, folder=page_folder)
+    return True
+
+
+def write_run_figures(
+    run_folder: Path, dataset: ArrayDataset, *, label: str, images: int = 128
+) -> Path | None:
+    """`figures_for_dataset` for the model a training run saved, into run_folder/figures; the
+    folder, or None for a model with no transformer block (depth 0, a plain ResNet), which has
+    no attention to show."""
+    model = load_model(run_folder)
+    if model.config.depth == 0:
+        return None
+    figures = figures_for_dataset(
+        model, model.preprocessing, dataset, run_folder / FIGURES_FOLDER, images=images,
+        label=label,
+    )  # fmt: skip
+    return figures["index.html"].parent

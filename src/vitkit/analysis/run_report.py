@@ -1,5 +1,5 @@
 """report.html for a `vitkit train` run and for the demo: one page a person opens, with the
-result table, the training curves, (for the demo) the paper's claim as measured and the
+result table, the training curves, (for the demo) the paper's claim as measured, the
 inspection figures with their captions, the command and the machine. Written into the run's
 folder, images linked from it and its sub-folders, so the folder works offline as it is."""
 
@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from vitkit.analysis.page import Page
-from vitkit.analysis.report import SIDE_BY_SIDE
+from vitkit.analysis.report import FIGURES_FOLDER, add_figures
 from vitkit.devices import describe_machine
+from vitkit.training.run_dir import CURVES_NAME
 
 STAGES = {
     "pretrain": "pre-training from scratch",
@@ -50,21 +51,14 @@ def write_demo_report(out: Path, summary: dict[str, Any], command: str) -> Path:
         page.paragraph("Top-1 counts each test image with its mirror image, logits averaged.")
     page.heading("Training curves")
     curves = [
-        (out / name / "curves.png", f"{name}: training loss and top-1 against the step.")
+        (out / name / CURVES_NAME, f"{name}: training loss and top-1 against the step.")
         for name in STAGES
-        if (out / name / "curves.png").is_file()
+        if (out / name / CURVES_NAME).is_file()
     ]
     page.figure_row(curves, folder=out)
-    figures = out / "figures"
-    captions_file = figures / "captions.json"
-    if captions_file.is_file():
+    if (out / FIGURES_FOLDER).is_dir():
         page.heading("What the fine-tuned model learned (the paper's inspection figures)")
-        captions = json.loads(captions_file.read_text())
-        small = [name for name in SIDE_BY_SIDE if name in captions]
-        page.figure_row([(figures / name, captions[name]) for name in small], folder=out)
-        for name, caption in captions.items():
-            if name not in small:
-                page.figure(figures / name, caption, folder=out)
+        add_figures(page, out / FIGURES_FOLDER, page_folder=out)
     page.heading("How it was run")
     page.paragraph(command, code=True)
     page.paragraph(
@@ -83,7 +77,7 @@ SHOWN_FIELDS = ("model", "data", "init", "resolution", "optimizer", "lr", "batch
 
 def write_train_report(out: Path, summary: dict[str, Any], command: str) -> Path:
     """out/report.html for one `vitkit train` run: its summary.json contents, the main fields of
-    its train_config.json, its curves.png; returns the page's path."""
+    its train_config.json, its curves.png and its figures/ folder; returns the page's path."""
     page = Page(f"vitkit train: {out.name}")
     page.heading("Result")
     top1 = summary.get("top1")
@@ -97,9 +91,12 @@ def write_train_report(out: Path, summary: dict[str, Any], command: str) -> Path
         config = json.loads(config_file.read_text())["requested"]
         page.table(["field", "value"], [[name, str(config[name])] for name in SHOWN_FIELDS
                                         if config.get(name) not in (None, "", 0)])  # fmt: skip
-    curves = out / "curves.png"
+    curves = out / CURVES_NAME
     if curves.is_file():
         page.figure(curves, "Training loss and, where evaluated, top-1 against the step.")
+    if (out / FIGURES_FOLDER).is_dir():
+        page.heading("What the model learned (the paper's inspection figures)")
+        add_figures(page, out / FIGURES_FOLDER, page_folder=out)
     page.heading("How it was run")
     page.paragraph(command, code=True)
     page.paragraph(f"Machine: {describe_machine()}. train_config.json holds every field.")

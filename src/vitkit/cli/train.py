@@ -1,5 +1,8 @@
 """`vitkit train --preset NAME --data PATH --out DIR [field=value ...]`: one training stage.
 
+At the end it writes curves.png, the paper's inspection figures of the trained model on the
+test split (figures/) and report.html, which shows them with the result.
+
 Running the same command again resumes the run in DIR; a different config is refused unless
 --force. The fields and their defaults are listed by `vitkit train --help`.
 
@@ -16,7 +19,9 @@ import shlex
 from pathlib import Path
 
 from vitkit.analysis.plots import plot_training_curves
+from vitkit.analysis.report import write_run_figures
 from vitkit.analysis.run_report import write_train_report
+from vitkit.data.sources import open_labelled
 from vitkit.training.config import describe_fields, parse_overrides
 from vitkit.training.distributed import launch
 from vitkit.training.presets import PRESETS, get_preset
@@ -36,6 +41,11 @@ def run(args: argparse.Namespace) -> int:
             print(f"training curves: {curves}")
         print(json.dumps(summary.to_json(), indent=2))
         if summary.complete:
+            if config.test_split:
+                test = open_labelled(config.data, config.test_split)
+                label = f"{args.out} on {config.data} ({config.test_split})"
+                if figures := write_run_figures(args.out, test, label=label):
+                    print(f"inspection figures: {figures / 'index.html'}")
             data = ["--data", args.data] if args.data else []
             command = shlex.join(["vitkit", "train", "--preset", args.preset, *data,
                                   "--out", str(args.out), *args.fields])  # fmt: skip

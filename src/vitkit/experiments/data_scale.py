@@ -23,7 +23,13 @@ from typing import Literal
 from vitkit.analysis.page import Page
 from vitkit.analysis.plots import plot_lines
 from vitkit.data import open_dataset
+from vitkit.data.arrays import ArrayDataset
 from vitkit.experiments.record import ExperimentRecord
+from vitkit.experiments.report_sections import (
+    add_how_it_was_run,
+    add_inspection_figures,
+    add_training_curves,
+)
 from vitkit.experiments.statistics import Spread
 from vitkit.training.config import TrainConfig
 from vitkit.training.demo import STAGE_PRESETS
@@ -60,6 +66,11 @@ def run_config(
     )  # fmt: skip
 
 
+def run_key(model: str, fraction: float, seed: int) -> str:
+    """The record's key and folder name of one run, e.g. "seed0/ViT-CIFAR-4/0.25"."""
+    return f"seed{seed}/{MODELS[model][0].replace('/', '-')}/{fraction:g}"
+
+
 def run(
     data: str,
     out: Path,
@@ -93,14 +104,14 @@ def run(
     for seed in seeds:
         for position, fraction in enumerate(FRACTIONS):
             for model in MODELS:
-                key = f"seed{seed}/{MODELS[model][0].replace('/', '-')}/{fraction:g}"
+                key = run_key(model, fraction, seed)
                 config = run_config(model, fraction, data=data, seed=seed,
                                     budget_seconds=budget_seconds, hardware=hardware)  # fmt: skip
                 result = record.train(key, config)
                 fewshot = record.fewshot(key, train_set, test_set, shots=SHOTS)
                 results["top1"][model][position].append(result["top1"])
                 results["fewshot"][model][position].append(fewshot)
-    write_report(record, results, train_images=len(train_set),
+    write_report(record, results, test_set, train_images=len(train_set),
                  seconds=time.perf_counter() - started)  # fmt: skip
     return results
 
@@ -121,11 +132,14 @@ def gap_verdict(top1: dict[str, list[list[float]]]) -> str:
 def write_report(
     record: ExperimentRecord,
     results: dict[str, dict[str, list[list[float]]]],
+    test_set: ArrayDataset,
     *,
     train_images: int,
     seconds: float,
 ) -> Path:
-    """report.html, data_scale_top1.png and data_scale_fewshot.png in the experiment folder."""
+    """report.html, data_scale_top1.png, data_scale_fewshot.png and curves.png (on the whole
+    training set) in the experiment folder, with the inspection figures of the first seed's
+    models trained on the whole set."""
     settings = record.content["settings"]
     sizes = [round(fraction * train_images) for fraction in FRACTIONS]
     title = f"{settings['budget_seconds']:g} s per run at {RESOLUTION} px, " + (
@@ -155,13 +169,13 @@ def write_report(
             ylabel=f"{label} (%)", title=title, log_x=True,
         )  # fmt: skip
         page.figure(plot, f"{label.capitalize()} against the number of training images.")
-    page.heading("How it was run")
-    page.paragraph(record.content["command"] or f"vitkit experiment {NAME}", code=True)
-    page.paragraph(
-        f"Machine: {record.content['machine']}. Started {record.content['started']}; this "
-        f"invocation took {seconds / 60:.1f} min. Each run's folder is runs/seedN/MODEL/SHARE; "
-        "experiment.json holds every setting and result."
+    seeds, whole = settings["seeds"], FRACTIONS[-1]
+    curves = {model: [[run_key(model, whole, seed)] for seed in seeds] for model in MODELS}
+    add_training_curves(page, record, curves, note=f"On {whole:.0%} of the training set.")
+    add_inspection_figures(
+        page, record, {model: run_key(model, whole, seeds[0]) for model in MODELS}, test_set
     )
+    add_how_it_was_run(page, record, seconds=seconds, layout="runs/seedN/MODEL/SHARE")
     path = record.folder / "report.html"
     page.write(path)
     return path

@@ -29,7 +29,13 @@ import torch
 from vitkit.analysis.page import Page
 from vitkit.analysis.plots import plot_arms
 from vitkit.data import open_dataset
+from vitkit.data.arrays import ArrayDataset
 from vitkit.experiments.record import FEWSHOT_SEEDS, ExperimentRecord
+from vitkit.experiments.report_sections import (
+    add_how_it_was_run,
+    add_inspection_figures,
+    add_training_curves,
+)
 from vitkit.experiments.statistics import PairedDifference, Spread
 from vitkit.training.build import new_model
 from vitkit.training.config import TrainConfig
@@ -119,14 +125,16 @@ def run(
         "top1": {arm: [] for arm in ARMS},
         "fewshot": {name: [] for name in REPRESENTATIONS},
     }
+    runs: dict[str, list[list[str]]] = {arm: [] for arm in ARMS}
     for seed in seeds:
         for arm in ARMS:
             stages = stage_configs(
                 arm, data=data, seed=seed, budget_seconds=budget_seconds, hardware=hardware,
                 pretrain_folder=record.run_folder(f"seed{seed}/mpp"),
             )  # fmt: skip
-            for stage, config in stages:
-                result = record.train(f"seed{seed}/{stage}", config)
+            runs[arm].append([f"seed{seed}/{stage}" for stage, _ in stages])
+            for key, (_, config) in zip(runs[arm][-1], stages, strict=True):
+                result = record.train(key, config)
             results["top1"][arm].append(result["top1"])
         untrained = new_model(record.configured(stages[0][1]), device=torch.device("cpu"),
                               num_classes=len(train_set.classes))  # fmt: skip
@@ -137,14 +145,21 @@ def run(
                     f"seed{seed}/{run_name}", train_set, test_set, shots=SHOTS, model=model
                 )  # fmt: skip
             )
-    write_report(record, results, seconds=time.perf_counter() - started)
+    write_report(record, results, runs, test_set, seconds=time.perf_counter() - started)
     return results
 
 
 def write_report(
-    record: ExperimentRecord, results: dict[str, dict[str, list[float]]], *, seconds: float
+    record: ExperimentRecord,
+    results: dict[str, dict[str, list[float]]],
+    runs: dict[str, list[list[str]]],
+    test_set: ArrayDataset,
+    *,
+    seconds: float,
 ) -> Path:
-    """report.html, mpp_top1.png and mpp_fewshot.png in the experiment folder."""
+    """report.html, mpp_top1.png, mpp_fewshot.png and curves.png in the experiment folder;
+    `runs`: each arm's run keys per seed, in training order. The first seed's trained models
+    (and the masked-patch encoder before fine-tuning) get inspection figures."""
     settings = record.content["settings"]
     seeds, budget = settings["seeds"], settings["budget_seconds"]
     top1, fewshot = results["top1"], results["fewshot"]
@@ -197,13 +212,19 @@ def write_report(
         f"{SHOTS}-shot linear accuracy of each frozen representation (mean over {FEWSHOT_SEEDS} "
         f"draws of the {SHOTS} images per class), one dot per training seed.",
     )
-    page.heading("How it was run")
-    page.paragraph(record.content["command"] or f"vitkit experiment {NAME}", code=True)
-    page.paragraph(
-        f"Machine: {record.content['machine']}. Started {record.content['started']}; this "
-        f"invocation took {seconds / 60:.1f} min. Each run's folder is runs/seedN/RUN (mpp: the "
-        "masked patch pre-training); experiment.json holds every setting and result."
-    )
+    add_training_curves(
+        page, record, runs,
+        note="The first half of mpp_then_finetune is the masked patch prediction's loss (over "
+        "512 colours), which has no test top-1.",
+    )  # fmt: skip
+    first = seeds[0]
+    figure_runs = {"masked-patch encoder, before fine-tuning": f"seed{first}/mpp"}
+    figure_runs |= {arm: f"seed{first}/{arm}" for arm in ARMS}
+    add_inspection_figures(page, record, figure_runs, test_set)
+    add_how_it_was_run(
+        page, record, seconds=seconds,
+        layout="runs/seedN/RUN (mpp: the masked patch pre-training)",
+    )  # fmt: skip
     path = record.folder / "report.html"
     page.write(path)
     return path

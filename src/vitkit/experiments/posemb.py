@@ -20,7 +20,13 @@ from typing import Literal
 from vitkit.analysis.page import Page
 from vitkit.analysis.plots import plot_arms
 from vitkit.data import open_dataset
+from vitkit.data.arrays import ArrayDataset
 from vitkit.experiments.record import FEWSHOT_SEEDS, ExperimentRecord
+from vitkit.experiments.report_sections import (
+    add_how_it_was_run,
+    add_inspection_figures,
+    add_training_curves,
+)
 from vitkit.experiments.statistics import PairedDifference, Spread
 from vitkit.training.demo import STAGE_PRESETS
 from vitkit.training.presets import get_preset
@@ -83,14 +89,19 @@ def run(
             fewshot = record.fewshot(key, train_set, test_set, shots=SHOTS)
             results["top1"][variant].append(result["top1"])
             results["fewshot"][variant].append(fewshot)
-    write_report(record, results, seconds=time.perf_counter() - started)
+    write_report(record, results, test_set, seconds=time.perf_counter() - started)
     return results
 
 
 def write_report(
-    record: ExperimentRecord, results: dict[str, dict[str, list[float]]], *, seconds: float
+    record: ExperimentRecord,
+    results: dict[str, dict[str, list[float]]],
+    test_set: ArrayDataset,
+    *,
+    seconds: float,
 ) -> Path:
-    """report.html, posemb_top1.png and posemb_fewshot.png in the experiment folder."""
+    """report.html, posemb_top1.png, posemb_fewshot.png and curves.png in the experiment folder,
+    with the inspection figures of the first seed's model of each variant."""
     settings = record.content["settings"]
     seeds = settings["seeds"]
     title = f"{settings['model']}, {settings['budget_seconds']:g} s per run, {len(seeds)} seeds"
@@ -132,13 +143,15 @@ def write_report(
         f"{SHOTS}-shot linear accuracy of the frozen representation (mean over "
         f"{FEWSHOT_SEEDS} draws of the {SHOTS} images per class), one dot per training seed.",
     )
-    page.heading("How it was run")
-    page.paragraph(record.content["command"] or f"vitkit experiment {NAME}", code=True)
-    page.paragraph(
-        f"Machine: {record.content['machine']}. Started {record.content['started']}; this "
-        f"invocation took {seconds / 60:.1f} min. Each run's folder is runs/seedN/VARIANT; "
-        "experiment.json holds every setting and result."
+    add_training_curves(
+        page,
+        record,
+        {variant: [[f"seed{seed}/{variant}"] for seed in seeds] for variant in VARIANTS},
     )
+    add_inspection_figures(
+        page, record, {variant: f"seed{seeds[0]}/{variant}" for variant in VARIANTS}, test_set
+    )
+    add_how_it_was_run(page, record, seconds=seconds, layout="runs/seedN/VARIANT")
     path = record.folder / "report.html"
     page.write(path)
     return path

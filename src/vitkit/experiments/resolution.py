@@ -25,7 +25,14 @@ from typing import Literal
 
 from vitkit.analysis.page import Page
 from vitkit.analysis.plots import plot_arms
+from vitkit.data import open_dataset
+from vitkit.data.arrays import ArrayDataset
 from vitkit.experiments.record import ExperimentRecord
+from vitkit.experiments.report_sections import (
+    add_how_it_was_run,
+    add_inspection_figures,
+    add_training_curves,
+)
 from vitkit.experiments.statistics import PairedDifference, Spread
 from vitkit.training.config import TrainConfig
 from vitkit.training.demo import STAGE_PRESETS
@@ -101,21 +108,32 @@ def run(
     record = ExperimentRecord.open(out, NAME, settings, command)
     started = time.perf_counter()
     top1: dict[str, list[float]] = {arm: [] for arm in ARMS}
+    runs: dict[str, list[list[str]]] = {arm: [] for arm in ARMS}
     for seed in seeds:
         for arm in ARMS:
             stages = arm_configs(
                 arm, data=data, seed=seed, budget_seconds=budget_seconds, hardware=hardware,
                 pretrain_folder=record.run_folder(f"seed{seed}/low_then_high-pretrain"),
             )  # fmt: skip
-            for stage, config in stages:
-                result = record.train(f"seed{seed}/{stage}", config)
+            runs[arm].append([f"seed{seed}/{stage}" for stage, _ in stages])
+            for key, (_, config) in zip(runs[arm][-1], stages, strict=True):
+                result = record.train(key, config)
             top1[arm].append(result["top1"])
-    write_report(record, top1, seconds=time.perf_counter() - started)
+    test_set = open_dataset(data, split="test")
+    write_report(record, top1, runs, test_set, seconds=time.perf_counter() - started)
     return top1
 
 
-def write_report(record: ExperimentRecord, top1: dict[str, list[float]], *, seconds: float) -> Path:
-    """report.html and resolution.png in the experiment folder."""
+def write_report(
+    record: ExperimentRecord,
+    top1: dict[str, list[float]],
+    runs: dict[str, list[list[str]]],
+    test_set: ArrayDataset,
+    *,
+    seconds: float,
+) -> Path:
+    """report.html, resolution.png and curves.png in the experiment folder; `runs`: each arm's
+    run keys per seed, in training order; the first seed's models get inspection figures."""
     settings = record.content["settings"]
     seeds = settings["seeds"]
     plot = plot_arms(
@@ -151,13 +169,9 @@ def write_report(record: ExperimentRecord, top1: dict[str, list[float]], *, seco
         rows,
     )  # fmt: skip
     page.figure(plot, "Test top-1 per arm: one dot per seed, the bar at the mean.")
-    page.heading("How it was run")
-    page.paragraph(record.content["command"] or "vitkit experiment resolution", code=True)
-    page.paragraph(
-        f"Machine: {record.content['machine']}. Started {record.content['started']}; this "
-        f"invocation took {seconds / 60:.1f} min. Each run's folder is runs/seedN/ARM; "
-        "experiment.json holds every setting and result."
-    )
+    add_training_curves(page, record, runs)
+    add_inspection_figures(page, record, {arm: keys[0][-1] for arm, keys in runs.items()}, test_set)
+    add_how_it_was_run(page, record, seconds=seconds, layout="runs/seedN/ARM")
     path = record.folder / "report.html"
     page.write(path)
     return path

@@ -65,15 +65,22 @@ class Run:
                     window_images += config.batch_size
                     if every(config.log_every, state.step) or state.step == self.plan.total_steps:
                         loss, rate = world.mean(loss), window_images / window.seconds
-                        metrics.write({"step": state.step, "loss": loss, "lr": lr,
-                                       "images_per_s": rate})  # fmt: skip
+                        metrics.write({"step": state.step, "seconds": round(clock.seconds, 3),
+                                       "loss": loss, "lr": lr, "images_per_s": rate})  # fmt: skip
                         progress.set_postfix(
                             loss=f"{loss:.4f}", lr=f"{lr:.2e}", img_s=f"{rate:.0f}"
                         )
                         window, window_images = Stopwatch(0.0), 0
                     if every(config.eval_every, state.step) and self.test is not None:
                         with clock.paused(), window.paused():  # neither budget nor img/s
-                            metrics.write({"step": state.step, "top1": self.evaluate(state.model)})
+                            top1 = self.evaluate(state.model)
+                            metrics.write(
+                                {
+                                    "step": state.step,
+                                    "seconds": round(clock.seconds, 3),
+                                    "top1": top1,
+                                }
+                            )
                     if self.checkpoints.due(state.step) or stop.requested:
                         self.checkpoint(clock, progress)
                     if stop.requested:
@@ -147,7 +154,9 @@ class Run:
         if self.world.is_main:
             if summary.top1 is not None:
                 metrics = self.run_dir.metrics(enabled=True)
-                metrics.write({"step": self.state.step, "top1": summary.top1})
+                metrics.write(
+                    {"step": self.state.step, "seconds": summary.seconds, "top1": summary.top1}
+                )
                 metrics.close()
             with self.run_dir.writing():
                 weights = final.encoder() if isinstance(final, MaskedPatchViT) else final
