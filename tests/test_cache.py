@@ -34,6 +34,7 @@ class ToyStream:
     skipped: dict[str, str] = field(default_factory=dict)
     die_after: int | None = None
     classes: tuple[str, ...] = CLASSES
+    sizes: list[tuple[int, int]] | None = None
 
     def __len__(self) -> int:
         return len(self.images)

@@ -19,6 +19,7 @@ _STYLE = """
 body { font-family: system-ui, sans-serif; max-width: 60em; margin: 2em auto; padding: 0 1em;
        color: #222; line-height: 1.45; }
 h1 { font-size: 1.6em; } h2 { font-size: 1.25em; margin-top: 2em; }
+h3 { font-size: 1.05em; margin: 1.5em 0 0; }
 .table { overflow-x: auto; }
 table { border-collapse: collapse; margin: 1em 0; }
 th, td { border-bottom: 1px solid #ddd; padding: 0.3em 0.8em; text-align: right; }
@@ -39,8 +40,9 @@ class Page:
     title: str
     parts: list[str] = field(default_factory=list)
 
-    def heading(self, text: str) -> None:
-        self.parts.append(f"<h2>{html.escape(text)}</h2>")
+    def heading(self, text: str, *, level: int = 2) -> None:
+        """A section heading (level 2), or a sub-section's (level 3)."""
+        self.parts.append(f"<h{level}>{html.escape(text)}</h{level}>")
 
     def paragraph(self, text: str, *, code: bool = False) -> None:
         """A paragraph; with `code`, the text set as one line of code (a command)."""

@@ -16,11 +16,17 @@ from torch.utils.data import Dataset
 
 @dataclass(frozen=True, eq=False)
 class ArrayDataset(Dataset):
-    """images (N, H, W, 3) uint8, labels (N,) int64, and the class names labels index into."""
+    """images (N, H, W, 3) uint8, labels (N,) int64, and the class names labels index into.
+
+    sizes (N, 2), when set: image i is only its top-left sizes[i] = (h, w) pixels, the rest of
+    its (H, W) canvas edge padding; images of different sizes and aspect ratios share one array
+    so (an image folder decoded with keep_aspect). None: every image fills its (H, W).
+    """
 
     images: np.ndarray
     labels: np.ndarray
     classes: tuple[str, ...]
+    sizes: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.images.ndim != 4 or self.images.shape[-1] != 3 or self.images.dtype != np.uint8:
@@ -35,6 +41,16 @@ class ArrayDataset(Dataset):
             self.classes
         ):
             raise ValueError(f"labels must lie in [0, {len(self.classes)}) (the class list)")
+        if self.sizes is not None:
+            height, width = self.images.shape[1:3]
+            if self.sizes.shape != (len(self.images), 2) or not (
+                len(self.sizes) == 0
+                or (1 <= self.sizes.min() and (self.sizes <= (height, width)).all())
+            ):
+                raise ValueError(
+                    f"sizes must be (N, 2) image sizes within the {height}x{width} canvas, got "
+                    f"shape {tuple(self.sizes.shape)}"
+                )
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -54,12 +70,20 @@ class ArrayDataset(Dataset):
         images = torch.from_numpy(rows).permute(0, 3, 1, 2).contiguous()  # (B, C, H, W)
         return images, torch.from_numpy(self.labels[indices].astype(np.int64))
 
+    def sizes_of(self, indices: np.ndarray) -> torch.Tensor | None:
+        """The (h, w) of the images at `indices` on their canvases, (B, 2) int64; None when every
+        image fills its canvas."""
+        if self.sizes is None:
+            return None
+        return torch.from_numpy(np.asarray(self.sizes[indices], dtype=np.int64))
+
     def subset(self, indices: np.ndarray) -> ArrayDataset:
         """The images at `indices` (copied into memory), same classes."""
         return ArrayDataset(
             images=np.ascontiguousarray(self.images[indices]),
             labels=self.labels[indices].astype(np.int64),
             classes=self.classes,
+            sizes=None if self.sizes is None else self.sizes[indices],
         )
 
     @property

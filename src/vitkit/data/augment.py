@@ -72,14 +72,15 @@ class AugmentConfig:
 
 def random_crop_boxes(
     uniforms: torch.Tensor,
-    height: int,
-    width: int,
+    height: int | torch.Tensor,
+    width: int | torch.Tensor,
     *,
     scale: tuple[float, float],
     ratio: tuple[float, float],
 ) -> torch.Tensor:
     """Inception-crop boxes (B, 4) as (x1, y1, x2, y2) in pixel coordinates, from uniforms in
-    [0, 1) of shape (B, 2 * CROP_ATTEMPTS + 2).
+    [0, 1) of shape (B, 2 * CROP_ATTEMPTS + 2), of images `height` x `width` (one size, or (B,)
+    sizes: each image's own).
 
     Like torchvision's RandomResizedCrop: up to CROP_ATTEMPTS draws of area fraction (uniform in
     `scale`) and aspect ratio (log-uniform in `ratio`), the first that fits is kept; an image with
@@ -90,6 +91,11 @@ def random_crop_boxes(
     low, high = math.log(ratio[0]), math.log(ratio[1])
     fractions = scale[0] + uniforms[:, :CROP_ATTEMPTS] * (scale[1] - scale[0])
     aspect = (low + uniforms[:, CROP_ATTEMPTS : 2 * CROP_ATTEMPTS] * (high - low)).exp()
+    # (B, 1) float32 sides: exact for whole numbers of pixels.
+    height, width = (
+        torch.as_tensor(side, dtype=torch.float32, device=uniforms.device).expand(batch)[:, None]
+        for side in (height, width)
+    )
     area = height * width
     box_w = (fractions * area * aspect).sqrt()
     box_h = (fractions * area / aspect).sqrt()
@@ -97,14 +103,14 @@ def random_crop_boxes(
     first = fits.float().argmax(dim=1)  # index of the first fitting attempt (0 when none fits)
     rows = torch.arange(batch, device=uniforms.device)
     box_w, box_h = box_w[rows, first], box_h[rows, first]
+    height, width = height[:, 0], width[:, 0]
 
-    # Fallback: the whole image, clamped to the allowed aspect ratios, centred.
-    image_ratio = width / height
-    fallback_w, fallback_h = float(width), float(height)
-    if image_ratio < ratio[0]:
-        fallback_h = width / ratio[0]
-    elif image_ratio > ratio[1]:
-        fallback_w = height * ratio[1]
+    # Fallback: the whole image, clamped to the allowed aspect ratios, centred (in float64, as
+    # torchvision computes it in Python).
+    sides = height.double(), width.double()
+    fallback_w = torch.where(sides[1] / sides[0] > ratio[1], sides[0] * ratio[1], sides[1])
+    fallback_h = torch.where(sides[1] / sides[0] < ratio[0], sides[1] / ratio[0], sides[0])
+    fallback_w, fallback_h = fallback_w.float(), fallback_h.float()
     none_fit = ~fits.any(dim=1)
     box_w = torch.where(none_fit, fallback_w, box_w)
     box_h = torch.where(none_fit, fallback_h, box_h)
@@ -199,28 +205,38 @@ class TrainAugment:
         key: Sequence[int],
         first: int = 0,
         total: int | None = None,
+        sizes: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Augment `images`, the images [first, first + B) of a global batch of `total` (default
-        B) whose randomness `key` names (see the module docstring)."""
+        B) whose randomness `key` names (see the module docstring). `sizes` (B, 2): each image
+        is only the top-left (h, w) of its canvas (`ArrayDataset.sizes`), so crops, and without
+        crops the resize, take that region alone."""
         config = self.config
-        batch, _, height, width = images.shape
+        batch = len(images)
         draws = draw(config, key, first=first, count=batch, total=total or batch)
         uniforms = torch.as_tensor(draws.uniforms, dtype=torch.float32).to(images.device)
         flip = uniforms[:, _FLIP] < 0.5 if config.hflip else None
         pixels = images.float()
+        regions = _regions(images.shape[-2:], sizes, batch)
+        boxes = None
+        if config.crop_scale is not None:
+            heights, widths = (torch.tensor(side, device=images.device) for side in zip(*regions))
+            boxes = random_crop_boxes(uniforms[:, _CROP], heights, widths,
+                                      scale=config.crop_scale, ratio=config.crop_ratio)  # fmt: skip
         if config.token_budget is not None:
             return self._at_token_budget(
-                pixels, labels, uniforms, flip, draws.image_seeds, config.token_budget
+                pixels, labels, boxes, regions, flip, draws.image_seeds, config.token_budget
             )
-        if config.crop_scale is not None:
-            boxes = random_crop_boxes(
-                uniforms[:, _CROP], height, width, scale=config.crop_scale, ratio=config.crop_ratio
-            )
+        if boxes is not None:
             pixels = crop_and_resize(pixels, boxes, config.resolution, flip=flip)
-        else:
+        elif sizes is None:
             pixels = resize(pixels, config.resolution)
             if flip is not None:
                 pixels = torch.where(flip[:, None, None, None], pixels.flip(-1), pixels)
+        else:
+            pixels = torch.stack(
+                _resize_regions(pixels, regions, [config.resolution] * batch, flip)
+            )
         if self._randaugment is not None:
             pixels = self._apply_randaugment(pixels, draws.image_seeds)
 
@@ -241,41 +257,41 @@ class TrainAugment:
         self,
         pixels: torch.Tensor,
         labels: torch.Tensor,
-        uniforms: torch.Tensor,
+        boxes: torch.Tensor | None,
+        regions: list[tuple[int, int]],
         flip: torch.Tensor | None,
         seeds: np.ndarray,
         budget: tuple[int, int],
     ) -> tuple[list[torch.Tensor], torch.Tensor]:
-        """NaViT's inputs: each image's crop (the same draws as the square path) resized at its
-        own aspect ratio to the token budget, flipped, RandAugment-ed and normalised; the images
-        that come out at one size are resampled together, in one call."""
+        """NaViT's inputs: each image's crop (`boxes`, by the same draws as the square path) or,
+        without crops, the whole image (its region of the canvas), resized at its own aspect
+        ratio to the token budget, flipped, RandAugment-ed and normalised; the images that come
+        out at one size are resampled together."""
         config = self.config
         patch, most = budget
-        batch, _, height, width = pixels.shape
-        if config.crop_scale is not None:
-            boxes = random_crop_boxes(
-                uniforms[:, _CROP], height, width, scale=config.crop_scale, ratio=config.crop_ratio
-            )
-        else:
-            boxes = torch.tensor([[0.0, 0.0, width, height]], device=pixels.device).expand(batch, 4)
+        if boxes is not None:
+            regions = [(max(1, round(y2 - y1)), max(1, round(x2 - x1)))
+                       for x1, y1, x2, y2 in boxes.tolist()]  # fmt: skip
         sizes = [
-            size_for_token_budget(
-                max(1, round(y2 - y1)), max(1, round(x2 - x1)), patch_size=patch, max_tokens=most
-            )
-            for x1, y1, x2, y2 in boxes.tolist()
+            size_for_token_budget(height, width, patch_size=patch, max_tokens=most)
+            for height, width in regions
         ]
-        inputs: list[torch.Tensor] = [pixels] * batch  # every entry is replaced below
-        for size in dict.fromkeys(sizes):
-            chosen = [index for index, wanted in enumerate(sizes) if wanted == size]
-            rows = torch.tensor(chosen, device=pixels.device)
-            images = crop_and_resize(
-                pixels[rows], boxes[rows], size, flip=None if flip is None else flip[rows]
-            )
+        if boxes is None:
+            resized = _resize_regions(pixels, regions, sizes, flip)
+        else:
+            resized = [pixels[0]] * len(pixels)  # every entry is replaced below
+            for size, rows in _groups(sizes):
+                chosen = torch.tensor(rows, device=pixels.device)
+                crops = crop_and_resize(pixels[chosen], boxes[chosen], size,
+                                        flip=None if flip is None else flip[chosen])  # fmt: skip
+                for index, crop in zip(rows, crops):
+                    resized[index] = crop
+        inputs: list[torch.Tensor] = list(resized)
+        for _, rows in _groups(sizes):
+            images = torch.stack([resized[index] for index in rows])
             if self._randaugment is not None:
-                images = self._apply_randaugment(images, seeds[chosen])
-            for index, image in zip(
-                chosen, normalize(images, config.mean, config.std, inplace=True)
-            ):
+                images = self._apply_randaugment(images, seeds[rows])
+            for index, image in zip(rows, normalize(images, config.mean, config.std)):
                 inputs[index] = image
         return inputs, self._smoothed(self._targets(labels.to(pixels.device)))
 
@@ -289,3 +305,40 @@ class TrainAugment:
                 torch.manual_seed(int(seed))
                 augmented.append(self._randaugment(image))
         return torch.stack(augmented).float()
+
+
+def _regions(
+    canvas: tuple[int, int], sizes: torch.Tensor | None, batch: int
+) -> list[tuple[int, int]]:
+    """Each image's (h, w): its own where `sizes` gives them, else the whole canvas."""
+    if sizes is None:
+        return [(int(canvas[0]), int(canvas[1]))] * batch
+    return [(int(height), int(width)) for height, width in sizes.tolist()]
+
+
+def _groups(keys: Sequence[object]) -> list[tuple[object, list[int]]]:
+    """The distinct keys in first-seen order, each with the indices that hold it."""
+    rows: dict[object, list[int]] = {}
+    for index, key in enumerate(keys):
+        rows.setdefault(key, []).append(index)
+    return list(rows.items())
+
+
+def _resize_regions(
+    pixels: torch.Tensor,
+    regions: list[tuple[int, int]],
+    sizes: Sequence[tuple[int, int]],
+    flip: torch.Tensor | None,
+) -> list[torch.Tensor]:
+    """Image i's top-left `regions[i]` resized (antialiased, as `resize`) to `sizes[i]`, mirrored
+    where `flip[i]`; the images of one region and size in one call."""
+    resized = [pixels[0]] * len(pixels)  # every entry is replaced below
+    for (region, size), rows in _groups(list(zip(regions, sizes))):
+        height, width = region
+        chosen = torch.tensor(rows, device=pixels.device)
+        images = resize(pixels[chosen][..., :height, :width], size)
+        if flip is not None:
+            images = torch.where(flip[chosen][:, None, None, None], images.flip(-1), images)
+        for index, image in zip(rows, images):
+            resized[index] = image
+    return resized

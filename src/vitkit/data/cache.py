@@ -4,6 +4,8 @@ Decoding 50,000 JPEGs takes seconds and ImageNet's 1.3 million takes an hour, ev
 every rank; reading a memory map takes nothing. A cache lives in `<cache_dir>/<key>/`:
     images.u8   raw (N, H, W, 3) uint8, C order, read back with np.memmap(mode="r")
     labels.npy  (N,) int64
+    sizes.npy   (N, 2) int64, only for images kept at their aspect ratio on a canvas: each
+                image's own (H, W) at the canvas's top left
     meta.json   shape, classes, sha256 of both files, the key it was built for, skipped images
 It is built in a temporary folder and renamed into place, so a killed build never leaves a cache
 that looks finished, and it is checked on every open: a damaged cache is rebuilt, never used.
@@ -20,7 +22,7 @@ import os
 import shutil
 import tempfile
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Protocol
@@ -37,13 +39,17 @@ FORMAT_VERSION = 1
 
 
 class ImageStream(Protocol):
-    """What a builder hands the cache: labelled images of one size, and what it had to skip."""
+    """What a builder hands the cache: labelled images of one size, what it had to skip and,
+    for images fitted within that size at their own aspect ratio, their sizes."""
 
     @property
     def classes(self) -> tuple[str, ...]: ...
 
     @property
     def skipped(self) -> Mapping[str, str]: ...  # image -> why; complete once iterated
+
+    @property
+    def sizes(self) -> Sequence[tuple[int, int]] | None: ...  # (H, W) on the canvas, or None
 
     def __len__(self) -> int: ...  # images it will try, for the progress bar
 
@@ -108,8 +114,15 @@ def _open(directory: Path, key: Mapping[str, object], *, verify: bool) -> ArrayD
         if verify and sha256_file(images_path) != meta["images_sha256"]:
             raise _Corrupt("images.u8 does not match its checksum")
         labels = np.load(directory / "labels.npy", allow_pickle=False)
+        sizes = None
+        if "sizes_sha256" in meta:
+            if sha256_file(directory / "sizes.npy") != meta["sizes_sha256"]:
+                raise _Corrupt("sizes.npy does not match its checksum")
+            sizes = np.load(directory / "sizes.npy", allow_pickle=False)
         images = np.memmap(images_path, dtype=np.uint8, mode="r", shape=shape)
-        return ArrayDataset(images=images, labels=labels, classes=tuple(meta["classes"]))
+        return ArrayDataset(
+            images=images, labels=labels, classes=tuple(meta["classes"]), sizes=sizes
+        )
     except _Corrupt:
         raise
     except (OSError, ValueError, KeyError, TypeError) as error:  # missing or garbled files
@@ -130,8 +143,13 @@ def _build(directory: Path, key: Mapping[str, object], stream: ImageStream) -> N
             "labels_sha256": sha256_file(partial / "labels.npy"),
             "skipped": dict(stream.skipped),
         }
+        written = ["labels.npy", "meta.json"]
+        if stream.sizes is not None:
+            np.save(partial / "sizes.npy", np.asarray(stream.sizes, dtype=np.int64).reshape(-1, 2))
+            meta["sizes_sha256"] = sha256_file(partial / "sizes.npy")
+            written.append("sizes.npy")
         (partial / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
-        for name in ("labels.npy", "meta.json"):
+        for name in written:
             _fsync(partial / name)
         os.replace(partial, directory)  # atomic: the folder appears complete or not at all
     finally:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 from tqdm import tqdm
 
 from vitkit.data.archives import (
@@ -182,7 +182,10 @@ class DecodedImages:
     image_size: tuple[int, int] | None
     skip_bad: bool
     workers: int
+    keep_aspect: bool = False
     skipped: dict[str, str] = field(default_factory=dict)
+    # keep_aspect: each image's (H, W) on its canvas, in the order they come out; else None.
+    sizes: list[tuple[int, int]] | None = field(default=None, init=False)
     # Bytes of one decoded image, once the first is decoded (all others must match it).
     _image_bytes: int | None = field(default=None, init=False)
 
@@ -196,12 +199,16 @@ class DecodedImages:
 
     def __iter__(self) -> Iterator[tuple[np.ndarray, int]]:
         first: tuple[str, tuple[int, ...]] | None = None  # without image_size all must match it
+        self.sizes = [] if self.keep_aspect else None
         for (name, label), image in self._decode():
             if isinstance(image, DataError):
                 if not self.skip_bad:
                     raise image
                 self.skipped[name] = str(image)
                 continue
+            if self.sizes is not None and self.image_size is not None:
+                self.sizes.append((image.shape[0], image.shape[1]))
+                image = on_canvas(image, self.image_size)
             if first is None:
                 first = (name, image.shape[:2])
                 self._image_bytes = image.nbytes
@@ -209,7 +216,7 @@ class DecodedImages:
                 raise DataError(
                     f"{self.source.describe(name)}: image is {_hw(image.shape)} (H, W) but "
                     f"{self.source.describe(first[0])} is {_hw(first[1])}; pass image_size "
-                    "to resize them all to one size"
+                    "(vitkit train: data_size=N) to decode them all to one size"
                 )
             yield image, label
         if self.skipped:
@@ -231,7 +238,7 @@ class DecodedImages:
                 for chunk, cost in self._read():
                     entries = [(name, label) for name, label, _ in chunk]
                     work = [(self.source.describe(name), data) for name, _, data in chunk]
-                    future = pool.submit(_decode_chunk, work, self.image_size)
+                    future = pool.submit(_decode_chunk, work, self.image_size, self.keep_aspect)
                     pending.append((entries, future, cost))
                     held += cost
                     while len(pending) > 2 * self.workers or (
@@ -278,6 +285,7 @@ def iter_decoded(
     source: ImageSource,
     *,
     image_size: tuple[int, int] | None = None,
+    keep_aspect: bool = False,
     skip_bad: bool = False,
     workers: int | None = None,
 ) -> DecodedImages:
@@ -287,12 +295,17 @@ def iter_decoded(
     which widens its filter when shrinking, i.e. antialiased), then center-cropped: for a square
     size the result equals torchvision's Resize(size) + CenterCrop(size) on the same image.
     Without image_size every image must have the size of the first.
+    keep_aspect (with image_size): each image is instead shrunk, keeping its aspect ratio, until
+    it fits within image_size (`fit_within`), and set on a canvas of that size (`on_canvas`);
+    `.sizes` then holds each image's own (H, W) on it, so nothing of the image is cropped away.
     skip_bad: leave out unreadable images instead of failing; `.skipped` says which, and a
     warning at the end counts them. workers: decoding threads (default: one per CPU, at most 8).
     """
+    if keep_aspect and image_size is None:
+        raise ValueError("keep_aspect needs image_size, the canvas the images are fitted within")
     if workers is None:
         workers = min(8, os.cpu_count() or 1)
-    return DecodedImages(source, image_size, skip_bad, workers)
+    return DecodedImages(source, image_size, skip_bad, workers, keep_aspect)
 
 
 def cached_image_folder(
@@ -301,9 +314,12 @@ def cached_image_folder(
     *,
     cache_dir: str | Path,
     image_size: tuple[int, int] | None = None,
+    keep_aspect: bool = False,
     skip_bad: bool = False,
 ) -> ArrayDataset:
-    """One split of an image folder or archive, decoded on first use and memory-mapped after.
+    """One split of an image folder or archive, decoded on first use and memory-mapped after
+    (image_size, keep_aspect: as `iter_decoded` takes them; with keep_aspect the dataset's
+    `sizes` hold each image's own size on its canvas).
 
     The cache is rebuilt when the source changes: an archive's size or modification time, or for
     a folder the name, size or modification time of any file in the split.
@@ -315,9 +331,13 @@ def cached_image_folder(
         "image_size": list(image_size) if image_size else None,
         "skip_bad": skip_bad,
     }
+    if keep_aspect:  # only then, so that the caches built before this option keep their keys
+        key["keep_aspect"] = True
     return cached_dataset(
         key,
-        lambda: iter_decoded(scan(path, split), image_size=image_size, skip_bad=skip_bad),
+        lambda: iter_decoded(
+            scan(path, split), image_size=image_size, keep_aspect=keep_aspect, skip_bad=skip_bad
+        ),
         cache_dir,
     )
 
@@ -369,8 +389,27 @@ def fit_to_size(image: Image.Image, size: tuple[int, int]) -> Image.Image:
     return image.crop((left, top, left + width, top + height))
 
 
+def fit_within(image: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """Shrink `image` (Pillow's bilinear, antialiased), keeping its aspect ratio, to the largest
+    size within `size` (H, W); an image that fits already passes untouched (never enlarged: a
+    token budget decides the size the model sees)."""
+    height, width = size
+    if image.width <= width and image.height <= height:
+        return image
+    return ImageOps.contain(image, (width, height), Image.Resampling.BILINEAR)
+
+
+def on_canvas(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """`pixels` (h, w, 3) at the top left of a (H, W, 3) canvas, its last row and column repeated
+    over the rest (edge padding): bilinear sampling with a border clamp (`crop_and_resize`) of a
+    box within the image then reads the same values from the canvas as from the image alone."""
+    height, width = size
+    h, w = pixels.shape[:2]
+    return np.pad(pixels, ((0, height - h), (0, width - w), (0, 0)), mode="edge")
+
+
 def _decode_chunk(
-    work: list[tuple[str, Encoded]], image_size: tuple[int, int] | None
+    work: list[tuple[str, Encoded]], image_size: tuple[int, int] | None, keep_aspect: bool
 ) -> list[Decoded]:
     """Decode a chunk; a bad image becomes its DataError, so one bad file does not lose a chunk."""
     results: list[Decoded] = []
@@ -384,7 +423,7 @@ def _decode_chunk(
             results.append(error)
             continue
         if image_size is not None:
-            image = fit_to_size(image, image_size)
+            image = (fit_within if keep_aspect else fit_to_size)(image, image_size)
         results.append(np.asarray(image))
     return results
 

@@ -61,6 +61,7 @@ def open_dataset(
     *,
     split: str = "train",
     image_size: tuple[int, int] | None = None,
+    keep_aspect: bool = False,
     cache_dir: str | Path | None = None,
     download: bool = False,
     skip_bad: bool = False,
@@ -75,6 +76,10 @@ def open_dataset(
         http(s) URL of shards.
     image_size: (H, W) every image is resized and centre-cropped to when decoding (needed when
         a folder's images differ in size); CIFAR is always 32x32.
+    keep_aspect: with image_size, a folder's or archive's images instead keep their aspect
+        ratios, each shrunk to fit within image_size and set at the top left of a canvas of
+        that size; the dataset's `sizes` say how much of each canvas is image (for training at
+        each image's own aspect ratio, NaViT). CIFAR's square images need none.
     cache_dir: where decoded arrays and downloads are kept (default: $VITKIT_HOME, else
         ~/.cache/vitkit; see `vitkit.download.default_cache_dir`).
     skip_bad: skip unreadable images of a folder or archive (counted and reported) instead of
@@ -108,8 +113,9 @@ def open_dataset(
         return load_cifar(name, split=_cifar_split(split), root=root)
     if path.is_dir() or is_archive(path):
         return cached_image_folder(
-            path, split, cache_dir=cache_dir / "arrays", image_size=image_size, skip_bad=skip_bad
-        )
+            path, split, cache_dir=cache_dir / "arrays", image_size=image_size,
+            keep_aspect=keep_aspect, skip_bad=skip_bad,
+        )  # fmt: skip
     raise DataError(
         f"{path}: not a dataset vitkit can read (expected a folder or .tar/.tar.gz of "
         "<split>/<class>/<image> files, a CIFAR release, or WebDataset shards)"

@@ -65,9 +65,10 @@ def add_inspection_figures(
             run_folder, test, label=f"{label} ({key})", images=FIGURE_IMAGES
         )
         if figures is None:
-            page.paragraph(f"{label} ({key}): a ResNet without attention; no figures.")
+            page.heading(f"{label} ({key})", level=3)
+            page.paragraph("A ResNet without attention: no figures.")
             continue
-        page.paragraph(f"{label} ({key}):")
+        page.heading(f"{label} ({key})", level=3)
         add_figures(page, figures, page_folder=record.folder, small_only=True)
         page.link(
             figures / "index.html", f"All figures of {label}, with its attention maps",

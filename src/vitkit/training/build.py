@@ -12,8 +12,9 @@ from vitkit import devices
 from vitkit.data.arrays import ArrayDataset
 from vitkit.data.augment import AugmentConfig, TrainAugment
 from vitkit.data.fewshot import nested_fraction
+from vitkit.data.folder import check_same_classes
 from vitkit.data.loader import ArrayLoader
-from vitkit.data.sources import open_dataset, open_train_test
+from vitkit.data.sources import open_dataset
 from vitkit.errors import ConfigError, TrainingError
 from vitkit.models.config import ViTConfig, get_config
 from vitkit.models.masked_patches import MaskedPatchViT, masked_patch_loss
@@ -50,19 +51,24 @@ def resolve_device(name: str, launched: Launch | None = None) -> torch.device:
 
 
 def open_data(config: TrainConfig) -> tuple[ArrayDataset, ArrayDataset | None]:
-    """The training set and, when `test_split` is set, the test set."""
+    """The training set and, when `test_split` is set, the test set (with the same class list),
+    each image decoded at `data_size`: the training images of a packed run (max_tokens) at
+    their own aspect ratios, the others resized and centre-cropped."""
+    size = (config.data_size, config.data_size) if config.data_size else None
+    train_set = open_dataset(
+        config.data, split=config.train_split, image_size=size,
+        keep_aspect=bool(config.max_tokens and size), download=config.download,
+    )  # fmt: skip
+    test_set = None
     if config.test_split:
-        train_set, test_set = open_train_test(
-            config.data,
-            train_split=config.train_split,
-            test_split=config.test_split,
-            download=config.download,
+        test_set = open_dataset(
+            config.data, split=config.test_split, image_size=size, download=config.download
         )
-    else:
-        train_set = open_dataset(config.data, split=config.train_split, download=config.download)
-        test_set = None
-    if not isinstance(train_set, ArrayDataset):
-        raise TrainingError(f"{config.data}: training reads map-style datasets, not shards (yet)")
+    for dataset in (train_set, test_set):
+        if dataset is not None and not isinstance(dataset, ArrayDataset):
+            raise TrainingError(f"{config.data}: training reads map-style datasets, not shards")
+    if test_set is not None:
+        check_same_classes(train_set.classes, test_set.classes, where=config.data)
     if config.train_fraction < 1:
         chosen = nested_fraction(
             train_set.labels, config.train_fraction, num_classes=len(train_set.classes)

@@ -30,6 +30,8 @@ from vitkit.training.fields import (
     with_assignments,
 )
 
+# The largest data_size: 8192 x 8192 is about the pixel limit of one image (data/images.py).
+MOST_DATA_SIZE = 8192
 # What a run that has started may resume with. Fields that say how to run, not what to compute,
 # may differ freely (e.g. sharded on 8 GPUs what one GPU started).
 EXECUTION_FIELDS = frozenset({"parallel", "activation_checkpointing", "dist_timeout_seconds"})
@@ -115,6 +117,15 @@ class TrainConfig:
         "are among a larger one's (nested subsets, for data-size curves)",
         1.0,
         Range(0, 1, low_open=True),
+    )
+    data_size: int = described(
+        "image folders and archives: the square size in pixels each image is decoded to once "
+        "(0: as stored, when all are of one size). With max_tokens, each image keeps its aspect "
+        "ratio, shrunk to fit within data_size x data_size, so that the crops see the whole "
+        "image; otherwise, and for the test split, it is resized and centre-cropped to it "
+        "(torchvision's Resize + CenterCrop). CIFAR stays 32 px",
+        0,
+        Range(0, MOST_DATA_SIZE),
     )
     download: bool = described("download a named dataset when it is not in the cache", False)
 

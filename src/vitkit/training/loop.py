@@ -93,12 +93,15 @@ class Run:
             metrics.close()
         return self.finish()
 
-    def batches(self, step: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """This process's slices of the global batches from `step` on, across epochs."""
+    def batches(
+        self, step: int
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
+        """This process's slices of the global batches from `step` on, across epochs, with the
+        images' sizes on their canvases where they keep their aspect ratios."""
         epoch, first = divmod(step, len(self.loader))
         while True:
             self.loader.set_epoch(epoch)
-            yield from self.loader.iter_from(first)
+            yield from self.loader.sized_batches_from(first)
             epoch, first = epoch + 1, 0
 
     def checkpoint(self, clock: Stopwatch, progress: tqdm) -> None:

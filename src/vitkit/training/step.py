@@ -79,9 +79,17 @@ class TrainStep:
     first_compile: FirstCompileLimit  # the time limit on a compiled model's first step
 
     def __call__(
-        self, state: TrainState, images: torch.Tensor, labels: torch.Tensor, *, lr: float
+        self,
+        state: TrainState,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        sizes: torch.Tensor | None = None,
+        *,
+        lr: float,
     ) -> float:
-        """Step `state` on this process's slice of a global batch; returns the slice's mean loss."""
+        """Step `state` on this process's slice of a global batch (`sizes`: each image's (h, w)
+        on its canvas, when the images keep their aspect ratios); returns the slice's mean
+        loss."""
         for group in state.optimizer.param_groups:
             group["lr"] = lr
         inputs, targets = self.augment(
@@ -90,6 +98,7 @@ class TrainStep:
             key=(self.seed, state.step),
             first=self.world.rank * len(images),
             total=self.world.size * len(images),
+            sizes=sizes,
         )
         total_loss = self.first_compile.run(
             state.model, lambda: self._forward_backward(state, inputs, targets, lr=lr)
