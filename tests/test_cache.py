@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from vitkit.data.arrays import ArrayDataset
 from vitkit.data.cache import cache_path, cached_dataset
 from vitkit.data.images import DataError
 
@@ -118,6 +119,41 @@ def test_damaged_cache_warns_and_rebuilds(tmp_path: Path, damage) -> None:
     assert build.calls == 2
     np.testing.assert_array_equal(dataset.images, build.images)
     np.testing.assert_array_equal(dataset.labels, build.labels)
+
+
+# Sizes of the 7 toy images on their 4x6 canvases (images kept at their own aspect ratios).
+SIZES = [(4, 6), (2, 6), (4, 3), (1, 1), (3, 6), (4, 5), (4, 6)]
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        pytest.param(None, id="intact"),
+        pytest.param(lambda d: flip_a_byte(d / "sizes.npy", -1), id="flipped-size"),
+        pytest.param(lambda d: (d / "sizes.npy").unlink(), id="missing-sizes"),
+    ],
+)
+def test_image_sizes_are_kept_and_checked(tmp_path: Path, damage) -> None:
+    """A stream with each image's size on its canvas caches them in sizes.npy (checksummed as
+    the rest), and the dataset hands them back; a damaged sizes.npy is rebuilt, never used."""
+    build = Builder(sizes=SIZES)
+    cached_dataset(KEY, build, tmp_path)
+    if damage is not None:
+        damage(cache_path(KEY, tmp_path))
+        with pytest.warns(UserWarning, match="cache corrupt.*rebuilding"):
+            cached_dataset(KEY, build, tmp_path)
+    dataset = cached_dataset(KEY, build, tmp_path)
+    assert build.calls == (1 if damage is None else 2)
+    np.testing.assert_array_equal(dataset.sizes, SIZES)
+    np.testing.assert_array_equal(dataset.sizes_of(np.array([3, 1])).numpy(), [(1, 1), (2, 6)])
+    np.testing.assert_array_equal(dataset.subset(np.array([2])).sizes, [(4, 3)])
+
+
+@pytest.mark.parametrize("sizes", [[(5, 6)] * 7, [(0, 2)] * 7, [(4, 6)] * 6])
+def test_sizes_outside_their_canvas_are_refused(sizes: list[tuple[int, int]]) -> None:
+    images, labels = toy_images()
+    with pytest.raises(ValueError, match="sizes must be"):
+        ArrayDataset(images=images, labels=labels, classes=CLASSES, sizes=np.array(sizes))
 
 
 def test_unverified_open_still_checks_the_size(tmp_path: Path) -> None:

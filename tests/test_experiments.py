@@ -46,7 +46,7 @@ def assert_runs_shown(out: Path, page: str, arms: dict[str, list[list[str]]]) ->
         key = seeds[0][-1]
         figures = out / "runs" / key / "figures"
         if vitkit.load_model(out / "runs" / key).config.depth == 0:
-            assert not figures.exists() and f"({key})</h3><p>A ResNet without attention" in page
+            assert not figures.exists() and f"({key})</h3>\n<p>A ResNet without attention" in page
             continue
         captions = json.loads((figures / "captions.json").read_text())
         assert "block 1's heads span" in captions["attention_distance.png"]

@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 from torchvision.transforms.v2.functional import resize
 
 import vitkit
+from vitkit.cli.main import main
 from vitkit.data import open_dataset
 from vitkit.data.augment import CROP_ATTEMPTS, AugmentConfig, TrainAugment, random_crop_boxes
 from vitkit.data.folder import on_canvas
@@ -233,6 +234,19 @@ def test_a_mixed_size_packed_run_resumes_exactly(mixed_sizes: Path, tmp_path: Pa
     whole, resumed = (load_file(str(tmp_path / name / "model.safetensors"))
                       for name in ("whole", "resumed"))  # fmt: skip
     assert all(torch.equal(whole[key], resumed[key]) for key in whole)
+
+
+def test_vitkit_train_on_a_mixed_size_folder_reports_on_it(
+    mixed_sizes: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The command, to its report: the test split decoded as the run evaluated it, the
+    figures of the trained model on it."""
+    out = tmp_path / "run"
+    fields = ["max_tokens=6", f"data_size={CANVAS}", "batch_size=8", "steps=2"]
+    assert main(["train", "--preset", "tiny", "--data", str(mixed_sizes), "--out", str(out),
+                 *fields]) == 0  # fmt: skip
+    assert f"report: {out / 'report.html'}" in capsys.readouterr().out
+    assert (out / "figures" / "captions.json").is_file()
 
 
 def test_a_mixed_size_folder_without_data_size_is_refused_in_one_line(

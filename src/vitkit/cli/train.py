@@ -21,7 +21,7 @@ from pathlib import Path
 from vitkit.analysis.plots import plot_training_curves
 from vitkit.analysis.report import write_run_figures
 from vitkit.analysis.run_report import write_train_report
-from vitkit.data.sources import open_labelled
+from vitkit.training.build import open_split
 from vitkit.training.config import describe_fields, parse_overrides
 from vitkit.training.distributed import launch
 from vitkit.training.presets import PRESETS, get_preset
@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(summary.to_json(), indent=2))
         if summary.complete:
             if config.test_split:
-                test = open_labelled(config.data, config.test_split)
+                test = open_split(config, config.test_split)
                 label = f"{args.out} on {config.data} ({config.test_split})"
                 if figures := write_run_figures(args.out, test, label=label):
                     print(f"inspection figures: {figures / 'index.html'}")

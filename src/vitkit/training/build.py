@@ -50,23 +50,23 @@ def resolve_device(name: str, launched: Launch | None = None) -> torch.device:
     return device
 
 
-def open_data(config: TrainConfig) -> tuple[ArrayDataset, ArrayDataset | None]:
-    """The training set and, when `test_split` is set, the test set (with the same class list),
-    each image decoded at `data_size`: the training images of a packed run (max_tokens) at
-    their own aspect ratios, the others resized and centre-cropped."""
+def open_split(config: TrainConfig, split: str, *, keep_aspect: bool = False) -> ArrayDataset:
+    """`split` of the run's data, each image decoded at `data_size` when set: resized and
+    centre-cropped, or with `keep_aspect` whole at its own aspect ratio on a canvas."""
     size = (config.data_size, config.data_size) if config.data_size else None
-    train_set = open_dataset(
-        config.data, split=config.train_split, image_size=size,
-        keep_aspect=bool(config.max_tokens and size), download=config.download,
-    )  # fmt: skip
-    test_set = None
-    if config.test_split:
-        test_set = open_dataset(
-            config.data, split=config.test_split, image_size=size, download=config.download
-        )
-    for dataset in (train_set, test_set):
-        if dataset is not None and not isinstance(dataset, ArrayDataset):
-            raise TrainingError(f"{config.data}: training reads map-style datasets, not shards")
+    dataset = open_dataset(config.data, split=split, image_size=size,
+                           keep_aspect=keep_aspect and size is not None,
+                           download=config.download)  # fmt: skip
+    if not isinstance(dataset, ArrayDataset):
+        raise TrainingError(f"{config.data}: training reads map-style datasets, not shards")
+    return dataset
+
+
+def open_data(config: TrainConfig) -> tuple[ArrayDataset, ArrayDataset | None]:
+    """The training set and, when `test_split` is set, the test set (with the same class list):
+    the training images of a packed run (max_tokens) at their own aspect ratios."""
+    train_set = open_split(config, config.train_split, keep_aspect=config.max_tokens > 0)
+    test_set = open_split(config, config.test_split) if config.test_split else None
     if test_set is not None:
         check_same_classes(train_set.classes, test_set.classes, where=config.data)
     if config.train_fraction < 1:
