@@ -12,7 +12,8 @@ ViT-CIFAR/4 for --steps steps with the demo's pre-training recipe (no crop):
 
 Each run's top-1 is measured both ways on the test split: the square pipeline (the runs' own
 evaluation, images centre-cropped) and `vitkit eval --max-tokens 64` (whole images at their own
-aspect ratio, packed).
+aspect ratio, packed); --seeds training seeds each (the dataset stays the same), then the mean
+and the standard deviation over them.
 
     .venv/bin/python benchmarks/mixed_aspect.py --data ../shared/data/cifar10-jpg.tar.gz
 """
@@ -68,6 +69,7 @@ def main() -> None:
     parser.add_argument("--train-per-class", type=int, default=1000)
     parser.add_argument("--test-per-class", type=int, default=200)
     parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--seeds", type=int, default=3, help="training seeds 0..N-1 per run")
     args = parser.parse_args()
     print(describe_machine())
     with tempfile.TemporaryDirectory() as folder:
@@ -78,19 +80,32 @@ def main() -> None:
         )
         print(f"\n{args.train_per_class * 10} training and {args.test_per_class * 10} test "
               f"images of shapes {SHAPES}, {args.steps} steps\n")  # fmt: skip
-        print("| run | training time | top-1, square test pipeline | top-1, packed eval |")
-        print("| --- | ---: | ---: | ---: |")
+        print("| run | seed | training time | top-1, square test pipeline | top-1, packed eval |")
+        print("| --- | ---: | ---: | ---: | ---: |")
+        results: dict[str, list[tuple[float, float, float]]] = {}
         for name, fields in (("square", []), ("packed", ["max_tokens=64"])):
-            out = root / name
-            vitkit("train", "--preset", "demo-pretrain", "--data", str(data), "--out", str(out),
-                   "model=ViT-CIFAR/4", "resolution=32", "data_size=32", "budget_seconds=0",
-                   f"steps={args.steps}", "eval_flip=false", *fields)  # fmt: skip
-            summary = json.loads((out / "summary.json").read_text())
-            vitkit("eval", "--checkpoint", str(out), "--data", str(data), "--out",
-                   str(root / f"eval-{name}"), "--max-tokens", "64")  # fmt: skip
-            packed = json.loads((root / f"eval-{name}" / "eval.json").read_text())["top1"]
-            print(f"| {name} ({' '.join(['data_size=32', *fields])}) | {summary['seconds']:.1f} s "
-                  f"| {summary['top1']:.2%} | {packed:.2%} |", flush=True)  # fmt: skip
+            label = f"{name} ({' '.join(['data_size=32', *fields])})"
+            for seed in range(args.seeds):
+                out = root / f"{name}-{seed}"
+                vitkit("train", "--preset", "demo-pretrain", "--data", str(data), "--out",
+                       str(out), "model=ViT-CIFAR/4", "resolution=32", "data_size=32",
+                       "budget_seconds=0", f"steps={args.steps}", "eval_flip=false",
+                       f"seed={seed}", *fields)  # fmt: skip
+                summary = json.loads((out / "summary.json").read_text())
+                vitkit("eval", "--checkpoint", str(out), "--data", str(data), "--out",
+                       str(out / "packed-eval"), "--max-tokens", "64")  # fmt: skip
+                packed = json.loads((out / "packed-eval" / "eval.json").read_text())["top1"]
+                results.setdefault(label, []).append((summary["seconds"], summary["top1"], packed))
+                print(f"| {label} | {seed} | {summary['seconds']:.1f} s | {summary['top1']:.2%} "
+                      f"| {packed:.2%} |", flush=True)  # fmt: skip
+        print("\n| run | training time | top-1, square test pipeline | top-1, packed eval |")
+        print("| --- | ---: | ---: | ---: |")
+        for label, rows in results.items():
+            seconds, square, packed = (np.array(column) for column in zip(*rows))
+            print(f"| {label} | {seconds.mean():.1f} s | {100 * square.mean():.2f} ± "
+                  f"{100 * square.std(ddof=1) if len(rows) > 1 else 0:.2f} | "
+                  f"{100 * packed.mean():.2f} ± "
+                  f"{100 * packed.std(ddof=1) if len(rows) > 1 else 0:.2f} |")  # fmt: skip
 
 
 if __name__ == "__main__":

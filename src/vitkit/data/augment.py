@@ -26,7 +26,7 @@ has one form whatever the options.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -234,9 +234,11 @@ class TrainAugment:
             if flip is not None:
                 pixels = torch.where(flip[:, None, None, None], pixels.flip(-1), pixels)
         else:
-            pixels = torch.stack(
-                _resize_regions(pixels, regions, [config.resolution] * batch, flip)
-            )
+            targets = [config.resolution] * batch
+            resized = torch.empty(batch, pixels.shape[1], *config.resolution, device=pixels.device)
+            for rows, group in _resampled(pixels, None, regions, targets, flip):
+                resized[rows] = group
+            pixels = resized
         if self._randaugment is not None:
             pixels = self._apply_randaugment(pixels, draws.image_seeds)
 
@@ -276,19 +278,8 @@ class TrainAugment:
             size_for_token_budget(height, width, patch_size=patch, max_tokens=most)
             for height, width in regions
         ]
-        if boxes is None:
-            resized = _resize_regions(pixels, regions, sizes, flip)
-        else:
-            resized = [pixels[0]] * len(pixels)  # every entry is replaced below
-            for size, rows in _groups(sizes):
-                chosen = torch.tensor(rows, device=pixels.device)
-                crops = crop_and_resize(pixels[chosen], boxes[chosen], size,
-                                        flip=None if flip is None else flip[chosen])  # fmt: skip
-                for index, crop in zip(rows, crops):
-                    resized[index] = crop
-        inputs: list[torch.Tensor] = list(resized)
-        for _, rows in _groups(sizes):
-            images = torch.stack([resized[index] for index in rows])
+        inputs: list[torch.Tensor] = [pixels[0]] * len(pixels)  # every entry is replaced below
+        for rows, images in _resampled(pixels, boxes, regions, sizes, flip):
             if self._randaugment is not None:
                 images = self._apply_randaugment(images, seeds[rows])
             for index, image in zip(rows, normalize(images, config.mean, config.std)):
@@ -324,21 +315,27 @@ def _groups(keys: Sequence[object]) -> list[tuple[object, list[int]]]:
     return list(rows.items())
 
 
-def _resize_regions(
+def _resampled(
     pixels: torch.Tensor,
+    boxes: torch.Tensor | None,
     regions: list[tuple[int, int]],
     sizes: Sequence[tuple[int, int]],
     flip: torch.Tensor | None,
-) -> list[torch.Tensor]:
-    """Image i's top-left `regions[i]` resized (antialiased, as `resize`) to `sizes[i]`, mirrored
-    where `flip[i]`; the images of one region and size in one call."""
-    resized = [pixels[0]] * len(pixels)  # every entry is replaced below
-    for (region, size), rows in _groups(list(zip(regions, sizes))):
-        height, width = region
+) -> Iterator[tuple[list[int], torch.Tensor]]:
+    """Image i resampled to `sizes[i]`, mirrored where `flip[i]`: its box `boxes[i]` cropped
+    (`crop_and_resize`), or without boxes its top-left `regions[i]` resized whole (`resize`,
+    antialiased). One call per group of images that share a size (and, resized whole, a region),
+    yielded as (the images' indices, the images)."""
+    keys = list(sizes) if boxes is not None else list(zip(sizes, regions))
+    for _, rows in _groups(keys):
         chosen = torch.tensor(rows, device=pixels.device)
+        chosen_flip = None if flip is None else flip[chosen]
+        size = sizes[rows[0]]
+        if boxes is not None:
+            yield rows, crop_and_resize(pixels[chosen], boxes[chosen], size, flip=chosen_flip)
+            continue
+        height, width = regions[rows[0]]
         images = resize(pixels[chosen][..., :height, :width], size)
-        if flip is not None:
-            images = torch.where(flip[chosen][:, None, None, None], images.flip(-1), images)
-        for index, image in zip(rows, images):
-            resized[index] = image
-    return resized
+        if chosen_flip is not None:
+            images = torch.where(chosen_flip[:, None, None, None], images.flip(-1), images)
+        yield rows, images

@@ -89,18 +89,21 @@ class ArrayLoader:
     def iter_from(self, first_batch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """The epoch's batches from number `first_batch` on: where a resumed run continues."""
         for chunk in self._chunks(first_batch):
-            images, labels = self.dataset.batch(chunk)
-            if self.pin_memory:
-                images, labels = images.pin_memory(), labels.pin_memory()
-            yield images, labels
+            yield self._batch(chunk)
 
     def sized_batches_from(
         self, first_batch: int
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
         """`iter_from`'s batches with each image's (h, w) on its canvas, (B, 2), for a dataset
         of images kept at their aspect ratios (`ArrayDataset.sizes`); None for the others."""
-        for chunk, (images, labels) in zip(self._chunks(first_batch), self.iter_from(first_batch)):
-            yield images, labels, self.dataset.sizes_of(chunk)
+        for chunk in self._chunks(first_batch):
+            yield *self._batch(chunk), self.dataset.sizes_of(chunk)
+
+    def _batch(self, chunk: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        images, labels = self.dataset.batch(chunk)
+        if self.pin_memory:
+            images, labels = images.pin_memory(), labels.pin_memory()
+        return images, labels
 
     def _chunks(self, first_batch: int) -> Iterator[np.ndarray]:
         """The image indices of each batch from number `first_batch` on."""
