@@ -362,6 +362,24 @@ def test_a_hung_process_times_out_with_a_clear_error(
     assert "Timed out" in output
 
 
+def test_packed_training_is_refused_on_several_processes(
+    cifar_subset: Path, environment: dict[str, str], tmp_path: Path
+) -> None:
+    """max_tokens under torchrun: the processes stop before their first step with the one-line
+    reason (DDP and FSDP wrap the forward that packing bypasses), and the job fails."""
+    launcher = readme_launcher("--standalone", nproc_per_node="2")
+    out = tmp_path / "packed" / "run"
+    fields = ["max_tokens=4", f"dist_timeout_seconds={TIMEOUT}"]
+    job = _launch([*launcher, *_train_args(cifar_subset, out, *fields)], environment)
+    output = _finish(job, timeout=300)
+    assert job.returncode != 0
+    refusal = "vitkit train: error: max_tokens: packed training runs in one process"
+    # The first process to stop prints it; torchrun may end the other before it does.
+    assert refusal in output, output[-3000:]
+    assert "Traceback" not in output.split(refusal)[0]
+    assert not (out / "checkpoints").exists() or not any((out / "checkpoints").iterdir())
+
+
 def test_global_batch_splits_evenly_over_processes() -> None:
     config = dataclasses.replace(get_preset("tiny"), batch_size=64, micro_batch_size=8)
     assert [config.micro_batches(processes=n) for n in (1, 2, 4, 8, 16)] == [8, 4, 2, 1, 1]
