@@ -240,13 +240,21 @@ def test_vitkit_train_on_a_mixed_size_folder_reports_on_it(
     mixed_sizes: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The command, to its report: the test split decoded as the run evaluated it, the
-    figures of the trained model on it."""
+    figures of the trained model on it; then `vitkit eval` of the folder at each image's own
+    size, and the one-line hint to do so when it is asked to evaluate square."""
     out = tmp_path / "run"
     fields = ["max_tokens=6", f"data_size={CANVAS}", "batch_size=8", "steps=2"]
     assert main(["train", "--preset", "tiny", "--data", str(mixed_sizes), "--out", str(out),
                  *fields]) == 0  # fmt: skip
     assert f"report: {out / 'report.html'}" in capsys.readouterr().out
     assert (out / "figures" / "captions.json").is_file()
+    # Evaluated square, the folder needs one size; at each image's own size, it is read as is.
+    evaluate = ["eval", "--checkpoint", str(out), "--data", str(mixed_sizes)]
+    assert main([*evaluate, "--out", str(tmp_path / "square")]) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]  # after the caching progress bar
+    assert error.startswith("vitkit eval: error: ") and "(vitkit eval: --max-tokens N)" in error
+    assert main([*evaluate, "--out", str(tmp_path / "packed"), "--max-tokens", "6"]) == 0
+    assert json.loads((tmp_path / "packed" / "eval.json").read_text())["images"] == 12
 
 
 def test_a_mixed_size_folder_without_data_size_is_refused_in_one_line(

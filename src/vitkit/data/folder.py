@@ -216,7 +216,8 @@ class DecodedImages:
                 raise DataError(
                     f"{self.source.describe(name)}: image is {_hw(image.shape)} (H, W) but "
                     f"{self.source.describe(first[0])} is {_hw(first[1])}; pass image_size "
-                    "(vitkit train: data_size=N) to decode them all to one size"
+                    "to decode them all to one size (vitkit train: data_size=N), or read each "
+                    "at its own size (vitkit eval: --max-tokens N)"
                 )
             yield image, label
         if self.skipped:
