@@ -220,8 +220,9 @@ class TrainAugment:
         regions = _regions(images.shape[-2:], sizes, batch)
         boxes = None
         if config.crop_scale is not None:
-            heights, widths = (torch.tensor(side, device=images.device) for side in zip(*regions))
-            boxes = random_crop_boxes(uniforms[:, _CROP], heights, widths,
+            # One size for the batch, or each image's own: tensors straight from `sizes`.
+            height, width = images.shape[-2:] if sizes is None else sizes.to(uniforms.device).T
+            boxes = random_crop_boxes(uniforms[:, _CROP], height, width,
                                       scale=config.crop_scale, ratio=config.crop_ratio)  # fmt: skip
         if config.token_budget is not None:
             return self._at_token_budget(
