@@ -243,7 +243,8 @@ def test_refusal_on_the_command_line(tmp_path: Path, capsys: pytest.CaptureFixtu
 
 
 def test_a_failed_write_keeps_the_old_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Exports go through a temporary file: a writer that dies leaves the previous export."""
+    """Exports go through a temporary file: a writer that fails leaves the previous export, and
+    the failure is one line naming it."""
     target = export_model(random_model(), tmp_path / "m.safetensors", to="timm")
     before = target.read_bytes()
 
@@ -251,7 +252,7 @@ def test_a_failed_write_keeps_the_old_file(tmp_path: Path, monkeypatch: pytest.M
         raise OSError("disk full")
 
     monkeypatch.setattr("safetensors.torch.save", broken)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(CheckpointError, match="disk full; nothing was written"):
         export_model(random_model(seed=1), target, to="timm")
     assert target.read_bytes() == before
     assert [path.name for path in tmp_path.iterdir()] == ["m.safetensors"]

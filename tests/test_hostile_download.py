@@ -1,5 +1,5 @@
-"""Hostile and faulty downloads: bad URLs and variables, lying or stalled servers, error pages
-served as files, malformed registry entries and hub ids.
+"""Hostile and faulty downloads: bad URLs and variables, lying, stalled, dripping or endless
+servers, error pages served as files, malformed registry entries, hub ids and hub configs.
 
 Every case must end in one line of a VitkitError that names the URL, file, variable or id, and
 must leave nothing in the cache that would fail forever after: the next call either succeeds or
@@ -9,18 +9,23 @@ fails for the same, stated reason. Servers are real (helpers.FileServer on 127.0
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
 import test_registry
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from test_registry import NAME, SERVED
 
 from vitkit.cli.main import main
 from vitkit.download import download
 from vitkit.errors import CheckpointError, DownloadError
 from vitkit.weights import PretrainedWeights, load_model, register_pretrained, registry
+from vitkit.weights.files import MAX_JSON_BYTES
 from vitkit.weights.hub import _checkpoint_in
 
 from helpers import FileServer, RangeHandler
@@ -206,16 +211,171 @@ def test_a_server_silent_after_its_headers_fails_in_time_and_keeps_nothing(
     assert _files_under(tmp_path / "cache") == []  # an empty .part promises nothing
 
 
-@pytest.mark.parametrize("value", ["soon", "0", "-5", "nan", "inf", " "])
-def test_a_bad_http_timeout_is_named(
-    value: str, server: FileServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        *(("VITKIT_HTTP_TIMEOUT", value) for value in ["soon", "0", "-5", "nan", "inf", " "]),
+        ("VITKIT_HTTP_TIMEOUT", "1e300"),  # W09: finite, but past what a socket timeout can hold
+        ("VITKIT_HTTP_TIMEOUT", "86401"),  # more than a day
+        ("VITKIT_HTTP_MIN_RATE", "-1"),
+        ("VITKIT_HTTP_MIN_RATE", "fast"),
+        ("VITKIT_MAX_DOWNLOAD_BYTES", "0"),
+        ("VITKIT_MAX_DOWNLOAD_BYTES", "inf"),
+    ],
+)
+def test_a_bad_download_setting_is_named(
+    variable: str,
+    value: str,
+    server: FileServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setenv("VITKIT_HTTP_TIMEOUT", value)
+    monkeypatch.setenv(variable, value)
     url = server.serve("data.bin", PAYLOAD)
-    with pytest.raises(DownloadError, match="VITKIT_HTTP_TIMEOUT") as error:
+    with pytest.raises(DownloadError, match=variable) as error:
         download(url, tmp_path / "cache" / "data.bin", progress=False)
-    assert repr(value) in str(error.value)
+    assert repr(value) in str(error.value) and "\n" not in str(error.value)
     assert server.requests == [] and _files_under(tmp_path / "cache") == []
+
+
+# Servers that script their own answer: drips, lies about the length, endless bodies, loops.
+
+Script = Callable[[BaseHTTPRequestHandler], None]
+
+
+class _ScriptedHandler(RangeHandler):
+    """Answers every request with the server's `script`; a client that hangs up ends it."""
+
+    def do_GET(self) -> None:
+        self.server.requests.append((self.path, self.headers.get("Range")))
+        try:
+            self.server.script(self)  # type: ignore[attr-defined]
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
+
+def _scripted(server: FileServer, script: Script) -> str:
+    """The URL of a file that `script` answers for."""
+    server.RequestHandlerClass = _ScriptedHandler
+    server.script = script  # type: ignore[attr-defined]
+    return server.url("data.bin")
+
+
+def _drip(handler: BaseHTTPRequestHandler, data: bytes) -> None:
+    """Send `data` a byte every 0.1 s: a server that is never silent, and never done."""
+    for byte in data:
+        handler.wfile.write(bytes([byte]))
+        time.sleep(0.1)
+
+
+def _drip_body(handler: BaseHTTPRequestHandler) -> None:
+    handler.send_response(200)
+    handler.send_header("Content-Length", str(len(PAYLOAD)))
+    handler.end_headers()
+    _drip(handler, PAYLOAD[:50])  # 5 s, then the connection closes
+
+
+def _drip_headers(handler: BaseHTTPRequestHandler) -> None:
+    handler.wfile.write(b"HTTP/1.0 200 OK\r\n")
+    _drip(handler, b"X-Drip: " + b"." * 42)  # 5 s, then a complete, empty answer
+    handler.wfile.write(b"\r\nContent-Length: 0\r\n\r\n")
+
+
+@pytest.fixture
+def impatient(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Give a server 1 s of silence, 1 s for its headers, and 1,000 bytes/s at least."""
+    monkeypatch.setenv("VITKIT_HTTP_TIMEOUT", "1")
+    monkeypatch.setenv("VITKIT_HTTP_MIN_RATE", "1000")
+
+
+@pytest.mark.usefixtures("impatient")
+def test_a_body_dripped_too_slowly_fails_in_time_and_resumes(
+    server: FileServer, tmp_path: Path
+) -> None:
+    """W08: a byte every 0.1 s is never a silence of 1 s; it is 10 bytes/s for a minimum of 1000."""
+    url = _scripted(server, _drip_body)
+    destination = tmp_path / "cache" / "data.bin"
+    started = time.monotonic()
+    with pytest.raises(DownloadError, match=r"bytes/s.*VITKIT_HTTP_MIN_RATE") as error:
+        download(url, destination, progress=False)
+    assert time.monotonic() - started < 3
+    message = str(error.value)
+    assert url in message and "run again to resume" in message and "\n" not in message
+    kept = (tmp_path / "cache" / "data.bin.part").read_bytes()
+    assert kept and kept == PAYLOAD[: len(kept)]  # what arrived is resumed from
+
+
+@pytest.mark.usefixtures("impatient")
+def test_headers_dripped_too_slowly_fail_in_time_and_keep_nothing(
+    server: FileServer, tmp_path: Path
+) -> None:
+    """W08: the headers must all be in within VITKIT_HTTP_TIMEOUT, however steadily they come."""
+    url = _scripted(server, _drip_headers)
+    started = time.monotonic()
+    with pytest.raises(DownloadError, match="headers") as error:
+        download(url, tmp_path / "cache" / "data.bin", progress=False)
+    assert time.monotonic() - started < 3
+    assert url in str(error.value) and "\n" not in str(error.value)
+    assert _files_under(tmp_path / "cache") == []
+
+
+def _claim_a_petabyte(handler: BaseHTTPRequestHandler) -> None:
+    handler.send_response(200)
+    handler.send_header("Content-Length", str(10**15))
+    handler.end_headers()
+    handler.wfile.write(PAYLOAD)
+
+
+def _stream_without_end(handler: BaseHTTPRequestHandler) -> None:
+    handler.send_response(200)  # HTTP/1.0 without Content-Length: the body ends when it closes
+    handler.end_headers()
+    for _ in range(16):  # 16 MiB, then it gives up: before the fix, a file in the cache
+        handler.wfile.write(bytes(1 << 20))
+
+
+@pytest.mark.parametrize("part", [b"", PAYLOAD[:3000]], ids=["fresh", "resumed"])
+def test_a_length_larger_than_the_disk_is_refused_before_writing(
+    part: bytes, server: FileServer, tmp_path: Path
+) -> None:
+    """W10: a declared Content-Length is checked against the free disk; a .part is not kept, as
+    resuming it would fill the disk again."""
+    url = _scripted(server, _claim_a_petabyte)
+    destination = tmp_path / "cache" / "data.bin"
+    destination.parent.mkdir()
+    if part:
+        (tmp_path / "cache" / "data.bin.part").write_bytes(part)
+    with pytest.raises(DownloadError, match="free") as error:
+        download(url, destination, progress=False)
+    message = str(error.value)
+    assert url in message and "resume" not in message and "\n" not in message
+    assert _files_under(tmp_path / "cache") == []
+
+
+def test_a_body_without_length_stops_at_the_ceiling(
+    server: FileServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """W10: with no length to check, what arrives is counted against VITKIT_MAX_DOWNLOAD_BYTES
+    (and the free disk), and a transfer past it is deleted."""
+    monkeypatch.setenv("VITKIT_MAX_DOWNLOAD_BYTES", "100000")
+    url = _scripted(server, _stream_without_end)
+    with pytest.raises(DownloadError, match="VITKIT_MAX_DOWNLOAD_BYTES") as error:
+        download(url, tmp_path / "cache" / "data.bin", progress=False)
+    assert url in str(error.value) and "\n" not in str(error.value)
+    assert _files_under(tmp_path / "cache") == []
+
+
+def test_a_redirect_loop_is_one_line(server: FileServer, tmp_path: Path) -> None:
+    def redirect_to_itself(handler: BaseHTTPRequestHandler) -> None:
+        handler.send_response(301)
+        handler.send_header("Location", handler.path)
+        handler.send_header("Content-Length", "0")
+        handler.end_headers()
+
+    url = _scripted(server, redirect_to_itself)
+    with pytest.raises(DownloadError, match="redirect") as error:
+        download(url, tmp_path / "cache" / "data.bin", progress=False)
+    assert url in str(error.value) and "\n" not in str(error.value)
+    assert _files_under(tmp_path / "cache") == []
 
 
 # Mirrors ($VITKIT_WEIGHTS_URL): checked when used; http(s) and file:// both work.
@@ -289,6 +449,7 @@ NOT_WEIGHTS = {
     "an XML document": b"<?xml version='1.0'?><Error><Code>NoSuchKey</Code></Error>",
     "an empty file": b"",
     "not a .npz file": b"PK\x03\x04" + bytes(5000),  # a zip's first bytes, but no directory
+    "an empty zip archive": b"PK\x05\x06" + bytes(18),  # a zip, but no arrays in it
 }
 
 
@@ -314,7 +475,9 @@ def test_a_page_served_as_weights_is_refused_and_fetched_again_next_time(
     assert _files_under(home) == ["weights/ViT-Tiny_8@fixture.npz"]
 
 
+@pytest.mark.parametrize("received", ["an HTML page", "an empty zip archive"])
 def test_an_error_page_already_in_the_cache_is_fetched_again(
+    received: str,
     unchecked: PretrainedWeights,
     server: FileServer,
     home: Path,
@@ -322,9 +485,26 @@ def test_an_error_page_already_in_the_cache_is_fetched_again(
 ) -> None:
     cached = home / "weights" / "ViT-Tiny_8@fixture.npz"  # left by a vitkit without the check
     cached.parent.mkdir(parents=True)
-    cached.write_bytes(NOT_WEIGHTS["an HTML page"])
+    cached.write_bytes(NOT_WEIGHTS[received])
     load_model(NAME)
     assert cached.read_bytes() == params and len(server.requests) == 1
+
+
+def test_weights_longer_than_registered_are_refused_and_not_kept(
+    unchecked: PretrainedWeights, server: FileServer, home: Path, params: bytes
+) -> None:
+    """W10: an entry's size_bytes is the ceiling of its download, and the length it must have."""
+    register_pretrained(PretrainedWeights(**{**vars(unchecked), "size_bytes": len(params)}),
+                        replace=True)  # fmt: skip
+    server.serve(SERVED, params + bytes(1000))  # still a zip: trailing bytes hide behind it
+    with pytest.raises(DownloadError, match=f"{len(params):,} are expected") as error:
+        load_model(NAME)
+    assert NAME in str(error.value) and server.url(SERVED) in str(error.value)
+    assert _files_under(home) == []
+
+    server.serve(SERVED, params)
+    load_model(NAME)
+    assert _files_under(home) == ["weights/ViT-Tiny_8@fixture.npz"]
 
 
 # Registry entries: a field that could only fail later is refused when the entry is made.
@@ -340,6 +520,8 @@ def test_an_error_page_already_in_the_cache_is_fetched_again(
         ("num_classes", -1),
         ("name", ""),
         ("name", "ViT-B/16@i21k\x00"),
+        ("size_bytes", 0),
+        ("size_bytes", 1.5),
     ],
 )
 def test_a_malformed_registry_entry_is_refused_naming_the_field(
@@ -425,3 +607,49 @@ def test_a_hub_config_that_cannot_be_parsed_is_left_to_the_reader(
     (tmp_path / "config.json").write_bytes(config)
     (tmp_path / "model.safetensors").write_bytes(b"")
     assert _checkpoint_in(tmp_path) == tmp_path
+
+
+@pytest.mark.parametrize("sparse", [False, True], ids=["past the cap", "3 GiB"])
+def test_a_hub_config_too_large_is_not_read_and_left_to_the_reader(
+    sparse: bool, tmp_path: Path
+) -> None:
+    """W07: a hub repository's config.json is capped as a local one is, not read whole."""
+    config = tmp_path / "config.json"
+    if sparse:
+        with config.open("wb") as file:
+            file.truncate(3 << 30)  # a hole: costs no disk, and would cost 3 GiB of memory
+    else:  # timm's, padded: read whole, it would pass for a timm repository
+        config.write_text(json.dumps({"architecture": "vit", "pad": "." * MAX_JSON_BYTES}))
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    assert _checkpoint_in(tmp_path) == tmp_path
+    with pytest.raises(CheckpointError, match="config file") as error:
+        load_model(tmp_path)
+    assert str(config) in str(error.value)
+
+
+# A hub config.json of any bytes: timm's (an object with "architecture", no "model_type") names
+# its weights file, anything else the directory, for load_model to read or report.
+HUB_CONFIGS = st.one_of(
+    st.binary(max_size=64),
+    st.recursive(
+        st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+        lambda inner: st.lists(inner, max_size=3)
+        | st.dictionaries(st.sampled_from(["architecture", "model_type", "num_classes", ""])
+                          | st.text(max_size=4), inner, max_size=4),
+        max_leaves=8,
+    ).map(lambda value: json.dumps(value).encode()),
+)  # fmt: skip
+
+
+@settings(max_examples=200, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])  # fmt: skip
+@given(content=HUB_CONFIGS)
+def test_the_hub_config_reader_takes_any_bytes(content: bytes, tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_bytes(content)
+    (tmp_path / "model.safetensors").touch()
+    try:
+        config = json.loads(content)
+    except (ValueError, RecursionError):
+        config = None
+    timm = isinstance(config, dict) and "architecture" in config and "model_type" not in config
+    assert _checkpoint_in(tmp_path) == (tmp_path / "model.safetensors" if timm else tmp_path)

@@ -3,20 +3,38 @@ are kept.
 
 Dataset archives (CIFAR on a university server) and pretrained checkpoints (Google's bucket) are
 large single files. A transfer that dies halfway should continue where it stopped, a corrupt file
-(or a mirror's error page served as the file) must never enter the cache, a silent server must
-fail within a bounded time, and a cluster without internet should say which file to copy where
-instead of hanging on a socket. `vitkit.data` and `vitkit.weights` both fetch through this one
-module, which is why it sits beside them rather than in either.
+(or a mirror's error page served as the file) must never enter the cache, a silent or dripping
+server must fail within a bounded time, a server that lies about the length (or never ends) must
+not fill the disk, and a cluster without internet should say which file to copy where instead of
+hanging on a socket. `vitkit.data` and `vitkit.weights` both fetch through this one module, which
+is why it sits beside them rather than in either.
+
+Three variables bound a transfer; each is read when a download starts, and a value out of range is
+refused in one line naming it:
+- VITKIT_HTTP_TIMEOUT (seconds, default 60, at most a day): the longest a server may stay silent,
+  the longest it may take to send its response headers, and the span over which the rate below is
+  averaged.
+- VITKIT_HTTP_MIN_RATE (bytes per second, default 4096; 0 turns it off): a server that sends less,
+  averaged over VITKIT_HTTP_TIMEOUT, is given up on, though never silent for long (a drip). The
+  bytes received are kept, to resume from, as after a silence.
+- VITKIT_MAX_DOWNLOAD_BYTES (default 16 GiB): the most a response that declares no length may
+  bring. A declared length must fit the free disk; a response without one must also leave
+  DISK_MARGIN_BYTES free. A transfer refused for its size is deleted, since resuming it would fill
+  the disk again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import os
 import re
 import shutil
+import socket
 import sys
+import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -26,10 +44,23 @@ from urllib.parse import urlsplit
 from tqdm import tqdm
 
 from vitkit.errors import DownloadError
+from vitkit.resources import check_disk, free_disk_bytes, gib
 
 # Seconds a connection may stay silent before a download or a streamed shard fails (a download
 # can then be resumed); VITKIT_HTTP_TIMEOUT overrides it.
 DEFAULT_TIMEOUT_S = 60.0
+# The longest VITKIT_HTTP_TIMEOUT accepted, a day: longer is no timeout, and 1e300 would overflow
+# the socket's time_t.
+MAX_TIMEOUT_S = 86400.0
+# Bytes per second a transfer must average (VITKIT_HTTP_MIN_RATE): a 330 MB ViT-B/16 at this rate
+# takes a day, so no real mirror is this slow, but a drip of a byte a second is refused.
+DEFAULT_MIN_RATE = 4096.0
+# The most a response without Content-Length may bring (VITKIT_MAX_DOWNLOAD_BYTES): the largest
+# checkpoint, ViT-H/14, is about 2.5 GB.
+DEFAULT_MAX_DOWNLOAD_BYTES = 16 << 30
+# Disk left free by a response without Content-Length, for the logs and checkpoints of the runs
+# beside it.
+DISK_MARGIN_BYTES = 256 << 20
 # Bytes read per network call at most: large enough to be cheap, small enough for a smooth
 # progress bar.
 CHUNK_BYTES = 1 << 20
@@ -52,19 +83,37 @@ def default_cache_dir() -> Path:
 
 
 def http_timeout() -> float:
-    """Seconds an HTTP connection may stay silent: $VITKIT_HTTP_TIMEOUT, else DEFAULT_TIMEOUT_S."""
-    text = os.environ.get("VITKIT_HTTP_TIMEOUT", "")
+    """Seconds an HTTP connection may stay silent, or take for its headers: $VITKIT_HTTP_TIMEOUT,
+    else DEFAULT_TIMEOUT_S."""
+    return _setting("VITKIT_HTTP_TIMEOUT", DEFAULT_TIMEOUT_S, lowest=1e-3, highest=MAX_TIMEOUT_S)
+
+
+def http_min_rate() -> float:
+    """Bytes per second a transfer must average: $VITKIT_HTTP_MIN_RATE, else DEFAULT_MIN_RATE."""
+    return _setting("VITKIT_HTTP_MIN_RATE", DEFAULT_MIN_RATE, lowest=0, highest=2.0**40)
+
+
+def max_download_bytes() -> int:
+    """The most a response without Content-Length may bring: $VITKIT_MAX_DOWNLOAD_BYTES, else
+    DEFAULT_MAX_DOWNLOAD_BYTES."""
+    limit = DEFAULT_MAX_DOWNLOAD_BYTES
+    return int(_setting("VITKIT_MAX_DOWNLOAD_BYTES", limit, lowest=1, highest=2.0**60))
+
+
+def _setting(variable: str, default: float, *, lowest: float, highest: float) -> float:
+    """$`variable` as a number from `lowest` to `highest`, else `default` when unset or empty."""
+    text = os.environ.get(variable, "")
     if not text:
-        return DEFAULT_TIMEOUT_S
+        return default
     try:
-        seconds = float(text)
+        value = float(text)
     except ValueError:
-        seconds = float("nan")
-    if not 0 < seconds < float("inf"):
+        value = float("nan")
+    if not lowest <= value <= highest:  # NaN too
         raise DownloadError(
-            f"VITKIT_HTTP_TIMEOUT must be a positive number of seconds, got {text!r}"
+            f"{variable} must be a number from {lowest:g} to {highest:g}, got {text!r}"
         )
-    return seconds
+    return value
 
 
 def is_offline() -> bool:
@@ -97,30 +146,33 @@ def download(
     *,
     sha256: str | None = None,
     md5: str | None = None,
+    size: int | None = None,
     validate: Validator | None = None,
     progress: bool = True,
 ) -> Path:
-    """Fetch `url` to `destination` and return it; a file already there that passes the checksums
-    and `validate` (or any file there, when neither is given) is returned without fetching.
+    """Fetch `url` to `destination` and return it; a file already there that passes the checks
+    (checksums, `size` and `validate`; any file there, when none is given) is returned without
+    fetching.
 
     Bytes go to `<destination>.part` first, and enter the cache only once they pass the checks,
     so neither a killed transfer nor a server's error page ever leaves a file that looks finished.
     The next call resumes a .part that holds bytes with an HTTP Range request when the server
-    allows. `validate` is a cheap format check (e.g. "is a zip archive"), run before the digests.
-    With VITKIT_OFFLINE set, only file:// URLs are read.
+    allows. `size`, the file's length in bytes where known, is also the most a transfer may write.
+    `validate` is a cheap format check (e.g. "is a zip archive"), run before the digests. With
+    VITKIT_OFFLINE set, only file:// URLs are read.
     """
     destination = Path(destination)
     expected = {
         name: digest.lower() for name, digest in (("sha256", sha256), ("md5", md5)) if digest
     }
-    if destination.is_file() and not _defect(destination, expected, validate):
+    if destination.is_file() and not _defect(destination, expected, size, validate):
         return destination
     if problem := url_problem(url):
         raise DownloadError(f"{url}: cannot fetch it: {problem}")
     if is_offline() and urlsplit(url).scheme != "file":  # a shared disk is no network
         state = "is missing"
         if destination.is_file():
-            state = f"is unusable ({_defect(destination, expected, validate)})"
+            state = f"is unusable ({_defect(destination, expected, size, validate)})"
         raise DownloadError(
             f"{destination} {state} and VITKIT_OFFLINE is set, so it is not downloaded; fetch "
             f"{url} elsewhere and put the file at {destination}"
@@ -128,11 +180,16 @@ def download(
     part = destination.with_name(destination.name + ".part")
     try:
         destination.parent.mkdir(parents=True, exist_ok=True)
-        _transfer(url, part, progress=progress)
+        _transfer(url, part, size=size, progress=progress)
+    except _TooLarge as error:
+        part.unlink(missing_ok=True)
+        raise DownloadError(f"{url}: {error}; nothing is kept") from None
     # URLError (refused, DNS, HTTP status) and resets, timeouts, disk errors are OSErrors.
     except (OSError, http.client.HTTPException) as error:
-        raise DownloadError(f"{url}: download failed: {error}{_keep_if_resumable(part)}") from error
-    if defect := _defect(part, expected, validate):
+        reason = " ".join(str(error).split())  # urllib's redirect-loop error spans three lines
+        kept = _keep_if_resumable(part)
+        raise DownloadError(f"{url}: download failed: {reason}{kept}") from error
+    if defect := _defect(part, expected, size, validate):
         part.unlink()
         raise DownloadError(f"{url}: {defect}; the download is deleted")
     try:
@@ -142,10 +199,10 @@ def download(
     return destination
 
 
-def _transfer(url: str, part: Path, *, progress: bool) -> None:
+def _transfer(url: str, part: Path, *, size: int | None, progress: bool) -> None:
     """Fill `part` with the file at `url`: a copy for file://, a (resumed) stream otherwise."""
     if urlsplit(url).scheme != "file":
-        _fetch(url, part, progress=progress)
+        _fetch(url, part, size=size, progress=progress)
         return
     source = Path(urllib.request.url2pathname(urlsplit(url).path))
     # A device (/dev/zero) or a FIFO would be read without end: only regular files are copied.
@@ -159,20 +216,22 @@ def _transfer(url: str, part: Path, *, progress: bool) -> None:
         raise
 
 
-def _fetch(url: str, part: Path, *, progress: bool) -> None:
+def _fetch(url: str, part: Path, *, size: int | None, progress: bool) -> None:
     """Stream `url` into `part`, appending when the server resumes it; a .part the server cannot
     resume (416, or a 206 for other bytes than asked) is deleted and fetched anew in this call."""
+    timeout, min_rate, maximum = http_timeout(), http_min_rate(), max_download_bytes()
     offset = part.stat().st_size if part.is_file() else 0
     try:
-        response = _request(url, offset)
+        response = _request(url, offset, timeout)
     except _CannotResume:
         part.unlink()
-        offset, response = 0, _request(url, 0)
+        offset, response = 0, _request(url, 0, timeout)
     with response:
         if response.status != 206:  # the whole file: the server ignores Range, or no .part
             offset = 0
         remaining = response.length  # None when the server sends no Content-Length
         total = None if remaining is None else offset + remaining
+        limit, beyond_limit = _ceiling(part, offset, total, size, maximum)
         with (
             part.open("ab" if offset else "wb") as file,
             tqdm(
@@ -187,31 +246,84 @@ def _fetch(url: str, part: Path, *, progress: bool) -> None:
             ) as bar,
         ):
             received = 0
+            pace = _Pace(window=timeout, min_rate=min_rate)
             # read1 returns what has arrived, so the bytes before a stall are kept to resume from.
             while chunk := response.read1(CHUNK_BYTES):
+                if offset + received + len(chunk) > limit:
+                    raise _TooLarge(f"more than {limit:,} bytes arrived; {beyond_limit}")
                 file.write(chunk)
                 received += len(chunk)
                 bar.update(len(chunk))
+                pace.check(received)
     # http.client returns a short body without complaint when the connection drops early.
     if remaining is not None and received < remaining:
         raise ConnectionError(f"connection closed after {offset + received} of {total} bytes")
+
+
+class _TooLarge(DownloadError):
+    """A transfer would pass its size limit: its .part is deleted, since resuming it could only
+    fill the disk again."""
+
+
+def _ceiling(
+    part: Path, offset: int, total: int | None, size: int | None, maximum: int
+) -> tuple[int, str]:
+    """The most bytes `part` may hold, and what a transfer past it breaks, for the error.
+
+    A length known before writing (`size`, else the server's declared `total`; they must agree
+    when both are given) must fit the free disk. Without one, the transfer may fill the disk up to
+    DISK_MARGIN_BYTES, and bring `maximum` bytes at most. Raises _TooLarge.
+    """
+    if size is not None and total is not None and total != size:
+        raise _TooLarge(f"the server declares {total:,} bytes where {size:,} are expected")
+    if (known := size if size is not None else total) is not None:
+        check_disk(part.parent, known - offset, "the download", error=_TooLarge)
+        return known, f"{known:,} were expected"
+    room = offset + free_disk_bytes(part.parent) - DISK_MARGIN_BYTES
+    if room < maximum:
+        return room, f"the disk of {part.parent} must keep {gib(DISK_MARGIN_BYTES)} free"
+    return maximum, "VITKIT_MAX_DOWNLOAD_BYTES is the most a response without a length may bring"
+
+
+class _Pace:
+    """Refuses a transfer that averages less than `min_rate` bytes/s over a `window` of seconds:
+    the socket timeout catches a server that falls silent, this one that drips."""
+
+    def __init__(self, *, window: float, min_rate: float) -> None:
+        self.window, self.min_rate = window, min_rate
+        self.since, self.received = time.monotonic(), 0
+
+    def check(self, received: int) -> None:
+        """Raise a TimeoutError (so the .part is kept, to resume from) when the window that ends
+        now, with `received` bytes in all, fell short of the rate."""
+        elapsed = time.monotonic() - self.since
+        if elapsed < self.window:
+            return
+        rate = (received - self.received) / elapsed
+        if rate < self.min_rate:
+            raise TimeoutError(
+                f"the server sent {rate:,.0f} bytes/s over {elapsed:.1f} s, less than the "
+                f"{self.min_rate:,.0f} bytes/s of VITKIT_HTTP_MIN_RATE"
+            )
+        self.since, self.received = time.monotonic(), received
 
 
 class _CannotResume(Exception):
     """The server cannot continue a .part where it ends; the caller starts from byte 0."""
 
 
-def _request(url: str, offset: int) -> http.client.HTTPResponse:
-    """The response to a request for `url` from byte `offset` on (the whole file when 0).
+def _request(url: str, offset: int, timeout: float) -> http.client.HTTPResponse:
+    """The response to a request for `url` from byte `offset` on (the whole file when 0), whose
+    headers came within `timeout` seconds and no silence lasted longer.
 
     Raises _CannotResume for a resumed request that gets 416 Range Not Satisfiable (the .part is
     as long as the file or longer) or a Content-Range for other bytes than asked.
     """
     headers = {"Range": f"bytes={offset}-"} if offset else {}
+    # Built per request: its proxy handler reads $http_proxy and the like when built.
+    opener = urllib.request.build_opener(_HTTPHandler, _HTTPSHandler)
     try:
-        response = urllib.request.urlopen(
-            urllib.request.Request(url, headers=headers), timeout=http_timeout()
-        )
+        response = opener.open(urllib.request.Request(url, headers=headers), timeout=timeout)
     except urllib.error.HTTPError as error:
         if error.code != 416 or not offset:
             raise
@@ -227,6 +339,82 @@ def _request(url: str, offset: int) -> http.client.HTTPResponse:
             "all of it"
         )
     return response
+
+
+class _HeadersInTime(http.client.HTTPConnection):
+    """A connection whose server must send all of its response headers (and finish a TLS
+    handshake) within the timeout of connecting. The timeout alone bounds each silence, so a
+    server dripping its headers a byte a second would hold the request as long as it liked; a
+    timer shuts the socket down instead, which ends the read that waits on it."""
+
+    _timer: threading.Timer | None = None
+    _expired = False
+
+    def connect(self) -> None:
+        self._timer = threading.Timer(self.timeout, self._expire)
+        self._timer.daemon = True
+        self._timer.start()
+        try:
+            super().connect()
+        except OSError:
+            if self._expired:  # a TLS handshake dripped
+                raise self._too_slow() from None
+            raise
+
+    def _expire(self) -> None:
+        self._expired = True
+        if (sock := self.sock) is not None:
+            with contextlib.suppress(OSError):  # closed meanwhile
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def getresponse(self) -> http.client.HTTPResponse:
+        try:
+            response = super().getresponse()
+        except (OSError, http.client.HTTPException):
+            if self._expired:
+                raise self._too_slow() from None
+            raise
+        finally:
+            self._stop_timer()
+        if self._expired:  # the shut socket read as the end of the headers
+            response.close()
+            raise self._too_slow()
+        return response
+
+    def _too_slow(self) -> TimeoutError:
+        return TimeoutError(
+            f"no complete response headers within {self.timeout:g} s (VITKIT_HTTP_TIMEOUT)"
+        )
+
+    def close(self) -> None:
+        self._stop_timer()
+        super().close()
+
+    def _stop_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+
+
+class _HTTPSHeadersInTime(_HeadersInTime, http.client.HTTPSConnection):
+    """_HeadersInTime over TLS."""
+
+
+class _HTTPHandler(urllib.request.HTTPHandler):
+    """urllib's http:// handler, with connections that give up on headers that take too long."""
+
+    def do_open(
+        self, http_class: type, req: urllib.request.Request, **kwargs: object
+    ) -> http.client.HTTPResponse:
+        return super().do_open(_HeadersInTime, req, **kwargs)
+
+
+class _HTTPSHandler(urllib.request.HTTPSHandler):
+    """urllib's https:// handler, with connections that give up on headers that take too long."""
+
+    def do_open(
+        self, http_class: type, req: urllib.request.Request, **kwargs: object
+    ) -> http.client.HTTPResponse:
+        return super().do_open(_HTTPSHeadersInTime, req, **kwargs)
 
 
 def _resumes_at(response: http.client.HTTPResponse, offset: int) -> bool:
@@ -249,11 +437,15 @@ def _keep_if_resumable(part: Path) -> str:
     return f" ({size} bytes kept in {part}: run again to resume)"
 
 
-def _defect(path: Path, expected: dict[str, str], validate: Validator | None) -> str | None:
-    """Why the file at `path` is not the one asked for: what `validate` finds, else the digests
-    that differ from `expected`; None when it passes."""
+def _defect(
+    path: Path, expected: dict[str, str], size: int | None, validate: Validator | None
+) -> str | None:
+    """Why the file at `path` is not the one asked for: what `validate` finds, else a length other
+    than `size`, else the digests that differ from `expected`; None when it passes."""
     if validate is not None and (problem := validate(path)):
         return problem
+    if size is not None and (found := path.stat().st_size) != size:
+        return f"expected {size:,} bytes, found {found:,}"
     mismatches = []
     for name, digest in expected.items():
         with path.open("rb") as file:

@@ -1,12 +1,15 @@
 """The inspection figures as PNG files (matplotlib, no display needed).
 
 Each function takes plain arrays computed elsewhere (`attention.py`, `embeddings.py`, the
-evaluation) and writes one picture; none of them runs a model.
+evaluation) and writes one picture; none of them runs a model. Class, arm and folder names come
+from data: every figure is drawn with matplotlib's mathtext off (`_plain_text`), so a name such as
+`$\frac{1}{$` is drawn as those characters instead of failing to parse as a formula.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import matplotlib
@@ -19,6 +22,18 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from vitkit.io import atomic_write  # noqa: E402
+
+
+def _plain_text(plot: Callable[..., Path]) -> Callable[..., Path]:
+    """Draw with every text shown literally: mathtext parsing off for the texts `plot` makes
+    (matplotlib fixes that choice when a text is created)."""
+
+    @functools.wraps(plot)
+    def drawn(*args: object, **kwargs: object) -> Path:
+        with plt.rc_context({"text.parse_math": False}):
+            return plot(*args, **kwargs)
+
+    return drawn
 
 
 def _save(figure: plt.Figure, path: Path) -> Path:
@@ -34,6 +49,7 @@ def _grid_shape(count: int, columns: int) -> tuple[int, int]:
     return -(-count // columns), columns
 
 
+@_plain_text
 def plot_embedding_filters(components: torch.Tensor, path: Path) -> Path:
     """Principal components (n, C, P, P) in [0, 1] as small RGB (or grey) images (Fig. 7 left)."""
     rows, columns = _grid_shape(len(components), 7)
@@ -47,6 +63,7 @@ def plot_embedding_filters(components: torch.Tensor, path: Path) -> Path:
     return _save(figure, path)
 
 
+@_plain_text
 def plot_position_similarity(similarity: torch.Tensor, path: Path) -> Path:
     """The (h, w, h, w) similarities as an h x w mosaic of h x w maps (Fig. 7 centre), drawn as one
     image so that large grids (24 x 24 at 384 px) stay fast."""
@@ -71,6 +88,7 @@ def plot_position_similarity(similarity: torch.Tensor, path: Path) -> Path:
     return _save(figure, path)
 
 
+@_plain_text
 def plot_attention_distance(distances: torch.Tensor, token_pixels: int, path: Path) -> Path:
     """(blocks, heads) mean attention distance in pixels against depth, a point per head
     (Fig. 7 right)."""
@@ -98,6 +116,7 @@ def _upsample(maps: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
     return F.interpolate(unit[:, None].float(), size=size, mode="bilinear")[:, 0].numpy()
 
 
+@_plain_text
 def plot_attention_maps(
     images: np.ndarray, maps: torch.Tensor, path: Path, *, titles: Sequence[str] = ()
 ) -> Path:
@@ -124,6 +143,7 @@ def plot_attention_maps(
     return _save(figure, path)
 
 
+@_plain_text
 def plot_head_attention(images: np.ndarray, maps: torch.Tensor, path: Path) -> Path:
     """For each image (row), the last block's attention of the output token per head (columns),
     (N, heads, h, w), overlaid on the image."""
@@ -147,6 +167,7 @@ def plot_head_attention(images: np.ndarray, maps: torch.Tensor, path: Path) -> P
     return _save(figure, path)
 
 
+@_plain_text
 def plot_confusion_matrix(matrix: np.ndarray, classes: Sequence[str], path: Path) -> Path:
     """Row-normalised confusion matrix: row = true class, column = predicted class."""
     totals = matrix.sum(axis=1, keepdims=True)
@@ -173,6 +194,7 @@ def plot_confusion_matrix(matrix: np.ndarray, classes: Sequence[str], path: Path
     return _save(figure, path)
 
 
+@_plain_text
 def plot_training_curves(metrics: Sequence[dict], path: Path) -> Path:
     """A run's training loss and, where it was evaluated, its top-1, against the step (the
     records of its metrics.jsonl)."""
@@ -190,6 +212,7 @@ def plot_training_curves(metrics: Sequence[dict], path: Path) -> Path:
     return _save(figure, path)
 
 
+@_plain_text
 def plot_curves_against_time(curves: dict[str, list[Sequence[dict]]], path: Path) -> Path:
     """Training loss (left) and test top-1 (right) against training seconds for several arms of
     an experiment: one colour per arm, one line per seed. Each curve is a list of metrics.jsonl
@@ -219,6 +242,7 @@ def plot_curves_against_time(curves: dict[str, list[Sequence[dict]]], path: Path
     return _save(figure, path)
 
 
+@_plain_text
 def plot_arms(values: dict[str, list[float]], path: Path, *, ylabel: str, title: str) -> Path:
     """An experiment's arms side by side: each seed's value as a dot, the mean as a bar, so the
     spread over seeds is seen next to the difference between arms. Values are fractions (top-1),
@@ -239,6 +263,7 @@ def plot_arms(values: dict[str, list[float]], path: Path, *, ylabel: str, title:
     return _save(figure, path)
 
 
+@_plain_text
 def plot_lines(
     x: Sequence[float],
     series: dict[str, list[float]],

@@ -83,10 +83,12 @@ def write_figures(
     description: str = "",
 ) -> dict[str, Path]:
     """Write the figures for `images` (N, H, W, 3) uint8 (all N average into the attention
-    distance, the first `shown` get attention maps) into `out_dir`; returns name -> path.
-    `preprocessing`: how the images become inputs (default: the model's own record)."""
+    distance, the first `shown` get attention maps: all of them when there are fewer) into
+    `out_dir`; returns name -> path. `preprocessing`: how the images become inputs (default: the
+    model's own record)."""
     if len(images) == 0:
         raise ValueError("write_figures needs at least one image")
+    shown = min(shown, len(images))
     out_dir.mkdir(parents=True, exist_ok=True)
     config = model.config
     preprocessing = preprocessing or model.preprocessing

@@ -38,6 +38,20 @@ def positive_int(text: str) -> int:
     return value
 
 
+def int_between(low: int, high: int) -> Callable[[str], int]:
+    """An argument type for whole numbers from `low` to `high`: a bound on what one flag may ask
+    of the machine (seeds to run, images to draw), checked before any work starts."""
+
+    def parse(text: str) -> int:
+        value = int(text)
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be from {low} to {high}, got {value}")
+        return value
+
+    parse.__name__ = f"integer from {low} to {high}"  # argparse's "invalid ... value" names it
+    return parse
+
+
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """--img-size, --normalization, --batch-size and --device, for commands that run a model."""
     add_input_arguments(parser)

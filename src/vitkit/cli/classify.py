@@ -25,6 +25,7 @@ from vitkit.cli.arguments import (
     load_checkpoint,
     positive_int,
 )
+from vitkit.cli.terminal import printable
 from vitkit.data import Preprocessing, eval_transform, find_images, load_rgb
 from vitkit.devices import resolve_device
 from vitkit.evaluation.packed import packed_logits
@@ -95,9 +96,11 @@ def class_names(model: VisionTransformer, labels_file: Path | None) -> Sequence[
 
 
 def format_prediction(prediction: Prediction, labels: Sequence[str] | None) -> str:
-    lines = [str(prediction.path)]
+    """The image's path, then one line per class; names and path shown as text (`printable`),
+    so that no name from a checkpoint can act on the terminal or forge a line."""
+    lines = [printable(str(prediction.path))]
     for index, probability in zip(prediction.classes, prediction.probabilities):
-        name = f"{labels[index]} ({index})" if labels else str(index)
+        name = f"{printable(labels[index])} ({index})" if labels else str(index)
         lines.append(f"  {probability:.4f}  {name}")
     return "\n".join(lines)
 

@@ -12,7 +12,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from vitkit.cli.arguments import add_model_arguments, load_for_inference, positive_int
+from vitkit.cli.arguments import (
+    add_model_arguments,
+    int_between,
+    load_for_inference,
+    positive_int,
+)
 from vitkit.data import DataError
 from vitkit.data.fewshot import balanced_subset
 from vitkit.data.sources import open_labelled
@@ -86,7 +91,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--data", required=True, help="dataset path or name")
     parser.add_argument("--out", type=Path, default=Path("fewshot"), help="output directory")
     parser.add_argument("--shots", type=shot_list, default=[1, 5, 10, 25], help="e.g. 1,5,10,25")
-    parser.add_argument("--seeds", type=positive_int, default=5, help="k-shot draws per count")
+    parser.add_argument(
+        "--seeds", type=int_between(1, 100), default=5, help="k-shot draws per count (1-100)"
+    )
     parser.add_argument(
         "--holdout-per-class",
         type=positive_int,

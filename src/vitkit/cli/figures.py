@@ -11,7 +11,12 @@ import argparse
 from pathlib import Path
 
 from vitkit.analysis.report import figures_for_dataset
-from vitkit.cli.arguments import add_model_arguments, load_for_inference, positive_int
+from vitkit.cli.arguments import (
+    add_model_arguments,
+    int_between,
+    load_for_inference,
+    positive_int,
+)
 from vitkit.data.sources import open_labelled
 
 
@@ -44,6 +49,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", type=Path, required=True, help="output directory")
     parser.add_argument("--split", default="test")
     parser.add_argument("--images", type=positive_int, default=128, help="images averaged over")
-    parser.add_argument("--shown", type=positive_int, default=8, help="images with attention maps")
+    parser.add_argument(
+        "--shown", type=int_between(1, 64), default=8, help="images with attention maps (1-64)"
+    )
     add_model_arguments(parser)
     parser.set_defaults(run=run, command="figures")

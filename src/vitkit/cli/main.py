@@ -28,6 +28,7 @@ from vitkit.cli import (
     shard,
     train,
 )
+from vitkit.cli.terminal import printable
 from vitkit.errors import VitkitError
 
 USAGE_ERROR = 2  # argparse's exit status for bad arguments; bad input files are the same kind
@@ -65,7 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.run(args)
     except VitkitError as error:
-        print(f"vitkit {args.command}: error: {error}", file=sys.stderr)
+        print(f"vitkit {args.command}: error: {printable(str(error))}", file=sys.stderr)
         return USAGE_ERROR
 
 

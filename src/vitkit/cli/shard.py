@@ -6,7 +6,7 @@ import argparse
 import math
 from pathlib import Path
 
-from vitkit.cli.arguments import positive_int
+from vitkit.cli.arguments import int_between, positive_int
 from vitkit.data.shards import write_shards
 from vitkit.data.sources import open_image_by_image
 
@@ -40,7 +40,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("out_dir", type=Path, metavar="OUT_DIR", help="new folder for shards")
     parser.add_argument("--shard-size", type=positive_int, required=True, help="images per shard")
-    parser.add_argument("--seed", type=int, required=True, help="seed of the global shuffle")
+    parser.add_argument(
+        "--seed", type=int_between(0, 2**32 - 1), required=True, help="seed of the global shuffle"
+    )
     parser.add_argument("--split", default="train", help="sub-folder of SOURCE (default: train)")
     parser.add_argument(
         "--format",

@@ -7,8 +7,14 @@ them against PyTorch's own `FlopCounterMode` and against built models.
 
 from __future__ import annotations
 
+from vitkit.errors import ConfigError
 from vitkit.models.config import ViTConfig
 from vitkit.models.pos_embed import relative_table_length
+from vitkit.resources import check_memory
+
+# Patches of one image a model may be built for: attention costs their square, and 16,384 (ViT-B/16
+# at 2048 px, the longest NaViT budget `--max-tokens` takes) is far beyond any released model.
+MOST_PATCHES = 16_384
 
 
 def _resnet_cost(config: ViTConfig) -> tuple[int, int]:
@@ -102,3 +108,24 @@ def count_params(config: ViTConfig) -> int:
     head = features * config.num_classes + config.num_classes
     embeddings = patch_embed + class_token + pos_embed
     return embeddings + config.depth * block + layer_norm + pre_logits + head
+
+
+def check_buildable(config: ViTConfig) -> None:
+    """Refuse, before anything is allocated, a model whose images have more than MOST_PATCHES
+    patches or whose parameters (fp32) need more memory than is free: a config from a file or a
+    flag may ask for sixteen million blocks or an 8192 px grid, which would otherwise end in an
+    allocator traceback or minutes of swapping."""
+    height, width = config.grid_size
+    if height * width > MOST_PATCHES:
+        raise ConfigError(
+            f"img_size {config.img_size[0]}x{config.img_size[1]} at patch_size "
+            f"{config.patch_size} gives {height * width:,} patches per image; at most "
+            f"{MOST_PATCHES:,} are supported (attention costs their square)"
+        )
+    params = count_params(config)
+    check_memory(
+        4 * params,
+        f"a model of {params:,} parameters (depth {config.depth}, width {config.width}, "
+        f"mlp_dim {config.mlp_dim})",
+        error=ConfigError,
+    )

@@ -17,6 +17,9 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from vitkit.errors import ConfigError
+from vitkit.resources import check_memory
+
 PatchInterpolation = Literal["bilinear", "bicubic"]
 
 
@@ -73,6 +76,13 @@ def resample_patch_embed(
         raise ValueError(f"patch size {new_size!r}: expected a positive size or (height, width)")
     if new_pair == old_pair:
         return weight
+    # B and pinv's SVD hold about four float64 copies of a (new_h*new_w, old_h*old_w) matrix.
+    check_memory(
+        4 * 8 * new_pair[0] * new_pair[1] * old_pair[0] * old_pair[1],
+        f"resampling the {old_pair[0]}x{old_pair[1]} patch kernel to {new_pair[0]}x{new_pair[1]}",
+        error=ConfigError,
+        hint="choose a patch size nearer the checkpoint's",
+    )
     matrix = _resampling_matrix(old_pair, new_pair, interpolation, antialias)
     with torch.autocast(weight.device.type, enabled=False):  # float64 stays float64
         filters = weight.reshape(-1, old_pair[0] * old_pair[1]).to(torch.float64)

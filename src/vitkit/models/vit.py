@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
+from vitkit.models.complexity import check_buildable
 from vitkit.models.config import ViTConfig
 from vitkit.models.layers import Block
 from vitkit.models.patch_embed import PatchEmbed
@@ -43,6 +44,7 @@ class VisionTransformer(nn.Module):
         """A model of `config`, randomly initialised. `preprocessing`: how images become its
         inputs; by default Google's [-1, 1] at config.img_size, which vitkit's own training
         uses unless its init checkpoint records another."""
+        check_buildable(config)
         super().__init__()
         self.config = config
         self.preprocessing = preprocessing or Preprocessing.google(

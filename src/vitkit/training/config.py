@@ -18,6 +18,8 @@ from typing import Any, Literal
 from vitkit.data.token_budget import MOST_TOKENS
 from vitkit.devices import device_problem
 from vitkit.errors import ConfigError
+from vitkit.models.checks import shown
+from vitkit.models.complexity import check_buildable
 from vitkit.models.config import ViTConfig, get_config
 from vitkit.training.fields import (
     AT_LEAST_ONE,
@@ -186,14 +188,20 @@ class TrainConfig:
         "Inception crop: smallest area fraction (1: no crop)", 0.08, Range(0, 1, low_open=True)
     )
     hflip: bool = described("random horizontal flips", True)
-    randaugment_ops: int = described("RandAugment: operations per image (0: off)", 0, NON_NEGATIVE)
+    randaugment_ops: int = described(
+        "RandAugment: operations per image (0: off; timm's recipes use 2 to 4)", 0, Range(0, 16)
+    )
     # torchvision's RandAugment has 31 magnitude bins, 0 to 30.
     randaugment_magnitude: int = described("RandAugment: magnitude", 10, Range(0, 30))
     mixup_alpha: float = described("Mixup alpha (0: off)", 0.0, NON_NEGATIVE)
     cutmix_alpha: float = described("CutMix alpha (0: off)", 0.0, NON_NEGATIVE)
 
     # Execution
-    seed: int = described("seed of initialisation, data order and augmentation", 0, NON_NEGATIVE)
+    seed: int = described(
+        "seed of initialisation, data order and augmentation (numpy's range)",
+        0,
+        Range(0, 2**32 - 1),
+    )
     device: str = described("auto, cpu, cuda or cuda:N", "auto")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = described(
         "autocast precision; auto: bf16 where it is native and pays (a CUDA GPU; a CPU with "
@@ -352,7 +360,7 @@ class TrainConfig:
         except ConfigError as error:
             return str(error)
         try:
-            get_config(self.model, img_size=self.resolution, **changes)
+            check_buildable(get_config(self.model, img_size=self.resolution, **changes))
         except KeyError as error:
             return f"model: {error.args[0]}"
         except ConfigError as error:
@@ -416,23 +424,38 @@ def describe_fields() -> str:
 
 def model_field_changes(text: str) -> dict[str, Any]:
     """The ViTConfig fields that a `model_fields` text sets, each value read as an integer, a
-    number or a boolean where it is one (ViTConfig checks them); ConfigError naming a bad part."""
+    number or a boolean where it is one, or as a tuple of those in parentheses or brackets
+    (`resnet_layers=(3,4,9)`); ViTConfig checks them. ConfigError naming a bad part."""
     changes: dict[str, Any] = {}
     known = {item.name for item in dataclasses.fields(ViTConfig)}
-    for part in filter(None, (piece.strip() for piece in text.split(","))):
+    for part in filter(None, (piece.strip() for piece in _top_level_parts(text))):
         name, separator, value = part.partition("=")
         name = name.strip()
         if not separator:
-            raise ConfigError(f"model_fields: expected NAME=VALUE, got {part!r}")
+            raise ConfigError(f"model_fields: expected NAME=VALUE, got {shown(part)}")
         if name not in known:
-            raise ConfigError(f"model_fields: {name!r} is not a ViTConfig field")
+            raise ConfigError(f"model_fields: {shown(name)} is not a ViTConfig field")
         if name in _SET_BY_TRAINING:
             raise ConfigError(f"model_fields: {name} is set by training; use its own field")
         changes[name] = _literal(value.strip())
     return changes
 
 
+def _top_level_parts(text: str) -> list[str]:
+    """`text` split at the commas outside parentheses and brackets."""
+    parts, depth, start = [], 0, 0
+    for index, char in enumerate(text):
+        depth += {"(": 1, "[": 1, ")": -1, "]": -1}.get(char, 0)
+        if char == "," and depth == 0:
+            parts.append(text[start:index])
+            start = index + 1
+    return [*parts, text[start:]]
+
+
 def _literal(text: str) -> Any:
+    if len(text) >= 2 and (text[0], text[-1]) in (("(", ")"), ("[", "]")):
+        inner = text[1:-1].strip()
+        return tuple(_literal(item.strip()) for item in inner.split(",")) if inner else ()
     for kind in (int, float):
         try:
             return kind(text)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from vitkit.errors import ConfigError
+from vitkit.models.checks import shown
 
 
 @dataclass(frozen=True)
@@ -33,10 +34,15 @@ class Range:
     def __str__(self) -> str:
         if self.low is not None and self.high is not None:
             left, right = "(" if self.low_open else "[", ")" if self.high_open else "]"
-            return f"in {left}{self.low:g}, {self.high:g}{right}"
+            return f"in {left}{_number(self.low)}, {_number(self.high)}{right}"
         if self.low is not None:
-            return f"{'>' if self.low_open else '>='} {self.low:g}"
-        return f"{'<' if self.high_open else '<='} {self.high:g}"
+            return f"{'>' if self.low_open else '>='} {_number(self.low)}"
+        return f"{'<' if self.high_open else '<='} {_number(self.high)}"
+
+
+def _number(value: float) -> str:
+    """A range's end as written: whole numbers in full (4294967295), others as %g."""
+    return str(int(value)) if float(value).is_integer() and abs(value) < 1e18 else f"{value:g}"
 
 
 NON_NEGATIVE = Range(0)
@@ -56,7 +62,7 @@ def field_problem(config: Any, item: dataclasses.Field, kind: Any) -> str | None
     if typing.get_origin(kind) is Literal:
         choices = typing.get_args(kind)
         if value not in choices:
-            return f"{item.name} must be one of {', '.join(choices)}, got {value!r}"
+            return f"{item.name} must be one of {', '.join(choices)}, got {shown(value)}"
         return None
     is_number = isinstance(value, int | float) and not isinstance(value, bool)
     if kind is float and is_number:
@@ -64,14 +70,14 @@ def field_problem(config: Any, item: dataclasses.Field, kind: Any) -> str | None
         if not math.isfinite(value):
             return f"{item.name} must be a finite number, got {value}"
     elif kind is int and not (is_number and isinstance(value, int)):
-        return f"{item.name} must be an integer, got {value!r}"
+        return f"{item.name} must be an integer, got {shown(value)}"
     elif kind is float:
-        return f"{item.name} must be a number, got {value!r}"
+        return f"{item.name} must be a number, got {shown(value)}"
     elif kind is not int and not isinstance(value, kind):
-        return f"{item.name} must be a {kind.__name__}, got {value!r}"
+        return f"{item.name} must be a {kind.__name__}, got {shown(value)}"
     allowed: Range | None = item.metadata["range"]
     if allowed is not None and not allowed.admits(value):
-        return f"{item.name} must be {allowed}, got {value!r}"
+        return f"{item.name} must be {allowed}, got {shown(value)}"
     return None
 
 
@@ -113,8 +119,8 @@ def with_assignments(base: Any, assignments: list[str], types: dict[str, Any]) -
     for assignment in assignments:
         name, separator, text = assignment.partition("=")
         if not separator:
-            raise ConfigError(f"expected field=value, got {assignment!r}")
+            raise ConfigError(f"expected field=value, got {shown(assignment)}")
         if name not in types:
-            raise ConfigError(f"unknown field {name!r}; fields: {', '.join(sorted(types))}")
+            raise ConfigError(f"unknown field {shown(name)}; fields: {', '.join(sorted(types))}")
         changes[name] = parse_value(text, types[name])
     return dataclasses.replace(base, **changes)

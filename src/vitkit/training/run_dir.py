@@ -18,16 +18,23 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import fcntl
 import json
 import os
 import socket
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
 from vitkit.errors import TrainingError
-from vitkit.io import atomic_write_json, atomic_write_text
+from vitkit.io import (
+    atomic_write_json,
+    atomic_write_text,
+    check_writable_target,
+    write_failure,
+)
 from vitkit.models.config import ViTConfig
 from vitkit.training.checkpoint import CHECKPOINT_DIR, saved_steps
 from vitkit.training.config import EXECUTION_FIELDS, FORCEABLE_FIELDS, TrainConfig
@@ -66,9 +73,8 @@ class RunDir:
                 if steps
                 else "no checkpoint had been saved yet"
             )
-            where = f" ({error.filename})" if error.filename else ""
             raise TrainingError(
-                f"cannot write to {self.path}: {error.strerror or error}{where}; {kept}. Free "
+                f"cannot write to {self.path}: {write_failure(error)}; {kept}. Free "
                 "space or make the folder writable, then run the same command to resume"
             ) from error
 
@@ -78,8 +84,7 @@ class RunDir:
         holder's pid when another live process holds it."""
         with self.writing():
             self.path.mkdir(parents=True, exist_ok=True)
-            # Opened without truncating: the holder's pid must stay readable until we own it.
-            fd = os.open(self.path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = self._open_lock()
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -94,6 +99,26 @@ class RunDir:
             yield
         finally:
             os.close(fd)  # closing releases the lock
+
+    def _open_lock(self) -> int:
+        """The lock file's descriptor, opened without truncating (the holder's pid must stay
+        readable until we own it) and never through a link: a run.lock that is a symbolic link, a
+        FIFO or anything but a regular file is refused, so a lock never writes into another
+        file."""
+        lock = self.path / LOCK_NAME
+        flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK
+        try:
+            fd = os.open(lock, flags, 0o644)
+        except OSError as error:
+            if error.errno != errno.ELOOP:
+                raise
+            raise TrainingError(
+                f"{lock} is a symbolic link; remove it, or choose another --out"
+            ) from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise TrainingError(f"{lock} is not a regular file; remove it, or choose another --out")
+        return fd
 
     # --- train_config.json -----------------------------------------------------------------
 
@@ -220,7 +245,10 @@ class Metrics:
         self._file: TextIO | None = None
         if enabled:
             with run_dir.writing():
-                self._file = (run_dir.path / METRICS_NAME).open("a")
+                path = run_dir.path / METRICS_NAME
+                check_writable_target(path)  # appending must not go through a link
+                flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
+                self._file = os.fdopen(os.open(path, flags, 0o666), "a")
 
     def write(self, record: dict[str, Any]) -> None:
         if self._file is not None:

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from vitkit.errors import CheckpointError
+from vitkit.io import read_capped
 
 ClassNames = tuple[str, ...]
 # Formats whose files hold parameters only (Google's .npz, timm and torchvision state dicts) keep
@@ -60,16 +61,18 @@ def labels_file(weights: Path) -> Path:
 
 
 def read_labels(path: Path, num_classes: int) -> ClassNames:
-    """Class names, one per line (trailing blank lines ignored); the count must be the head's, or
-    every name would label the wrong output."""
+    """Class names, one per line: lines end at "\n" only (a "\r" before it is dropped with the
+    other surrounding spaces), so a name may hold any other character, U+2028 and the ASCII
+    separators included, and reads back as it was written. Trailing blank lines are ignored.
+    The count must be the head's, or every name would label the wrong output."""
+    data = read_capped(path, MAX_LABELS_BYTES, what="labels file", error=CheckpointError)
     try:
-        with open(path, "rb") as file:
-            text = file.read(MAX_LABELS_BYTES + 1).decode("utf-8")
-    except (OSError, UnicodeDecodeError) as error:
-        raise CheckpointError(f"{path}: cannot read the labels file: {error}") from None
-    if len(text) > MAX_LABELS_BYTES:
-        raise CheckpointError(f"{path}: larger than a labels file may be ({MAX_LABELS_BYTES} B)")
-    labels = [line.strip() for line in text.splitlines()]
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise CheckpointError(
+            f"{path}: the labels file is not UTF-8 ({error.reason} at byte {error.start})"
+        ) from None
+    labels = [line.strip() for line in text.split("\n")]
     while labels and not labels[-1]:
         labels.pop()
     if len(labels) != num_classes:
@@ -81,12 +84,13 @@ def read_labels(path: Path, num_classes: int) -> ClassNames:
 
 
 def labels_text(names: ClassNames) -> str:
-    """The labels file holding `names`: one per line. A name that a line cannot hold (a line
-    break, surrounding spaces that reading strips) is refused rather than changed."""
+    """The labels file holding `names`: each followed by "\n". A name that such a line cannot
+    give back as it was (empty, a line break, surrounding spaces that reading strips) is refused
+    rather than changed."""
     for index, name in enumerate(names):
-        if name != name.strip() or "\n" in name or "\r" in name:
+        if not name or name != name.strip() or "\n" in name or "\r" in name:
             raise CheckpointError(
-                f"class name {index} ({name!r}) has a line break or surrounding spaces, which a "
-                "labels file cannot hold; export to vitkit or hf to keep the names"
+                f"class name {index} ({name!r}) is empty or has a line break or surrounding "
+                "spaces, which a labels file cannot hold; export to vitkit or hf to keep the names"
             )
     return "".join(f"{name}\n" for name in names)

@@ -16,8 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
-from vitkit.errors import CheckpointError
-from vitkit.io import atomic_write_text
+from vitkit.errors import CheckpointError, VitkitError
+from vitkit.io import atomic_write_text, staged_writes, write_failure
 from vitkit.models.config import ViTConfig
 from vitkit.models.vit import VisionTransformer
 from vitkit.weights.class_names import labels_file, labels_text, model_class_names
@@ -73,17 +73,18 @@ def export_model(model: VisionTransformer, destination: str | Path, *, to: Expor
     if problem := REFUSALS[to](model.config):
         advice = ", ".join(holding_formats(model.config))
         raise CheckpointError(f"{where}: {problem}; {HOLDING_FORMATS} {advice}")
-    if to not in PARAMETERS_ONLY and destination.exists() and not destination.is_dir():
-        raise CheckpointError(f"{destination}: exists and is not a directory")
-    if to in PARAMETERS_ONLY and destination.is_dir():
-        raise CheckpointError(f"{destination}: is a directory; a {to} export is one file")
+    labels = None  # checked before anything is written
+    if to in PARAMETERS_ONLY and (names := model_class_names(model)):
+        labels = labels_text(names)
     try:
-        labels = None  # checked before anything is written
-        if to in PARAMETERS_ONLY and (names := model_class_names(model)):
-            labels = labels_text(names)
-        written = WRITERS[to](model, destination)
-    except CheckpointError as error:
+        # One staged write: the weights, their labels file and a folder's files all land, or none.
+        with staged_writes(destination, folder=to not in PARAMETERS_ONLY) as stage:
+            target = stage / destination.name if to in PARAMETERS_ONLY else stage
+            written = WRITERS[to](model, target)
+            if labels is not None:
+                atomic_write_text(labels_file(written), labels)
+    except VitkitError as error:
         raise CheckpointError(f"{where}: {error}") from None
-    if labels is not None:
-        atomic_write_text(labels_file(written), labels)
-    return written
+    except OSError as error:
+        raise CheckpointError(f"{where}: {write_failure(error)}; nothing was written") from None
+    return destination

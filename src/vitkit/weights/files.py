@@ -14,7 +14,6 @@ taken off here too.
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import zipfile
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Any
 import torch
 
 from vitkit.errors import CheckpointError
+from vitkit.io import read_capped, regular_file
 
 # The largest config.json read: a Hugging Face config with the 21,843 labels of ImageNet-21k in
 # id2label and label2id is about 1.5 MB; parsing costs up to ~20x the text in memory.
@@ -50,16 +50,10 @@ def read_json_object(path: Path) -> dict[str, Any]:
     """The JSON object in `path`; a CheckpointError naming the file when it is too large, is no
     JSON (or nests past Python's recursion limit, or has a number of over 4,300 digits), or holds
     something other than an object."""
+    text = read_capped(path, MAX_JSON_BYTES, what="config file", error=CheckpointError)
     try:
-        with open(path, "rb") as file:
-            size = os.fstat(file.fileno()).st_size
-            if size > MAX_JSON_BYTES:
-                raise CheckpointError(
-                    f"{path}: {size} bytes, larger than a config file may be ({MAX_JSON_BYTES})"
-                )
-            text = file.read(size)  # what the file held when checked, should it grow since
         content = json.loads(text)
-    except (OSError, ValueError, RecursionError) as error:  # ValueError: JSON, UTF-8, digits
+    except (ValueError, RecursionError) as error:  # ValueError: JSON, UTF-8, digits
         raise CheckpointError(f"{path}: unreadable: {one_line(error)}") from None
     if not isinstance(content, dict):
         raise CheckpointError(f"{path}: expected a JSON object, found a {type(content).__name__}")
@@ -81,6 +75,7 @@ def check_inflation(archive: zipfile.ZipFile, path: Path) -> None:
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """The tensors of a .safetensors file or of a torch pickle, which may nest them under
     "state_dict" or "model" (training checkpoints do)."""
+    regular_file(path, error=CheckpointError)
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file

@@ -11,12 +11,12 @@ one-line CheckpointError naming the id.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 from vitkit.download import is_offline
 from vitkit.errors import CheckpointError
+from vitkit.weights.files import read_json_object
 
 HUB_PREFIX = "hf:"
 _TRUE = ("1", "true", "yes", "on")  # the values huggingface_hub reads as set
@@ -92,14 +92,16 @@ def _one_line(error: BaseException) -> str:
 
 def _checkpoint_in(directory: Path) -> Path:
     """What `load_model` should read in a downloaded repository: the directory for transformers,
-    the weights file for timm (whose config.json names an "architecture", not a "model_type")."""
+    the weights file for timm (whose config.json names an "architecture", not a "model_type").
+
+    config.json is read as a local one is, within its size cap: a repository's is a stranger's
+    file, and one of gigabytes read whole would exhaust memory."""
     config_file = directory / "config.json"
     try:
-        config = json.loads(config_file.read_text()) if config_file.is_file() else {}
-    # Not UTF-8, not JSON, or nested deeper than the parser's recursion limit.
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        config = read_json_object(config_file) if config_file.is_file() else {}
+    except CheckpointError:  # too large, not JSON, or no object
         return directory  # load_model reports the broken file
-    if isinstance(config, dict) and "architecture" in config and "model_type" not in config:
+    if "architecture" in config and "model_type" not in config:
         for weights in _WEIGHTS:
             if (directory / weights).is_file():
                 return directory / weights

@@ -25,6 +25,7 @@ from typing import Literal, get_args
 import torch
 
 from vitkit.errors import CheckpointError, ConfigError
+from vitkit.io import regular_file
 from vitkit.models.config import ViTConfig, as_pair
 from vitkit.models.patch_resample import resample_patch_embed
 from vitkit.models.preprocessing import Preprocessing
@@ -230,6 +231,8 @@ def load_model(
     """
     registered = registered_weights(path)
     path = resolve_checkpoint(path)
+    if not path.is_dir():  # a FIFO would hang the read, /dev/zero fill memory
+        regular_file(path, error=CheckpointError)
     format = format or detect_format(path)
     try:
         checkpoint = _read(path, format, num_heads)

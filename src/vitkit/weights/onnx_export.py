@@ -7,21 +7,20 @@ traced at one resolution (position embeddings fixed for its patch grid); the bat
 dynamic unless fixed. The graph's metadata (`metadata_props`, onnxruntime's
 `get_modelmeta().custom_metadata_map`) says how images become its inputs and, where the weights
 record them, what its outputs are called, so that a consumer needs nothing but the .onnx file.
-Like every vitkit export it is written all or nothing: into a temporary folder beside the target,
-then moved into place, the external weights file (models over ~2 GB) first.
+Like every vitkit export it is written all or nothing (`vitkit.io.staged_writes`): into a hidden
+folder beside the target, then moved into place, the external weights file (models over ~2 GB)
+first.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
 from vitkit.errors import CheckpointError
+from vitkit.io import staged_writes
 from vitkit.models.vit import VisionTransformer
 from vitkit.weights.class_names import model_class_names
 
@@ -29,6 +28,10 @@ INPUT_NAME = "images"
 OUTPUT_NAME = "logits"
 # A protobuf message holds at most 2 GiB; larger models keep their weights in OUT.onnx.data.
 _EXTERNAL_DATA_BYTES = 1_500_000_000
+# The exporter's example input holds this many images at most (a fixed batch is traced with one).
+MOST_BATCH = 4096
+# The opsets PyTorch's dynamo exporter writes start at 18.
+FIRST_OPSET = 18
 
 
 def export_onnx(
@@ -53,6 +56,9 @@ def export_onnx(
             raise CheckpointError(
                 f"exporting to ONNX needs the {package!r} package: pip install onnx onnxscript"
             ) from None
+    _check_opset(opset_version)
+    if batch_size is not None and not 1 <= batch_size <= MOST_BATCH:
+        raise CheckpointError(f"batch size {batch_size}: expected 1 to {MOST_BATCH}, or dynamic")
     model = model.eval().to("cpu", torch.float32)
     height, width = model.config.img_size
     example = torch.zeros(batch_size or 2, model.config.in_chans, height, width)
@@ -72,18 +78,20 @@ def export_onnx(
     program.model.metadata_props.update(metadata)
     parameter_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     external = parameter_bytes > _EXTERNAL_DATA_BYTES
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
+    with staged_writes(path, folder=False) as staging:
         program.save(staging / path.name, external_data=external)
-        written = sorted(staging.iterdir(), key=lambda file: file.suffix == ".onnx")
-        for file in written:  # the weights file before the graph that names it
-            with open(file, "rb") as handle:
-                os.fsync(handle.fileno())
-            os.replace(file, path.parent / file.name)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return path
+
+
+def _check_opset(opset_version: int | None) -> None:
+    """Refuse an opset the exporter cannot write (before minutes of tracing)."""
+    import onnx
+
+    newest = onnx.defs.onnx_opset_version()
+    if opset_version is not None and not FIRST_OPSET <= opset_version <= newest:
+        raise CheckpointError(
+            f"ONNX opset {opset_version}: the exporter writes opsets {FIRST_OPSET} to {newest}"
+        )
 
 
 def onnx_metadata(model: VisionTransformer) -> dict[str, str]:

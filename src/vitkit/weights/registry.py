@@ -60,7 +60,8 @@ class PretrainedWeights:
     mean: tuple[float, float, float] = GOOGLE_MEAN
     std: tuple[float, float, float] = GOOGLE_STD
     sha256: str | None = None  # checked after every download when known
-    size_bytes: int | None = None  # of the file, for the listing; None where not recorded
+    # Of the file, for the listing, and the most its download may write; None where not recorded.
+    size_bytes: int | None = None
 
     def __post_init__(self) -> None:
         """Refuse an entry that could only fail later, and more obscurely: when it is downloaded
@@ -73,8 +74,10 @@ class PretrainedWeights:
             raise CheckpointError(
                 f"pretrained weights {self.name}: sha256 must be 64 hex digits, got {self.sha256!r}"
             )
-        for field in ("resolution", "num_classes"):
-            value = getattr(self, field)
+        positive = {"resolution": self.resolution, "num_classes": self.num_classes}
+        if self.size_bytes is not None:
+            positive["size_bytes"] = self.size_bytes
+        for field, value in positive.items():
             if type(value) is not int or value <= 0:
                 raise CheckpointError(
                     f"pretrained weights {self.name}: {field} must be a positive int, got {value!r}"
@@ -210,10 +213,10 @@ def weights_path(weights: PretrainedWeights, *, cache_dir: Path | None = None) -
 def fetch_pretrained(name: str, *, cache_dir: Path | None = None, progress: bool = True) -> Path:
     """The local file of the weights called `name`, downloaded on first use.
 
-    A file in the cache that fails the registry's SHA-256, or does not look like its format (a
-    mirror's error page), is fetched again (online) or refused (offline); a download that fails
-    either check is deleted. Either way it is never loaded. Failures are DownloadErrors that
-    start with the weights' name.
+    A file in the cache that fails the registry's SHA-256 or size, or does not look like its
+    format (a mirror's error page), is fetched again (online) or refused (offline); a download
+    that fails a check, or would grow past the registered size, is deleted. Either way it is never
+    loaded. Failures are DownloadErrors that start with the weights' name.
     """
     weights = get_pretrained(name)
     destination = weights_path(weights, cache_dir=cache_dir)
@@ -223,6 +226,7 @@ def fetch_pretrained(name: str, *, cache_dir: Path | None = None, progress: bool
             url,
             destination,
             sha256=weights.sha256,
+            size=weights.size_bytes,
             validate=_format_check(Path(weights.file_name).suffix),
             progress=progress,
         )
@@ -257,6 +261,8 @@ def _describe(head: bytes, size: int) -> str:
         return f"an XML document ({size} bytes)"
     if text.startswith(b"<"):
         return f"an HTML page ({size} bytes)"
+    if head.startswith(b"PK\x05\x06"):  # the end of a zip's directory, with nothing before it
+        return "an empty zip archive"
     return f"{size} bytes starting {head[:16]!r}"
 
 
@@ -265,15 +271,25 @@ def _is_torch_file(path: Path, head: bytes) -> bool:
     return head[:1] == b"\x80" or zipfile.is_zipfile(path)
 
 
+def _is_npz(path: Path, head: bytes) -> bool:
+    """A zip archive that holds at least one .npy array: an empty archive passes for a zip, and,
+    were it cached without a SHA-256 to catch it, would fail every load after."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(name.endswith(".npy") for name in archive.namelist())
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError):  # what a broken directory raises
+        return False
+
+
 def _is_safetensors(path: Path, head: bytes) -> bool:
     """An 8-byte little-endian header length within the file, then the header's JSON."""
     header_bytes = int.from_bytes(head[:8], "little")
     return head[8:9] == b"{" and 0 < header_bytes <= path.stat().st_size - 8
 
 
-# Each weights format's signature, by file suffix: numpy's .npz is a zip archive.
+# Each weights format's signature, by file suffix: numpy's .npz is a zip archive of .npy files.
 _SIGNATURES: dict[str, Callable[[Path, bytes], bool]] = {
-    ".npz": lambda path, head: zipfile.is_zipfile(path),
+    ".npz": _is_npz,
     ".safetensors": _is_safetensors,
     ".pth": _is_torch_file,
     ".pt": _is_torch_file,
