@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import multiprocessing
 import os
@@ -36,6 +37,7 @@ class ToyStream:
     die_after: int | None = None
     classes: tuple[str, ...] = CLASSES
     sizes: list[tuple[int, int]] | None = None
+    image_shape: tuple[int, ...] | None = None
 
     def __len__(self) -> int:
         return len(self.images)
@@ -169,7 +171,14 @@ def build_and_die(cache_dir: Path) -> None:
     cached_dataset(KEY, Builder(die_after=4), cache_dir)
 
 
-def test_killed_build_leaves_no_cache_and_its_leftovers_are_cleaned(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "next_key", [KEY, {**KEY, "split": "test"}], ids=["same-key", "another-key"]
+)
+def test_killed_build_leaves_no_cache_and_its_leftovers_are_cleaned(
+    tmp_path: Path, next_key: dict
+) -> None:
+    """What a killed build leaves (gigabytes, for a large cache) is removed by the next build in
+    the cache dir, of its key or any other."""
     child = multiprocessing.get_context("fork").Process(target=build_and_die, args=(tmp_path,))
     child.start()
     child.join(timeout=60)
@@ -179,10 +188,27 @@ def test_killed_build_leaves_no_cache_and_its_leftovers_are_cleaned(tmp_path: Pa
     assert not cache_path(KEY, tmp_path).exists()
 
     build = Builder()
-    dataset = cached_dataset(KEY, build, tmp_path)
+    dataset = cached_dataset(next_key, build, tmp_path)
     assert build.calls == 1
     np.testing.assert_array_equal(dataset.images, build.images)
     assert not any(path.exists() for path in leftovers)
+
+
+def test_the_partial_folder_of_a_live_build_is_kept(tmp_path: Path) -> None:
+    """A partial folder whose key's lock is held is another process's build in progress; hidden
+    folders the cache did not make are never touched."""
+    building = cache_path({**KEY, "split": "test"}, tmp_path)
+    partial = tmp_path / f".{building.name}-a1b2c3d4"
+    foreign = [tmp_path / ".config-x", tmp_path / f".{building.name}"]
+    for folder in (partial, *foreign):
+        folder.mkdir()
+    with building.with_name(building.name + ".lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # as the process building it holds it
+        cached_dataset(KEY, Builder(), tmp_path)
+        assert partial.is_dir()
+    cached_dataset({**KEY, "split": "val"}, Builder(), tmp_path)
+    assert not partial.exists()
+    assert all(folder.is_dir() for folder in foreign)
 
 
 def test_failed_build_cleans_up(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ own file and load back exactly. What a format cannot express is refused, and not
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ from transformers import ViTForImageClassification, ViTModel
 import vitkit
 from vitkit import CheckpointError
 from vitkit.cli.main import main
-from vitkit.weights.export import export_model
+from vitkit.weights.export import HOLDING_FORMATS, export_model, holding_formats
 from vitkit.weights.timm import TIMM_MODEL_NAME, timm_model_kwargs
 
 from helpers import OFFICIAL_FIXTURE, randomise_
@@ -289,3 +290,16 @@ def test_torchvision_source_format_can_be_forced(tmp_path: Path) -> None:
     args = ("--to", "vitkit", "--format", "torchvision", "--num-heads", "4")
     assert run_cli("convert", tmp_path / "weights.ckpt", tmp_path / "native", *args) == 0
     assert vitkit.load_model(tmp_path / "native").config.num_heads == 4
+
+
+def test_a_refusal_names_no_format_that_refuses_the_model_too(tmp_path: Path) -> None:
+    """A gap-pooled model with a pre-logits layer (Google's gap checkpoints): timm refuses it, and
+    the one line names no other format that would refuse it as well (hf cannot pool by mean)."""
+    model = random_model(classifier="gap", representation_size=16)
+    with pytest.raises(CheckpointError) as error:
+        export_model(model, tmp_path / "m.safetensors", to="timm")
+    message = str(error.value)
+    holding = holding_formats(model.config)
+    assert "hf" not in holding
+    named = set(re.findall(r"\b(vitkit|timm|hf|npz)\b", message.partition(HOLDING_FORMATS)[0]))
+    assert named <= {"timm", *holding}, message

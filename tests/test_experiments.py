@@ -19,6 +19,7 @@ import vitkit
 from vitkit.cli.main import main
 from vitkit.errors import ConfigError, TrainingError
 from vitkit.experiments import record as record_module
+from vitkit.experiments import resolution
 from vitkit.experiments.record import ExperimentRecord
 from vitkit.experiments.statistics import PairedDifference, Spread
 from vitkit.training.trainer import train
@@ -77,18 +78,23 @@ def test_one_seed_has_a_mean_but_no_interval() -> None:
         PairedDifference.of([0.7, 0.6], [0.6])
 
 
+def open_record(folder: Path, settings: dict, command: str = "", name: str = "resolution"):
+    """The resolution experiment's record in `folder` for `settings`, as its `run` opens it."""
+    return ExperimentRecord.open(folder, name, settings, command, own_fields=resolution.OWN_FIELDS)
+
+
 def test_a_folder_holds_one_experiment_with_one_set_of_settings(tmp_path: Path) -> None:
-    settings = {"seeds": [0, 1, 2], "budget_seconds": 180.0}
-    ExperimentRecord.open(tmp_path, "resolution", settings, "vitkit experiment resolution")
-    again = ExperimentRecord.open(tmp_path, "resolution", dict(settings), "")
+    settings = {"seeds": [0, 1, 2], "budget_seconds": 180.0, "overrides": []}
+    open_record(tmp_path, settings, "vitkit experiment resolution")
+    again = open_record(tmp_path, dict(settings))
     assert again.content["command"] == "vitkit experiment resolution"
     with pytest.raises(TrainingError, match=r"made with seeds=\[0, 1, 2\], this command asks for"):
-        ExperimentRecord.open(tmp_path, "resolution", {**settings, "seeds": [0]}, "")
+        open_record(tmp_path, {**settings, "seeds": [0]})
     with pytest.raises(TrainingError, match="holds the 'resolution' experiment"):
-        ExperimentRecord.open(tmp_path, "posemb", settings, "")
+        open_record(tmp_path, settings, name="posemb")
     (tmp_path / "experiment.json").write_text("[1, 2]")
     with pytest.raises(TrainingError, match="not an experiment record"):
-        ExperimentRecord.open(tmp_path, "resolution", settings, "")
+        open_record(tmp_path, settings)
 
 
 @pytest.mark.slow
@@ -177,8 +183,9 @@ def test_the_resnet_preset_is_a_resnet_that_saves_loads_and_refuses_muon(
 
 
 def test_overrides_reach_every_run_and_a_bad_one_is_refused(tmp_path: Path) -> None:
+    settings = {"seeds": [0], "budget_seconds": 1.0, "overrides": ["batchsize=8"]}
     with pytest.raises(ConfigError, match="unknown field 'batchsize'"):
-        ExperimentRecord.open(tmp_path / "a", "resolution", {"overrides": ["batchsize=8"]}, "")
+        open_record(tmp_path / "a", settings)
     assert not (tmp_path / "a").exists()
 
 

@@ -34,7 +34,7 @@ from test_cifar import CIFAR10_CLASSES, pack, py2_pickle, write_cifar10
 from vitkit.data.archives import MAX_HEADER_BYTES
 from vitkit.data.cache import cached_dataset
 from vitkit.data.cifar import load_cifar
-from vitkit.data.folder import iter_decoded, scan
+from vitkit.data.folder import cached_image_folder, iter_decoded, scan
 from vitkit.data.images import PIXEL_LIMIT_VARIABLE, load_rgb
 from vitkit.data.shards import ShardDataset
 from vitkit.data.sources import open_dataset
@@ -512,24 +512,235 @@ def test_a_bad_pixel_limit_names_the_variable(
     assert_names(error, PIXEL_LIMIT_VARIABLE, repr(value))
 
 
-def test_a_cache_larger_than_the_disk_is_refused_before_writing(tmp_path: Path) -> None:
+@pytest.mark.parametrize("shape_known", [True, False], ids=["before-decoding", "at-first-image"])
+def test_a_cache_larger_than_the_disk_is_refused_before_writing(
+    tmp_path: Path, shape_known: bool
+) -> None:
+    decoded: list[int] = []
+
     class Boastful:
         """Claims more 64x64 images than any disk holds, and holds two (so that a cache without
         the check fails this test instead of filling the disk)."""
 
         classes = ("a",)
         skipped: dict[str, str] = {}
+        sizes = None
+        image_shape = (64, 64, 3) if shape_known else None
 
         def __len__(self) -> int:
             return 1 << 40
 
         def __iter__(self) -> Iterator[tuple[np.ndarray, int]]:
-            yield from [(np.zeros((64, 64, 3), np.uint8), 0)] * 2
+            for _ in range(2):
+                decoded.append(1)
+                yield np.zeros((64, 64, 3), np.uint8), 0
 
     with pytest.raises(DataError) as error:
         cached_dataset({"source": "boastful"}, Boastful, tmp_path / "cache")
-    assert_names(error, tmp_path / "cache", "GiB but the disk has", "pass image_size")
+    assert_names(error, tmp_path / "cache", "12582912.0 GiB but the disk of", "smaller image_size")
     assert [path.suffix for path in (tmp_path / "cache").iterdir()] == [".lock"]
+    assert len(decoded) == (0 if shape_known else 1)
+
+
+# --- 10. Image folders: a split is a folder name, and nothing outside the folder is read --------
+
+
+def image_tree(root: Path, classes: tuple[str, ...] = ("cat",)) -> Path:
+    """`root/train/<class>/a.png` for each class; the root."""
+    for name in classes:
+        (root / "train" / name).mkdir(parents=True)
+        (root / "train" / name / "a.png").write_bytes(png())
+    return root
+
+
+@pytest.mark.parametrize("split", ["/etc", "..", "../tree", "train/..", ".", "", "a\0b"])
+@pytest.mark.parametrize("form", ["folder", "cached-folder", "tar"])
+def test_a_split_must_be_a_folder_name(tmp_path: Path, split: str, form: str) -> None:
+    root = image_tree(tmp_path / "tree")
+    if form == "tar":
+        root = tmp_path / "data.tar"
+        root.write_bytes(tar_bytes([member("train/cat/a.png", png())]))
+    with pytest.raises(DataError) as error:
+        if form == "cached-folder":
+            cached_image_folder(root, split, cache_dir=tmp_path / "cache")
+        else:
+            scan(root, split)
+    assert_names(error, root, repr(split), "not a folder name")
+
+
+@pytest.mark.parametrize("link", ["class-folder", "split-folder", "image"])
+def test_links_out_of_an_image_folder_are_refused(tmp_path: Path, link: str) -> None:
+    """A class folder, split folder or image linked outside the root (here a folder beside it,
+    as it could be /usr/share) is refused, naming the link; links within the root are read."""
+    root = image_tree(tmp_path / "tree")
+    outside = image_tree(tmp_path / "elsewhere") / "train" / "cat"
+    (root / "train" / "inner").symlink_to(root / "train" / "cat")  # within: fine
+    (root / "train" / "cat" / "inner.png").symlink_to(root / "train" / "cat" / "a.png")
+    assert len(scan(root, "train").entries) == 4
+    named = {
+        "class-folder": root / "train" / "dog",
+        "split-folder": root / "train",
+        "image": root / "train" / "cat" / "b.png",
+    }[link]
+    if link == "split-folder":
+        (root / "train").rename(tmp_path / "moved")
+        named = root / "train" / "cat"
+        (root / "train").symlink_to(tmp_path / "moved")
+    else:
+        named.symlink_to(outside if link == "class-folder" else outside / "a.png")
+    with pytest.raises(DataError) as error:
+        scan(root, "train")
+    assert_names(error, named, "outside the dataset's folder")
+
+
+def test_a_dangling_link_is_one_unreadable_image(tmp_path: Path) -> None:
+    root = image_tree(tmp_path / "tree")
+    link = root / "train" / "cat" / "gone.png"
+    link.symlink_to(root / "train" / "deleted.png")
+    with pytest.raises(DataError) as error:
+        cached_image_folder(root, "train", cache_dir=tmp_path / "cache")
+    assert_names(error, link, "no such file")
+    with pytest.warns(UserWarning, match="skipped 1 unreadable images"):
+        dataset = cached_image_folder(root, "train", cache_dir=tmp_path / "cache", skip_bad=True)
+    assert len(dataset) == 1
+
+
+LATIN_1 = os.fsdecode(b"caf\xe9")  # "café" in Latin-1: not UTF-8, so Python holds a surrogate
+
+
+@pytest.mark.parametrize("form", ["folder", "tar"])
+def test_a_class_folder_named_in_latin_1_is_refused(tmp_path: Path, form: str) -> None:
+    root = image_tree(tmp_path / "tree", ("cat", LATIN_1))
+    if form == "tar":
+        root = tmp_path / "data.tar"
+        images = [member(f"train/{name}/a.png", png()) for name in ("cat", LATIN_1)]
+        root.write_bytes(tar_bytes(images, tar_format=tarfile.GNU_FORMAT))
+    with pytest.raises(DataError) as error:
+        cached_image_folder(root, "train", cache_dir=tmp_path / "cache")
+    assert_names(error, root, r"class folder b'caf\xe9' is not UTF-8")
+    str(error.value).encode()  # printable as it is
+
+
+def test_an_image_named_in_latin_1_is_read(tmp_path: Path) -> None:
+    root = image_tree(tmp_path / "tree")
+    (root / "train" / "cat" / f"{LATIN_1}.png").write_bytes(png(value=9))
+    dataset = cached_image_folder(root, "train", cache_dir=tmp_path / "cache")
+    assert sorted(int(image[0, 0, 0]) for image in dataset.images) == [0, 9]
+
+
+def test_an_extreme_aspect_ratio_keeps_a_pixel_on_its_short_side(tmp_path: Path) -> None:
+    """A 1x100000 strip fitted within 32x32 (data_size=32 with max_tokens) is 1x32, not 0x32."""
+    root = tmp_path / "tree"
+    for name, size in (("wide", (100_000, 1)), ("tall", (1, 100_000))):
+        (root / "train" / name).mkdir(parents=True)
+        Image.new("RGB", size, (200, 100, 50)).save(root / "train" / name / "a.png")
+    decoded = iter_decoded(scan(root, "train"), image_size=(32, 32), keep_aspect=True)
+    images = [image for image, _ in decoded]
+    assert decoded.sizes == [(32, 1), (1, 32)]  # tall, wide: classes in sorted order
+    for image in images:
+        assert image.shape == (32, 32, 3)
+        np.testing.assert_array_equal(image, np.full((32, 32, 3), (200, 100, 50), np.uint8))
+
+
+def test_a_cache_of_canvases_is_refused_before_decoding(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Three 4x4 images on 2048x2048 canvases take 36 MiB: with 10 MiB free the cache is refused
+    before any image is decoded or a byte written (200 on 8192x8192 canvases took 37.5 GiB)."""
+    root = image_tree(tmp_path / "tree", ("a", "b", "c"))
+    monkeypatch.setattr("vitkit.resources.free_disk_bytes", lambda path: 10 << 20)
+    decoded = []
+    monkeypatch.setattr("vitkit.data.folder._decode_chunk", lambda *args: decoded.append(args))
+    cache = tmp_path / "cache"
+    with pytest.raises(DataError) as error:
+        cached_image_folder(root, "train", cache_dir=cache, image_size=(2048, 2048),
+                            keep_aspect=True)  # fmt: skip
+    assert_names(error, cache, "caching 3 images of 2048x2048x3 takes 36.0 MiB", "10.0 MiB free")
+    assert decoded == []
+    assert [path.suffix for path in cache.iterdir()] == [".lock"]
+
+
+# --- 11. Images are decoded as their files mean them, whatever the reader -----------------------
+
+
+def decoded_by(reader: str, tmp_path: Path, data: bytes, suffix: str) -> np.ndarray:
+    """The (H, W, 3) pixels `reader` decodes from an image file holding `data`."""
+    if reader == "file":
+        path = tmp_path / f"image{suffix}"
+        path.write_bytes(data)
+        return np.asarray(load_rgb(path))
+    if reader == "folder":
+        path = tmp_path / "tree" / "train" / "cat" / f"image{suffix}"
+        path.parent.mkdir(parents=True)
+        path.write_bytes(data)
+        source = scan(tmp_path / "tree", "train")
+    else:
+        path = tmp_path / "data.tar"
+        path.write_bytes(tar_bytes([member(f"train/cat/image{suffix}", data)]))
+        source = scan(path, "train")
+    [(image, _)] = list(iter_decoded(source))
+    return image
+
+
+def encoded(image: Image.Image, suffix: str, **options: object) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=Image.registered_extensions()[suffix], **options)
+    return buffer.getvalue()
+
+
+def gray_as_rgb(gray: np.ndarray) -> np.ndarray:
+    return np.repeat(gray[..., None], 3, axis=2)
+
+
+DECODING_READERS = ["file", "folder", "image-archive"]
+
+
+@pytest.mark.parametrize("reader", DECODING_READERS)
+def test_16_bit_grayscale_keeps_its_top_8_bits(tmp_path: Path, reader: str) -> None:
+    samples = np.random.default_rng(0).integers(0, 1 << 16, (12, 10), dtype=np.uint16)
+    samples[0, :4] = [0, 255, 256, 65535]
+    data = encoded(Image.fromarray(samples), ".png")  # a 16-bit grayscale PNG
+    expected = gray_as_rgb((samples >> 8).astype(np.uint8))
+    np.testing.assert_array_equal(decoded_by(reader, tmp_path, data, ".png"), expected)
+
+
+@pytest.mark.parametrize("reader", DECODING_READERS)
+def test_float_samples_are_intensities_in_0_1(tmp_path: Path, reader: str) -> None:
+    samples = np.random.default_rng(0).random((12, 10), dtype=np.float32)
+    samples[0, :6] = [0.0, 1.0, 0.5, -0.25, 7.0, np.nan]  # out of range: clipped; NaN: 0
+    data = encoded(Image.fromarray(samples), ".tif")  # a float32 TIFF, Pillow's mode F
+    scaled = np.clip(np.rint(np.nan_to_num(samples) * 255), 0, 255).astype(np.uint8)
+    np.testing.assert_array_equal(decoded_by(reader, tmp_path, data, ".tif"), gray_as_rgb(scaled))
+    assert scaled[0, :6].tolist() == [0, 255, 128, 0, 255, 0]
+
+
+# EXIF orientation -> what turns the stored pixels upright (the EXIF 2.3 tag 0x0112, as numpy).
+UPRIGHT = {
+    1: lambda a: a,
+    2: lambda a: a[:, ::-1],
+    3: lambda a: a[::-1, ::-1],
+    4: lambda a: a[::-1],
+    5: lambda a: a.transpose(1, 0, 2),
+    6: lambda a: np.rot90(a, -1),  # a phone held upright: stored sideways, turned clockwise
+    7: lambda a: np.rot90(a, 2).transpose(1, 0, 2),
+    8: lambda a: np.rot90(a, 1),
+}
+
+
+@pytest.mark.parametrize("reader", DECODING_READERS)
+@pytest.mark.parametrize("orientation", sorted(UPRIGHT))
+@pytest.mark.parametrize("suffix", [".png", ".jpg"])
+def test_exif_orientation_turns_the_image_upright(
+    tmp_path: Path, reader: str, orientation: int, suffix: str
+) -> None:
+    stored = np.random.default_rng(orientation).integers(0, 256, (12, 20, 3), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    data = encoded(Image.fromarray(stored), suffix, exif=exif)
+    with Image.open(io.BytesIO(data)) as image:  # Pillow does not turn on opening
+        stored = np.asarray(image.convert("RGB"))  # the JPEG's own decoding of the pixels
+    expected = UPRIGHT[orientation](stored)
+    np.testing.assert_array_equal(decoded_by(reader, tmp_path, data, suffix), expected)
 
 
 # --- 9. CIFAR batches: every field's type, shape and range ---------------------------------------

@@ -22,7 +22,7 @@ import torch
 from vitkit.cli.main import main
 from vitkit.errors import ConfigError, TrainingError
 from vitkit.training import build
-from vitkit.training.config import TrainConfig, parse_overrides
+from vitkit.training.config import TrainConfig, model_field_changes, parse_overrides
 from vitkit.training.presets import PRESETS
 from vitkit.training.schedule import learning_rate
 from vitkit.training.trainer import train
@@ -337,3 +337,14 @@ def test_muon_is_refused_where_its_state_would_not_fit(fields: dict[str, str]) -
     with pytest.raises(ConfigError, match="optimizer muon works with parallel=ddp") as error:
         TrainConfig(model="ViT-Test/8", resolution=16, steps=1, optimizer="muon", **fields)
     assert "\n" not in str(error.value)
+
+
+def test_model_fields_take_tuples_and_cut_long_values_short() -> None:
+    """resnet_layers is a tuple: written in parentheses or brackets, its commas stay inside it;
+    an unknown name of 5,000 characters is named in a line of readable length."""
+    changes = model_field_changes("resnet_layers=(3, 4, 9), depth=2, fc_norm=true")
+    assert changes == {"resnet_layers": (3, 4, 9), "depth": 2, "fc_norm": True}
+    assert model_field_changes("resnet_layers=[2,2,2,2]") == {"resnet_layers": (2, 2, 2, 2)}
+    with pytest.raises(ConfigError) as error:
+        model_field_changes("x" * 5000 + "=1")
+    assert len(str(error.value)) < 200

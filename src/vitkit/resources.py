@@ -11,6 +11,7 @@ takes and what is free, before anything is allocated or written.
 from __future__ import annotations
 
 import os
+import resource
 import shutil
 from pathlib import Path
 
@@ -18,8 +19,14 @@ from vitkit.errors import VitkitError
 
 
 def free_memory_bytes() -> int:
-    """Memory a new allocation can take without swapping: the kernel's MemAvailable where Linux
-    gives it, else the free physical pages."""
+    """Memory a new allocation of this process can take: the least of the machine's available
+    memory (Linux's MemAvailable, else the free physical pages), what the container's cgroup still
+    allows, and what the process's address-space limit (`ulimit -v`) leaves."""
+    limits = [_meminfo_available(), _cgroup_room(), _address_space_room()]
+    return min(limit for limit in limits if limit is not None)
+
+
+def _meminfo_available() -> int:
     try:
         with open("/proc/meminfo", encoding="ascii") as meminfo:
             for line in meminfo:
@@ -28,6 +35,35 @@ def free_memory_bytes() -> int:
     except (OSError, ValueError, IndexError):
         pass
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def _cgroup_room() -> int | None:
+    """memory.max less memory.current of this process's cgroup (v2); None without a limit."""
+    try:
+        with open("/proc/self/cgroup", encoding="ascii") as cgroup:
+            relative = cgroup.readline().strip().partition("::")[2]
+        folder = Path("/sys/fs/cgroup") / relative.lstrip("/")
+        limit = (folder / "memory.max").read_text().strip()
+        if limit == "max":
+            return None
+        return int(limit) - int((folder / "memory.current").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _address_space_room() -> int | None:
+    """RLIMIT_AS less the address space mapped now; None without a limit."""
+    limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+    if limit == resource.RLIM_INFINITY:
+        return None
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            mapped = next(
+                int(line.split()[1]) * 1024 for line in status if line.startswith("VmSize:")
+            )
+    except (OSError, ValueError, StopIteration):
+        return None
+    return limit - mapped
 
 
 def free_disk_bytes(path: str | Path) -> int:

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from vitkit.cli.arguments import positive_int
+from vitkit.cli.terminal import printable
 from vitkit.weights import load_model
 from vitkit.weights.class_names import labels_file
 from vitkit.weights.export import WRITERS, export_model
@@ -22,8 +23,9 @@ from vitkit.weights.timm import timm_create_model_call
 
 def _progress(message: str, started: float) -> None:
     """One line per stage on stderr (reading a large checkpoint takes seconds), with the time
-    since the start, so that stdout keeps only the result."""
-    print(f"[{time.perf_counter() - started:5.1f} s] {message}", file=sys.stderr, flush=True)
+    since the start, so that stdout keeps only the result; paths in it shown as text."""
+    line = f"[{time.perf_counter() - started:5.1f} s] {printable(message)}"
+    print(line, file=sys.stderr, flush=True)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -34,9 +36,10 @@ def run(args: argparse.Namespace) -> int:
     _progress(f"read a model of {millions:.1f}M parameters; writing {args.to}", started)
     written = export_model(model, args.destination, to=args.to)
     _progress("done", started)
-    print(f"wrote {written} ({args.to})")
+    print(f"wrote {printable(str(written))} ({args.to})")
     if model.class_names and args.to in PARAMETERS_ONLY:  # names beside the weights
-        print(f"wrote {labels_file(written)} (the {len(model.class_names)} class names)")
+        labels = printable(str(labels_file(written)))
+        print(f"wrote {labels} (the {len(model.class_names)} class names)")
     if args.to == "timm":  # a state dict records no architecture: say how to build the model
         call = timm_create_model_call(model.config, path=written, preprocessing=model.preprocessing)
         print(f"build it with: {call}")

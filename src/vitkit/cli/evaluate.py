@@ -24,11 +24,13 @@ from vitkit.cli.arguments import (
 from vitkit.data import DataError
 from vitkit.data.fewshot import balanced_subset
 from vitkit.data.sources import open_image_by_image, open_labelled
+from vitkit.errors import VitkitError
 from vitkit.evaluation.accuracy import classification_report
 from vitkit.io import atomic_write_json
 
 
 def run(args: argparse.Namespace) -> int:
+    check_out(args.out)
     if args.max_tokens is None:
         dataset = open_labelled(args.data, args.split)
     else:  # every image at its stored size: a folder's may differ
@@ -76,6 +78,14 @@ def run(args: argparse.Namespace) -> int:
         f"{sizes} -> {args.out}"
     )
     return 0
+
+
+def check_out(out: Path) -> None:
+    """Refuse an --out that names a file, or a path through one, before the evaluation rather
+    than at its end, where making the folder would fail."""
+    existing = next(path for path in (out, *out.absolute().parents) if path.exists())
+    if not existing.is_dir():
+        raise VitkitError(f"--out {out}: {existing} is not a folder")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:

@@ -24,11 +24,11 @@ import shlex
 import sys
 from pathlib import Path
 
-from vitkit.cli.arguments import positive_int
+from vitkit.cli.arguments import int_between
 from vitkit.data.shared import default_cifar10
 from vitkit.devices import resolve_device
 from vitkit.experiments import data_scale, masked_patches, posemb, resolution
-from vitkit.experiments.record import Interrupted
+from vitkit.experiments.record import MOST_SEEDS, Interrupted
 
 EXPERIMENTS = {module.NAME: module for module in (resolution, posemb, data_scale, masked_patches)}
 
@@ -77,8 +77,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", type=Path, required=True, help="the experiment's folder")
     parser.add_argument(
         "--seeds",
-        type=positive_int,
-        help="seeds 0..N-1 (default: the experiment's own, 3, or 1 for data-scale)",
+        type=int_between(1, MOST_SEEDS),  # bounded before the list of seeds is built
+        help=f"seeds 0..N-1, N at most {MOST_SEEDS} (default: the experiment's own, 3, or 1 for "
+        "data-scale)",
     )
     parser.add_argument(
         "--budget", type=float, help="seconds of training per arm (default: the experiment's own)"

@@ -7,10 +7,12 @@ every rank; reading a memory map takes nothing. A cache lives in `<cache_dir>/<k
     sizes.npy   (N, 2) int64, only for images kept at their aspect ratio on a canvas: each
                 image's own (H, W) at the canvas's top left
     meta.json   shape, classes, sha256 of both files, the key it was built for, skipped images
-It is built in a temporary folder and renamed into place, so a killed build never leaves a cache
-that looks finished, and it is checked on every open: a damaged cache is rebuilt, never used.
+It is built in a hidden partial folder `.<key>-*` and renamed into place, so a killed build never
+leaves a cache that looks finished, and it is checked on every open: a damaged cache is rebuilt,
+never used. What a killed build leaves is removed by the next build of any key in the cache dir.
 Pixels take far more room than the files they come from (a 7 MB archive of PNGs can decode to
-gigabytes), so a build that would not fit on the cache's disk is refused before it writes.
+gigabytes, 200 CIFAR images on 8192x8192 canvases to 37.5 GiB), so a build that would not fit on
+the cache's disk is refused before it writes: before it decodes, when the stream knows its size.
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import math
 import os
+import re
 import shutil
 import tempfile
 import warnings
@@ -33,9 +37,12 @@ from tqdm import tqdm
 from vitkit.data.arrays import ArrayDataset
 from vitkit.errors import DataError
 from vitkit.io import sha256_file
+from vitkit.resources import check_disk
 
 # Bump when the layout changes: every key hashes it, so old caches are simply not found.
 FORMAT_VERSION = 1
+# A partial folder's name: "." + its key's folder name (`cache_path`) + "-" + mkdtemp's suffix.
+_PARTIAL = re.compile(r"\.([0-9a-f]{24})-\w+")
 
 
 class ImageStream(Protocol):
@@ -50,6 +57,9 @@ class ImageStream(Protocol):
 
     @property
     def sizes(self) -> Sequence[tuple[int, int]] | None: ...  # (H, W) on the canvas, or None
+
+    @property
+    def image_shape(self) -> tuple[int, ...] | None: ...  # of every image if known undecoded
 
     def __len__(self) -> int: ...  # images it will try, for the progress bar
 
@@ -90,8 +100,7 @@ def cached_dataset(
             except _Corrupt as error:
                 warnings.warn(f"{directory}: cache corrupt ({error}), rebuilding", stacklevel=2)
                 shutil.rmtree(directory)
-        for partial in directory.parent.glob(f".{directory.name}-*"):
-            shutil.rmtree(partial, ignore_errors=True)  # left by a killed build: we hold the lock
+        _remove_stale_partials(directory)
         _build(directory, key, build())
         return _open(directory, key, verify=False)  # checksummed while it was written
 
@@ -129,6 +138,27 @@ def _open(directory: Path, key: Mapping[str, object], *, verify: bool) -> ArrayD
         raise _Corrupt(f"{type(error).__name__}: {error}") from error
 
 
+def _remove_stale_partials(directory: Path) -> None:
+    """Delete the partial folders that killed builds left in the cache dir, of every key.
+
+    A build holds its key's lock from before it makes its partial folder until that folder is
+    renamed or removed, so a partial whose key's lock is free is stale, and the caller, building
+    `directory`, holds that key's lock. A pid in the name could not tell as much: a cache dir may
+    be shared by machines or containers that do not see each other's processes.
+    """
+    for partial in directory.parent.glob(".*-*"):
+        match = _PARTIAL.fullmatch(partial.name)
+        if match is None or not partial.is_dir():
+            continue  # not a partial folder of this cache
+        lock = directory.with_name(f"{match[1]}.lock")
+        if match[1] == directory.name:
+            shutil.rmtree(partial, ignore_errors=True)
+        elif lock.is_file():
+            with _locked(lock, wait=False) as held:
+                if held:
+                    shutil.rmtree(partial, ignore_errors=True)
+
+
 def _build(directory: Path, key: Mapping[str, object], stream: ImageStream) -> None:
     """Write the cache into a temporary sibling folder, then rename it into place."""
     partial = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
@@ -159,16 +189,20 @@ def _build(directory: Path, key: Mapping[str, object], stream: ImageStream) -> N
 def _write_images(
     path: Path, stream: ImageStream, directory: Path
 ) -> tuple[tuple[int, ...], str, list[int]]:
-    """Append each image's bytes to `path`, hashing as it goes: (N, H, W, 3), sha256, labels."""
+    """Append each image's bytes to `path`, hashing as it goes: (N, H, W, 3), sha256, labels.
+    The disk is checked for all of them once their shape is known: before decoding when the
+    stream knows it, else at the first image."""
     digest = hashlib.sha256()
     labels: list[int] = []
-    size: tuple[int, ...] | None = None
+    size = stream.image_shape
+    if size is not None:
+        _check_room(directory, len(stream), size)
     with path.open("wb") as file:
         progress = tqdm(stream, total=len(stream), desc=f"caching {directory.name}", unit=" img")
         for image, label in progress:
             if size is None:
                 size = image.shape
-                _check_room(path, len(stream) * image.nbytes, f"{len(stream)} images of {size}")
+                _check_room(directory, len(stream), size)
             if image.shape != size or image.dtype != np.uint8:
                 raise ValueError(f"image {len(labels)} is {image.dtype} {image.shape}, not {size}")
             data = np.ascontiguousarray(image).data
@@ -177,20 +211,20 @@ def _write_images(
             labels.append(label)
         file.flush()
         os.fsync(file.fileno())
-    if size is None:
+    if size is None or not labels:
         raise DataError(f"{directory}: nothing to cache, no image could be decoded")
     return (len(labels), *size), digest.hexdigest(), labels
 
 
-def _check_room(path: Path, needed: int, what: str) -> None:
-    """Refuse a cache that would fill the disk `path` is on: `needed` bytes for `what`."""
-    free = shutil.disk_usage(path.parent).free
-    if needed > free:
-        raise DataError(
-            f"{path.parent.parent}: caching {what} takes {needed / 2**30:.1f} GiB but the disk has "
-            f"{free / 2**30:.1f} GiB free; pass image_size to cache smaller images, or choose a "
-            "cache_dir with room"
-        )
+def _check_room(directory: Path, count: int, shape: tuple[int, ...]) -> None:
+    """Refuse a cache of `count` uint8 images of `shape` that would fill the cache dir's disk."""
+    check_disk(
+        directory.parent,
+        count * math.prod(shape),
+        f"caching {count:,} images of {'x'.join(map(str, shape))}",
+        error=DataError,
+        hint="pass a smaller image_size (vitkit train: data_size), or a cache_dir with room",
+    )
 
 
 def _fsync(path: Path) -> None:
@@ -199,11 +233,16 @@ def _fsync(path: Path) -> None:
 
 
 @contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """Hold an exclusive lock on `path`; the OS releases it if the process dies."""
+def _locked(path: Path, *, wait: bool = True) -> Iterator[bool]:
+    """Hold an exclusive lock on `path` and yield True; the OS releases it if the process dies.
+    wait=False: yield False at once when another process holds it."""
     with path.open("a") as file:
-        fcntl.flock(file, fcntl.LOCK_EX)
         try:
-            yield
+            fcntl.flock(file, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
         finally:
             fcntl.flock(file, fcntl.LOCK_UN)

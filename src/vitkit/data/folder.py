@@ -4,6 +4,9 @@ The class of an image is the folder it sits in and labels index the sorted class
 torchvision's ImageFolder, so a model trained on one reads the other's labels. Archives are read
 as a stream, never extracted: a .tar.gz cannot seek, and unpacking would take as much disk again.
 `cached_image_folder` decodes a split once and memory-maps the pixels after (`vitkit.data.cache`).
+A folder may come from a stranger too: a split is one folder name within it, and a class folder or
+image that links outside it (to /usr/share, say) is refused, so that only what the folder holds is
+read.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
+import math
 import os
 import tarfile
 import warnings
@@ -22,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 from tqdm import tqdm
 
 from vitkit.data.archives import (
@@ -89,10 +93,12 @@ def scan(path: str | Path, split: str) -> ImageSource:
 
 
 def scan_folder(root: str | Path, split: str) -> ImageSource:
-    """List `root/<split>/<class>/...`; every class folder must hold an image (recursively)."""
+    """List `root/<split>/<class>/...`; every class folder must hold an image (recursively), and
+    class folders and linked images must lie within `root` once links are resolved."""
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root}: not a folder")
+    _check_split(split, root)
     split_dir = root / split
     if not split_dir.is_dir():
         found = sorted(child.name for child in root.iterdir() if child.is_dir())
@@ -100,12 +106,50 @@ def scan_folder(root: str | Path, split: str) -> ImageSource:
     classes = tuple(sorted(child.name for child in split_dir.iterdir() if child.is_dir()))
     if not classes:
         raise DataError(f"{split_dir}: no class folders in it, so the dataset is empty")
+    _check_class_names(classes, split_dir)
+    within = root.resolve()
     entries = tuple(
         (str(path), label)
         for label, name in enumerate(classes)
-        for path in list_images(split_dir / name)  # names an empty class folder
+        for path in _images_within(split_dir / name, within)
     )
     return ImageSource(root, split, classes, entries, archive=False)
+
+
+def _images_within(folder: Path, root: Path) -> list[Path]:
+    """`list_images(folder)` (which names an empty folder), after checking that the folder and
+    each linked image resolve within `root` (resolved); `list_images` enters no linked
+    subfolder, so nothing else can lead out."""
+    _check_within(folder, root)
+    images = list_images(folder)
+    for image in filter(os.path.islink, images):
+        _check_within(image, root)
+    return images
+
+
+def _check_within(path: Path, root: Path) -> None:
+    """Refuse `path` when it resolves outside `root` (resolved), through a link on its way."""
+    target = path.resolve()
+    if not target.is_relative_to(root):
+        raise DataError(f"{path}: links to {target}, outside the dataset's folder {root}")
+
+
+def _check_split(split: str, where: Path) -> None:
+    """A split is one folder name in the dataset: taken as a path, `/etc` or `..` would read
+    folders outside it."""
+    if split in ("", ".", "..") or "/" in split or "\0" in split:
+        raise DataError(f"{where}: split {split!r} is not a folder name (no /, . or ..)")
+
+
+def _check_class_names(classes: Sequence[str], where: object) -> None:
+    """Refuse a class folder whose name is not UTF-8 (Python holds its bytes as lone surrogates):
+    class names are written to caches, checkpoints and terminals as text, and would fail there."""
+    for name in classes:
+        try:
+            name.encode()
+        except UnicodeEncodeError:
+            raw = name.encode(errors="surrogateescape")
+            raise DataError(f"{where}: class folder {raw!r} is not UTF-8; rename it") from None
 
 
 def scan_tar(archive: str | Path, split: str) -> ImageSource:
@@ -114,6 +158,7 @@ def scan_tar(archive: str | Path, split: str) -> ImageSource:
     Reads the whole archive once (a .tar.gz: decompresses it), since its members come in any order.
     """
     archive = Path(archive)
+    _check_split(split, archive)
     images: list[tuple[str, tuple[str, ...]]] = []  # (member name, its path parts)
     folders: set[tuple[str, ...]] = set()
     with _opened(archive) as tar:
@@ -133,6 +178,7 @@ def scan_tar(archive: str | Path, split: str) -> ImageSource:
     classes = tuple(sorted(parts[-1] for parts in folders if parts[:-1] == split_parts))
     if not classes:
         raise DataError(f"{archive}: no class folders in {'/'.join(split_parts)}, so it is empty")
+    _check_class_names(classes, archive)
     label_of = {name: label for label, name in enumerate(classes)}
     entries = tuple(
         (name, label_of[parts[depth]])
@@ -192,6 +238,12 @@ class DecodedImages:
     @property
     def classes(self) -> tuple[str, ...]:
         return self.source.classes
+
+    @property
+    def image_shape(self) -> tuple[int, int, int] | None:
+        """(H, W, 3) of every image it yields, known before decoding when they are resized to
+        image_size (or set on a canvas of that size); else None."""
+        return (*self.image_size, 3) if self.image_size is not None else None
 
     def __len__(self) -> int:
         """Images to decode; fewer come out when bad ones are skipped."""
@@ -277,8 +329,8 @@ class DecodedImages:
     def _decoded_bytes(self) -> int:
         """Bytes one decoded image will take: known from image_size or from the first image
         decoded, else the most the pixel limit allows."""
-        if self.image_size is not None:
-            return 3 * self.image_size[0] * self.image_size[1]
+        if self.image_shape is not None:
+            return math.prod(self.image_shape)
         return self._image_bytes or 3 * max_image_pixels()
 
 
@@ -393,11 +445,17 @@ def fit_to_size(image: Image.Image, size: tuple[int, int]) -> Image.Image:
 def fit_within(image: Image.Image, size: tuple[int, int]) -> Image.Image:
     """Shrink `image` (Pillow's bilinear, antialiased), keeping its aspect ratio, to the largest
     size within `size` (H, W); an image that fits already passes untouched (never enlarged: a
-    token budget decides the size the model sees)."""
+    token budget decides the size the model sees). Sizes are rounded as `ImageOps.contain` rounds
+    them, but a side keeps at least one pixel: a 1x100000 strip would otherwise lose its short
+    side and leave no image to set on the canvas."""
     height, width = size
     if image.width <= width and image.height <= height:
         return image
-    return ImageOps.contain(image, (width, height), Image.Resampling.BILINEAR)
+    if image.width * height > width * image.height:  # the width is the tighter side
+        fitted = (width, max(1, round(image.height / image.width * width)))
+    else:
+        fitted = (max(1, round(image.width / image.height * height)), height)
+    return image.resize(fitted, Image.Resampling.BILINEAR)
 
 
 def on_canvas(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -481,17 +539,21 @@ def _opened(archive: Path) -> Iterator[tarfile.TarFile]:
 
 def _identity(path: Path, split: str) -> dict[str, object]:
     """What must not change for a cache to stay valid, cheap to compute: an archive's stat; for a
-    folder the names, sizes and modification times of the split's files (one stat per file)."""
+    folder the names, sizes and modification times of the images its listing (`scan_folder`, with
+    its checks) gives, one stat per image. An image that cannot be stat'ed (a dangling link)
+    counts as missing: decoding names it, or skips it."""
     if path.is_file():
         stat = path.stat()
         return {"path": str(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
     digest = hashlib.sha256()
-    for folder, subfolders, files in os.walk(path / split):
-        subfolders.sort()
-        for name in sorted(files):
-            stat = os.stat(os.path.join(folder, name))
-            relative = os.path.relpath(os.path.join(folder, name), path)
-            digest.update(f"{relative}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    for name, _ in scan_folder(path, split).entries:
+        try:
+            stat = os.stat(name)
+            state = f"{stat.st_size}\0{stat.st_mtime_ns}"
+        except OSError:
+            state = "missing"
+        relative = os.path.relpath(name, path)
+        digest.update(f"{relative}\0{state}\n".encode(errors="surrogateescape"))
     return {"path": str(path), "files_sha256": digest.hexdigest()}
 
 

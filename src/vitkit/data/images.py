@@ -4,7 +4,8 @@ Every failure is a `DataError`, so the CLI can turn bad input into one line inst
 traceback, and a batch job learns which of thousands of files is broken. Image files come from
 strangers: a 200 KB PNG can claim 9000x9000 pixels and decode to 243 MB, so every image reader in
 `vitkit.data` decodes through `load_rgb`, which refuses an image above one pixel limit before
-decoding it.
+decoding it, and decodes each the way its file means it: samples wider than 8 bits scaled, not
+clipped, and a photo turned upright as its EXIF orientation says.
 """
 
 from __future__ import annotations
@@ -15,9 +16,11 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import BinaryIO
 
-from PIL import Image
+import numpy as np
+from PIL import Image, ImageOps
 
 from vitkit.errors import DataError
+from vitkit.io import regular_file
 
 # Formats Pillow decodes that image datasets actually ship in; matched case-insensitively.
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
@@ -52,14 +55,19 @@ def max_image_file_bytes() -> int:
 
 
 def list_images(folder: str | Path) -> list[Path]:
-    """The image files under `folder`, recursively, sorted so that runs see the same order."""
+    """The image files under `folder`, recursively, sorted so that runs see the same order.
+
+    Linked subfolders are not entered (a link may lead anywhere, or back up into a loop); linked,
+    dangling or special files with an image's name are listed, for `load_rgb` to name or skip.
+    """
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"{folder}: not a folder")
     images = sorted(
-        path
-        for path in folder.rglob("*")
-        if path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file()
+        Path(parent, name)
+        for parent, _, files in os.walk(folder)
+        for name in files
+        if os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
     )
     if not images:
         extensions = ", ".join(sorted(IMAGE_EXTENSIONS))
@@ -82,17 +90,22 @@ def find_images(paths: Iterable[str | Path]) -> list[Path]:
 
 def load_rgb(source: str | Path | BinaryIO, *, name: str | None = None) -> Image.Image:
     """Decode an image file (a path, or a file object such as an archive member's bytes) fully,
-    so truncated files fail here, as RGB (grayscale, palette and RGBA converted).
+    so truncated files fail here, as 8-bit RGB (`_as_rgb`), turned as its EXIF orientation says:
+    a phone stores a portrait photo sideways and only tags it upright.
 
-    The size in the file's header is checked against `max_image_pixels()` before any pixel is
-    decoded. name: what errors call the image (default: the path); useful for archive members.
+    A path must name a regular file (a FIFO would block the read for ever). The size in the
+    file's header is checked against `max_image_pixels()` before any pixel is decoded.
+    name: what errors call the image (default: the path); useful for archive members.
     """
     where = name or source
+    if isinstance(source, str | Path):
+        source = regular_file(source, error=DataError)
     try:
         with Image.open(source) as image:
             _check_pixels(image, where)
             image.load()
-            return image if image.mode == "RGB" else image.convert("RGB")
+            ImageOps.exif_transpose(image, in_place=True)
+            return _as_rgb(image)
     except DataError:
         raise
     except Image.DecompressionBombError as error:  # Pillow's own limit, checked on opening
@@ -102,6 +115,23 @@ def load_rgb(source: str | Path | BinaryIO, *, name: str | None = None) -> Image
         ) from error
     except DECODE_ERRORS as error:
         raise DataError(f"{where}: cannot read the image: {error}") from error
+
+
+def _as_rgb(image: Image.Image) -> Image.Image:
+    """`image` as 8-bit RGB. Pillow's `convert` clips samples wider than 8 bits to 0..255 (a
+    16-bit grayscale PNG turns almost white, a float TIFF black), so those are scaled first.
+
+    Integer samples (modes I;16*, and I, in which Pillow also hands over 16-bit files) are read as
+    16-bit and keep their top 8 bits, as Pillow itself reads a 16-bit RGB PNG. Float samples (mode
+    F, such as a float32 TIFF) are intensities in 0..1, the convention of float images in
+    scikit-image and torchvision: times 255, rounded, out-of-range values clipped and NaN as 0.
+    """
+    if image.mode == "F":
+        pixels = np.nan_to_num(np.asarray(image), nan=0.0)
+        image = Image.fromarray(np.clip(np.rint(pixels * 255), 0, 255).astype(np.uint8))
+    elif image.mode.startswith("I"):
+        image = Image.fromarray((np.clip(np.asarray(image), 0, 65535) >> 8).astype(np.uint8))
+    return image if image.mode == "RGB" else image.convert("RGB")
 
 
 def _check_pixels(image: Image.Image, where: object) -> None:

@@ -47,6 +47,9 @@ MODELS: dict[str, tuple[str, dict[str, object]]] = {
     "ViT (ViT-CIFAR/4)": ("ViT-CIFAR/4", {}),
     "hybrid (R+ViT-CIFAR/4)": ("R+ViT-CIFAR/4", {}),
 }
+# What the runs differ in (the model with its recipe, the share, the seed) and the resolution the
+# report names.
+OWN_FIELDS = frozenset({"seed", "model", "optimizer", "lr", "train_fraction", "resolution"})
 
 
 def run_config(
@@ -94,9 +97,9 @@ def run(
         "resolution": RESOLUTION,
         "subset_seed": 0,
     }
-    record = ExperimentRecord.open(out, NAME, settings, command)
-    started = time.perf_counter()
     train_set, test_set = open_dataset(data, split="train"), open_dataset(data, split="test")
+    record = ExperimentRecord.open(out, NAME, settings, command, own_fields=OWN_FIELDS)
+    started = time.perf_counter()
     results: dict[str, dict[str, list[list[float]]]] = {
         metric: {model: [[] for _ in FRACTIONS] for model in MODELS}
         for metric in ("top1", "fewshot")

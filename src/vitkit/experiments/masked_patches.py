@@ -62,6 +62,11 @@ REPRESENTATIONS = {
 # Section 4.6, ImageNet top-1 of ViT-B/16: from scratch, and fine-tuned after masked patch
 # prediction on JFT.
 PAPER_TOP1 = {"scratch": 0.779, "mpp_then_finetune": 0.799}
+# What the masked patch pre-training changes against the supervised runs, fine-tuning from it,
+# the seed, and the model the report names.
+OWN_FIELDS = frozenset(
+    {"seed", "model", "task", "init", "test_split", "eval_flip", "label_smoothing"}
+)
 
 
 def stage_configs(
@@ -118,9 +123,9 @@ def run(
         "pretrain_share": PRETRAIN_SHARE,
         "shots": SHOTS,
     }
-    record = ExperimentRecord.open(out, NAME, settings, command)
-    started = time.perf_counter()
     train_set, test_set = open_dataset(data, split="train"), open_dataset(data, split="test")
+    record = ExperimentRecord.open(out, NAME, settings, command, own_fields=OWN_FIELDS)
+    started = time.perf_counter()
     results: dict[str, dict[str, list[float]]] = {
         "top1": {arm: [] for arm in ARMS},
         "fewshot": {name: [] for name in REPRESENTATIONS},

@@ -46,6 +46,8 @@ VARIANTS: dict[str, tuple[str, float | None]] = {
     "sincos_2d": ("fixed 2-D sin-cos (big_vision; not in the paper)", None),
 }
 BASELINE = "learned_1d"
+# The variant (model_fields), the seed, and the model the report names.
+OWN_FIELDS = frozenset({"seed", "model_fields", "model"})
 
 
 def run(
@@ -69,13 +71,13 @@ def run(
         "model": MODEL[hardware],
         "shots": SHOTS,
     }
-    record = ExperimentRecord.open(out, NAME, settings, command)
+    train_set, test_set = open_dataset(data, split="train"), open_dataset(data, split="test")
+    record = ExperimentRecord.open(out, NAME, settings, command, own_fields=OWN_FIELDS)
     started = time.perf_counter()
     recipe = dataclasses.replace(
         get_preset(STAGE_PRESETS[hardware][0]), data=data, model=MODEL[hardware],
         budget_seconds=budget_seconds,
     )  # fmt: skip
-    train_set, test_set = open_dataset(data, split="train"), open_dataset(data, split="test")
     results: dict[str, dict[str, list[float]]] = {"top1": {}, "fewshot": {}}
     for variant in VARIANTS:
         results["top1"][variant], results["fewshot"][variant] = [], []

@@ -6,22 +6,33 @@ its key ("seed0/low"). Every run trains in `runs/KEY` with `vitkit.training.trai
 an interrupted run from its checkpoint; a finished one is read from the record and not repeated.
 A folder belongs to one experiment: another experiment, or other settings, is refused in one
 line naming what differs. The settings' "overrides" ("field=value", as `vitkit train` takes them)
-change every run's TrainConfig, e.g. a smaller batch_size for a small dataset.
+change every run's TrainConfig, e.g. a smaller batch_size for a small dataset; not the fields the
+experiment sets itself (what it compares, the seed, the data, the time budget, the splits its
+report reads), or its report would describe runs that did not happen.
+
+Everything a command asks for is checked before the record is written: a refused first command
+(a bad budget, a missing dataset) must not claim the folder for settings the corrected command
+then differs from. experiment.json may have been edited by hand: it is read within a size cap and
+every value a later run reads is checked, each bad one refused in one line naming its key.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import os
+import reprlib
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from vitkit.data.arrays import ArrayDataset
 from vitkit.devices import describe_machine
-from vitkit.errors import TrainingError
+from vitkit.errors import ConfigError, TrainingError
 from vitkit.evaluation.fewshot import fewshot_accuracy
-from vitkit.io import atomic_write_json
+from vitkit.io import atomic_write_json, read_capped
 from vitkit.models.vit import VisionTransformer
 from vitkit.training.config import TrainConfig, parse_overrides
 from vitkit.training.trainer import train
@@ -29,6 +40,35 @@ from vitkit.weights import load_model
 
 RECORD_NAME = "experiment.json"
 FEWSHOT_SEEDS = 5  # draws of the k images per class, averaged
+MOST_SEEDS = 100  # seeds 0..99; a typo such as 1000000000 must not build a list that fills memory
+MOST_RECORD_BYTES = 4 << 20  # 100 seeds of 20 runs make about 200 kB
+MOST_RUN_SECONDS = 1e9  # about 30 years: a larger time is an edit, and sums of them overflow
+# TrainConfig fields every experiment sets itself: the data (--data), the equal training time
+# (--budget, which steps or epochs would override), the splits its top-1, few-shot accuracy and
+# figures read, and a classifier trained from scratch unless a stage starts from an earlier one.
+# Each experiment adds its OWN_FIELDS (what it varies, the seed among them); --set may change
+# neither.
+SET_BY_EVERY_EXPERIMENT = frozenset(
+    {"data", "budget_seconds", "steps", "epochs", "train_split", "test_split", "task", "init"}
+)
+
+
+def _is_share(value: Any) -> bool:
+    return type(value) in (int, float) and 0 <= value <= 1  # NaN fails both comparisons
+
+
+# What a run's entry may hold: `train` records top1 (null when the run has no test split), steps
+# and seconds; `fewshot` adds its accuracy, alone for a model that was never trained.
+RUN_FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "top1": (lambda value: value is None or _is_share(value), "null or a number from 0 to 1"),
+    "steps": (lambda value: type(value) is int and 0 <= value < 2**63, "a whole number >= 0"),
+    "seconds": (
+        lambda value: type(value) in (int, float) and 0 <= value <= MOST_RUN_SECONDS,
+        f"a number of seconds from 0 to {MOST_RUN_SECONDS:g}",
+    ),
+    "fewshot": (_is_share, "a number from 0 to 1"),
+}
+TRAINED = ("top1", "steps", "seconds")
 
 
 class Interrupted(Exception):
@@ -44,46 +84,60 @@ class ExperimentRecord:
 
     @classmethod
     def open(
-        cls, folder: Path, experiment: str, settings: dict[str, Any], command: str
+        cls,
+        folder: Path,
+        experiment: str,
+        settings: dict[str, Any],
+        command: str,
+        *,
+        own_fields: frozenset[str],
     ) -> ExperimentRecord:
-        """The folder's record, created if new; TrainingError when the folder holds another
-        experiment or the same one with other settings, ConfigError for a bad override."""
-        parse_overrides(TrainConfig(steps=1), settings.get("overrides", []))
+        """The folder's record, created if new. `settings` holds at least seeds, budget_seconds
+        and overrides; `own_fields`: the TrainConfig fields the experiment sets itself. Nothing
+        is written before every check passed: ConfigError for bad seeds, budget or overrides;
+        TrainingError when the folder cannot be made, its record is damaged, or it holds another
+        experiment or the same one with other settings."""
+        check_request(experiment, settings, SET_BY_EVERY_EXPERIMENT | own_fields)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as error:  # --out names a file, or a path through one
+            raise TrainingError(
+                f"{folder}: cannot make the experiment's folder there ({error.strerror}); "
+                "choose another --out"
+            ) from None
         path = folder / RECORD_NAME
-        if path.is_file():
-            try:
-                content = json.loads(path.read_text())
-                saved_experiment, saved_settings = content["experiment"], content["settings"]
-            except (ValueError, KeyError, TypeError) as error:
-                raise TrainingError(f"{path}: not an experiment record ({error})") from None
-            if saved_experiment != experiment:
+        if not os.path.lexists(path):
+            record = cls(folder, {
+                "experiment": experiment,
+                "settings": settings,
+                "command": command,
+                "machine": describe_machine(),
+                "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+                "runs": {},
+            })  # fmt: skip
+            record.save()
+            return record
+        content = read_record(path)
+        if content["experiment"] != experiment:
+            raise TrainingError(
+                f"{folder} holds the {reprlib.repr(content['experiment'])} experiment; use "
+                "another --out"
+            )
+        saved = content["settings"]
+        for key in sorted(set(saved) | set(settings)):
+            if saved.get(key) != settings.get(key):
                 raise TrainingError(
-                    f"{folder} holds the {saved_experiment!r} experiment; use another --out"
+                    f"{path} was made with {key}={reprlib.repr(saved.get(key))}, this command "
+                    f"asks for {settings.get(key)!r}; use another --out to change it"
                 )
-            for key in sorted(set(saved_settings) | set(settings)):
-                if saved_settings.get(key) != settings.get(key):
-                    raise TrainingError(
-                        f"{path} was made with {key}={saved_settings.get(key)!r}, this command "
-                        f"asks for {settings.get(key)!r}; use another --out to change it"
-                    )
-            return cls(folder, content)
-        record = cls(folder, {
-            "experiment": experiment,
-            "settings": settings,
-            "command": command,
-            "machine": describe_machine(),
-            "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-            "runs": {},
-        })  # fmt: skip
-        record.save()
-        return record
+        # Equal, but as this command has them: a saved [false, true] equals seeds [0, 1].
+        return cls(folder, {**content, "settings": settings})
 
     @property
     def runs(self) -> dict[str, dict[str, Any]]:
         return self.content["runs"]
 
     def save(self) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
         atomic_write_json(self.folder / RECORD_NAME, self.content)
 
     def run_folder(self, key: str) -> Path:
@@ -91,13 +145,20 @@ class ExperimentRecord:
 
     def configured(self, config: TrainConfig) -> TrainConfig:
         """`config` with the settings' overrides applied, as every run of the experiment."""
-        return parse_overrides(config, self.content["settings"].get("overrides", []))
+        return parse_overrides(config, self.content["settings"]["overrides"])
 
     def train(self, key: str, config: TrainConfig) -> dict[str, Any]:
         """The result of run `key` (top1, steps, seconds): from the record when it finished
         before, else trained now (resumed where it stopped) and recorded."""
-        if key in self.runs:
-            return self.runs[key]
+        recorded = self.runs.get(key, {})
+        if "steps" in recorded:
+            if recorded["top1"] is None and config.test_split:
+                raise TrainingError(
+                    f"{self.folder / RECORD_NAME}: runs[{key!r}].top1 is null, but the run is "
+                    f"evaluated on {config.test_split!r}; delete the entry to read it again "
+                    "from the run's folder"
+                )
+            return recorded
         print(f"\n== {self.content['experiment']}: {key} ==", flush=True)
         summary = train(self.configured(config), self.run_folder(key))
         if not summary.complete:
@@ -127,3 +188,71 @@ class ExperimentRecord:
             result["fewshot"] = measured[0].mean
             self.save()
         return result["fewshot"]
+
+
+def check_request(experiment: str, settings: dict[str, Any], fixed: frozenset[str]) -> None:
+    """Refuse in one line (ConfigError), before anything is written or trained: seeds that are
+    not 1 to MOST_SEEDS distinct whole numbers, a budget that is not a positive number of
+    seconds, and overrides that are malformed or change a field in `fixed`."""
+    seeds, budget = settings["seeds"], settings["budget_seconds"]
+    if not (
+        1 <= len(seeds) <= MOST_SEEDS
+        and len(set(seeds)) == len(seeds)
+        and all(type(seed) is int and seed >= 0 for seed in seeds)
+    ):
+        raise ConfigError(
+            f"seeds: expected 1 to {MOST_SEEDS} distinct whole numbers >= 0, got "
+            f"{reprlib.repr(seeds)}"
+        )
+    if not (type(budget) in (int, float) and 0 < budget < math.inf):
+        raise ConfigError(f"budget_seconds: expected a positive number of seconds, got {budget!r}")
+    for assignment in settings["overrides"]:
+        name = assignment.partition("=")[0]
+        if name in fixed:
+            raise ConfigError(
+                f"--set {name}: the {experiment} experiment sets {name} itself; --set may change "
+                f"any field but {', '.join(sorted(fixed))}"
+            )
+    parse_overrides(TrainConfig(steps=1), settings["overrides"])
+
+
+def read_record(path: Path) -> dict[str, Any]:
+    """The record at `path`, every value a later run reads checked; TrainingError naming the file
+    and the first bad key (or why it is no record at all)."""
+    data = read_capped(path, MOST_RECORD_BYTES, what="record", error=TrainingError)
+    try:
+        content = json.loads(data)
+        # A lone surrogate (a "\ud800" escape) could be read but not written back or reported.
+        json.dumps(content, ensure_ascii=False).encode()
+    except (ValueError, RecursionError) as error:  # RecursionError: nesting too deep to parse
+        raise TrainingError(f"{path}: not an experiment record ({error})") from None
+    problem = next(_record_problems(content), None)
+    if problem is not None:
+        raise TrainingError(f"{path}: {problem}; fix it, or use another --out")
+    return content
+
+
+def _record_problems(content: Any) -> Iterator[str]:
+    """What is wrong with a parsed record, as "KEY problem", the first problem first (a key is
+    checked only once its container has been found sound)."""
+    if not isinstance(content, dict):
+        yield f"not an experiment record ({reprlib.repr(content)} is no JSON object)"
+        return
+    for key in ("experiment", "command", "machine", "started"):
+        if not isinstance(content.get(key), str):
+            yield f"{key} must be a string, got {reprlib.repr(content.get(key))}"
+    for key in ("settings", "runs"):
+        if not isinstance(content.get(key), dict):
+            yield f"{key} must be a JSON object, got {reprlib.repr(content.get(key))}"
+    for name, run in content["runs"].items():
+        where = f"runs[{reprlib.repr(name)}]"
+        if not isinstance(run, dict) or not run:
+            yield f"{where} must be a JSON object of {', '.join(RUN_FIELDS)}"
+            continue
+        for field, value in run.items():
+            if field not in RUN_FIELDS:
+                yield f"{where} has {reprlib.repr(field)}, not one of {', '.join(RUN_FIELDS)}"
+            elif not RUN_FIELDS[field][0](value):
+                yield f"{where}.{field} must be {RUN_FIELDS[field][1]}, got {reprlib.repr(value)}"
+        if 0 < len(run.keys() & set(TRAINED)) < len(TRAINED):
+            yield f"{where} needs all of {', '.join(TRAINED)} or none of them"

@@ -47,6 +47,8 @@ ARMS = {
     "low_then_high": "16 px for 3/4 of the budget, then fine-tuned at 32 px (the paper's way)",
     "high": "32 px for the whole budget",
 }
+# What the arms differ in (and the seed): the report's "16 px" and "32 px" must be what trained.
+OWN_FIELDS = frozenset({"seed", "resolution", "init"})
 
 
 def arm_configs(
@@ -105,7 +107,8 @@ def run(
         "hardware": hardware,
         "pretrain_share": PRETRAIN_SHARE,
     }
-    record = ExperimentRecord.open(out, NAME, settings, command)
+    test_set = open_dataset(data, split="test")  # a missing dataset fails before the record
+    record = ExperimentRecord.open(out, NAME, settings, command, own_fields=OWN_FIELDS)
     started = time.perf_counter()
     top1: dict[str, list[float]] = {arm: [] for arm in ARMS}
     runs: dict[str, list[list[str]]] = {arm: [] for arm in ARMS}
@@ -119,7 +122,6 @@ def run(
             for key, (_, config) in zip(runs[arm][-1], stages, strict=True):
                 result = record.train(key, config)
             top1[arm].append(result["top1"])
-    test_set = open_dataset(data, split="test")
     write_report(record, top1, runs, test_set, seconds=time.perf_counter() - started)
     return top1
 

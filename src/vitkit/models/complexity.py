@@ -7,6 +7,8 @@ them against PyTorch's own `FlopCounterMode` and against built models.
 
 from __future__ import annotations
 
+import torch
+
 from vitkit.errors import ConfigError
 from vitkit.models.config import ViTConfig
 from vitkit.models.pos_embed import relative_table_length
@@ -112,9 +114,9 @@ def count_params(config: ViTConfig) -> int:
 
 def check_buildable(config: ViTConfig) -> None:
     """Refuse, before anything is allocated, a model whose images have more than MOST_PATCHES
-    patches or whose parameters (fp32) need more memory than is free: a config from a file or a
-    flag may ask for sixteen million blocks or an 8192 px grid, which would otherwise end in an
-    allocator traceback or minutes of swapping."""
+    patches or whose parameters (fp32) need more memory than is free where it is built on the
+    CPU: a config from a file or a flag may ask for sixteen million blocks or an 8192 px grid,
+    which would otherwise end in an allocator traceback or minutes of swapping."""
     height, width = config.grid_size
     if height * width > MOST_PATCHES:
         raise ConfigError(
@@ -122,6 +124,8 @@ def check_buildable(config: ViTConfig) -> None:
             f"{config.patch_size} gives {height * width:,} patches per image; at most "
             f"{MOST_PATCHES:,} are supported (attention costs their square)"
         )
+    if torch.get_default_device().type != "cpu":  # a shape-only build on "meta" takes nothing
+        return
     params = count_params(config)
     check_memory(
         4 * params,

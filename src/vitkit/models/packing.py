@@ -17,7 +17,9 @@ from collections.abc import Sequence
 
 import torch
 
+from vitkit.errors import ConfigError
 from vitkit.models.vit import VisionTransformer
+from vitkit.resources import check_memory
 
 # Images' worth of tokens in one packed sequence, for `sequence_length`. Attention over a packed
 # sequence costs its length squared, masked or not, so longer sequences waste more; one image per
@@ -54,6 +56,8 @@ def forward_packed(
     _check(model, images, keep)
     pieces = [_image_tokens(model, image, keep, generator) for image in images]
     packs = _assign([len(piece) for piece in pieces], max_tokens)
+    longest = max(sum(len(pieces[index]) for index in pack) for pack in packs)
+    _check_attention_fits(model, len(packs), longest)
     tokens, segments = _pack(pieces, packs)
     mask = (segments[:, :, None] == segments[:, None, :]).unsqueeze(1)  # (B, 1, L, L)
     for block in model.blocks:
@@ -61,6 +65,19 @@ def forward_packed(
     tokens = model.norm(tokens)
     pooled = _pool(model, tokens, segments, len(images))
     return model.classify_pooled(pooled, pre_logits=pre_logits)
+
+
+def _check_attention_fits(model: VisionTransformer, sequences: int, length: int) -> None:
+    """Refuse, before the mask is built, packed attention whose (B, 1, L, L) mask and what
+    attention makes of it (a float bias, one (B, heads, L, L) score map at a time where SDPA has
+    no fused kernel for a mask) need more memory than is free."""
+    per_entry = 1 + 4 + 4 * model.config.num_heads  # bool mask, float bias, scores
+    check_memory(
+        sequences * length * length * per_entry,
+        f"attention over {sequences} packed sequence(s) of {length:,} tokens",
+        error=ConfigError,
+        hint="lower --max-tokens or the batch size",
+    )
 
 
 def _check(model: VisionTransformer, images: Sequence[torch.Tensor], keep: float) -> None:

@@ -346,8 +346,7 @@ def timm_model_kwargs(config: ViTConfig) -> dict[str, object]:
     if config.representation_size:
         raise CheckpointError(
             f"timm's VisionTransformer has no pre-logits layer (Linear + tanh, here of size "
-            f"{config.representation_size}); drop it first (load with num_classes=...) or export "
-            "to vitkit, hf or npz"
+            f"{config.representation_size}); drop it first (load with num_classes=...)"
         )
     # timm's MLP width is int(embed_dim * mlp_ratio); where mlp_dim / width rounds below
     # mlp_dim (e.g. 49 / 44), aiming half a unit higher still truncates to mlp_dim.
