@@ -25,15 +25,12 @@ refused in one line naming it:
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import http.client
 import os
 import re
 import shutil
-import socket
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -44,6 +41,7 @@ from urllib.parse import urlsplit
 from tqdm import tqdm
 
 from vitkit.errors import DownloadError
+from vitkit.http_deadline import open_url
 from vitkit.resources import check_disk, free_disk_bytes, gib
 
 # Seconds a connection may stay silent before a download or a streamed shard fails (a download
@@ -320,10 +318,8 @@ def _request(url: str, offset: int, timeout: float) -> http.client.HTTPResponse:
     as long as the file or longer) or a Content-Range for other bytes than asked.
     """
     headers = {"Range": f"bytes={offset}-"} if offset else {}
-    # Built per request: its proxy handler reads $http_proxy and the like when built.
-    opener = urllib.request.build_opener(_HTTPHandler, _HTTPSHandler)
     try:
-        response = opener.open(urllib.request.Request(url, headers=headers), timeout=timeout)
+        response = open_url(url, headers=headers, timeout=timeout)
     except urllib.error.HTTPError as error:
         if error.code != 416 or not offset:
             raise
@@ -339,82 +335,6 @@ def _request(url: str, offset: int, timeout: float) -> http.client.HTTPResponse:
             "all of it"
         )
     return response
-
-
-class _HeadersInTime(http.client.HTTPConnection):
-    """A connection whose server must send all of its response headers (and finish a TLS
-    handshake) within the timeout of connecting. The timeout alone bounds each silence, so a
-    server dripping its headers a byte a second would hold the request as long as it liked; a
-    timer shuts the socket down instead, which ends the read that waits on it."""
-
-    _timer: threading.Timer | None = None
-    _expired = False
-
-    def connect(self) -> None:
-        self._timer = threading.Timer(self.timeout, self._expire)
-        self._timer.daemon = True
-        self._timer.start()
-        try:
-            super().connect()
-        except OSError:
-            if self._expired:  # a TLS handshake dripped
-                raise self._too_slow() from None
-            raise
-
-    def _expire(self) -> None:
-        self._expired = True
-        if (sock := self.sock) is not None:
-            with contextlib.suppress(OSError):  # closed meanwhile
-                sock.shutdown(socket.SHUT_RDWR)
-
-    def getresponse(self) -> http.client.HTTPResponse:
-        try:
-            response = super().getresponse()
-        except (OSError, http.client.HTTPException):
-            if self._expired:
-                raise self._too_slow() from None
-            raise
-        finally:
-            self._stop_timer()
-        if self._expired:  # the shut socket read as the end of the headers
-            response.close()
-            raise self._too_slow()
-        return response
-
-    def _too_slow(self) -> TimeoutError:
-        return TimeoutError(
-            f"no complete response headers within {self.timeout:g} s (VITKIT_HTTP_TIMEOUT)"
-        )
-
-    def close(self) -> None:
-        self._stop_timer()
-        super().close()
-
-    def _stop_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-
-
-class _HTTPSHeadersInTime(_HeadersInTime, http.client.HTTPSConnection):
-    """_HeadersInTime over TLS."""
-
-
-class _HTTPHandler(urllib.request.HTTPHandler):
-    """urllib's http:// handler, with connections that give up on headers that take too long."""
-
-    def do_open(
-        self, http_class: type, req: urllib.request.Request, **kwargs: object
-    ) -> http.client.HTTPResponse:
-        return super().do_open(_HeadersInTime, req, **kwargs)
-
-
-class _HTTPSHandler(urllib.request.HTTPSHandler):
-    """urllib's https:// handler, with connections that give up on headers that take too long."""
-
-    def do_open(
-        self, http_class: type, req: urllib.request.Request, **kwargs: object
-    ) -> http.client.HTTPResponse:
-        return super().do_open(_HTTPSHeadersInTime, req, **kwargs)
 
 
 def _resumes_at(response: http.client.HTTPResponse, offset: int) -> bool:

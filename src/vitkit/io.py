@@ -80,10 +80,7 @@ def staged_writes(destination: Path, *, folder: bool) -> Iterator[Path]:
     destination = Path(destination)
     parent = destination.parent
     parent.mkdir(parents=True, exist_ok=True)
-    if folder:
-        _check_writable_folder(destination)
-    else:
-        check_writable_target(destination)
+    check_writable_target(destination, folder=folder)
     remove_stale_temp_files(parent, destination.name)
     stage = parent / f".{destination.name}.{os.getpid()}-{uuid.uuid4().hex}{_TEMP_SUFFIX}"
     stage.mkdir()
@@ -140,16 +137,17 @@ def remove_stale_temp_files(directory: Path, name_glob: str) -> None:
                 temp.unlink(missing_ok=True)
 
 
-def check_writable_target(path: Path) -> None:
-    """Refuse to write `path` when it is a symbolic link (even a dangling one), a folder or
-    anything else that is not a regular file: a write replaces a file, it never goes through a
-    link to wherever it points."""
+def check_writable_target(path: Path, *, folder: bool = False) -> None:
+    """Refuse to write `path` when it exists as anything but what the write makes (a regular
+    file, or with `folder` a folder): a symbolic link, even a dangling one, a device or a FIFO.
+    A write replaces what is there; it never goes through a link to wherever it points."""
     try:
         mode = os.lstat(path).st_mode
     except FileNotFoundError:
         return
-    if not stat.S_ISREG(mode):
-        raise VitkitError(f"{path} is {_kind(mode)}, not a file; refusing to write over it")
+    is_wanted, noun = (stat.S_ISDIR, "a folder") if folder else (stat.S_ISREG, "a file")
+    if not is_wanted(mode):
+        raise VitkitError(f"{path} is {_kind(mode)}, not {noun}; refusing to write over it")
 
 
 def regular_file(path: str | Path, *, error: type[VitkitError] = VitkitError) -> Path:
@@ -193,16 +191,6 @@ def sha256_file(path: str | Path) -> str:
     read in blocks, so a file larger than memory is fine."""
     with open(path, "rb") as file:
         return hashlib.file_digest(file, "sha256").hexdigest()
-
-
-def _check_writable_folder(path: Path) -> None:
-    """Refuse a folder destination that is a symbolic link or exists as something else."""
-    try:
-        mode = os.lstat(path).st_mode
-    except FileNotFoundError:
-        return
-    if not stat.S_ISDIR(mode):
-        raise VitkitError(f"{path} is {_kind(mode)}, not a folder; refusing to write over it")
 
 
 def _swap_in_folder(stage: Path, destination: Path) -> None:

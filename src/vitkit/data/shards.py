@@ -8,8 +8,8 @@ buffer: shards cut from a class-sorted source would otherwise give class-sorted 
 
 Shards and their index often come from someone else's server, so reading treats them as data:
 an index can only point at shards beside it, tar headers and members are bounded
-(`vitkit.data.archives`), images are held to the pixel limit, and a silent server fails after
-`vitkit.download.http_timeout()`.
+(`vitkit.data.archives`), images are held to the pixel limit, and a server that stays silent, or takes longer for its headers,
+than `vitkit.download.http_timeout()` fails (`vitkit.http_deadline`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ import json
 import os
 import random
 import tarfile
-import urllib.request
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -37,6 +36,7 @@ from vitkit.data.archives import ARCHIVE_ERRORS, is_gzipped, members, open_tar, 
 from vitkit.data.images import IMAGE_EXTENSIONS, load_rgb
 from vitkit.download import http_timeout
 from vitkit.errors import DataError
+from vitkit.http_deadline import open_url
 from vitkit.io import atomic_open, temp_files
 
 ImageFormat = Literal["png", "jpg"]
@@ -183,7 +183,7 @@ def open_stream(location: str) -> IO[bytes]:
     """
     scheme = urlparse(location).scheme
     if scheme in ("http", "https"):
-        return urllib.request.urlopen(location, timeout=http_timeout())
+        return open_url(location, timeout=http_timeout())
     if not scheme:
         return open(location, "rb")
     import webdataset as wds
@@ -232,7 +232,7 @@ def _load_json(url: str) -> Any:
     timeout = http_timeout()
     try:
         if _is_http(url):
-            stream = urllib.request.urlopen(url, timeout=timeout)
+            stream = open_url(url, timeout=timeout)
         else:
             stream = open(url, "rb")
         with stream:
