@@ -16,8 +16,10 @@ import json
 import os
 import pickle
 import pickletools
+import socket
 import struct
 import tarfile
+import threading
 import time
 import zlib
 from collections.abc import Callable, Iterator
@@ -328,6 +330,42 @@ def test_a_stalled_server_fails_within_the_timeout(
         list(ShardDataset(shard_url if stalls == "shard-from-pattern" else index_url))
     assert time.monotonic() - start < 10
     assert_names(error, index_url if stalls == "index" else shard_url, "timed out")
+
+
+@pytest.mark.usefixtures("online")
+def test_a_server_dripping_its_headers_fails_within_the_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Never silent for a whole second, never done: the headers' deadline, not the silence
+    timeout, ends the request (a byte every 0.1 s would otherwise hold it for ever)."""
+    monkeypatch.setenv("VITKIT_HTTP_TIMEOUT", "1")
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def drip() -> None:
+        connection, _ = listener.accept()
+        with connection:
+            connection.recv(4096)
+            connection.sendall(b"HTTP/1.0 200 OK\r\nX-Drip: ")
+            while not stop.wait(0.1):
+                try:
+                    connection.sendall(b".")
+                except OSError:  # the reader gave up and closed
+                    return
+
+    thread = threading.Thread(target=drip, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}/index.json"
+    start = time.monotonic()
+    try:
+        with pytest.raises(DataError) as error:
+            ShardDataset(url)
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        listener.close()
+    assert time.monotonic() - start < 5
+    assert_names(error, url, "headers within 1 s")
 
 
 # --- 9. Shards: keys, members and labels ---------------------------------------------------------
