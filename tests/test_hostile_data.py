@@ -368,6 +368,14 @@ def test_a_server_dripping_its_headers_fails_within_the_timeout(
     assert_names(error, url, "headers within 1 s")
 
 
+def test_a_shard_that_is_a_fifo_is_refused_not_waited_on(tmp_path: Path) -> None:
+    path = tmp_path / "shard-0.tar"
+    os.mkfifo(path)
+    with pytest.raises(DataError) as error:
+        list(ShardDataset(str(path)))
+    assert_names(error, path, "is a FIFO, not a regular file")
+
+
 # --- 9. Shards: keys, members and labels ---------------------------------------------------------
 
 

@@ -155,3 +155,21 @@ def test_a_limit_past_the_dataset_evaluates_all_of_it(
     )
     assert record["code"] == 0, record
     assert json.loads((out / "eval.json").read_text())["images"] == 36  # the whole test split
+
+
+def test_a_cache_write_that_fails_is_one_line_and_leaves_nothing(
+    image_tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """data_size=1024 caches the 144 training images in 453 MB, past the child's 256 MiB limit
+    on a file's size: the write fails (EFBIG, as on a full disk), and says so in one line."""
+    home = tmp_path / "home"
+    monkeypatch.setenv("VITKIT_HOME", str(home))
+    argv = ["train", "--preset", "tiny", "--data", str(image_tree), "--out", "run",
+            "data_size=1024"]  # fmt: skip
+    [record] = run_each_capped([argv], tmp_path)
+    lines = record["stderr"].strip().splitlines()
+    assert record["code"] == 2, record
+    assert "cannot write the decoded-image cache: File too large" in lines[-1], record
+    assert not any("Traceback" in line for line in lines), record
+    leftovers = [path for path in home.rglob("*") if path.is_dir() and path.name.startswith(".")]
+    assert leftovers == []

@@ -36,7 +36,7 @@ from tqdm import tqdm
 
 from vitkit.data.arrays import ArrayDataset
 from vitkit.errors import DataError
-from vitkit.io import sha256_file
+from vitkit.io import sha256_file, write_failure
 from vitkit.resources import check_disk
 
 # Bump when the layout changes: every key hashes it, so old caches are simply not found.
@@ -92,17 +92,23 @@ def cached_dataset(
             return _open(directory, key, verify=verify)
         except _Corrupt:
             pass  # decided again under the lock: another process may be replacing it
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    with _locked(directory.with_name(directory.name + ".lock")):
-        if directory.is_dir():
-            try:
-                return _open(directory, key, verify=verify)
-            except _Corrupt as error:
-                warnings.warn(f"{directory}: cache corrupt ({error}), rebuilding", stacklevel=2)
-                shutil.rmtree(directory)
-        _remove_stale_partials(directory)
-        _build(directory, key, build())
-        return _open(directory, key, verify=False)  # checksummed while it was written
+    try:
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        with _locked(directory.with_name(directory.name + ".lock")):
+            if directory.is_dir():
+                try:
+                    return _open(directory, key, verify=verify)
+                except _Corrupt as error:
+                    warnings.warn(f"{directory}: cache corrupt ({error}), rebuilding", stacklevel=2)
+                    shutil.rmtree(directory)
+            _remove_stale_partials(directory)
+            _build(directory, key, build())
+            return _open(directory, key, verify=False)  # checksummed while it was written
+    except OSError as error:  # a full disk, a file-size limit, a read-only cache folder
+        raise DataError(
+            f"{directory.parent}: cannot write the decoded-image cache: {write_failure(error)}; "
+            "nothing was kept. Free space, or set VITKIT_HOME to a folder with room"
+        ) from None
 
 
 class _Corrupt(Exception):

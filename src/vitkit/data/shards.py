@@ -37,7 +37,7 @@ from vitkit.data.images import IMAGE_EXTENSIONS, load_rgb
 from vitkit.download import http_timeout
 from vitkit.errors import DataError
 from vitkit.http_deadline import open_url
-from vitkit.io import atomic_open, temp_files
+from vitkit.io import atomic_open, regular_file, temp_files
 
 ImageFormat = Literal["png", "jpg"]
 ImageLike = np.ndarray | torch.Tensor | bytes
@@ -175,7 +175,8 @@ def write_shards(
 
 def open_stream(location: str) -> IO[bytes]:
     """A binary stream of a shard: an http(s) URL through urllib, with `http_timeout()` as the
-    most a connection may stay silent, a path through open().
+    most a connection may stay silent, a path through open() once it is known to be a regular
+    file (a FIFO would block the read for ever).
 
     Any other scheme (`pipe:`, `s3:` and the rest) goes to webdataset's gopen, which runs
     commands for some; only brace patterns the user typed get there, never a shard an index
@@ -185,7 +186,7 @@ def open_stream(location: str) -> IO[bytes]:
     if scheme in ("http", "https"):
         return open_url(location, timeout=http_timeout())
     if not scheme:
-        return open(location, "rb")
+        return open(regular_file(location, error=DataError), "rb")
     import webdataset as wds
 
     return wds.gopen(location, "rb")
