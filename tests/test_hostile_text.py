@@ -52,11 +52,14 @@ def test_every_plot_draws_names_that_look_like_formulas(tmp_path: Path) -> None:
     assert len(list(tmp_path.glob("*.png"))) == 4
 
 
-def test_a_class_folder_named_like_a_formula_is_evaluated(image_tree: Path, tmp_path: Path) -> None:
+def test_class_folders_named_like_a_formula_or_an_escape_are_evaluated(
+    image_tree: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     tree = tmp_path / "tree"
     shutil.copytree(image_tree, tree)
     for split in ("train", "test"):
         (tree / split / CLASSES[0]).rename(tree / split / FORMULAS[0])
+        (tree / split / CLASSES[1]).rename(tree / split / "green\x1b[31m")
     model = random_test_vit(num_classes=3)
     checkpoint = export_model(model, tmp_path / "model", to="vitkit")
     out = tmp_path / "eval"
@@ -64,6 +67,8 @@ def test_a_class_folder_named_like_a_formula_is_evaluated(image_tree: Path, tmp_
     assert code == 0
     assert (out / "confusion_matrix.png").stat().st_size > 0
     assert FORMULAS[0] in json.loads((out / "eval.json").read_text())["per_class"]
+    printed = capsys.readouterr().out
+    assert "\x1b" not in printed and "green\\x1b[31m" in printed
 
 
 def test_classify_prints_names_from_a_checkpoint_as_text(

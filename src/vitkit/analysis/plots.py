@@ -3,7 +3,8 @@
 Each function takes plain arrays computed elsewhere (`attention.py`, `embeddings.py`, the
 evaluation) and writes one picture; none of them runs a model. Class, arm and folder names come
 from data: every figure is drawn with matplotlib's mathtext off (`_plain_text`), so a name such as
-`$\frac{1}{$` is drawn as those characters instead of failing to parse as a formula.
+`$\frac{1}{$` is drawn as those characters instead of failing to parse as a formula, and control
+characters in class names are drawn as their escapes (`vitkit.text.printable`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from vitkit.io import atomic_write  # noqa: E402
+from vitkit.text import printable  # noqa: E402
 
 
 def _plain_text(plot: Callable[..., Path]) -> Callable[..., Path]:
@@ -138,7 +140,7 @@ def plot_attention_maps(
         image_axis.imshow(images[index])
         weighted_axis.imshow((images[index] * masks[index][..., None]).astype(np.uint8))
         if index < len(titles):
-            image_axis.set_title(titles[index], fontsize=7)
+            image_axis.set_title(printable(titles[index]), fontsize=7)
         weighted_axis.set_title("rollout", fontsize=7)
     return _save(figure, path)
 
@@ -177,8 +179,9 @@ def plot_confusion_matrix(matrix: np.ndarray, classes: Sequence[str], path: Path
     figure, axis = plt.subplots(figsize=(side + 1, side))
     shown = axis.imshow(rates, cmap="Blues", vmin=0, vmax=1)
     if count <= 40:
-        axis.set_xticks(range(count), classes, rotation=90, fontsize=7)
-        axis.set_yticks(range(count), classes, fontsize=7)
+        names = [printable(name) for name in classes]  # folder names: no control characters
+        axis.set_xticks(range(count), names, rotation=90, fontsize=7)
+        axis.set_yticks(range(count), names, fontsize=7)
     if count <= 20:
         for row in range(count):
             for column in range(count):

@@ -25,11 +25,11 @@ from vitkit.cli.arguments import (
     load_checkpoint,
     positive_int,
 )
-from vitkit.cli.terminal import printable
 from vitkit.data import Preprocessing, eval_transform, find_images, load_rgb
 from vitkit.devices import resolve_device
 from vitkit.evaluation.packed import packed_logits
 from vitkit.models.vit import VisionTransformer
+from vitkit.text import printable
 from vitkit.weights import CheckpointError
 from vitkit.weights.class_names import read_labels
 

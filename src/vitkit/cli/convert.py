@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from vitkit.cli.arguments import positive_int
-from vitkit.cli.terminal import printable
+from vitkit.text import printable
 from vitkit.weights import load_model
 from vitkit.weights.class_names import labels_file
 from vitkit.weights.export import WRITERS, export_model

@@ -27,6 +27,7 @@ from vitkit.data.sources import open_image_by_image, open_labelled
 from vitkit.errors import VitkitError
 from vitkit.evaluation.accuracy import classification_report
 from vitkit.io import atomic_write_json
+from vitkit.text import printable
 
 
 def run(args: argparse.Namespace) -> int:
@@ -66,9 +67,10 @@ def run(args: argparse.Namespace) -> int:
     atomic_write_json(args.out / "eval.json", result)
     if report.confusion is not None:
         plot_confusion_matrix(report.confusion, dataset.classes, args.out / "confusion_matrix.png")
-    width = max(len(name) for name in report.per_class)
+    shown = {name: printable(name) for name in report.per_class}  # names from folders, as text
+    width = max(len(text) for text in shown.values())
     for name, accuracy in report.per_class.items():
-        print(f"  {name:<{width}}  {accuracy:7.2%}  ({report.counts[name]} images)")
+        print(f"  {shown[name]:<{width}}  {accuracy:7.2%}  ({report.counts[name]} images)")
     if args.max_tokens is None:
         sizes = f"at {preprocessing.resolution[0]}x{preprocessing.resolution[1]} px"
     else:

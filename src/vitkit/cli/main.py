@@ -28,8 +28,8 @@ from vitkit.cli import (
     shard,
     train,
 )
-from vitkit.cli.terminal import printable
 from vitkit.errors import VitkitError
+from vitkit.text import printable
 
 USAGE_ERROR = 2  # argparse's exit status for bad arguments; bad input files are the same kind
 

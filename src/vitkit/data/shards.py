@@ -8,8 +8,8 @@ buffer: shards cut from a class-sorted source would otherwise give class-sorted 
 
 Shards and their index often come from someone else's server, so reading treats them as data:
 an index can only point at shards beside it, tar headers and members are bounded
-(`vitkit.data.archives`), images are held to the pixel limit, and a server that stays silent, or takes longer for its headers,
-than `vitkit.download.http_timeout()` fails (`vitkit.http_deadline`).
+(`vitkit.data.archives`), images are held to the pixel limit, and a server that stays silent, or
+takes longer for its headers, than `vitkit.download.http_timeout()` fails (`vitkit.http_deadline`).
 """
 
 from __future__ import annotations
