@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -24,6 +25,7 @@ from vitkit.errors import ConfigError, TrainingError
 from vitkit.training import build
 from vitkit.training.config import TrainConfig, model_field_changes, parse_overrides
 from vitkit.training.presets import PRESETS
+from vitkit.training.run_dir import RunDir
 from vitkit.training.schedule import learning_rate
 from vitkit.training.trainer import train
 
@@ -348,3 +350,61 @@ def test_model_fields_take_tuples_and_cut_long_values_short() -> None:
     with pytest.raises(ConfigError) as error:
         model_field_changes("x" * 5000 + "=1")
     assert len(str(error.value)) < 200
+
+
+# ---------------------------------------------------------------------------------------------
+# A run folder's own files, read back on resume and for reports, may have been edited or be a
+# stranger's: each is read within a cap, as a regular file, and checked, or refused in one line.
+
+
+def _tamper(run: Path, name: str, how: str) -> None:
+    path = run / name
+    path.unlink(missing_ok=True)
+    if how == "fifo":
+        os.mkfifo(path)
+    elif how == "huge":
+        with path.open("wb") as file:  # sparse: nothing written
+            file.truncate(3 << 30)
+    elif how == "not-json":
+        path.write_text("{ not json\n")
+    elif how == "a-list":
+        path.write_text("[1, 2]\n")
+    elif how == "wrong-types":
+        fields = {"steps": "x", "images_seen": 1, "resolution": 16, "seconds": 1.0}
+        path.write_text(json.dumps({**fields, "total_steps": "x", "requested": {}}))
+
+
+@pytest.fixture(scope="module")
+def finished_run(image_tree: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run = tmp_path_factory.mktemp("finished") / "run"
+    train(tiny(image_tree, steps=2), run)
+    return run
+
+
+DAMAGE = ["fifo", "huge", "not-json", "a-list"]
+
+
+@pytest.mark.parametrize(
+    ("name", "how"),
+    [
+        (name, how)
+        for name in ("train_config.json", "summary.json")
+        for how in DAMAGE + ["wrong-types"]
+    ]
+    + [("metrics.jsonl", how) for how in DAMAGE],  # its records are free-form objects
+)
+def test_a_damaged_run_file_is_one_line_naming_it(
+    finished_run: Path, tmp_path: Path, name: str, how: str
+) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    _tamper(run, name, how)
+    read = {
+        "train_config.json": lambda: RunDir(run).saved_config(),
+        "summary.json": lambda: RunDir(run).summary(),
+        "metrics.jsonl": lambda: RunDir(run).metric_records(),
+    }[name]
+    with pytest.raises(TrainingError) as error:
+        read()
+    message = str(error.value)
+    assert name in message and "\n" not in message

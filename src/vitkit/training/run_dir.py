@@ -33,6 +33,7 @@ from vitkit.io import (
     atomic_write_json,
     atomic_write_text,
     check_writable_target,
+    read_capped,
     write_failure,
 )
 from vitkit.models.config import ViTConfig
@@ -44,7 +45,11 @@ LOCK_NAME = "run.lock"
 CONFIG_NAME = "train_config.json"
 METRICS_NAME = "metrics.jsonl"
 SUMMARY_NAME = "summary.json"
-CURVES_NAME = "curves.png"  # drawn by the commands from metrics.jsonl (analysis/plots.py)
+CURVES_NAME = "curves.png"
+# What the run's own files may hold when read back: far more than any run writes (a metrics line
+# every 10 steps is ~150 bytes: 16 MiB a million steps), far less than a stranger's file could.
+MOST_RECORD_BYTES = 16 << 20
+MOST_METRICS_BYTES = 256 << 20  # drawn by the commands from metrics.jsonl (analysis/plots.py)
 
 
 class RunDir:
@@ -125,20 +130,17 @@ class RunDir:
     def saved_config(self) -> dict[str, Any] | None:
         """train_config.json, or None when the folder holds no run yet."""
         path = self.path / CONFIG_NAME
-        if not path.exists():
+        if not os.path.lexists(path):
             return None
-        try:
-            saved = json.loads(path.read_text())
-            total, warmup = saved.get("total_steps"), saved.get("warmup_steps", 0)
-            if not isinstance(saved.get("requested"), dict) or not all(
-                isinstance(value, int) and value >= 0 for value in (total, warmup)
-            ):
-                raise ValueError("no requested config, or no step counts")
-        except (OSError, ValueError, AttributeError) as error:
+        saved = self._read_json(CONFIG_NAME)
+        total, warmup = saved.get("total_steps"), saved.get("warmup_steps", 0)
+        if not isinstance(saved.get("requested"), dict) or not all(
+            type(value) is int and value >= 0 for value in (total, warmup)
+        ):
             raise TrainingError(
-                f"{path}: unreadable ({error}); this file records the run in {self.path}: "
-                "restore it, or train in another --out"
-            ) from None
+                f"{path}: unreadable (no requested config, or no step counts); this file records "
+                f"the run in {self.path}: restore it, or train in another --out"
+            )
         return saved
 
     def config_changes(
@@ -193,7 +195,7 @@ class RunDir:
     def record_plan(self, total_steps: int) -> None:
         """Write a re-planned step count into train_config.json, keeping the rest of it."""
         path = self.path / CONFIG_NAME
-        record = json.loads(path.read_text())
+        record = self._read_json(CONFIG_NAME)
         record["total_steps"] = total_steps
         with self.writing():
             atomic_write_json(path, record)
@@ -204,10 +206,10 @@ class RunDir:
         """Drop metric lines a killed process wrote after the checkpoint it resumes from (and a
         half-written last line)."""
         path = self.path / METRICS_NAME
-        if not path.exists():
+        if not os.path.lexists(path):
             return
         kept = []
-        for line in path.read_text().splitlines():
+        for line in self._read_text(METRICS_NAME, MOST_METRICS_BYTES).splitlines():
             try:
                 if json.loads(line)["step"] <= step:
                     kept.append(line)
@@ -221,15 +223,60 @@ class RunDir:
         return Metrics(self, enabled=enabled)
 
     def metric_records(self) -> list[dict[str, Any]]:
-        """The records of metrics.jsonl, oldest first."""
-        path = self.path / METRICS_NAME
-        lines = path.read_text().splitlines() if path.exists() else []
-        return [json.loads(line) for line in lines]
+        """The records of metrics.jsonl, oldest first; TrainingError naming the first line that
+        is no JSON object."""
+        if not os.path.lexists(self.path / METRICS_NAME):
+            return []
+        records = []
+        for number, line in enumerate(
+            self._read_text(METRICS_NAME, MOST_METRICS_BYTES).splitlines(), start=1
+        ):
+            try:
+                record = json.loads(line)
+            except (ValueError, RecursionError):
+                record = None
+            if not isinstance(record, dict):
+                raise TrainingError(
+                    f"{self.path / METRICS_NAME}: line {number} is no JSON object; the same "
+                    "command drops a half-written line when it resumes"
+                )
+            records.append(record)
+        return records
 
     def summary(self) -> TrainSummary | None:
-        """summary.json of a finished run, or None."""
-        path = self.path / SUMMARY_NAME
-        return TrainSummary.from_json(json.loads(path.read_text())) if path.exists() else None
+        """summary.json of a finished run, or None; TrainingError when it is damaged."""
+        if not os.path.lexists(self.path / SUMMARY_NAME):
+            return None
+        record = self._read_json(SUMMARY_NAME)
+        try:
+            return TrainSummary.from_json(record)
+        except (TypeError, ValueError) as error:
+            raise TrainingError(
+                f"{self.path / SUMMARY_NAME}: not a run summary ({error})"
+            ) from None
+
+    def _read_text(self, name: str, limit: int) -> str:
+        """The run's file `name` as text: a regular file of at most `limit` bytes, in UTF-8;
+        TrainingError naming it otherwise (a run folder may have been edited, or be a
+        stranger's)."""
+        data = read_capped(self.path / name, limit, what=f"run's {name}", error=TrainingError)
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise TrainingError(f"{self.path / name}: not UTF-8 ({error.reason})") from None
+
+    def _read_json(self, name: str) -> dict[str, Any]:
+        """The JSON object in the run's file `name` (at most MOST_RECORD_BYTES)."""
+        try:
+            content = json.loads(self._read_text(name, MOST_RECORD_BYTES))
+        except (ValueError, RecursionError) as error:
+            content = error
+        if not isinstance(content, dict):
+            raise TrainingError(
+                f"{self.path / name}: unreadable (no JSON object); this file records the run in "
+                f"{self.path}: restore it, or train in another --out"
+            )
+        return content
 
     def write_summary(self, summary: TrainSummary) -> None:
         with self.writing():

@@ -4,6 +4,7 @@ stopped early by Ctrl-C."""
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,5 +33,18 @@ class TrainSummary:
 
     @classmethod
     def from_json(cls, record: dict[str, Any]) -> TrainSummary:
-        names = {field.name for field in dataclasses.fields(cls)}
-        return cls(**{key: value for key, value in record.items() if key in names})
+        """The summary summary.json holds; ValueError naming a field of the wrong type (counts
+        are whole numbers, times and accuracies finite numbers), TypeError for a missing one."""
+        values = {}
+        for field in dataclasses.fields(cls):
+            if field.name not in record or record[field.name] is None:
+                continue
+            value = record[field.name]
+            whole = field.type in ("int", "int | None")
+            if not (type(value) is int or (not whole and type(value) is float)) or (
+                type(value) is float and not math.isfinite(value)
+            ):
+                kind = "a whole number" if whole else "a finite number"
+                raise ValueError(f"{field.name} must be {kind}, got {value!r:.40}")
+            values[field.name] = value
+        return cls(**values)
