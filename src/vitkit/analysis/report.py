@@ -44,7 +44,7 @@ from vitkit.data.arrays import ArrayDataset
 from vitkit.data.fewshot import k_shot_indices
 from vitkit.data.transforms import eval_batch, resize
 from vitkit.errors import DataError
-from vitkit.io import atomic_write_json
+from vitkit.io import atomic_write_json, read_capped
 from vitkit.models.preprocessing import Preprocessing
 from vitkit.models.vit import VisionTransformer
 from vitkit.weights import load_model
@@ -200,7 +200,7 @@ def add_figures(page: Page, folder: Path, *, page_folder: Path, small_only: bool
     captions_file = folder / CAPTIONS_NAME
     if not captions_file.is_file():
         return False
-    captions = json.loads(captions_file.read_text())
+    captions = json.loads(read_capped(captions_file, 1 << 20, error=DataError))
     small = [name for name in SIDE_BY_SIDE if name in captions]
     page.figure_row([(folder / name, captions[name]) for name in small], folder=page_folder)
     if not small_only:

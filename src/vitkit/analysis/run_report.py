@@ -5,14 +5,13 @@ folder, images linked from it and its sub-folders, so the folder works offline a
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from vitkit.analysis.page import Page
 from vitkit.analysis.report import FIGURES_FOLDER, add_figures
 from vitkit.devices import describe_machine
-from vitkit.training.run_dir import CURVES_NAME
+from vitkit.training.run_dir import CURVES_NAME, RunDir
 
 STAGES = {
     "pretrain": "pre-training from scratch",
@@ -86,9 +85,8 @@ def write_train_report(out: Path, summary: dict[str, Any], command: str) -> Path
         [[str(summary["steps"]), str(summary["images_seen"]), f"{summary['resolution']} px",
           f"{summary['seconds']:.0f} s", "not evaluated" if top1 is None else f"{top1:.2%}"]],
     )  # fmt: skip
-    config_file = out / "train_config.json"
-    if config_file.is_file():
-        config = json.loads(config_file.read_text())["requested"]
+    if (saved := RunDir(out).saved_config()) is not None:  # read as a resume reads it
+        config = saved["requested"]
         page.table(["field", "value"], [[name, str(config[name])] for name in SHOWN_FIELDS
                                         if config.get(name) not in (None, "", 0)])  # fmt: skip
     curves = out / CURVES_NAME

@@ -36,11 +36,13 @@ from tqdm import tqdm
 
 from vitkit.data.arrays import ArrayDataset
 from vitkit.errors import DataError
-from vitkit.io import sha256_file, write_failure
+from vitkit.io import read_capped, sha256_file, write_failure
 from vitkit.resources import check_disk
 
 # Bump when the layout changes: every key hashes it, so old caches are simply not found.
 FORMAT_VERSION = 1
+# meta.json holds the key, the class names and the skipped images' reasons: megabytes at most.
+MOST_META_BYTES = 64 << 20
 # A partial folder's name: "." + its key's folder name (`cache_path`) + "-" + mkdtemp's suffix.
 _PARTIAL = re.compile(r"\.([0-9a-f]{24})-\w+")
 
@@ -117,7 +119,7 @@ class _Corrupt(Exception):
 
 def _open(directory: Path, key: Mapping[str, object], *, verify: bool) -> ArrayDataset:
     try:
-        meta = json.loads((directory / "meta.json").read_text())
+        meta = json.loads(read_capped(directory / "meta.json", MOST_META_BYTES, error=DataError))
         if meta["key"] != json.loads(json.dumps({"format": FORMAT_VERSION, **key})):
             raise _Corrupt("it was built for another source")
         shape = tuple(meta["shape"])

@@ -18,7 +18,7 @@ from typing import Any, BinaryIO
 import torch
 
 from vitkit.errors import CheckpointError, TrainingError
-from vitkit.io import atomic_write, atomic_write_text, sha256_file, temp_files
+from vitkit.io import atomic_write, atomic_write_text, read_capped, sha256_file, temp_files
 
 CHECKPOINT_DIR = "checkpoints"
 _NAME = re.compile(r"step-(\d{8,})\.pt")
@@ -103,9 +103,9 @@ def load_latest_checkpoint(run_dir: Path) -> tuple[dict[str, Any], Path] | None:
 
 def _read_verified(path: Path) -> dict[str, Any]:
     digest_path = _digest_path(path)
-    try:
-        recorded = digest_path.read_text().split()[0]
-    except (OSError, IndexError) as error:
+    try:  # a digest line is 64 hex digits and a name; a stranger's file may be anything
+        recorded = read_capped(digest_path, 4096, error=CheckpointError).decode().split()[0]
+    except (CheckpointError, UnicodeDecodeError, IndexError) as error:
         raise CheckpointError(
             f"{path}: no readable digest in {digest_path.name} ({error})"
         ) from None
