@@ -408,3 +408,37 @@ def test_a_damaged_run_file_is_one_line_naming_it(
         read()
     message = str(error.value)
     assert name in message and "\n" not in message
+
+
+# ---------------------------------------------------------------------------------------------
+# Recipes that cannot trap: a run length given on the command line replaces the preset's, two
+# lengths at once are refused, and a warm-up as long as the run (which would never let the
+# learning rate decay) is refused, also when epochs or a budget only later become steps.
+
+
+def test_a_length_on_the_command_line_replaces_the_presets() -> None:
+    preset = PRESETS["finetune"]
+    assert preset.steps == 10_000
+    budgeted = parse_overrides(preset, ["budget_seconds=90", "warmup_steps=0"])
+    assert (budgeted.steps, budgeted.epochs, budgeted.budget_seconds) == (0, 0.0, 90.0)
+    assert parse_overrides(preset, ["epochs=2", "warmup_steps=0"]).steps == 0
+
+
+def test_two_lengths_at_once_are_refused_naming_both() -> None:
+    with pytest.raises(ConfigError, match=r"not steps=10000 and budget_seconds=90 \(only one"):
+        dataclasses.replace(PRESETS["finetune"], budget_seconds=90)
+
+
+def test_a_warmup_as_long_as_the_steps_is_refused() -> None:
+    with pytest.raises(ConfigError, match="warmup_steps 500 is not shorter than the run's 300"):
+        parse_overrides(PRESETS["finetune"], ["steps=300"])
+
+
+def test_a_warmup_longer_than_the_epochs_make_is_refused_before_training(
+    image_tree: Path, tmp_path: Path
+) -> None:
+    """144 images in full batches of 32 make 4 steps an epoch: 2 epochs are 8 steps, not past 12."""
+    config = tiny(image_tree, steps=0, epochs=2, warmup_steps=12)
+    with pytest.raises(ConfigError, match="warmup_steps 12 is not shorter than the run's 8 steps"):
+        train(config, tmp_path / "run")
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()  # no step was taken

@@ -267,8 +267,16 @@ class TrainConfig:
                 f"batch_size {self.batch_size} is not a multiple of micro_batch_size "
                 f"{self.micro_batch_size}"
             )
-        if not (self.steps or self.epochs or self.budget_seconds):
+        lengths = {name: getattr(self, name) for name in ("steps", "epochs", "budget_seconds")}
+        if not any(lengths.values()):
             problems.append("set one of steps, epochs or budget_seconds")
+        elif len(given := [f"{name}={value:g}" for name, value in lengths.items() if value]) > 1:
+            problems.append(
+                f"set one of steps, epochs or budget_seconds, not {' and '.join(given)} (only one "
+                "would count); on the command line, the one given replaces the preset's"
+            )
+        if self.warmup_steps and self.steps and self.warmup_steps >= self.steps:
+            problems.append(_long_warmup(self.warmup_steps, self.steps))
         if problem := device_problem(self.device):
             problems.append(problem)
         if self.precision == "fp16" and self.device == "cpu":
@@ -370,7 +378,10 @@ class TrainConfig:
         return None
 
     def warmup_for(self, total_steps: int) -> int:
-        """Warm-up steps of a run of `total_steps`."""
+        """Warm-up steps of a run of `total_steps`; ConfigError when warmup_steps is not shorter
+        than the run (known only once epochs or a budget became steps)."""
+        if self.warmup_steps and self.warmup_steps >= total_steps:
+            raise ConfigError(_long_warmup(self.warmup_steps, total_steps))
         return self.warmup_steps or round(self.warmup_fraction * total_steps)
 
     @property
@@ -407,14 +418,29 @@ _SET_BY_TRAINING = frozenset({
     "img_size", "num_classes", "classifier", "class_token", "representation_size", "drop_path",
     "dropout",
 })  # fmt: skip
+# The fields that set a run's length; one of them counts (`TrainConfig` refuses several).
+LENGTH_FIELDS = frozenset({"steps", "epochs", "budget_seconds"})
 # The declared type of every field (resolved once: the annotations are strings under
 # `from __future__ import annotations`).
 _FIELD_TYPES: dict[str, Any] = typing.get_type_hints(TrainConfig)
 
 
 def parse_overrides(base: TrainConfig, assignments: list[str]) -> TrainConfig:
-    """`base` with "field=value" assignments applied, each value parsed by the field's type."""
+    """`base` with "field=value" assignments applied, each value parsed by the field's type.
+    A run length given (steps, epochs or budget_seconds) replaces the one `base` (a preset)
+    has: `--preset finetune budget_seconds=90` trains for 90 s, not the preset's steps."""
+    assigned = {assignment.partition("=")[0] for assignment in assignments}
+    if lengths := assigned & LENGTH_FIELDS:
+        assignments = [f"{name}=0" for name in sorted(LENGTH_FIELDS - lengths)] + assignments
     return with_assignments(base, assignments, _FIELD_TYPES)
+
+
+def _long_warmup(warmup_steps: int, total_steps: int) -> str:
+    return (
+        f"warmup_steps {warmup_steps} is not shorter than the run's {total_steps} steps: the "
+        "learning rate would never decay; lower warmup_steps, or set warmup_steps=0 and "
+        "warmup_fraction"
+    )
 
 
 def describe_fields() -> str:

@@ -19,14 +19,13 @@ from dataclasses import dataclass, replace
 import torch
 
 from vitkit.errors import TrainingError
-from vitkit.training.config import TrainConfig
+from vitkit.training.config import LENGTH_FIELDS, TrainConfig
 from vitkit.training.distributed import World
 from vitkit.training.schedule import learning_rate
 
 CALIBRATION_STEPS = 3  # timed optimizer steps that turn budget_seconds into a first step count
 REPLAN_UNTIL = 0.9  # budgeted runs re-plan their step count at checkpoints until this fraction
-# The fields that set a run's length, and with the warm-up ones, its learning-rate plan.
-LENGTH_FIELDS = frozenset({"steps", "epochs", "budget_seconds"})
+# With LENGTH_FIELDS, the fields of the learning-rate plan.
 WARMUP_FIELDS = frozenset({"warmup_steps", "warmup_fraction"})
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from vitkit.training import build
-from vitkit.training.config import TrainConfig
+from vitkit.training.config import LENGTH_FIELDS, TrainConfig
 from vitkit.training.distributed import (
     World,
     entered_by_rank_zero,
@@ -26,7 +26,7 @@ from vitkit.training.distributed import (
     process_group,
 )
 from vitkit.training.loop import Run
-from vitkit.training.planner import LENGTH_FIELDS, Plan, calibrate, first_plan, resumed_plan
+from vitkit.training.planner import Plan, calibrate, first_plan, resumed_plan
 from vitkit.training.run_dir import RunDir
 from vitkit.training.state import Checkpoints
 from vitkit.training.summary import TrainSummary
