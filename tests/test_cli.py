@@ -174,8 +174,17 @@ def test_classify_json_is_one_document_matching_the_text(
     expected = parse_predictions(text)
     assert [entry["path"] for entry in document] == list(expected)
     for entry in document:
-        assert set(entry) == {"path", "predictions"}
+        assert set(entry) == {"path", "predictions", "logits"}
         assert len(entry["predictions"]) == 3
+        # The logits are every class's: their softmax (numpy's) gives the printed top 3.
+        logits = np.asarray(entry["logits"], dtype=np.float64)
+        assert logits.shape == (7,)
+        softmax = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+        top = np.argsort(-softmax)[:3]
+        assert [p["index"] for p in entry["predictions"]] == top.tolist()
+        np.testing.assert_allclose(
+            [p["probability"] for p in entry["predictions"]], softmax[top], rtol=1e-5
+        )
         for prediction, (probability, index) in zip(entry["predictions"], expected[entry["path"]]):
             assert set(prediction) == {"label", "index", "probability"}
             assert prediction["label"] is None  # Google's .npz records no names

@@ -39,6 +39,7 @@ class Prediction:
     path: Path
     classes: list[int]  # the top-k class indices, most probable first
     probabilities: list[float]
+    logits: list[float]  # every class's, in class order: what another tool's output is held to
 
 
 def load_classifier(
@@ -82,8 +83,10 @@ def predict(
                     model, pixels, preprocessing=preprocessing, max_tokens=max_tokens
                 )
             top = logits.softmax(dim=-1).topk(top_k, dim=-1)
-            for path, probabilities, classes in zip(chunk, top.values, top.indices):
-                predictions.append(Prediction(path, classes.tolist(), probabilities.tolist()))
+            for path, probabilities, classes, row in zip(chunk, top.values, top.indices, logits):
+                predictions.append(
+                    Prediction(path, classes.tolist(), probabilities.tolist(), row.tolist())
+                )
             progress.update(len(chunk))
     return predictions
 
@@ -108,8 +111,9 @@ def format_prediction(prediction: Prediction, labels: Sequence[str] | None) -> s
 def predictions_json(
     predictions: Sequence[Prediction], labels: Sequence[str] | None
 ) -> list[dict[str, object]]:
-    """[{path, predictions: [{label, index, probability}, ...]}, ...], most probable first;
-    label is null when no names are known."""
+    """[{path, predictions: [{label, index, probability}, ...], logits: [...]}, ...], most
+    probable first; label is null when no names are known; logits are every class's, in class
+    order (before the softmax), to compare with another runtime's outputs."""
     return [
         {
             "path": str(prediction.path),
@@ -117,6 +121,7 @@ def predictions_json(
                 {"label": labels[index] if labels else None, "index": index, "probability": p}
                 for index, p in zip(prediction.classes, prediction.probabilities)
             ],
+            "logits": prediction.logits,
         }
         for prediction in predictions
     ]
@@ -205,6 +210,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--json",
         action="store_true",
-        help="print one JSON document: [{path, predictions: [{label, index, probability}]}]",
+        help="print one JSON document: [{path, predictions: [{label, index, probability}], "
+        "logits}]",
     )
     parser.set_defaults(run=run, command="classify")
