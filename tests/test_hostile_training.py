@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from vitkit.cli.main import main
-from vitkit.errors import ConfigError, TrainingError
+from vitkit.errors import ConfigError, DataError, TrainingError
 from vitkit.training import build
 from vitkit.training.config import TrainConfig, model_field_changes, parse_overrides
 from vitkit.training.presets import PRESETS
@@ -442,3 +442,20 @@ def test_a_warmup_longer_than_the_epochs_make_is_refused_before_training(
     with pytest.raises(ConfigError, match="warmup_steps 12 is not shorter than the run's 8 steps"):
         train(config, tmp_path / "run")
     assert not (tmp_path / "run" / "metrics.jsonl").exists()  # no step was taken
+
+
+def test_an_unreadable_image_stops_training_or_is_skipped_by_name(
+    image_tree: Path, tmp_path: Path
+) -> None:
+    tree = tmp_path / "tree"
+    shutil.copytree(image_tree, tree)
+    (tree / "train" / "red" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not an image")
+    with pytest.raises(DataError, match=r"broken\.png: cannot read the image.*; skip_bad leaves"):
+        train(tiny(tree, steps=1), tmp_path / "stopped")
+    with pytest.warns(UserWarning, match=r"skipped 1 unreadable images: .*broken\.png"):
+        summary = train(tiny(tree, steps=1, skip_bad=True), tmp_path / "skipped")
+    assert summary.steps == 1
+    out = tmp_path / "cli"
+    code = main(["train", "--preset", "tiny", "--data", str(tree), "--out", str(out),
+                 "steps=1", "skip_bad=true"])  # fmt: skip
+    assert code == 0

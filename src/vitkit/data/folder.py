@@ -255,7 +255,7 @@ class DecodedImages:
         for (name, label), image in self._decode():
             if isinstance(image, DataError):
                 if not self.skip_bad:
-                    raise image
+                    raise DataError(f"{image}; skip_bad leaves such images out") from None
                 self.skipped[name] = str(image)
                 continue
             if self.sizes is not None and self.image_size is not None:

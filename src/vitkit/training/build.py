@@ -56,7 +56,7 @@ def open_split(config: TrainConfig, split: str, *, keep_aspect: bool = False) ->
     size = (config.data_size, config.data_size) if config.data_size else None
     dataset = open_dataset(config.data, split=split, image_size=size,
                            keep_aspect=keep_aspect and size is not None,
-                           download=config.download)  # fmt: skip
+                           download=config.download, skip_bad=config.skip_bad)  # fmt: skip
     if not isinstance(dataset, ArrayDataset):
         raise TrainingError(f"{config.data}: training reads map-style datasets, not shards")
     return dataset

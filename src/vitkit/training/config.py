@@ -129,6 +129,11 @@ class TrainConfig:
         0,
         Range(0, MOST_DATA_SIZE),
     )
+    skip_bad: bool = described(
+        "image folders and archives: leave out images that cannot be decoded (a warning counts "
+        "them and names the first five) instead of stopping at the first",
+        False,
+    )
     download: bool = described("download a named dataset when it is not in the cache", False)
 
     # Optimisation
