@@ -55,7 +55,7 @@ TARBALL = ROOT.parent / "shared" / "data" / "cifar10-jpg.tar.gz"
 def vitkit_steps(data: Path, device: torch.device) -> Iterator[tuple[float, float]]:
     """(data seconds, step seconds) of each step of vitkit's own training pipeline."""
     config = dataclasses.replace(get_preset("demo-pretrain"), data=str(data), device=device.type)
-    train_set, _ = build.open_data(dataclasses.replace(config, test_split=""))
+    train_set = build.open_train(config)
     world = World()
     model = build.new_model(config, num_classes=len(train_set.classes), device=device)
     state = build.build_state(config, model, precision="fp32", device=device, world=world)

@@ -16,7 +16,7 @@ import torch
 import vitkit
 from vitkit.cli.main import main
 from vitkit.data.arrays import ArrayDataset
-from vitkit.data.transforms import eval_batch
+from vitkit.data.model_input import eval_batch
 from vitkit.evaluation.accuracy import top1_counts
 from vitkit.evaluation.fewshot import (
     BIAS_FEATURE,
@@ -189,7 +189,7 @@ def test_eval_runs_an_official_checkpoint_on_data_with_its_classes(tmp_path: Pat
     from PIL import Image
 
     import vitkit
-    from vitkit.data.preprocessing import eval_transform
+    from vitkit.data import eval_transform
 
     rng = np.random.default_rng(0)
     for label in range(7):

@@ -14,10 +14,10 @@ from PIL import Image
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import pil_loader
 
+from vitkit.data.fitting import fit_to_size
 from vitkit.data.folder import (
     cached_image_folder,
     check_same_classes,
-    fit_to_size,
     iter_decoded,
     scan,
     scan_folder,

@@ -36,6 +36,7 @@ from test_cifar import CIFAR10_CLASSES, pack, py2_pickle, write_cifar10
 from vitkit.data.archives import MAX_HEADER_BYTES
 from vitkit.data.cache import cached_dataset
 from vitkit.data.cifar import load_cifar
+from vitkit.data.fitting import WITHIN
 from vitkit.data.folder import cached_image_folder, iter_decoded, scan
 from vitkit.data.images import PIXEL_LIMIT_VARIABLE, load_rgb
 from vitkit.data.shards import ShardDataset
@@ -680,7 +681,7 @@ def test_an_extreme_aspect_ratio_keeps_a_pixel_on_its_short_side(tmp_path: Path)
     for name, size in (("wide", (100_000, 1)), ("tall", (1, 100_000))):
         (root / "train" / name).mkdir(parents=True)
         Image.new("RGB", size, (200, 100, 50)).save(root / "train" / name / "a.png")
-    decoded = iter_decoded(scan(root, "train"), image_size=(32, 32), keep_aspect=True)
+    decoded = iter_decoded(scan(root, "train"), image_size=(32, 32), fit=WITHIN)
     images = [image for image, _ in decoded]
     assert decoded.sizes == [(32, 1), (1, 32)]  # tall, wide: classes in sorted order
     for image in images:
@@ -700,7 +701,7 @@ def test_a_cache_of_canvases_is_refused_before_decoding(
     cache = tmp_path / "cache"
     with pytest.raises(DataError) as error:
         cached_image_folder(root, "train", cache_dir=cache, image_size=(2048, 2048),
-                            keep_aspect=True)  # fmt: skip
+                            fit=WITHIN)  # fmt: skip
     assert_names(error, cache, "caching 3 images of 2048x2048x3 takes 36.0 MiB", "10.0 MiB free")
     assert decoded == []
     assert [path.suffix for path in cache.iterdir()] == [".lock"]

@@ -20,10 +20,10 @@ import vitkit
 from vitkit.cli.main import main
 from vitkit.data import open_dataset
 from vitkit.data.augment import CROP_ATTEMPTS, AugmentConfig, TrainAugment, random_crop_boxes
-from vitkit.data.folder import on_canvas
+from vitkit.data.fitting import WITHIN, on_canvas
 from vitkit.data.token_budget import size_for_token_budget
 from vitkit.data.transforms import crop_and_resize
-from vitkit.errors import ConfigError, DataError
+from vitkit.errors import ConfigError
 from vitkit.training.trainer import train
 
 from helpers import tiny, train_killed_and_resumed
@@ -199,7 +199,7 @@ def test_a_mixed_size_folder_trains_at_each_images_own_aspect_ratio(
     input is the image resized to its token budget: the size timm's NaFlex rule gives
     (test_token_budget.py), the pixels torchvision's antialiased bilinear resize gives."""
     train_set = open_dataset(mixed_sizes, split="train", image_size=(CANVAS, CANVAS),
-                             keep_aspect=True)  # fmt: skip
+                             fit=WITHIN)  # fmt: skip
     assert {tuple(size) for size in train_set.sizes.tolist()} == {fitted(*s) for s in SHAPES}
     assert open_dataset(mixed_sizes, split="test", image_size=(CANVAS, CANVAS)).sizes is None
     seen: list[tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]] = []
@@ -240,28 +240,29 @@ def test_vitkit_train_on_a_mixed_size_folder_reports_on_it(
     mixed_sizes: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The command, to its report: the test split decoded as the run evaluated it, the
-    figures of the trained model on it; then `vitkit eval` of the folder at each image's own
-    size, and the one-line hint to do so when it is asked to evaluate square."""
+    figures of the trained model on it; then `vitkit eval` of the folder, square (every image
+    resized whole, as the run counted it) and at each image's own size."""
     out = tmp_path / "run"
     fields = ["max_tokens=6", f"data_size={CANVAS}", "batch_size=8", "steps=2"]
     assert main(["train", "--preset", "tiny", "--data", str(mixed_sizes), "--out", str(out),
                  *fields]) == 0  # fmt: skip
     assert f"report: {out / 'report.html'}" in capsys.readouterr().out
     assert (out / "figures" / "captions.json").is_file()
-    # Evaluated square, the folder needs one size; at each image's own size, it is read as is.
     evaluate = ["eval", "--checkpoint", str(out), "--data", str(mixed_sizes)]
-    assert main([*evaluate, "--out", str(tmp_path / "square")]) == 2
-    error = capsys.readouterr().err.strip().splitlines()[-1]  # after the caching progress bar
-    assert error.startswith("vitkit eval: error: ") and "(vitkit eval: --max-tokens N)" in error
+    assert main([*evaluate, "--out", str(tmp_path / "square")]) == 0
+    square = json.loads((tmp_path / "square" / "eval.json").read_text())
+    assert square["images"] == 12 and square["resolution"] == [16, 16]
     assert main([*evaluate, "--out", str(tmp_path / "packed"), "--max-tokens", "6"]) == 0
     assert json.loads((tmp_path / "packed" / "eval.json").read_text())["images"] == 12
 
 
-def test_a_mixed_size_folder_without_data_size_is_refused_in_one_line(
-    mixed_sizes: Path, tmp_path: Path
+def test_a_mixed_size_folder_without_data_size_is_decoded_within_the_resolution(
+    mixed_sizes: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    with pytest.raises(DataError, match=r"data_size=N") as caught:
-        train(tiny(mixed_sizes, max_tokens=6), tmp_path / "run")
-    assert "\n" not in str(caught.value)
+    """Without data_size, images of different sizes are each decoded whole within the model's
+    resolution (never enlarged), and the run says so in one line."""
+    train(tiny(mixed_sizes, max_tokens=6), tmp_path / "run")
+    said = [line for line in capsys.readouterr().err.splitlines() if "differ in size" in line]
+    assert len(said) == 1 and "within 16x16 px (data_size=N sets the size)" in said[0]
     with pytest.raises(ConfigError, match="data_size"):
         tiny(mixed_sizes, data_size=8193)

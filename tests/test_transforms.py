@@ -13,7 +13,8 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
 from vitkit.data.augment import CROP_ATTEMPTS, AugmentConfig, TrainAugment, random_crop_boxes
-from vitkit.data.transforms import crop_and_resize, eval_batch
+from vitkit.data.model_input import eval_batch
+from vitkit.data.transforms import crop_and_resize
 from vitkit.models.preprocessing import Preprocessing
 
 
@@ -113,25 +114,6 @@ def test_flip_only_gives_image_or_its_mirror() -> None:
     same = (out - images.float()).abs().amax(dim=(1, 2, 3)) <= 1e-3
     mirrored = (out - images.float().flip(-1)).abs().amax(dim=(1, 2, 3)) <= 1e-3
     assert (same | mirrored).all() and same.any() and mirrored.any()
-
-
-@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
-def test_eval_batch_matches_torchvision_pipeline(interpolation: str) -> None:
-    images = _images(4, (48, 40))
-    preprocessing = Preprocessing(
-        resolution=(32, 32),
-        mean=(0.485, 0.456, 0.406),
-        std=(0.229, 0.224, 0.225),
-        interpolation=interpolation,
-    )
-    got = eval_batch(images, preprocessing)
-    pipeline = v2.Compose(
-        [v2.ToDtype(torch.float32, scale=True),
-         v2.Resize((32, 32), interpolation=v2.InterpolationMode(interpolation), antialias=True),
-         v2.Normalize(preprocessing.mean, preprocessing.std)]
-    )  # fmt: skip
-    expected = torch.stack([pipeline(image) for image in images])
-    assert (got - expected).abs().max() <= 1e-5
 
 
 def test_targets_are_probabilities() -> None:

@@ -42,7 +42,7 @@ from vitkit.analysis.plots import (
 )
 from vitkit.data.arrays import ArrayDataset
 from vitkit.data.fewshot import k_shot_indices
-from vitkit.data.transforms import eval_batch, resize
+from vitkit.data.model_input import eval_batch, pixels_at_resolution
 from vitkit.errors import DataError
 from vitkit.io import atomic_write_json, read_capped
 from vitkit.models.preprocessing import Preprocessing
@@ -112,7 +112,7 @@ def write_figures(
         )
         captions["position_similarity.png"] = position_similarity_caption(similarity)
 
-    pixels = torch.from_numpy(images).permute(0, 3, 1, 2)
+    pixels = torch.from_numpy(pixels_at_resolution(images, preprocessing)).permute(0, 3, 1, 2)
     distances = []
     for start in range(0, len(pixels), 64):
         batch = pixels[start : start + 64].to(device)
@@ -133,9 +133,7 @@ def write_figures(
     )
 
     grid = config.grid_size
-    seen = resize(pixels[:shown].float(), preprocessing.resolution, preprocessing.interpolation)
-    seen = seen.round().clamp(0, 255)
-    seen = seen.to(torch.uint8).permute(0, 2, 3, 1).numpy()  # what the model saw, for display
+    seen = pixels[:shown].permute(0, 2, 3, 1).numpy()  # what the model saw, for display
     rollout = attention_rollout(first_weights, prefix, config.classifier)
     figures["attention_rollout.png"] = plot_attention_maps(
         seen, rollout.reshape(-1, *grid), out_dir / "attention_rollout.png", titles=titles or ()

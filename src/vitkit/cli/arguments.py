@@ -59,6 +59,16 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help=DEVICE_NAMES)
 
 
+def add_skip_bad_argument(parser: argparse.ArgumentParser) -> None:
+    """--skip-bad: what `vitkit train skip_bad=true` and the Python API's skip_bad do."""
+    parser.add_argument(
+        "--skip-bad",
+        action="store_true",
+        help="leave out images that cannot be read (counted and named in a warning) instead of "
+        "stopping at the first",
+    )
+
+
 def add_input_arguments(parser: argparse.ArgumentParser) -> None:
     """--img-size, --patch-size and --normalization: how images become the model's inputs."""
     parser.add_argument(

@@ -25,7 +25,8 @@ from vitkit.cli.arguments import (
     load_checkpoint,
     positive_int,
 )
-from vitkit.data import Preprocessing, eval_transform, find_images, load_rgb
+from vitkit.data import Preprocessing, find_images, load_rgb
+from vitkit.data.model_input import eval_batch, model_pixels
 from vitkit.devices import resolve_device
 from vitkit.evaluation.packed import packed_logits
 from vitkit.models.vit import VisionTransformer
@@ -66,8 +67,9 @@ def predict(
     max_tokens: int | None = None,
 ) -> list[Prediction]:
     """Top-k softmax probabilities of every image, in batches, with a progress bar on stderr;
-    `max_tokens`: each image at its own aspect ratio, packed (`vitkit.evaluation.packed`)."""
-    transform = eval_transform(preprocessing)
+    `max_tokens`: each image at its own aspect ratio, packed (`vitkit.evaluation.packed`);
+    else each image as every command feeds it (`vitkit.data.model_input`), so that classifying
+    a split's images counts what `vitkit eval` counts."""
     device = next(model.parameters()).device
     top_k = min(top_k, model.config.num_classes)
     predictions = []
@@ -75,8 +77,9 @@ def predict(
         for start in range(0, len(paths), batch_size):
             chunk = paths[start : start + batch_size]
             if max_tokens is None:
-                images = torch.stack([transform(load_rgb(path)) for path in chunk])
-                logits = model(images.to(device))
+                pixels = np.stack([model_pixels(load_rgb(path), preprocessing) for path in chunk])
+                images = torch.from_numpy(pixels).permute(0, 3, 1, 2).to(device)
+                logits = model(eval_batch(images, preprocessing))
             else:
                 pixels = [np.asarray(load_rgb(path)) for path in chunk]
                 logits = packed_logits(

@@ -14,7 +14,7 @@ from pathlib import Path
 from vitkit.analysis.plots import plot_training_curves
 from vitkit.analysis.report import figures_for_dataset
 from vitkit.analysis.run_report import write_demo_report
-from vitkit.data import open_dataset
+from vitkit.data import open_for_model
 from vitkit.data.shared import default_cifar10
 from vitkit.devices import resolve_device
 from vitkit.training.demo import run_demo
@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
         run_dir = RunDir(args.out / stage)
         plot_training_curves(run_dir.metric_records(), run_dir.path / CURVES_NAME)
     model = load_model(args.out / "finetune")
-    test = open_dataset(data, split="test")
+    test = open_for_model(data, "test", model.preprocessing)
     figures = figures_for_dataset(
         model, model.preprocessing, test, args.out / "figures",
         label="vitkit demo, fine-tuned model",

@@ -1,7 +1,8 @@
 """`vitkit eval --checkpoint CKPT --data PATH [--out DIR] [--limit N] [--max-tokens N]`: top-1,
 top-5, per-class accuracy and a confusion-matrix picture, with the paper's test-time pipeline
-(resize to the model's resolution), or with --max-tokens every image at its own aspect ratio,
-packed (NaViT; a folder's images may then differ in size).
+(every image resized whole to the model's resolution, as every command feeds it:
+`vitkit.data.model_input`), or with --max-tokens every image at its own aspect ratio, packed
+(NaViT). A folder's images may differ in size and format either way.
 
 Writes DIR/eval.json and DIR/confusion_matrix.png. The checkpoint's classes must be the data's
 (same count, same order, as a `vitkit train` run on that data has them); to judge a representation
@@ -17,13 +18,14 @@ from pathlib import Path
 from vitkit.analysis.plots import plot_confusion_matrix
 from vitkit.cli.arguments import (
     add_model_arguments,
+    add_skip_bad_argument,
     add_token_budget_argument,
     load_for_inference,
     positive_int,
 )
 from vitkit.data import DataError
 from vitkit.data.fewshot import balanced_subset
-from vitkit.data.sources import open_image_by_image, open_labelled
+from vitkit.data.sources import open_for_model, open_image_by_image
 from vitkit.errors import VitkitError
 from vitkit.evaluation.accuracy import classification_report
 from vitkit.io import atomic_write_json
@@ -32,13 +34,13 @@ from vitkit.text import printable
 
 def run(args: argparse.Namespace) -> int:
     check_out(args.out)
+    model, preprocessing = load_for_inference(args.checkpoint, args)
     if args.max_tokens is None:
-        dataset = open_labelled(args.data, args.split)
+        dataset = open_for_model(args.data, args.split, preprocessing, skip_bad=args.skip_bad)
     else:  # every image at its stored size: a folder's may differ
         dataset = open_image_by_image(args.data, args.split)
     if args.limit:
         dataset = balanced_subset(dataset, args.limit)
-    model, preprocessing = load_for_inference(args.checkpoint, args)
     classes = model.config.num_classes
     if classes != len(dataset.classes):
         raise DataError(
@@ -108,5 +110,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "subset every time), for a quick estimate",
     )
     add_token_budget_argument(parser)
+    add_skip_bad_argument(parser)
     add_model_arguments(parser)
     parser.set_defaults(run=run, command="eval")

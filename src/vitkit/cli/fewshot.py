@@ -14,13 +14,14 @@ from pathlib import Path
 
 from vitkit.cli.arguments import (
     add_model_arguments,
+    add_skip_bad_argument,
     int_between,
     load_for_inference,
     positive_int,
 )
 from vitkit.data import DataError
 from vitkit.data.fewshot import balanced_subset
-from vitkit.data.sources import open_labelled
+from vitkit.data.sources import open_for_model
 from vitkit.evaluation.features import extract_features
 from vitkit.evaluation.fewshot import fewshot_accuracy
 from vitkit.evaluation.linear_probe import linear_probe_accuracy
@@ -38,14 +39,14 @@ def shot_list(text: str) -> list[int]:
 
 
 def run(args: argparse.Namespace) -> int:
-    train = open_labelled(args.data, args.train_split)
-    test = open_labelled(args.data, args.test_split)
+    model, preprocessing = load_for_inference(args.checkpoint, args)
+    train, test = (open_for_model(args.data, split, preprocessing, skip_bad=args.skip_bad)
+                   for split in (args.train_split, args.test_split))  # fmt: skip
     if train.classes != test.classes:
         raise DataError(f"{args.data}: the {args.train_split} and {args.test_split} classes differ")
     num_classes = len(train.classes)
     if args.test_limit:
         test = balanced_subset(test, args.test_limit)
-    model, preprocessing = load_for_inference(args.checkpoint, args)
     results, test_features, test_labels = fewshot_accuracy(
         model, train, test, shots=args.shots, seeds=args.seeds,
         holdout_per_class=args.holdout_per_class, preprocessing=preprocessing,
@@ -113,5 +114,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="also fit a logistic-regression probe on the whole training set",
     )
+    add_skip_bad_argument(parser)
     add_model_arguments(parser)
     parser.set_defaults(run=run, command="fewshot")

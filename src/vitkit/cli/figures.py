@@ -13,16 +13,17 @@ from pathlib import Path
 from vitkit.analysis.report import figures_for_dataset
 from vitkit.cli.arguments import (
     add_model_arguments,
+    add_skip_bad_argument,
     int_between,
     load_for_inference,
     positive_int,
 )
-from vitkit.data.sources import open_labelled
+from vitkit.data.sources import open_for_model
 
 
 def run(args: argparse.Namespace) -> int:
-    dataset = open_labelled(args.data, args.split)
     model, preprocessing = load_for_inference(args.checkpoint, args)
+    dataset = open_for_model(args.data, args.split, preprocessing, skip_bad=args.skip_bad)
     figures = figures_for_dataset(
         model,
         preprocessing,
@@ -52,5 +53,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--shown", type=int_between(1, 64), default=8, help="images with attention maps (1-64)"
     )
+    add_skip_bad_argument(parser)
     add_model_arguments(parser)
     parser.set_defaults(run=run, command="figures")

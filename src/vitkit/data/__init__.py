@@ -7,10 +7,10 @@ from vitkit.data.fewshot import holdout_split, k_shot_indices
 from vitkit.data.folder import cached_image_folder, check_same_classes
 from vitkit.data.images import IMAGE_EXTENSIONS, DataError, find_images, list_images, load_rgb
 from vitkit.data.loader import ArrayLoader
-from vitkit.data.preprocessing import Preprocessing, eval_transform
+from vitkit.data.model_input import eval_batch, eval_transform
 from vitkit.data.shards import ShardDataset, write_shards
-from vitkit.data.sources import open_dataset, open_image_by_image, open_labelled, open_train_test
-from vitkit.data.transforms import eval_batch
+from vitkit.data.sources import open_dataset, open_for_model, open_image_by_image, open_train_test
+from vitkit.models.preprocessing import Preprocessing
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -32,8 +32,8 @@ __all__ = [
     "load_cifar",
     "load_rgb",
     "open_dataset",
+    "open_for_model",
     "open_image_by_image",
-    "open_labelled",
     "open_train_test",
     "write_shards",
 ]

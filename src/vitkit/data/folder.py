@@ -39,6 +39,7 @@ from vitkit.data.archives import (
 )
 from vitkit.data.arrays import ArrayDataset
 from vitkit.data.cache import cached_dataset
+from vitkit.data.fitting import COVER, Fit, on_canvas
 from vitkit.data.images import IMAGE_EXTENSIONS, list_images, load_rgb, max_image_pixels
 from vitkit.errors import DataError
 
@@ -55,6 +56,10 @@ IN_FLIGHT_BYTES = 1 << 29
 Encoded = Path | bytes | DataError
 # What decoding one image gives: its pixels, or the error that names it (raised or skipped later).
 Decoded = np.ndarray | DataError
+
+
+class MixedSizes(DataError):
+    """A split's images differ in size where they were to be decoded as stored."""
 
 
 @dataclass(frozen=True)
@@ -228,9 +233,9 @@ class DecodedImages:
     image_size: tuple[int, int] | None
     skip_bad: bool
     workers: int
-    keep_aspect: bool = False
+    fit: Fit = COVER
     skipped: dict[str, str] = field(default_factory=dict)
-    # keep_aspect: each image's (H, W) on its canvas, in the order they come out; else None.
+    # A fit on a canvas (WITHIN): each image's (H, W) on it, in the order they come out; else None.
     sizes: list[tuple[int, int]] | None = field(default=None, init=False)
     # Bytes of one decoded image, once the first is decoded (all others must match it).
     _image_bytes: int | None = field(default=None, init=False)
@@ -251,7 +256,7 @@ class DecodedImages:
 
     def __iter__(self) -> Iterator[tuple[np.ndarray, int]]:
         first: tuple[str, tuple[int, ...]] | None = None  # without image_size all must match it
-        self.sizes = [] if self.keep_aspect else None
+        self.sizes = [] if self.fit.on_canvas else None
         for (name, label), image in self._decode():
             if isinstance(image, DataError):
                 if not self.skip_bad:
@@ -265,7 +270,7 @@ class DecodedImages:
                 first = (name, image.shape[:2])
                 self._image_bytes = image.nbytes
             elif image.shape[:2] != first[1]:
-                raise DataError(
+                raise MixedSizes(
                     f"{self.source.describe(name)}: image is {_hw(image.shape)} (H, W) but "
                     f"{self.source.describe(first[0])} is {_hw(first[1])}; pass image_size "
                     "to decode them all to one size (vitkit train: data_size=N), or read each "
@@ -291,7 +296,7 @@ class DecodedImages:
                 for chunk, cost in self._read():
                     entries = [(name, label) for name, label, _ in chunk]
                     work = [(self.source.describe(name), data) for name, _, data in chunk]
-                    future = pool.submit(_decode_chunk, work, self.image_size, self.keep_aspect)
+                    future = pool.submit(_decode_chunk, work, self.image_size, self.fit)
                     pending.append((entries, future, cost))
                     held += cost
                     while len(pending) > 2 * self.workers or (
@@ -338,27 +343,25 @@ def iter_decoded(
     source: ImageSource,
     *,
     image_size: tuple[int, int] | None = None,
-    keep_aspect: bool = False,
+    fit: Fit = COVER,
     skip_bad: bool = False,
     workers: int | None = None,
 ) -> DecodedImages:
     """Decode every image of `source` to RGB (H, W, 3) uint8, in `source.entries` order.
 
-    image_size (H, W): images of another size are resized so they cover it (Pillow's bilinear,
-    which widens its filter when shrinking, i.e. antialiased), then center-cropped: for a square
-    size the result equals torchvision's Resize(size) + CenterCrop(size) on the same image.
+    image_size (H, W): images of another size are brought to it as `fit` says
+    (`vitkit.data.fitting`): by default resized to cover it and centre-cropped, as torchvision's
+    Resize(size) + CenterCrop(size); with WITHIN shrunk to fit within it and set on a canvas of
+    it, `.sizes` then holding each image's own (H, W) on it; with `whole(...)` resized whole.
     Without image_size every image must have the size of the first.
-    keep_aspect (with image_size): each image is instead shrunk, keeping its aspect ratio, until
-    it fits within image_size (`fit_within`), and set on a canvas of that size (`on_canvas`);
-    `.sizes` then holds each image's own (H, W) on it, so nothing of the image is cropped away.
     skip_bad: leave out unreadable images instead of failing; `.skipped` says which, and a
     warning at the end counts them. workers: decoding threads (default: one per CPU, at most 8).
     """
-    if keep_aspect and image_size is None:
-        raise ValueError("keep_aspect needs image_size, the canvas the images are fitted within")
+    if fit.on_canvas and image_size is None:
+        raise ValueError("a fit on a canvas needs image_size, the canvas the images fit within")
     if workers is None:
         workers = min(8, os.cpu_count() or 1)
-    return DecodedImages(source, image_size, skip_bad, workers, keep_aspect)
+    return DecodedImages(source, image_size, skip_bad, workers, fit)
 
 
 def cached_image_folder(
@@ -367,12 +370,12 @@ def cached_image_folder(
     *,
     cache_dir: str | Path,
     image_size: tuple[int, int] | None = None,
-    keep_aspect: bool = False,
+    fit: Fit = COVER,
     skip_bad: bool = False,
 ) -> ArrayDataset:
     """One split of an image folder or archive, decoded on first use and memory-mapped after
-    (image_size, keep_aspect: as `iter_decoded` takes them; with keep_aspect the dataset's
-    `sizes` hold each image's own size on its canvas).
+    (image_size, fit: as `iter_decoded` takes them; with a fit on a canvas the dataset's `sizes`
+    hold each image's own size on it).
 
     The cache is rebuilt when the source changes: an archive's size or modification time, or for
     a folder the name, size or modification time of any file in the split.
@@ -383,14 +386,11 @@ def cached_image_folder(
         "split": split,
         "image_size": list(image_size) if image_size else None,
         "skip_bad": skip_bad,
+        **fit.cache_key(),
     }
-    if keep_aspect:  # only then, so that the caches built before this option keep their keys
-        key["keep_aspect"] = True
     return cached_dataset(
         key,
-        lambda: iter_decoded(
-            scan(path, split), image_size=image_size, keep_aspect=keep_aspect, skip_bad=skip_bad
-        ),
+        lambda: iter_decoded(scan(path, split), image_size=image_size, fit=fit, skip_bad=skip_bad),
         cache_dir,
     )
 
@@ -425,50 +425,8 @@ class LazyImageFolder:
         return np.asarray(load_rgb(path)), label
 
 
-def fit_to_size(image: Image.Image, size: tuple[int, int]) -> Image.Image:
-    """Resize `image` (bilinear) so it covers `size` (H, W), keeping its aspect, then crop the
-    center; images already of that size pass untouched."""
-    height, width = size
-    if image.size == (width, height):
-        return image
-    w, h = image.size
-    if height * w >= width * h:  # height is the tighter side: it becomes `height` exactly
-        resized = (max(width, int(w * height / h)), height)
-    else:
-        resized = (width, max(height, int(h * width / w)))
-    image = image.resize(resized, Image.Resampling.BILINEAR)
-    left = int(round((resized[0] - width) / 2))
-    top = int(round((resized[1] - height) / 2))
-    return image.crop((left, top, left + width, top + height))
-
-
-def fit_within(image: Image.Image, size: tuple[int, int]) -> Image.Image:
-    """Shrink `image` (Pillow's bilinear, antialiased), keeping its aspect ratio, to the largest
-    size within `size` (H, W); an image that fits already passes untouched (never enlarged: a
-    token budget decides the size the model sees). Sizes are rounded as `ImageOps.contain` rounds
-    them, but a side keeps at least one pixel: a 1x100000 strip would otherwise lose its short
-    side and leave no image to set on the canvas."""
-    height, width = size
-    if image.width <= width and image.height <= height:
-        return image
-    if image.width * height > width * image.height:  # the width is the tighter side
-        fitted = (width, max(1, round(image.height / image.width * width)))
-    else:
-        fitted = (max(1, round(image.width / image.height * height)), height)
-    return image.resize(fitted, Image.Resampling.BILINEAR)
-
-
-def on_canvas(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """`pixels` (h, w, 3) at the top left of a (H, W, 3) canvas, its last row and column repeated
-    over the rest (edge padding): bilinear sampling with a border clamp (`crop_and_resize`) of a
-    box within the image then reads the same values from the canvas as from the image alone."""
-    height, width = size
-    h, w = pixels.shape[:2]
-    return np.pad(pixels, ((0, height - h), (0, width - w), (0, 0)), mode="edge")
-
-
 def _decode_chunk(
-    work: list[tuple[str, Encoded]], image_size: tuple[int, int] | None, keep_aspect: bool
+    work: list[tuple[str, Encoded]], image_size: tuple[int, int] | None, fit: Fit
 ) -> list[Decoded]:
     """Decode a chunk; a bad image becomes its DataError, so one bad file does not lose a chunk."""
     results: list[Decoded] = []
@@ -482,7 +440,7 @@ def _decode_chunk(
             results.append(error)
             continue
         if image_size is not None:
-            image = (fit_within if keep_aspect else fit_to_size)(image, image_size)
+            image = fit(image, image_size)
         results.append(np.asarray(image))
     return results
 

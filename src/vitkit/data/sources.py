@@ -8,8 +8,9 @@
 
 Map-style sources come back as an `ArrayDataset` (decoded once, memory-mapped from the cache
 after the first use); shards, which may not fit one disk, as a streaming `ShardDataset`.
-`open_labelled` (map-style only, for the evaluations) and `open_image_by_image` (an image folder
-read lazily, each image at its stored size) narrow it for their callers.
+`open_for_model` (map-style only, every image as a model's preprocessing sees it: what every
+evaluation reads) and `open_image_by_image` (an image folder read lazily, each image at its stored
+size) narrow it for their callers.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 
 from vitkit.data.arrays import ArrayDataset
 from vitkit.data.cifar import load_cifar
+from vitkit.data.fitting import COVER, Fit, whole
 from vitkit.data.folder import (
     LazyImageFolder,
     cached_image_folder,
@@ -26,8 +28,10 @@ from vitkit.data.folder import (
     scan_folder,
 )
 from vitkit.data.images import DataError
+from vitkit.data.model_input import at_resolution
 from vitkit.data.shards import ShardDataset
 from vitkit.download import default_cache_dir
+from vitkit.models.preprocessing import Preprocessing
 
 # Names of the datasets vitkit can fetch, and the folders / archives their releases unpack to.
 _CIFAR_NAMES = {"cifar10": "cifar10", "cifar-10": "cifar10", "cifar100": "cifar100",
@@ -61,7 +65,7 @@ def open_dataset(
     *,
     split: str = "train",
     image_size: tuple[int, int] | None = None,
-    keep_aspect: bool = False,
+    fit: Fit = COVER,
     cache_dir: str | Path | None = None,
     download: bool = False,
     skip_bad: bool = False,
@@ -76,10 +80,11 @@ def open_dataset(
         http(s) URL of shards.
     image_size: (H, W) every image is resized and centre-cropped to when decoding (needed when
         a folder's images differ in size); CIFAR is always 32x32.
-    keep_aspect: with image_size, a folder's or archive's images instead keep their aspect
-        ratios, each shrunk to fit within image_size and set at the top left of a canvas of
-        that size; the dataset's `sizes` say how much of each canvas is image (for training at
-        each image's own aspect ratio, NaViT). CIFAR's square images need none.
+    fit: how a folder's or archive's images are brought to image_size (`vitkit.data.fitting`):
+        COVER resizes and centre-crops; WITHIN keeps their aspect ratios, each shrunk to fit
+        within image_size and set at the top left of a canvas of that size, the dataset's
+        `sizes` saying how much of each canvas is image; `whole(...)` resizes the whole image.
+        CIFAR's images are always 32x32.
     cache_dir: where decoded arrays and downloads are kept (default: $VITKIT_HOME, else
         ~/.cache/vitkit; see `vitkit.download.default_cache_dir`).
     skip_bad: skip unreadable images of a folder or archive (counted and reported) instead of
@@ -114,7 +119,7 @@ def open_dataset(
     if path.is_dir() or is_archive(path):
         return cached_image_folder(
             path, split, cache_dir=cache_dir / "arrays", image_size=image_size,
-            keep_aspect=keep_aspect, skip_bad=skip_bad,
+            fit=fit, skip_bad=skip_bad,
         )  # fmt: skip
     raise DataError(
         f"{path}: not a dataset vitkit can read (expected a folder or .tar/.tar.gz of "
@@ -150,13 +155,31 @@ def open_train_test(
     return train, test
 
 
-def open_labelled(source: str | Path, split: str) -> ArrayDataset:
-    """The `split` of a map-style source (`open_dataset` with its defaults), for the evaluations,
-    which need every image and label at hand: shards, which only stream, are refused."""
-    dataset = open_dataset(source, split=split)
+def open_for_model(
+    source: str | Path,
+    split: str,
+    preprocessing: Preprocessing,
+    *,
+    skip_bad: bool = False,
+    download: bool = False,
+    cache_dir: str | Path | None = None,
+) -> ArrayDataset:
+    """The `split` of a map-style source as a model with `preprocessing` sees it: every image
+    resized whole to its resolution (`vitkit.data.model_input`), whatever the images' own sizes,
+    so that every command reads any folder and counts the same pixels. Shards, which only
+    stream, are refused: the evaluations need every image and label at hand."""
+    dataset = open_dataset(
+        source,
+        split=split,
+        image_size=preprocessing.resolution,
+        fit=whole(preprocessing.interpolation),
+        skip_bad=skip_bad,
+        download=download,
+        cache_dir=cache_dir,
+    )
     if not isinstance(dataset, ArrayDataset):
         raise DataError(f"{source}: evaluation reads map-style datasets (not shards)")
-    return dataset
+    return at_resolution(dataset, preprocessing)  # CIFAR's arrays keep their 32x32
 
 
 def open_image_by_image(source: str | Path, split: str) -> LazyImageFolder | ArrayDataset:

@@ -1,6 +1,6 @@
 """Pixel operations on whole batches, on the device the batch is on (the GPU where there is one).
 
-Normalisation, the test-time resize, and the crop-and-resize sampler that the training
+Normalisation, resizing, and the crop-and-resize sampler that the training
 augmentation (data/augment.py) uses: one `grid_sample` call for a whole batch of boxes, with the
 horizontal flip folded into its sampling grid.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from vitkit.models.preprocessing import Interpolation, Preprocessing
+from vitkit.models.preprocessing import Interpolation
 
 
 def normalize(
@@ -32,17 +32,10 @@ def resize(
     images: torch.Tensor, resolution: tuple[int, int], interpolation: Interpolation = "bilinear"
 ) -> torch.Tensor:
     """Whole images to `resolution` (float in, float out), antialiased; a no-op when they
-    already have it. The paper's test-time pipeline: resize, no crop."""
+    already have it: the training augmentation's resize when it takes no crops."""
     if tuple(images.shape[-2:]) == tuple(resolution):
         return images
     return F.interpolate(images, size=resolution, mode=interpolation, antialias=True)
-
-
-def eval_batch(images: torch.Tensor, preprocessing: Preprocessing) -> torch.Tensor:
-    """uint8 (B, C, H, W) -> the model's normalised float input, as `preprocessing` says (the
-    weights' record, `model.preprocessing`)."""
-    resized = resize(images.float(), preprocessing.resolution, preprocessing.interpolation)
-    return normalize(resized, preprocessing.mean, preprocessing.std)
 
 
 def crop_and_resize(

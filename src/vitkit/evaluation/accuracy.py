@@ -1,7 +1,8 @@
-"""Classification accuracy with the paper's test-time pipeline (resize to the model's resolution,
-no crop): top-1 for the training loop, and the full report (top-1, top-5, per class, confusion
-matrix) that `vitkit eval` writes. How images become inputs is the weights' `Preprocessing`
-record (`model.preprocessing`, or an override), passed whole. With `max_tokens` the report
+"""Classification accuracy with the paper's test-time pipeline (the whole image resized to the
+model's resolution, `vitkit.data.model_input`): top-1 for the training loop, and the full report
+(top-1, top-5, per class, confusion matrix) that training's end and `vitkit eval` write. How
+images become inputs is the weights' `Preprocessing` record (`model.preprocessing`, or an
+override), passed whole. With `max_tokens` the report
 keeps each image's aspect ratio instead (NaViT packing, `vitkit.evaluation.packed`)."""
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from tqdm import tqdm
 from vitkit.data.arrays import ArrayDataset
 from vitkit.data.folder import LazyImageFolder
 from vitkit.data.loader import ArrayLoader
-from vitkit.data.transforms import eval_batch
+from vitkit.data.model_input import at_resolution, eval_batch
 from vitkit.evaluation.packed import iter_packed_outputs
 from vitkit.models.preprocessing import Preprocessing
 
@@ -40,11 +41,12 @@ def iter_outputs(
     world_size: int = 1,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """(function(inputs) on the CPU in float32, labels) for every batch of `dataset`, in order;
-    images resized and normalised as `preprocessing` says. `progress`: a progress bar with that
+    images resized and normalised as `preprocessing` says (`vitkit.data.model_input`; a dataset
+    opened by `open_for_model` is at its resolution already). `progress`: a progress bar with that
     title. With `world_size` > 1, only the batches of the `rank`-th contiguous slice of the dataset,
     without padding: the slices of all ranks hold every image exactly once."""
     loader = ArrayLoader(
-        dataset,
+        at_resolution(dataset, preprocessing),
         batch_size=batch_size,
         shuffle=False,
         drop_last=False,

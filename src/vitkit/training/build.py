@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+from collections.abc import Sequence
 
 import torch
 
@@ -12,12 +13,14 @@ from vitkit import devices
 from vitkit.data.arrays import ArrayDataset
 from vitkit.data.augment import AugmentConfig, TrainAugment
 from vitkit.data.fewshot import nested_fraction
-from vitkit.data.folder import check_same_classes
+from vitkit.data.fitting import COVER, WITHIN, Fit
+from vitkit.data.folder import MixedSizes, check_same_classes
 from vitkit.data.loader import ArrayLoader
-from vitkit.data.sources import open_dataset
+from vitkit.data.sources import open_dataset, open_for_model
 from vitkit.errors import ConfigError, TrainingError
 from vitkit.models.config import ViTConfig, get_config
 from vitkit.models.masked_patches import MaskedPatchViT, masked_patch_loss
+from vitkit.models.preprocessing import Preprocessing
 from vitkit.models.vit import VisionTransformer
 from vitkit.training import parallel
 from vitkit.training.compiling import FirstCompileLimit
@@ -50,25 +53,56 @@ def resolve_device(name: str, launched: Launch | None = None) -> torch.device:
     return device
 
 
-def open_split(config: TrainConfig, split: str, *, keep_aspect: bool = False) -> ArrayDataset:
-    """`split` of the run's data, each image decoded at `data_size` when set: resized and
-    centre-cropped, or with `keep_aspect` whole at its own aspect ratio on a canvas."""
+def open_split(config: TrainConfig, split: str) -> ArrayDataset:
+    """The training images of `split`: each decoded at `data_size` when set (resized and
+    centre-cropped, or with max_tokens shrunk whole within it), else as stored; a folder whose
+    images differ in size is then decoded with each image whole within `resolution` px on a
+    canvas (never enlarged: the crops of small images see every pixel they have), said in one
+    line."""
     size = (config.data_size, config.data_size) if config.data_size else None
-    dataset = open_dataset(config.data, split=split, image_size=size,
-                           keep_aspect=keep_aspect and size is not None,
+    fit = WITHIN if config.max_tokens and size is not None else COVER
+    try:
+        dataset = _open_map_style(config, split, size, fit)
+    except MixedSizes:
+        if size is not None:
+            raise
+        size = (config.resolution, config.resolution)
+        print(
+            f"{config.data} ({split}): the images differ in size; each is decoded whole within "
+            f"{size[0]}x{size[1]} px (data_size=N sets the size)",
+            file=sys.stderr,
+        )
+        dataset = _open_map_style(config, split, size, WITHIN)
+    return dataset
+
+
+def _open_map_style(
+    config: TrainConfig, split: str, size: tuple[int, int] | None, fit: Fit
+) -> ArrayDataset:
+    dataset = open_dataset(config.data, split=split, image_size=size, fit=fit,
                            download=config.download, skip_bad=config.skip_bad)  # fmt: skip
     if not isinstance(dataset, ArrayDataset):
         raise TrainingError(f"{config.data}: training reads map-style datasets, not shards")
     return dataset
 
 
-def open_data(config: TrainConfig) -> tuple[ArrayDataset, ArrayDataset | None]:
-    """The training set and, when `test_split` is set, the test set (with the same class list):
-    the training images of a packed run (max_tokens) at their own aspect ratios."""
-    train_set = open_split(config, config.train_split, keep_aspect=config.max_tokens > 0)
-    test_set = open_split(config, config.test_split) if config.test_split else None
-    if test_set is not None:
-        check_same_classes(train_set.classes, test_set.classes, where=config.data)
+def open_test(
+    config: TrainConfig, preprocessing: Preprocessing, *, classes: Sequence[str]
+) -> ArrayDataset | None:
+    """The split top-1 is counted on (None without one), read as every command reads it for a
+    model with `preprocessing` (`open_for_model`), so that the run's accuracy is the one
+    `vitkit eval` and `classify` give; its classes must be the training set's `classes`."""
+    if not config.test_split:
+        return None
+    test_set = open_for_model(config.data, config.test_split, preprocessing,
+                              skip_bad=config.skip_bad, download=config.download)  # fmt: skip
+    check_same_classes(classes, test_set.classes, where=config.data)
+    return test_set
+
+
+def open_train(config: TrainConfig) -> ArrayDataset:
+    """The training set (`open_split`), cut to `train_fraction` of each class."""
+    train_set = open_split(config, config.train_split)
     if config.train_fraction < 1:
         chosen = nested_fraction(
             train_set.labels, config.train_fraction, num_classes=len(train_set.classes)
@@ -79,7 +113,7 @@ def open_data(config: TrainConfig) -> tuple[ArrayDataset, ArrayDataset | None]:
             f"{config.data}: {len(train_set)} training images do not fill one batch of "
             f"{config.batch_size}; lower batch_size"
         )
-    return train_set, test_set
+    return train_set
 
 
 def build_model(config: TrainConfig, num_classes: int) -> VisionTransformer:

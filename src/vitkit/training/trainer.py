@@ -56,9 +56,10 @@ def _start(
     complete already."""
     saved = run_dir.saved_config()
     changes = run_dir.config_changes(saved, config, force=force) if saved else {}
-    train_set, test_set = build.open_data(config)
+    train_set = build.open_train(config)
     num_classes = len(train_set.classes)
     model = build.new_model(config, num_classes=num_classes, device=device)
+    test_set = build.open_test(config, model.preprocessing, classes=train_set.classes)
     precision, why = build.resolve_precision(config.precision, device, model.config)
     if world.is_main:
         if config.init:
