@@ -1,6 +1,6 @@
 """Shared test fixtures: Google's official reference files, a real HTTP server on 127.0.0.1 for the
-download tests (datasets and pretrained weights), a slice of CIFAR-10 and a tiny image tree. What
-tests import by name is in helpers.py."""
+download tests (datasets and pretrained weights), a slice of CIFAR-10, a tiny image tree and a new
+user's own image folder, with and without splits. What tests import by name is in helpers.py."""
 
 from __future__ import annotations
 
@@ -13,7 +13,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import CIFAR_TAR, CLASSES, OFFICIAL_FIXTURE, FileServer
+from helpers import (
+    CIFAR_TAR,
+    CLASSES,
+    OFFICIAL_FIXTURE,
+    FileServer,
+    merge_splits,
+    write_user_folder,
+)
 
 
 @pytest.fixture(scope="session")
@@ -49,6 +56,22 @@ def cifar_subset(tmp_path_factory: pytest.TempPathFactory) -> Path:
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(archive.extractfile(member).read())
     return root
+
+
+@pytest.fixture(scope="session")
+def user_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Issue 30's new user's images as `<split>/<class>/` (helpers.write_user_folder): CIFAR-10
+    photos of 4 classes, `sports car` and `Kätzchen` among them, at sizes from 24 to 96 px, half
+    not square, as JPEG and PNG in RGB, L, RGBA and CMYK, with a notes.txt and a .DS_Store."""
+    if not CIFAR_TAR.is_file():
+        pytest.fail(f"the shared CIFAR-10 archive is missing at {CIFAR_TAR}")
+    return write_user_folder(tmp_path_factory.mktemp("user-folder"))
+
+
+@pytest.fixture(scope="session")
+def user_folder_flat(user_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same files as `user_folder` in one `<class>/` tree, with no train or test folder."""
+    return merge_splits(user_folder, tmp_path_factory.mktemp("user-folder-flat"))
 
 
 @pytest.fixture

@@ -1,7 +1,8 @@
 """What tests import: where ../shared lives, Google's official reference files, the HTTP server
-class of the download tests, `randomise_` and `compare_outputs` for the equivalence tests, and
-`tiny`, the tiny training preset on a test dataset, with `train_killed_and_resumed`, and
-`random_test_vit`. The fixtures that use them are in conftest.py.
+class of the download tests, `randomise_` and `compare_outputs` for the equivalence tests,
+`tiny`, the tiny training preset on a test dataset, with `train_killed_and_resumed`,
+`random_test_vit`, and `write_user_folder` with `merge_splits`, a new user's own image folder.
+The fixtures that use them are in conftest.py.
 """
 
 from __future__ import annotations
@@ -14,12 +15,15 @@ import re
 import shutil
 import subprocess
 import sys
+import tarfile
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torch import nn
 
 import vitkit
@@ -39,6 +43,30 @@ EMBEDDING_NAMES = (
 
 
 CIFAR_TAR = SHARED / "data" / "cifar10-jpg.tar.gz"
+
+# Issue 30's new user: photos of four of CIFAR-10's classes in folders named as a person would
+# name them, one with a space and one with an umlaut (CIFAR's name -> the user's).
+USER_CLASSES = {"airplane": "airplane", "automobile": "sports car", "cat": "Kätzchen",
+                "ship": "ship"}  # fmt: skip
+USER_IMAGES = {"train": 60, "test": 20}  # per class: few, as the tests run on 2 CPU cores
+# How the images are saved, in turn: (Pillow format, mode, extension). Half JPEG, half PNG, in
+# the modes cameras, scanners and image editors write (CMYK from print workflows, RGBA from
+# screenshots and editors), the extensions in either case.
+USER_FORMATS = (
+    ("JPEG", "RGB", ".jpg"),
+    ("PNG", "RGB", ".png"),
+    ("JPEG", "RGB", ".JPG"),
+    ("PNG", "L", ".PNG"),
+    ("JPEG", "CMYK", ".jpeg"),
+    ("PNG", "RGBA", ".png"),
+)
+USER_SIDES = (24, 96)  # the smallest and largest side of a user's image, in pixels
+# What such folders hold besides images: a Finder file at the top, notes among the photos.
+USER_JUNK = {
+    ".DS_Store": b"\x00\x00\x00\x01Bud1\x00\x00\x10\x00",
+    "train/sports car/notes.txt": b"the red one is my neighbour's\n",
+    "test/Kätzchen/notes.txt": b"Mia, 3 Monate\n",
+}
 
 
 class FileServer(ThreadingHTTPServer):
@@ -165,6 +193,60 @@ def random_test_vit(**fields: object) -> VisionTransformer:
         for parameter in model.parameters():
             parameter.normal_(std=0.5)
     return model.eval()
+
+
+def write_user_folder(root: Path) -> Path:
+    """Issue 30's folder of a new user's own images as `root/<split>/<class>/<image>`, from the
+    shared CIFAR-10 archive read in one pass: USER_IMAGES per class of USER_CLASSES, each 32x32
+    image resized (bicubic) to sides drawn within USER_SIDES by a seeded generator, about half
+    of them not square, saved in USER_FORMATS in turn (every class gets every format); plus
+    the files such folders hold besides images (USER_JUNK). Images are numbered per class across the
+    splits (IMG_0001.jpg, ...), as a camera names them, so that `merge_splits` never clashes."""
+    rng = np.random.default_rng(30)
+    low, high = USER_SIDES
+    taken: dict[tuple[str, str], int] = {}
+    numbered: dict[str, int] = {}
+    wanted = sum(USER_IMAGES.values()) * len(USER_CLASSES)
+    with tarfile.open(CIFAR_TAR) as archive:
+        for member in archive:
+            parts = Path(member.name).parts
+            if not member.isfile() or len(parts) < 3 or parts[-2] not in USER_CLASSES:
+                continue
+            split, name = parts[-3], USER_CLASSES[parts[-2]]
+            if split not in USER_IMAGES or taken.get((split, name), 0) >= USER_IMAGES[split]:
+                continue
+            taken[(split, name)] = taken.get((split, name), 0) + 1
+            numbered[name] = number = numbered.get(name, 0) + 1
+            width = int(rng.integers(low, high + 1))
+            height = width if rng.random() < 0.5 else int(rng.integers(low, high + 1))
+            image = Image.open(archive.extractfile(member)).convert("RGB")
+            image = image.resize((width, height), Image.Resampling.BICUBIC)
+            kind, mode, extension = USER_FORMATS[number % len(USER_FORMATS)]
+            if mode == "RGBA":  # partly transparent: alpha falls from 255 to 64 across the image
+                ramp = np.linspace(255, 64, width).astype(np.uint8)
+                image.putalpha(Image.fromarray(np.tile(ramp, (height, 1))))
+            else:
+                image = image.convert(mode)
+            target = root / split / name / f"IMG_{number:04d}{extension}"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            image.save(target, kind)
+            if sum(taken.values()) == wanted:
+                break
+    for name, content in USER_JUNK.items():
+        (root / name).write_bytes(content)
+    return root
+
+
+def merge_splits(tree: Path, root: Path) -> Path:
+    """The files of `tree` (`<split>/<class>/<file>`) as one `root/<class>/<file>` tree with no
+    split folders, as most people keep their images; files at the top of `tree` stay there."""
+    for path in sorted(tree.rglob("*")):
+        if path.is_file():
+            parts = path.relative_to(tree).parts
+            target = root.joinpath(*parts[1:]) if len(parts) > 1 else root / parts[0]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, target)
+    return root
 
 
 def chromium() -> str | None:

@@ -302,7 +302,7 @@ def test_train_writes_a_report_page(
         assert html.escape(caption) in report
     if chromium() or os.environ.get("VITKIT_REQUIRE_CHROMIUM"):
         loaded = images_loaded_in_chromium(out / "report.html", tmp_path)
-        assert loaded == {"images": 6, "loaded": 6}, loaded  # the curves and 5 figures
+        assert loaded == {"images": 7, "loaded": 7}, loaded  # curves, confusion matrix, 5 figures
 
 
 def test_default_shared_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ and torchvision's Resize on a PIL image, run here as the independent references.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -28,8 +29,8 @@ def _image(size_wh: tuple[int, int], seed: int) -> Image.Image:
 @pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
 @pytest.mark.parametrize("size_wh", SIZES_WH)
 def test_the_input_is_timms_squash_transform(interpolation: str, size_wh: tuple[int, int]) -> None:
-    preprocessing = Preprocessing(resolution=(24, 32), mean=(0.485, 0.456, 0.406),
-                                  std=(0.229, 0.224, 0.225), interpolation=interpolation)  # fmt: skip
+    imagenet = Preprocessing.imagenet((24, 32))
+    preprocessing = dataclasses.replace(imagenet, interpolation=interpolation)
     timm_transform = timm.data.create_transform(
         input_size=(3, 24, 32), crop_pct=1.0, crop_mode="squash", interpolation=interpolation,
         mean=preprocessing.mean, std=preprocessing.std,

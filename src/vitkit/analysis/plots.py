@@ -21,9 +21,32 @@ import matplotlib.pyplot as plt  # noqa: E402 (the backend must be chosen first)
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from vitkit.io import atomic_write  # noqa: E402
 from vitkit.text import printable  # noqa: E402
+
+DPI = 110  # of every PNG: a report page shows one narrower than its column at this size
+# The height of a capital letter or a digit per point of font size (DejaVu Sans, matplotlib's
+# font): what sets how tall text looks.
+CAP_HEIGHT = 0.73
+READABLE_PIXELS = 12  # the capitals and digits of the report's plots, at the saved size
+
+
+def _points(pixels: float) -> float:
+    """The font size (points) whose capitals and digits are `pixels` tall in a PNG saved at DPI."""
+    return pixels / CAP_HEIGHT * 72 / DPI
+
+
+# Text sizes of the pictures a run's report shows, set in pixels of the saved picture rather than
+# in points of a figure whose size varies (the confusion matrix's 7 pt names were 8 px tall).
+_READABLE = {
+    "font.size": _points(READABLE_PIXELS),
+    "axes.labelsize": _points(READABLE_PIXELS + 1),
+    "axes.titlesize": _points(READABLE_PIXELS + 2),
+    "xtick.labelsize": _points(READABLE_PIXELS),
+    "ytick.labelsize": _points(READABLE_PIXELS),
+}
 
 
 def _plain_text(plot: Callable[..., Path]) -> Callable[..., Path]:
@@ -38,9 +61,20 @@ def _plain_text(plot: Callable[..., Path]) -> Callable[..., Path]:
     return drawn
 
 
+def _readable_text(plot: Callable[..., Path]) -> Callable[..., Path]:
+    """Draw with text READABLE_PIXELS tall (a capital letter, a digit) in the saved picture."""
+
+    @functools.wraps(plot)
+    def drawn(*args: object, **kwargs: object) -> Path:
+        with plt.rc_context(_READABLE):
+            return plot(*args, **kwargs)
+
+    return drawn
+
+
 def _save(figure: plt.Figure, path: Path) -> Path:
     atomic_write(
-        path, lambda handle: figure.savefig(handle, format="png", dpi=110, bbox_inches="tight")
+        path, lambda handle: figure.savefig(handle, format="png", dpi=DPI, bbox_inches="tight")
     )
     plt.close(figure)
     return path
@@ -169,27 +203,33 @@ def plot_head_attention(images: np.ndarray, maps: torch.Tensor, path: Path) -> P
     return _save(figure, path)
 
 
+# Inches per class of the confusion matrix: a row as tall as its name at the readable size, a cell
+# as wide as its rate.
+CONFUSION_CELL = 0.55
+
+
 @_plain_text
+@_readable_text
 def plot_confusion_matrix(matrix: np.ndarray, classes: Sequence[str], path: Path) -> Path:
-    """Row-normalised confusion matrix: row = true class, column = predicted class."""
+    """Row-normalised confusion matrix: row = true class, column = predicted class. Each class
+    takes CONFUSION_CELL inches, room for its name and its rate ("0.83") at the readable size,
+    so that the picture grows with the classes instead of its text shrinking."""
     totals = matrix.sum(axis=1, keepdims=True)
     rates = matrix / np.maximum(totals, 1)
     count = len(classes)
-    side = min(max(4.0, 0.45 * count + 1.5), 30.0)
+    side = min(max(4.0, CONFUSION_CELL * count + 1.5), 30.0)
     figure, axis = plt.subplots(figsize=(side + 1, side))
     shown = axis.imshow(rates, cmap="Blues", vmin=0, vmax=1)
     if count <= 40:
         names = [printable(name) for name in classes]  # folder names: no control characters
-        axis.set_xticks(range(count), names, rotation=90, fontsize=7)
-        axis.set_yticks(range(count), names, fontsize=7)
+        axis.set_xticks(range(count), names, rotation=90)
+        axis.set_yticks(range(count), names)
     if count <= 20:
         for row in range(count):
             for column in range(count):
                 value = rates[row, column]
                 color = "white" if value > 0.5 else "black"
-                axis.text(
-                    column, row, f"{value:.2f}", ha="center", va="center", fontsize=6, color=color
-                )
+                axis.text(column, row, f"{value:.2f}", ha="center", va="center", color=color)
     axis.set_xlabel("predicted class")
     axis.set_ylabel("true class")
     figure.colorbar(shown, ax=axis, fraction=0.046, pad=0.04)
@@ -197,21 +237,35 @@ def plot_confusion_matrix(matrix: np.ndarray, classes: Sequence[str], path: Path
     return _save(figure, path)
 
 
+# Few enough logged points to draw each as a dot: a short run logs one or two (at its last step,
+# and every log_every steps), which a line alone would leave invisible.
+FEW_POINTS = 50
+
+
 @_plain_text
+@_readable_text
 def plot_training_curves(metrics: Sequence[dict], path: Path) -> Path:
     """A run's training loss and, where it was evaluated, its top-1, against the step (the
-    records of its metrics.jsonl)."""
+    records of its metrics.jsonl), from step 0; every logged point a dot while there are few."""
     losses = [(record["step"], record["loss"]) for record in metrics if "loss" in record]
     accuracies = [(record["step"], record["top1"]) for record in metrics if "top1" in record]
-    figure, axis = plt.subplots(figsize=(6, 4))
+    figure, axis = plt.subplots(figsize=(6.4, 4))
     if losses:
-        axis.plot(*zip(*losses), label="training loss", color="tab:blue")
+        marker = "o" if len(losses) <= FEW_POINTS else None
+        axis.plot(*zip(*losses), marker=marker, markersize=5, color="tab:blue")
     axis.set_xlabel("step")
-    axis.set_ylabel("loss")
+    axis.set_ylabel("training loss (blue)")
+    axis.set_xlim(left=0)
+    axis.set_ylim(bottom=0)
+    axis.xaxis.set_major_locator(MaxNLocator(integer=True))  # no step 2.5
     if accuracies:
         other = axis.twinx()
-        other.plot(*zip(*accuracies), "o-", label="top-1", color="tab:orange")
-        other.set_ylabel("top-1")
+        other.plot(*zip(*accuracies), "s-", markersize=7, color="tab:orange", clip_on=False)
+        other.set_ylabel("top-1 (orange)")
+        other.set_ylim(0, 1)  # the whole scale, never a zoom; 0 and 1 drawn whole (clip_on)
+        axis.set_zorder(other.get_zorder() + 1)  # the loss's dots over top-1's squares
+        axis.patch.set_visible(False)
+    axis.grid(alpha=0.3)
     return _save(figure, path)
 
 

@@ -1,7 +1,9 @@
 """`vitkit train --preset NAME --data PATH --out DIR [field=value ...]`: one training stage.
 
-At the end it writes curves.png, the paper's inspection figures of the trained model on the
-test split (figures/) and report.html, which shows them with the result.
+At the end (the library's `train` does it) it writes curves.png, the paper's inspection figures
+of the trained model on the test split (figures/), its confusion matrix (confusion_matrix.png) and
+report.html, which shows them with the result, the architecture trained and the per-class
+accuracy, and prints their paths and the summary.
 
 Running the same command again resumes the run in DIR; a different config is refused unless
 --force. The fields and their defaults are listed by `vitkit train --help`.
@@ -18,14 +20,9 @@ import json
 import shlex
 from pathlib import Path
 
-from vitkit.analysis.plots import plot_training_curves
-from vitkit.analysis.report import write_run_figures
-from vitkit.analysis.run_report import write_train_report
-from vitkit.training.build import open_split
 from vitkit.training.config import describe_fields, parse_overrides
 from vitkit.training.distributed import launch
 from vitkit.training.presets import PRESETS, get_preset
-from vitkit.training.run_dir import CURVES_NAME, RunDir
 from vitkit.training.trainer import train
 
 
@@ -34,22 +31,13 @@ def run(args: argparse.Namespace) -> int:
     if args.data:
         config = dataclasses.replace(config, data=args.data)
     config = parse_overrides(config, args.fields)
-    summary = train(config, args.out, force=args.force)
+    data = ["--data", args.data] if args.data else []
+    force = ["--force"] if args.force else []
+    command = shlex.join(["vitkit", "train", "--preset", args.preset, *data,
+                          "--out", str(args.out), *force, *args.fields])  # fmt: skip
+    summary = train(config, args.out, force=args.force, command=command)
     if launch().rank == 0:
-        if summary.complete:
-            curves = plot_training_curves(RunDir(args.out).metric_records(), args.out / CURVES_NAME)
-            print(f"training curves: {curves}")
         print(json.dumps(summary.to_json(), indent=2))
-        if summary.complete:
-            if config.test_split:
-                test = open_split(config, config.test_split)
-                label = f"{args.out} on {config.data} ({config.test_split})"
-                if figures := write_run_figures(args.out, test, label=label):
-                    print(f"inspection figures: {figures / 'index.html'}")
-            data = ["--data", args.data] if args.data else []
-            command = shlex.join(["vitkit", "train", "--preset", args.preset, *data,
-                                  "--out", str(args.out), *args.fields])  # fmt: skip
-            print(f"report: {write_train_report(args.out, summary.to_json(), command)}")
     return 0
 
 

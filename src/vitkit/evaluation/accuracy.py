@@ -103,6 +103,7 @@ def classification_report(
     autocast_dtype: torch.dtype | None = None,
     progress: str | None = "eval",
     max_tokens: int | None = None,
+    flip_average: bool = False,
 ) -> ClassificationReport:
     """Top-1, top-5 (top-k for k = min(5, classes)), per-class accuracy and confusion matrix,
     counted batch by batch so that no logits are kept. The model is run in eval mode and left in
@@ -110,7 +111,9 @@ def classification_report(
 
     max_tokens: each image at its own aspect ratio, resized to at most this many patches and
     packed (`vitkit.evaluation.packed`; the model needs dynamic_img_size=True, and a
-    LazyImageFolder keeps images of different sizes); None: the paper's square resize."""
+    LazyImageFolder keeps images of different sizes); None: the paper's square resize.
+    flip_average: the logits of each image averaged with those of its mirror image (square
+    resize only), as training's `eval_flip` counts them."""
     num_classes = len(dataset.classes)
     device = device or next(model.parameters()).device
     was_training = model.training
@@ -128,7 +131,7 @@ def classification_report(
         if not isinstance(dataset, ArrayDataset):
             raise TypeError("the square resize reads an ArrayDataset; pass max_tokens")
         outputs = iter_outputs(
-            model,
+            flip_averaged(model) if flip_average else model,
             dataset,
             preprocessing=preprocessing,
             device=device,
@@ -137,6 +140,8 @@ def classification_report(
             progress=progress,
         )
     else:
+        if flip_average:
+            raise ValueError("flip_average mirrors square inputs; packed evaluation has none")
         outputs = iter_packed_outputs(
             model,
             dataset,
@@ -168,6 +173,12 @@ def classification_report(
     )
 
 
+def flip_averaged(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The model's logits of each input averaged with those of its mirror image (test-time
+    augmentation)."""
+    return lambda inputs: (model(inputs) + model(inputs.flip(-1))) / 2
+
+
 @torch.no_grad()
 def top1_counts(
     model: nn.Module,
@@ -189,7 +200,7 @@ def top1_counts(
     model.eval()
     correct = total = 0
     for logits, labels in iter_outputs(
-        (lambda inputs: (model(inputs) + model(inputs.flip(-1))) / 2) if flip_average else model,
+        flip_averaged(model) if flip_average else model,
         dataset,
         preprocessing=preprocessing,
         device=device,

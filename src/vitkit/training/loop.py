@@ -16,14 +16,15 @@ from tqdm import tqdm
 
 from vitkit.data.arrays import ArrayDataset
 from vitkit.data.loader import ArrayLoader
-from vitkit.evaluation.accuracy import top1_counts
+from vitkit.evaluation.accuracy import classification_report, top1_counts
+from vitkit.io import atomic_write_json
 from vitkit.models.masked_patches import MaskedPatchViT
 from vitkit.models.vit import VisionTransformer
 from vitkit.training import parallel
 from vitkit.training.config import TrainConfig
 from vitkit.training.distributed import StopRequest, World
 from vitkit.training.planner import Plan, Stopwatch, every, replanned
-from vitkit.training.run_dir import RunDir
+from vitkit.training.run_dir import EVAL_NAME, RunDir
 from vitkit.training.state import Checkpoints, TrainState
 from vitkit.training.step import TrainStep
 from vitkit.training.summary import TrainSummary
@@ -134,6 +135,25 @@ class Run:
         correct, total = self.world.sum([correct, total])
         return correct / total
 
+    def evaluation(self, model: VisionTransformer) -> dict[str, object]:
+        """The final weights' full report on the test split, as `vitkit eval` writes its
+        eval.json (top-1, top-5, per class, confusion matrix), with the split's name: counted
+        in this process, on the images and with the flip averaging of the run's top-1."""
+        assert self.test is not None
+        preprocessing = self.state.model.preprocessing
+        report = classification_report(
+            model, self.test, preprocessing=preprocessing, device=self.device,
+            autocast_dtype=self.train_step.autocast_dtype, progress=None,
+            flip_average=self.config.eval_flip,
+        )  # fmt: skip
+        return {
+            "data": self.config.data,
+            "split": self.config.test_split,
+            "flip_average": self.config.eval_flip,
+            "preprocessing": preprocessing.to_json(),
+            **report.to_json(),
+        }
+
     def summary(self, **results: float | int | None) -> TrainSummary:
         return TrainSummary(
             steps=self.state.step,
@@ -144,17 +164,24 @@ class Run:
         )
 
     def finish(self) -> TrainSummary:
-        """Evaluate the final weights; rank 0 writes them and the summary."""
+        """Evaluate the final weights; rank 0 writes them, eval.json and the summary."""
         final = parallel.unsharded(self.state.final_model)
         results = {}
+        evaluation = None
         if self.test is not None:
             start_time = time.perf_counter()
-            results["top1"] = self.evaluate(final)
+            if self.world.distributed:  # every process counts its slice, for its summary
+                results["top1"] = self.evaluate(final)
+            if self.world.is_main:  # the summary written: eval.json's count
+                evaluation = self.evaluation(final)
+                results["top1"] = evaluation["top1"]
             if self.state.ema is not None:
                 results["top1_without_ema"] = self.evaluate(self.state.model)
             results["eval_seconds"] = round(time.perf_counter() - start_time, 1)
         summary = self.summary(**results)
         if self.world.is_main:
+            if evaluation is not None:
+                atomic_write_json(self.run_dir.path / EVAL_NAME, evaluation)
             if summary.top1 is not None:
                 metrics = self.run_dir.metrics(enabled=True)
                 metrics.write(

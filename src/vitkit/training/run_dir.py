@@ -46,6 +46,8 @@ CONFIG_NAME = "train_config.json"
 METRICS_NAME = "metrics.jsonl"
 SUMMARY_NAME = "summary.json"
 CURVES_NAME = "curves.png"
+# The final weights on the test split, as `vitkit eval` writes it, with the split's name.
+EVAL_NAME = "eval.json"
 # What the run's own files may hold when read back: far more than any run writes (a metrics line
 # every 10 steps is ~150 bytes: 16 MiB a million steps), far less than a stranger's file could.
 MOST_RECORD_BYTES = 16 << 20

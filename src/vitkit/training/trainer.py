@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from vitkit.analysis import run_report
 from vitkit.training import build
 from vitkit.training.config import LENGTH_FIELDS, TrainConfig
 from vitkit.training.distributed import (
@@ -32,9 +33,14 @@ from vitkit.training.state import Checkpoints
 from vitkit.training.summary import TrainSummary
 
 
-def train(config: TrainConfig, out_dir: str | Path, *, force: bool = False) -> TrainSummary:
+def train(
+    config: TrainConfig, out_dir: str | Path, *, force: bool = False, command: str | None = None
+) -> TrainSummary:
     """Train (or resume training) in `out_dir`; returns the summary also written there. `force`
-    resumes with the changes that training/config.py's FORCEABLE_FIELDS allows."""
+    resumes with the changes that training/config.py's FORCEABLE_FIELDS allows. A complete run
+    (run again: as it is) ends with its curves, inspection figures and report.html
+    (`run_report.write_run_outputs`, whose paths it prints); `command`: the command line that
+    ran it, for the report (None: from Python)."""
     run_dir = RunDir(out_dir)
     launched = launch()
     device = build.resolve_device(config.device, launched)
@@ -46,7 +52,15 @@ def train(config: TrainConfig, out_dir: str | Path, *, force: bool = False) -> T
                 with run_dir.writing():
                     run_dir.path.mkdir(parents=True, exist_ok=True)
                 run = _start(config, run_dir, force=force, device=device, world=world)
-                return run if isinstance(run, TrainSummary) else run.loop()
+                summary = run if isinstance(run, TrainSummary) else run.loop()
+                if world.is_main and summary.complete:
+                    with run_dir.writing():  # a failed write says so, as for every file
+                        outputs = run_report.write_run_outputs(
+                            run_dir.path, config, summary, command=command
+                        )
+                    for what, path in outputs.items():
+                        print(f"{what}: {path}")
+                return summary
 
 
 def _start(

@@ -410,6 +410,9 @@ def timm_create_model_call(
             mean=preprocessing.mean,
             std=preprocessing.std,
             interpolation=preprocessing.interpolation,
+            # the whole image resized, as vitkit feeds the model (vitkit.data.model_input)
+            crop_pct=1.0,
+            crop_mode="squash",
         )
     weights = "pretrained=True" if path is not None else "pretrained=False"
     if overlay:
