@@ -267,7 +267,8 @@ def test_shard_command_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[
     code = run_shard_command(
         source, tmp_path / "other", "--shard-size", 3, "--seed", 5, "--split", "val"
     )
-    assert code == 2 and "no split 'val' in it (splits found: ['train'])" in capsys.readouterr().err
+    error = capsys.readouterr().err
+    assert code == 2 and "no split 'val' in it (folders found: ['train'])" in error
 
 
 def test_shard_command_reads_archives_through_open_dataset(

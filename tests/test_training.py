@@ -87,7 +87,8 @@ def test_tiny_run_end_to_end(image_tree: Path, tmp_path: Path) -> None:
     # top-1 is a count over the test split, the same count an independent evaluation makes
     test = vitkit.data.open_dataset(str(image_tree), split="test")
     assert summary.top1 * len(test) == pytest.approx(round(summary.top1 * len(test)))
-    assert records[-1] == {"step": 6, "seconds": summary.seconds, "top1": summary.top1}
+    assert records[-1] == {"step": 6, "seconds": summary.seconds, "top1": summary.top1,
+                           "split": "test"}  # fmt: skip
     seconds = [record["seconds"] for record in records]  # training time, evaluation left out
     assert seconds == sorted(seconds) and 0 < seconds[0] and seconds[-2] <= summary.seconds
     assert len(list((run / "checkpoints").glob("*.pt"))) == 2  # the last two are kept

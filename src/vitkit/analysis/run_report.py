@@ -34,6 +34,7 @@ from vitkit.models.checks import FieldProblem, check_each, integer, shown
 from vitkit.models.complexity import count_params
 from vitkit.models.config import ViTConfig, config_from_fields
 from vitkit.text import printable
+from vitkit.training.build import VALIDATION, resolve_splits
 from vitkit.training.config import ARCHITECTURE_FIELDS, TrainConfig
 from vitkit.training.run_dir import (
     CONFIG_NAME,
@@ -119,18 +120,21 @@ def write_run_outputs(
     the command line that ran it (None: run from Python)."""
     written = {"training curves": plot_training_curves(RunDir(out).metric_records(),
                                                        out / CURVES_NAME)}  # fmt: skip
-    figures = evaluation = None
-    if config.test_split:
+    figures = None
+    splits = resolve_splits(config)
+    # The images the run was evaluated on: the test split, else those it held out to validate.
+    looked_at, evaluated = (splits.test, splits.test) if splits.test else (splits.train, VALIDATION)
+    if splits.test or splits.validation_fraction:
         model = load_model(out)
         if model.config.depth > 0:  # a plain ResNet has no attention to show
-            test = open_for_model(config.data, config.test_split, model.preprocessing,
-                                  skip_bad=config.skip_bad)  # fmt: skip
-            label = f"{out} on {config.data} ({config.test_split})"
-            index = figures_for_dataset(model, model.preprocessing, test, out / FIGURES_FOLDER,
+            images = open_for_model(config.data, looked_at, model.preprocessing,
+                                    skip_bad=config.skip_bad)  # fmt: skip
+            label = f"{out} on {config.data} ({looked_at})"
+            index = figures_for_dataset(model, model.preprocessing, images, out / FIGURES_FOLDER,
                                         label=label)["index.html"]  # fmt: skip
             written["inspection figures"] = index
             figures = index.parent
-        evaluation = final_evaluation(out, config.test_split)
+    evaluation = final_evaluation(out, evaluated) if looked_at else None
     if evaluation is not None and evaluation.report.confusion is not None:
         written["confusion matrix"] = plot_confusion_matrix(
             evaluation.report.confusion, list(evaluation.report.counts), out / CONFUSION_NAME
@@ -141,8 +145,9 @@ def write_run_outputs(
 
 
 def final_evaluation(out: Path, split: str) -> RunEvaluation | None:
-    """The run's eval.json when it holds the final weights on `split`; None without one, or for
-    one of another split (written before --force changed test_split: earlier weights)."""
+    """The run's eval.json when it holds the final weights on `split` (a test split, or
+    VALIDATION); None without one, or for one of another split (written before --force changed
+    test_split: earlier weights)."""
     if not os.path.lexists(out / EVAL_NAME):
         return None
     evaluation = read_evaluation(out / EVAL_NAME)

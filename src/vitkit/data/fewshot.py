@@ -73,6 +73,21 @@ def holdout_split(
     return train, holdout
 
 
+def validation_split(
+    labels: np.ndarray, fraction: float, *, seed: int, num_classes: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(train, validation): sorted, disjoint indices covering every image, with `fraction` of
+    each class's images (rounded, at least one) held out for validation and at least one kept
+    for training: a class-stratified split that (labels, fraction, seed) give again exactly."""
+    if not 0 < fraction < 1:
+        raise ValueError(f"fraction must be in (0, 1), got {fraction}")
+    orders = _shuffled_classes(labels, 2, seed, num_classes, "a validation split")
+    held = [min(len(order) - 1, max(1, round(fraction * len(order)))) for order in orders]
+    validation = np.sort(np.concatenate([order[:n] for order, n in zip(orders, held)]))
+    train = np.sort(np.concatenate([order[n:] for order, n in zip(orders, held)]))
+    return train, validation
+
+
 def _shuffled_classes(
     labels: np.ndarray, needed: int, seed: int, num_classes: int | None, purpose: str
 ) -> list[np.ndarray]:

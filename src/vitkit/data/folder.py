@@ -58,6 +58,10 @@ Encoded = Path | bytes | DataError
 Decoded = np.ndarray | DataError
 
 
+# The split of a folder that has none: its class folders themselves, `root/./<class>/<image>`.
+WHOLE_TREE = "."
+
+
 class MixedSizes(DataError):
     """A split's images differ in size where they were to be decoded as stored."""
 
@@ -98,8 +102,9 @@ def scan(path: str | Path, split: str) -> ImageSource:
 
 
 def scan_folder(root: str | Path, split: str) -> ImageSource:
-    """List `root/<split>/<class>/...`; every class folder must hold an image (recursively), and
-    class folders and linked images must lie within `root` once links are resolved."""
+    """List `root/<split>/<class>/...` (WHOLE_TREE: `root/<class>/...`); every class folder must
+    hold an image (recursively), and class folders and linked images must lie within `root` once
+    links are resolved."""
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root}: not a folder")
@@ -107,7 +112,10 @@ def scan_folder(root: str | Path, split: str) -> ImageSource:
     split_dir = root / split
     if not split_dir.is_dir():
         found = sorted(child.name for child in root.iterdir() if child.is_dir())
-        raise DataError(f"{root}: no split {split!r} in it (splits found: {found or 'none'})")
+        hint = f"; its class folders are split {WHOLE_TREE!r}" if is_class_tree(root) else ""
+        raise DataError(
+            f"{root}: no split {split!r} in it (folders found: {found or 'none'}){hint}"
+        )
     classes = tuple(sorted(child.name for child in split_dir.iterdir() if child.is_dir()))
     if not classes:
         raise DataError(f"{split_dir}: no class folders in it, so the dataset is empty")
@@ -140,10 +148,24 @@ def _check_within(path: Path, root: Path) -> None:
 
 
 def _check_split(split: str, where: Path) -> None:
-    """A split is one folder name in the dataset: taken as a path, `/etc` or `..` would read
-    folders outside it."""
-    if split in ("", ".", "..") or "/" in split or "\0" in split:
-        raise DataError(f"{where}: split {split!r} is not a folder name (no /, . or ..)")
+    """A split is one folder name in the dataset, or "." (WHOLE_TREE): taken as a path, `/etc`
+    or `..` would read folders outside it."""
+    if split in ("", "..") or "/" in split or "\0" in split:
+        raise DataError(f"{where}: split {split!r} is not a folder name (no / or ..)")
+
+
+def is_class_tree(root: Path) -> bool:
+    """Whether `root` is a folder of class folders holding images (`root/<class>/<image>`),
+    with no splits: a class folder holds image files itself, where a split folder holds class
+    folders."""
+    if not root.is_dir():
+        return False
+    return any(
+        child.is_dir() and not child.is_symlink()
+        and any(os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+                for name in os.listdir(child))
+        for child in root.iterdir()
+    )  # fmt: skip
 
 
 def _check_class_names(classes: Sequence[str], where: object) -> None:
@@ -164,6 +186,11 @@ def scan_tar(archive: str | Path, split: str) -> ImageSource:
     """
     archive = Path(archive)
     _check_split(split, archive)
+    if split == WHOLE_TREE:
+        raise DataError(
+            f"{archive}: a tree of class folders without splits is read from a folder; "
+            "extract the archive, or give it train/ (and test/) folders"
+        )
     images: list[tuple[str, tuple[str, ...]]] = []  # (member name, its path parts)
     folders: set[tuple[str, ...]] = set()
     with _opened(archive) as tar:

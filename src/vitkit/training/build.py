@@ -5,16 +5,18 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
+import numpy as np
 import torch
 
 from vitkit import devices
 from vitkit.data.arrays import ArrayDataset
 from vitkit.data.augment import AugmentConfig, TrainAugment
-from vitkit.data.fewshot import nested_fraction
+from vitkit.data.fewshot import nested_fraction, validation_split
 from vitkit.data.fitting import COVER, WITHIN, Fit
-from vitkit.data.folder import MixedSizes, check_same_classes
+from vitkit.data.folder import WHOLE_TREE, MixedSizes, check_same_classes, is_class_tree
 from vitkit.data.loader import ArrayLoader
 from vitkit.data.sources import open_dataset, open_for_model
 from vitkit.errors import ConfigError, TrainingError
@@ -37,6 +39,11 @@ AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 # measured 1.47x (ViT-Ti/16) and 1.62x (ViT-S/16) faster at 224 px, but 0.71x for the demo's
 # width-128 model at 16 px (benchmarks/RESULTS.md, 2026-12-01).
 AUTO_BF16_MIN_WIDTH = 192
+# The share of each class held out to validate on when a folder has no splits and val_fraction
+# says none: timm's and Keras' usual 10 to 20%, at the low end for the small folders it is for.
+VALIDATION_FRACTION = 0.1
+# What metrics.jsonl and eval.json call the images held out of the training split.
+VALIDATION = "validation"
 
 
 def resolve_device(name: str, launched: Launch | None = None) -> torch.device:
@@ -86,23 +93,64 @@ def _open_map_style(
     return dataset
 
 
-def open_test(
-    config: TrainConfig, preprocessing: Preprocessing, *, classes: Sequence[str]
-) -> ArrayDataset | None:
-    """The split top-1 is counted on (None without one), read as every command reads it for a
-    model with `preprocessing` (`open_for_model`), so that the run's accuracy is the one
-    `vitkit eval` and `classify` give; its classes must be the training set's `classes`."""
-    if not config.test_split:
+@dataclass(frozen=True)
+class Splits:
+    """Which images a run trains on, validates on and is tested on."""
+
+    train: str  # the split trained on: a folder name, or WHOLE_TREE
+    test: str  # '' for none
+    validation_fraction: float  # of each class's training images held out (0: none)
+
+
+def resolve_splits(config: TrainConfig) -> Splits:
+    """The run's splits: the config's, or for a folder of class folders with no train split, the
+    whole tree trained on with `val_fraction` (else VALIDATION_FRACTION) of each class held out
+    to validate on (`describe_splits` says so)."""
+    data = Path(config.data)
+    if data.is_dir() and not (data / config.train_split).is_dir() and is_class_tree(data):
+        test = config.test_split if (data / config.test_split).is_dir() else ""
+        return Splits(WHOLE_TREE, test, config.val_fraction or VALIDATION_FRACTION)
+    if config.keep_best and not config.val_fraction:
+        raise TrainingError(
+            "keep_best chooses the best weights on a validation split: set val_fraction (the "
+            "test split is never used to choose)"
+        )
+    return Splits(config.train_split, config.test_split, config.val_fraction)
+
+
+def describe_splits(config: TrainConfig, splits: Splits) -> str | None:
+    """One line on splits the config does not name itself (a tree without splits)."""
+    if splits.train != WHOLE_TREE:
         return None
-    test_set = open_for_model(config.data, config.test_split, preprocessing,
-                              skip_bad=config.skip_bad, download=config.download)  # fmt: skip
-    check_same_classes(classes, test_set.classes, where=config.data)
-    return test_set
+    return (
+        f"{config.data}: class folders without a {config.train_split}/ folder: training on them, "
+        f"{splits.validation_fraction:.0%} of each class held out (seed {config.seed}) to "
+        "validate on (val_fraction sets the share)"
+    )
 
 
-def open_train(config: TrainConfig) -> ArrayDataset:
-    """The training set (`open_split`), cut to `train_fraction` of each class."""
-    train_set = open_split(config, config.train_split)
+@dataclass(frozen=True)
+class HeldOut:
+    """The images a run is evaluated on, read as every command reads them for its model
+    (`open_for_model`), so that the run's accuracies are the ones `vitkit eval` and `classify`
+    give."""
+
+    validation: ArrayDataset | None
+    test: ArrayDataset | None
+    validation_record: dict[str, object] | None  # for train_config.json
+
+
+def open_data(config: TrainConfig, splits: Splits) -> tuple[ArrayDataset, np.ndarray | None]:
+    """The training set (`open_split` of `splits.train`, less the validation images, cut to
+    `train_fraction` of each class) and the indices of the validation images in the split."""
+    pool = open_split(config, splits.train)
+    train_set, validation = pool, None
+    if splits.validation_fraction:
+        kept, validation = validation_split(
+            pool.labels, splits.validation_fraction, seed=config.seed,
+            num_classes=len(pool.classes),
+        )  # fmt: skip
+        train_set = pool.subset(kept)
     if config.train_fraction < 1:
         chosen = nested_fraction(
             train_set.labels, config.train_fraction, num_classes=len(train_set.classes)
@@ -113,7 +161,35 @@ def open_train(config: TrainConfig) -> ArrayDataset:
             f"{config.data}: {len(train_set)} training images do not fill one batch of "
             f"{config.batch_size}; lower batch_size"
         )
-    return train_set
+    return train_set, validation
+
+
+def open_held_out(
+    config: TrainConfig,
+    splits: Splits,
+    train_set: ArrayDataset,
+    validation: np.ndarray | None,
+    preprocessing: Preprocessing,
+) -> HeldOut:
+    """The validation images (`validation`: their indices in the training split) and the test
+    split, read for a model with `preprocessing`; their classes are `train_set`'s."""
+    options = dict(skip_bad=config.skip_bad, download=config.download)
+    test_set = validation_set = record = None
+    if splits.test:
+        test_set = open_for_model(config.data, splits.test, preprocessing, **options)
+        check_same_classes(train_set.classes, test_set.classes, where=config.data)
+    if validation is not None:
+        validation_set = open_for_model(config.data, splits.train, preprocessing, **options)
+        validation_set = validation_set.subset(validation)
+        counts = np.bincount(validation_set.labels, minlength=len(train_set.classes))
+        record = {
+            "split": splits.train,
+            "fraction": splits.validation_fraction,
+            "seed": config.seed,
+            "images": len(validation_set),
+            "per_class": dict(zip(train_set.classes, counts.tolist())),
+        }
+    return HeldOut(validation_set, test_set, record)
 
 
 def build_model(config: TrainConfig, num_classes: int) -> VisionTransformer:

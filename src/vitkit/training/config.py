@@ -47,6 +47,7 @@ FORCEABLE_FIELDS = frozenset({
     "label_smoothing", "dropout", "drop_path", "crop_scale_min", "hflip", "randaugment_ops",
     "randaugment_magnitude", "mixup_alpha", "cutmix_alpha", "test_split", "download", "device",
     "compile", "compile_time_limit", "checkpoint_every", "log_every", "eval_every", "eval_flip",
+    "keep_best",
     "token_keep",
 })  # fmt: skip
 
@@ -114,6 +115,12 @@ class TrainConfig:
     data: str = described("dataset path or name (see vitkit.data.open_dataset)", "cifar10")
     train_split: str = described("split to train on", "train")
     test_split: str = described("split to evaluate top-1 on ('' to skip)", "test")
+    val_fraction: float = described(
+        "share of each class's training images held out to validate on, drawn by seed (0: "
+        "none; a folder of class folders with no train split holds out 0.1)",
+        0.0,
+        FRACTION,
+    )
     train_fraction: float = described(
         "share of each class's training images to train on (1: all); a smaller share's images "
         "are among a larger one's (nested subsets, for data-size curves)",
@@ -229,6 +236,11 @@ class TrainConfig:
         "steps between metric lines and progress-bar updates", 10, AT_LEAST_ONE
     )
     eval_every: int = described("steps between evaluations (0: only at the end)", 0, NON_NEGATIVE)
+    keep_best: bool = described(
+        "keep the weights of the best validation top-1 (checked every eval_every steps) in "
+        "OUT/best; chosen on the validation split, never the test split",
+        False,
+    )
     eval_flip: bool = described(
         "evaluate each test image with its mirror image, their logits averaged (test-time "
         "augmentation; the summary's top1 counts these predictions)",
@@ -280,6 +292,9 @@ class TrainConfig:
                 f"set one of steps, epochs or budget_seconds, not {' and '.join(given)} (only one "
                 "would count); on the command line, the one given replaces the preset's"
             )
+        if self.keep_best and not self.eval_every:
+            problems.append("keep_best compares the validation top-1 every eval_every steps; "
+                            "set eval_every")  # fmt: skip
         if self.warmup_steps and self.steps and self.warmup_steps >= self.steps:
             problems.append(_long_warmup(self.warmup_steps, self.steps))
         if problem := device_problem(self.device):

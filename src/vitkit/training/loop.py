@@ -21,10 +21,12 @@ from vitkit.io import atomic_write_json
 from vitkit.models.masked_patches import MaskedPatchViT
 from vitkit.models.vit import VisionTransformer
 from vitkit.training import parallel
+from vitkit.training.best import BestWeights
+from vitkit.training.build import VALIDATION, HeldOut
 from vitkit.training.config import TrainConfig
 from vitkit.training.distributed import StopRequest, World
 from vitkit.training.planner import Plan, Stopwatch, every, replanned
-from vitkit.training.run_dir import EVAL_NAME, RunDir
+from vitkit.training.run_dir import EVAL_NAME, Metrics, RunDir
 from vitkit.training.state import Checkpoints, TrainState
 from vitkit.training.step import TrainStep
 from vitkit.training.summary import TrainSummary
@@ -42,9 +44,10 @@ class Run:
     state: TrainState
     train_step: TrainStep
     loader: ArrayLoader
-    test: ArrayDataset | None
+    held_out: HeldOut
     plan: Plan
     checkpoints: Checkpoints
+    best: BestWeights | None = None  # keep_best: set when the run starts
 
     def loop(self) -> TrainSummary:
         """batch -> step -> maybe log, evaluate, re-plan and checkpoint, until the plan's end
@@ -72,16 +75,9 @@ class Run:
                             loss=f"{loss:.4f}", lr=f"{lr:.2e}", img_s=f"{rate:.0f}"
                         )
                         window, window_images = Stopwatch(0.0), 0
-                    if every(config.eval_every, state.step) and self.test is not None:
+                    if every(config.eval_every, state.step) and self.watched is not None:
                         with clock.paused(), window.paused():  # neither budget nor img/s
-                            top1 = self.evaluate(state.model)
-                            metrics.write(
-                                {
-                                    "step": state.step,
-                                    "seconds": round(clock.seconds, 3),
-                                    "top1": top1,
-                                }
-                            )
+                            self.evaluate_during(metrics, seconds=clock.seconds)
                     if self.checkpoints.due(state.step) or stop.requested:
                         self.checkpoint(clock, progress)
                     if stop.requested:
@@ -118,13 +114,36 @@ class Run:
         self.state.elapsed = clock.seconds
         self.checkpoints.save(self.state)
 
-    def evaluate(self, model: VisionTransformer) -> float:
-        """Top-1 on the test set: each process counts its own contiguous slice, without padding,
-        and the counts are summed, so that every test image counts exactly once."""
-        assert self.test is not None
+    @property
+    def watched(self) -> tuple[str, ArrayDataset] | None:
+        """(name, images) of the split evaluated during training: the validation images where
+        the run holds some out, else the test split; None without either."""
+        if self.held_out.validation is not None:
+            return VALIDATION, self.held_out.validation
+        if self.held_out.test is not None:
+            return self.config.test_split, self.held_out.test
+        return None
+
+    def evaluate_during(self, metrics: Metrics, *, seconds: float) -> None:
+        """Top-1 of the weights the run would ship now (the EMA's, with ema_decay) on the watched
+        split, into metrics.jsonl; with keep_best, kept in best/ when they beat the best so
+        far."""
+        assert self.watched is not None
+        split, images = self.watched
+        model = parallel.unsharded(self.state.final_model)
+        top1 = self.evaluate(model, images)
+        metrics.write({"step": self.state.step, "seconds": round(seconds, 3), "top1": top1,
+                       "split": split})  # fmt: skip
+        if self.best is not None and self.world.is_main:
+            classes = self.loader.dataset.classes
+            self.best.offer(model, top1=top1, step=self.state.step, classes=classes)
+
+    def evaluate(self, model: VisionTransformer, images: ArrayDataset) -> float:
+        """Top-1 on `images`: each process counts its own contiguous slice, without padding,
+        and the counts are summed, so that every image counts exactly once."""
         correct, total = top1_counts(
             parallel.unsharded(model),
-            self.test,
+            images,
             preprocessing=self.state.model.preprocessing,
             device=self.device,
             autocast_dtype=self.train_step.autocast_dtype,
@@ -135,20 +154,21 @@ class Run:
         correct, total = self.world.sum([correct, total])
         return correct / total
 
-    def evaluation(self, model: VisionTransformer) -> dict[str, object]:
-        """The final weights' full report on the test split, as `vitkit eval` writes its
+    def evaluation(
+        self, model: VisionTransformer, images: ArrayDataset, split: str
+    ) -> dict[str, object]:
+        """The final weights' full report on `images` (the `split`), as `vitkit eval` writes its
         eval.json (top-1, top-5, per class, confusion matrix), with the split's name: counted
         in this process, on the images and with the flip averaging of the run's top-1."""
-        assert self.test is not None
         preprocessing = self.state.model.preprocessing
         report = classification_report(
-            model, self.test, preprocessing=preprocessing, device=self.device,
+            model, images, preprocessing=preprocessing, device=self.device,
             autocast_dtype=self.train_step.autocast_dtype, progress=None,
             flip_average=self.config.eval_flip,
         )  # fmt: skip
         return {
             "data": self.config.data,
-            "split": self.config.test_split,
+            "split": split,
             "flip_average": self.config.eval_flip,
             "preprocessing": preprocessing.to_json(),
             **report.to_json(),
@@ -166,27 +186,35 @@ class Run:
     def finish(self) -> TrainSummary:
         """Evaluate the final weights; rank 0 writes them, eval.json and the summary."""
         final = parallel.unsharded(self.state.final_model)
-        results = {}
+        results: dict[str, float | int | None] = {}
         evaluation = None
-        if self.test is not None:
-            start_time = time.perf_counter()
+        start_time = time.perf_counter()
+        if (test := self.held_out.test) is not None:
             if self.world.distributed:  # every process counts its slice, for its summary
-                results["top1"] = self.evaluate(final)
+                results["top1"] = self.evaluate(final, test)
             if self.world.is_main:  # the summary written: eval.json's count
-                evaluation = self.evaluation(final)
+                evaluation = self.evaluation(final, test, self.config.test_split)
                 results["top1"] = evaluation["top1"]
             if self.state.ema is not None:
-                results["top1_without_ema"] = self.evaluate(self.state.model)
+                results["top1_without_ema"] = self.evaluate(self.state.model, test)
+        if (validation := self.held_out.validation) is not None:
+            results["validation_top1"] = self.evaluate(final, validation)
+            if test is None and self.world.is_main:  # then eval.json reports the validation
+                evaluation = self.evaluation(final, validation, VALIDATION)
+        if self.best is not None and self.best.step >= 0:
+            results["best_validation_top1"] = self.best.top1
+            results["best_step"] = self.best.step
+        if results:
             results["eval_seconds"] = round(time.perf_counter() - start_time, 1)
         summary = self.summary(**results)
         if self.world.is_main:
             if evaluation is not None:
                 atomic_write_json(self.run_dir.path / EVAL_NAME, evaluation)
-            if summary.top1 is not None:
+            if evaluation is not None:
                 metrics = self.run_dir.metrics(enabled=True)
-                metrics.write(
-                    {"step": self.state.step, "seconds": summary.seconds, "top1": summary.top1}
-                )
+                top1, split = evaluation["top1"], evaluation["split"]
+                metrics.write({"step": self.state.step, "seconds": summary.seconds,
+                               "top1": top1, "split": split})  # fmt: skip
                 metrics.close()
             with self.run_dir.writing():
                 weights = final.encoder() if isinstance(final, MaskedPatchViT) else final

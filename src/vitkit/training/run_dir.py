@@ -180,9 +180,11 @@ class RunDir:
         total_steps: int,
         warmup_steps: int,
         forced: list[dict[str, Any]],
+        validation: dict[str, Any] | None = None,
     ) -> None:
         """train_config.json: the config, the architecture trained (from `model` or, with
-        `init`, the checkpoint), the step plan and every --force change."""
+        `init`, the checkpoint), the step plan, every --force change and which images were
+        held out to validate on (`validation`: split, fraction, seed, images, per_class)."""
         record: dict[str, Any] = {
             "requested": dataclasses.asdict(config),
             "architecture": dataclasses.asdict(architecture),
@@ -191,6 +193,8 @@ class RunDir:
         }
         if forced:
             record["forced"] = forced
+        if validation is not None:
+            record["validation"] = validation
         with self.writing():
             atomic_write_json(self.path / CONFIG_NAME, record)
 

@@ -20,6 +20,9 @@ class TrainSummary:
     seconds: float  # training time, evaluation excluded
     top1: float | None = None  # of the final weights (the EMA's, with ema_decay)
     top1_without_ema: float | None = None
+    validation_top1: float | None = None  # of the final weights, on the held-out images
+    best_validation_top1: float | None = None  # keep_best: the weights in best/
+    best_step: int | None = None
     eval_seconds: float | None = None
     stopped_at_step: int | None = None
 

@@ -18,6 +18,7 @@ import torch
 
 from vitkit.analysis import run_report
 from vitkit.training import build
+from vitkit.training.best import BestWeights
 from vitkit.training.config import LENGTH_FIELDS, TrainConfig
 from vitkit.training.distributed import (
     World,
@@ -70,10 +71,13 @@ def _start(
     complete already."""
     saved = run_dir.saved_config()
     changes = run_dir.config_changes(saved, config, force=force) if saved else {}
-    train_set = build.open_train(config)
+    splits = build.resolve_splits(config)
+    if world.is_main and (line := build.describe_splits(config, splits)):
+        print(line, file=sys.stderr)
+    train_set, validation = build.open_data(config, splits)
     num_classes = len(train_set.classes)
     model = build.new_model(config, num_classes=num_classes, device=device)
-    test_set = build.open_test(config, model.preprocessing, classes=train_set.classes)
+    held_out = build.open_held_out(config, splits, train_set, validation, model.preprocessing)
     precision, why = build.resolve_precision(config.precision, device, model.config)
     if world.is_main:
         if config.init:
@@ -85,9 +89,11 @@ def _start(
                                   world=world, run_dir=run_dir)  # fmt: skip
     loader = build.build_loader(config, train_set, world)
     checkpoints = Checkpoints(run_dir, every=config.checkpoint_every, world=world)
-    run = Run(config, run_dir, world, device, state, train_step, loader, test_set,
+    run = Run(config, run_dir, world, device, state, train_step, loader, held_out,
               Plan(0, 0), checkpoints)  # fmt: skip
 
+    if config.keep_best:
+        run.best = BestWeights.read(run_dir.path)
     resumed_from = checkpoints.resume(state)
     if resumed_from is None:
         if world.is_main:
@@ -133,4 +139,5 @@ def _write_config(run: Run, *, forced: list[dict]) -> None:
         total_steps=run.plan.total_steps,
         warmup_steps=run.plan.warmup_steps,
         forced=forced,
+        validation=run.held_out.validation_record,
     )
