@@ -330,6 +330,21 @@ def test_init_decides_the_architecture_and_train_config_records_it(
     }
 
 
+def test_resolution_zero_fine_tunes_at_the_checkpoints_own(
+    image_tree: Path, tmp_path: Path
+) -> None:
+    pretrained = tmp_path / "pretrained"
+    train(tiny(image_tree, steps=2, resolution=24), pretrained)
+    summary = train(tiny(image_tree, steps=2, init=str(pretrained), resolution=0), tmp_path / "ft")
+    assert summary.resolution == 24
+    assert json.loads((tmp_path / "ft" / "config.json").read_text())["config"]["img_size"] == [
+        24,
+        24,
+    ]
+    with pytest.raises(ConfigError, match="resolution=0 means the init checkpoint's own"):
+        tiny(image_tree, resolution=0)
+
+
 @pytest.mark.parametrize(
     "fields", [{"parallel": "fsdp"}, {"precision": "fp16", "device": "cuda"}], ids=["fsdp", "fp16"]
 )

@@ -73,7 +73,8 @@ def open_split(config: TrainConfig, split: str) -> ArrayDataset:
     except MixedSizes:
         if size is not None:
             raise
-        size = (config.resolution, config.resolution)
+        side = config.resolution or load_model(config.init).config.img_size[0]
+        size = (side, side)
         print(
             f"{config.data} ({split}): the images differ in size; each is decoded whole within "
             f"{size[0]}x{size[1]} px (data_size=N sets the size)",
@@ -194,7 +195,7 @@ def open_held_out(
 
 def build_model(config: TrainConfig, num_classes: int) -> VisionTransformer:
     """A new model of `config.model` (with masked patch prediction's parts for that task), or
-    the `config.init` checkpoint at `config.resolution` with
+    the `config.init` checkpoint at `config.resolution` (0: its own) with
     a new zero-initialised head and no pre-logits layer (the paper's fine-tuning)."""
     # FlexiViT training runs the model at other patch sizes, and NaViT's at every image's own
     # size; a model that already does keeps it.
@@ -216,7 +217,7 @@ def build_model(config: TrainConfig, num_classes: int) -> VisionTransformer:
             **flexible,
         )
         return (MaskedPatchViT if masked_patches else VisionTransformer)(architecture)
-    loaded = load_model(config.init, img_size=config.resolution, num_classes=num_classes)
+    loaded = load_model(config.init, img_size=config.resolution or None, num_classes=num_classes)
     model_config = dataclasses.replace(
         loaded.config, drop_path=config.drop_path, dropout=config.dropout, **flexible
     )

@@ -77,7 +77,11 @@ class TrainConfig:
         "Face weights; its head is replaced by a zero-initialised one (the paper's fine-tuning)",
         "",
     )
-    resolution: int = described("training and evaluation image size in pixels", 224, AT_LEAST_ONE)
+    resolution: int = described(
+        "training and evaluation image size in pixels (0, with init: the checkpoint's own)",
+        224,
+        NON_NEGATIVE,
+    )
     patch_sizes: str = described(
         "FlexiViT training: patch sizes, e.g. 2,4,8, one drawn uniformly per step (the kernel "
         "resampled and the position embeddings resized for it), so that one model serves each "
@@ -292,6 +296,8 @@ class TrainConfig:
                 f"set one of steps, epochs or budget_seconds, not {' and '.join(given)} (only one "
                 "would count); on the command line, the one given replaces the preset's"
             )
+        if not self.resolution and not self.init:
+            problems.append("resolution=0 means the init checkpoint's own; set init, or a size")
         if self.keep_best and not self.eval_every:
             problems.append("keep_best compares the validation top-1 every eval_every steps; "
                             "set eval_every")  # fmt: skip
