@@ -195,9 +195,10 @@ def random_test_vit(**fields: object) -> VisionTransformer:
     return model.eval()
 
 
-def write_user_folder(root: Path) -> Path:
+def write_user_folder(root: Path, images: dict[str, int] = USER_IMAGES) -> Path:
     """Issue 30's folder of a new user's own images as `root/<split>/<class>/<image>`, from the
-    shared CIFAR-10 archive read in one pass: USER_IMAGES per class of USER_CLASSES, each 32x32
+    shared CIFAR-10 archive read in one pass: `images` per class and split of USER_CLASSES (by
+    default USER_IMAGES; benchmarks/transfer.py asks for the probe's 150 and 50), each 32x32
     image resized (bicubic) to sides drawn within USER_SIDES by a seeded generator, about half
     of them not square, saved in USER_FORMATS in turn (every class gets every format); plus
     the files such folders hold besides images (USER_JUNK). Images are numbered per class across the
@@ -206,14 +207,14 @@ def write_user_folder(root: Path) -> Path:
     low, high = USER_SIDES
     taken: dict[tuple[str, str], int] = {}
     numbered: dict[str, int] = {}
-    wanted = sum(USER_IMAGES.values()) * len(USER_CLASSES)
+    wanted = sum(images.values()) * len(USER_CLASSES)
     with tarfile.open(CIFAR_TAR) as archive:
         for member in archive:
             parts = Path(member.name).parts
             if not member.isfile() or len(parts) < 3 or parts[-2] not in USER_CLASSES:
                 continue
             split, name = parts[-3], USER_CLASSES[parts[-2]]
-            if split not in USER_IMAGES or taken.get((split, name), 0) >= USER_IMAGES[split]:
+            if split not in images or taken.get((split, name), 0) >= images[split]:
                 continue
             taken[(split, name)] = taken.get((split, name), 0) + 1
             numbered[name] = number = numbered.get(name, 0) + 1

@@ -258,10 +258,7 @@ def test_top1_counts_split_over_ranks_agree_with_the_report(
     test = open_dataset(str(cifar_subset), split="test")
     settings = dict(preprocessing=model.preprocessing)
     report = classification_report(model, test, progress=None, **settings)
-    counts = [
-        top1_counts(model, test, device=torch.device("cpu"), rank=rank, world_size=3, **settings)
-        for rank in range(3)
-    ]
+    counts = [top1_counts(model, test, rank=rank, world_size=3, **settings) for rank in range(3)]
     assert sum(total for _, total in counts) == len(test) == report.images
     assert sum(correct for correct, _ in counts) == round(report.top1 * len(test))
     assert top1_accuracy(model, test, **settings) == report.top1
@@ -284,6 +281,6 @@ def test_flip_averaged_top1_counts_the_mean_of_both_logits() -> None:
     with torch.no_grad():
         averaged = (model(inputs) + model(inputs.flip(-1))) / 2
     expected = int((averaged.argmax(-1) == torch.from_numpy(dataset.labels)).sum())
-    got = top1_counts(model, dataset, preprocessing=preprocessing, device=torch.device("cpu"),
+    got = top1_counts(model, dataset, preprocessing=preprocessing,
                       batch_size=16, flip_average=True)  # fmt: skip
     assert got == (expected, 40)

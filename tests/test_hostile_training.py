@@ -342,7 +342,7 @@ def test_resolution_zero_fine_tunes_at_the_checkpoints_own(
         24,
     ]
     with pytest.raises(ConfigError, match="resolution=0 means the init checkpoint's own"):
-        tiny(image_tree, resolution=0)
+        train(tiny(image_tree, resolution=0), tmp_path / "no-init")
 
 
 @pytest.mark.parametrize(

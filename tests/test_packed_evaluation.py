@@ -19,7 +19,7 @@ import vitkit
 from vitkit.cli.main import main
 from vitkit.data.folder import LazyImageFolder, scan_folder
 from vitkit.evaluation.accuracy import classification_report
-from vitkit.evaluation.packed import packed_logits
+from vitkit.evaluation.input_forms import PackedImages
 
 from helpers import OFFICIAL_FIXTURE
 
@@ -83,8 +83,9 @@ def test_packed_logits_equal_the_reference_image_by_image(mixed_folder: Path) ->
     model = vitkit.load_model(CHECKPOINT, dynamic_img_size=True)
     paths = sorted((mixed_folder / "test" / "c0").iterdir())
     pixels = [np.asarray(Image.open(path).convert("RGB")) for path in paths]
+    form = PackedImages(BUDGET)
     with torch.no_grad():
-        got = packed_logits(model, pixels, preprocessing=model.preprocessing, max_tokens=BUDGET)
+        got = form.forward(model, form.inputs(model, pixels, model.preprocessing))
     expected = torch.stack([reference_logits(path) for path in paths])
     torch.testing.assert_close(got, expected, atol=2e-4, rtol=0)
 
@@ -98,7 +99,7 @@ def test_the_report_of_a_lazy_folder_and_its_subset(mixed_folder: Path) -> None:
     assert len(subset) == 3 and list(subset.labels) == [0, 1, 2]
     model = vitkit.load_model(CHECKPOINT, dynamic_img_size=True)
     report = classification_report(
-        model, subset, preprocessing=model.preprocessing, max_tokens=BUDGET, progress=None
+        model, subset, preprocessing=model.preprocessing, form=PackedImages(BUDGET), progress=None
     )
     paths = [Path(subset.source.entries[index][0]) for index in range(3)]
     hits = sum(int(reference_logits(path).argmax()) == label for label, path in enumerate(paths))
@@ -125,8 +126,9 @@ def test_classify_with_a_token_budget_prints_the_reference_probabilities(
 def test_packing_refuses_a_model_of_one_image_size() -> None:
     model = vitkit.load_model(CHECKPOINT)
     image = np.zeros((20, 30, 3), dtype=np.uint8)
+    form = PackedImages(BUDGET)
     with pytest.raises(ValueError, match="dynamic_img_size=True"):
-        packed_logits(model, [image], preprocessing=model.preprocessing, max_tokens=BUDGET)
+        form.forward(model, form.inputs(model, [image], model.preprocessing))
 
 
 def test_dynamic_img_size_keeps_the_outputs_at_the_built_size() -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 from vitkit.data.token_budget import MOST_TOKENS
 from vitkit.devices import DEVICE_NAMES, resolve_device
 from vitkit.errors import ConfigError
+from vitkit.evaluation.input_forms import input_form
 from vitkit.models.preprocessing import (
     GOOGLE_MEAN,
     GOOGLE_STD,
@@ -133,6 +134,6 @@ def load_for_inference(
     """The checkpoint's model on the chosen device in eval mode, and its input preprocessing;
     a model that takes any image size where the command packs images (--max-tokens)."""
     device = resolve_device(args.device)  # before the load: a bad --device fails at once
-    packed = getattr(args, "max_tokens", None) is not None
-    model = load_checkpoint(checkpoint, args.img_size, args.patch_size, dynamic_img_size=packed)
+    dynamic = input_form(getattr(args, "max_tokens", None)).dynamic_img_size
+    model = load_checkpoint(checkpoint, args.img_size, args.patch_size, dynamic_img_size=dynamic)
     return model.to(device).eval(), NORMALIZATIONS[args.normalization](model.preprocessing)

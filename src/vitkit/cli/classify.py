@@ -14,7 +14,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -26,9 +25,8 @@ from vitkit.cli.arguments import (
     positive_int,
 )
 from vitkit.data import Preprocessing, find_images, load_rgb
-from vitkit.data.model_input import eval_batch, model_pixels
 from vitkit.devices import resolve_device
-from vitkit.evaluation.packed import packed_logits
+from vitkit.evaluation.input_forms import SQUARE, InputForm, input_form
 from vitkit.models.vit import VisionTransformer
 from vitkit.text import printable
 from vitkit.weights import CheckpointError
@@ -64,27 +62,19 @@ def predict(
     preprocessing: Preprocessing,
     top_k: int,
     batch_size: int,
-    max_tokens: int | None = None,
+    form: InputForm = SQUARE,
 ) -> list[Prediction]:
     """Top-k softmax probabilities of every image, in batches, with a progress bar on stderr;
-    `max_tokens`: each image at its own aspect ratio, packed (`vitkit.evaluation.packed`);
-    else each image as every command feeds it (`vitkit.data.model_input`), so that classifying
-    a split's images counts what `vitkit eval` counts."""
-    device = next(model.parameters()).device
+    each image reaches the model in the input `form` (square: as every command feeds it,
+    `vitkit.data.model_input`, so that classifying a split's images counts what `vitkit eval`
+    counts; packed: at its own aspect ratio)."""
     top_k = min(top_k, model.config.num_classes)
     predictions = []
     with tqdm(total=len(paths), desc="classify", unit="img", file=sys.stderr) as progress:
         for start in range(0, len(paths), batch_size):
             chunk = paths[start : start + batch_size]
-            if max_tokens is None:
-                pixels = np.stack([model_pixels(load_rgb(path), preprocessing) for path in chunk])
-                images = torch.from_numpy(pixels).permute(0, 3, 1, 2).to(device)
-                logits = model(eval_batch(images, preprocessing))
-            else:
-                pixels = [np.asarray(load_rgb(path)) for path in chunk]
-                logits = packed_logits(
-                    model, pixels, preprocessing=preprocessing, max_tokens=max_tokens
-                )
+            inputs = form.inputs(model, [load_rgb(path) for path in chunk], preprocessing)
+            logits = form.forward(model, inputs)
             top = logits.softmax(dim=-1).topk(top_k, dim=-1)
             for path, probabilities, classes, row in zip(chunk, top.values, top.indices, logits):
                 predictions.append(
@@ -153,11 +143,12 @@ def classify_and_print(
     instead of the square resize.
     """
     images = find_images(paths)  # before loading the model, so a typo fails at once
+    form = input_form(max_tokens)
     model = load_classifier(
         checkpoint,
         img_size=img_size,
         patch_size=patch_size,
-        dynamic_img_size=max_tokens is not None,
+        dynamic_img_size=form.dynamic_img_size,
     ).to(resolve_device("auto"))
     labels = class_names(model, labels_file)
     preprocessing = NORMALIZATIONS[normalization](model.preprocessing)
@@ -167,7 +158,7 @@ def classify_and_print(
         preprocessing=preprocessing,
         top_k=top_k,
         batch_size=batch_size,
-        max_tokens=max_tokens,
+        form=form,
     )
     if as_json:
         print(json.dumps(predictions_json(predictions, labels), indent=2))

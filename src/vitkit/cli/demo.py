@@ -11,14 +11,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from vitkit.analysis.plots import plot_training_curves
 from vitkit.analysis.report import figures_for_dataset
 from vitkit.analysis.run_report import write_demo_report
 from vitkit.data import open_for_model
 from vitkit.data.shared import default_cifar10
 from vitkit.devices import resolve_device
 from vitkit.training.demo import run_demo
-from vitkit.training.run_dir import CURVES_NAME, RunDir
 from vitkit.weights import load_model
 
 DEFAULT_BUDGET_SECONDS = 780.0  # training time; data preparation and evaluation come on top
@@ -38,9 +36,6 @@ def run(args: argparse.Namespace) -> int:
     )
     if summary is None:  # Ctrl-C: the same command resumes
         return 0
-    for stage in summary["stages"]:
-        run_dir = RunDir(args.out / stage)
-        plot_training_curves(run_dir.metric_records(), run_dir.path / CURVES_NAME)
     model = load_model(args.out / "finetune")
     test = open_for_model(data, "test", model.preprocessing)
     figures = figures_for_dataset(

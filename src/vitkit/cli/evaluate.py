@@ -25,9 +25,9 @@ from vitkit.cli.arguments import (
 )
 from vitkit.data import DataError
 from vitkit.data.fewshot import balanced_subset
-from vitkit.data.sources import open_for_model, open_image_by_image
 from vitkit.errors import VitkitError
 from vitkit.evaluation.accuracy import classification_report
+from vitkit.evaluation.input_forms import input_form
 from vitkit.io import atomic_write_json
 from vitkit.text import printable
 
@@ -35,10 +35,8 @@ from vitkit.text import printable
 def run(args: argparse.Namespace) -> int:
     check_out(args.out)
     model, preprocessing = load_for_inference(args.checkpoint, args)
-    if args.max_tokens is None:
-        dataset = open_for_model(args.data, args.split, preprocessing, skip_bad=args.skip_bad)
-    else:  # every image at its stored size: a folder's may differ
-        dataset = open_image_by_image(args.data, args.split)
+    form = input_form(args.max_tokens)
+    dataset = form.open(args.data, args.split, preprocessing, skip_bad=args.skip_bad)
     if args.limit:
         dataset = balanced_subset(dataset, args.limit)
     classes = model.config.num_classes
@@ -54,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
         dataset,
         preprocessing=preprocessing,
         batch_size=args.batch_size,
-        max_tokens=args.max_tokens,
+        form=form,
     )
     args.out.mkdir(parents=True, exist_ok=True)
     result = {
@@ -73,13 +71,9 @@ def run(args: argparse.Namespace) -> int:
     width = max(len(text) for text in shown.values())
     for name, accuracy in report.per_class.items():
         print(f"  {shown[name]:<{width}}  {accuracy:7.2%}  ({report.counts[name]} images)")
-    if args.max_tokens is None:
-        sizes = f"at {preprocessing.resolution[0]}x{preprocessing.resolution[1]} px"
-    else:
-        sizes = f"at their aspect ratios, at most {args.max_tokens} patches each"
     print(
         f"top-1 {report.top1:.2%}  top-5 {report.top5:.2%}  on {report.images} images "
-        f"{sizes} -> {args.out}"
+        f"{form.describe(preprocessing)} -> {args.out}"
     )
     return 0
 

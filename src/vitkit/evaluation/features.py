@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from vitkit.data.arrays import ArrayDataset
-from vitkit.evaluation.accuracy import iter_outputs
+from vitkit.evaluation.input_forms import SQUARE
 from vitkit.models.preprocessing import Preprocessing
 from vitkit.models.vit import VisionTransformer
 
@@ -23,23 +23,16 @@ def extract_features(
     *,
     preprocessing: Preprocessing | None = None,
     batch_size: int = 256,
-    device: torch.device | None = None,
     progress: str | None = "features",
 ) -> tuple[torch.Tensor, np.ndarray]:
-    """(features (N, D) float32 on the CPU, labels (N,)) of every image of `dataset`, in order;
-    images prepared as `preprocessing` says (default: the model's own record)."""
+    """(features (N, D) float32 on the CPU, labels (N,)) of every image of `dataset`, in order,
+    on the model's device; images as every command feeds them (square), prepared as
+    `preprocessing` says (default: the model's own record)."""
     preprocessing = preprocessing or model.preprocessing
-    device = device or next(model.parameters()).device
     model.eval()
-    chunks = [
-        features
-        for features, _ in iter_outputs(
-            lambda inputs: representation(model, inputs),
-            dataset,
-            preprocessing=preprocessing,
-            device=device,
-            batch_size=batch_size,
-            progress=progress,
-        )
-    ]
+    outputs = SQUARE.outputs(
+        model, dataset, preprocessing=preprocessing, batch_size=batch_size, progress=progress,
+        function=lambda inputs: representation(model, inputs),
+    )  # fmt: skip
+    chunks = [features for features, _ in outputs]
     return torch.cat(chunks), np.asarray(dataset.labels)

@@ -20,6 +20,7 @@ from vitkit.data.folder import WHOLE_TREE, MixedSizes, check_same_classes, is_cl
 from vitkit.data.loader import ArrayLoader
 from vitkit.data.sources import open_dataset, open_for_model
 from vitkit.errors import ConfigError, TrainingError
+from vitkit.evaluation.input_forms import SQUARE, PackedImages
 from vitkit.models.config import ViTConfig, get_config
 from vitkit.models.masked_patches import MaskedPatchViT, masked_patch_loss
 from vitkit.models.preprocessing import Preprocessing
@@ -101,6 +102,16 @@ class Splits:
     train: str  # the split trained on: a folder name, or WHOLE_TREE
     test: str  # '' for none
     validation_fraction: float  # of each class's training images held out (0: none)
+
+
+def check_resolution(config: TrainConfig) -> None:
+    """Refuse resolution 0 (the init checkpoint's own, as the transfer preset says) without an
+    init, before any image is read."""
+    if not config.resolution and not config.init:
+        raise ConfigError(
+            "resolution=0 means the init checkpoint's own: set init=CHECKPOINT (the model to "
+            "fine-tune), or a resolution"
+        )
 
 
 def resolve_splits(config: TrainConfig) -> Splits:
@@ -352,9 +363,10 @@ def build_step(
         device=device,
         world=world,
         seed=config.seed,
+        form=PackedImages(config.max_tokens, keep=config.token_keep)
+        if config.max_tokens
+        else SQUARE,
         patch_sizes=config.patch_size_choices,
-        max_tokens=config.max_tokens,
-        token_keep=config.token_keep,
         micro_batches=config.micro_batches(processes=world.size),
         grad_clip=config.grad_clip,
         autocast_dtype=AUTOCAST_DTYPES.get(precision),

@@ -296,8 +296,6 @@ class TrainConfig:
                 f"set one of steps, epochs or budget_seconds, not {' and '.join(given)} (only one "
                 "would count); on the command line, the one given replaces the preset's"
             )
-        if not self.resolution and not self.init:
-            problems.append("resolution=0 means the init checkpoint's own; set init, or a size")
         if self.keep_best and not self.eval_every:
             problems.append("keep_best compares the validation top-1 every eval_every steps; "
                             "set eval_every")  # fmt: skip
@@ -315,10 +313,13 @@ class TrainConfig:
             problems.append("optimizer muon works with parallel=ddp and fp32 or bf16")
         if self.task == "masked_patches":
             problems.extend(self._masked_patches_problems())
-        model_problem = None if self.init else self._model_problem()
+        # resolution 0 is the init checkpoint's own: a preset may leave init to the command
+        # line, and training refuses a run without one (`build.build_model`).
+        model_problem = None if self.init or not self.resolution else self._model_problem()
         if model_problem:
             problems.append(model_problem)
-        if problem := self._patch_sizes_problem(fit=not self.init and not model_problem):
+        fit = not self.init and bool(self.resolution) and not model_problem
+        if problem := self._patch_sizes_problem(fit=fit):
             problems.append(problem)
         problems.extend(self._packing_problems())
         return problems

@@ -145,7 +145,6 @@ class Run:
             parallel.unsharded(model),
             images,
             preprocessing=self.state.model.preprocessing,
-            device=self.device,
             autocast_dtype=self.train_step.autocast_dtype,
             rank=self.world.rank,
             world_size=self.world.size,
@@ -162,7 +161,7 @@ class Run:
         in this process, on the images and with the flip averaging of the run's top-1."""
         preprocessing = self.state.model.preprocessing
         report = classification_report(
-            model, images, preprocessing=preprocessing, device=self.device,
+            model, images, preprocessing=preprocessing,
             autocast_dtype=self.train_step.autocast_dtype, progress=None,
             flip_average=self.config.eval_flip,
         )  # fmt: skip

@@ -110,6 +110,32 @@ PRESETS: dict[str, TrainConfig] = {
         decay="cosine",
         test_split="",
     ),
+    # Fine-tuning a pretrained model on a small folder of one's own images, on a CPU: a few
+    # hundred to a few thousand images, whole runs of minutes. At the checkpoint's own
+    # resolution (a larger one costs the square of the ratio in time); AdamW with a short
+    # warm-up and cosine decay, label smoothing, crops of at least 35% of the image and flips;
+    # 10% of each class held out and the best weights on it kept (OUT/best), since on a few
+    # hundred images a long schedule can over-train. No test-time flips, so that the run's
+    # top-1 is what `vitkit eval`, `classify` and the exports give.
+    # Command: vitkit train --preset transfer --data my-images --out runs/mine init=CHECKPOINT
+    # Hardware: 2 CPU cores. Expected: benchmarks/RESULTS.md ("transfer"), from
+    # benchmarks/transfer.py.
+    "transfer": TrainConfig(
+        resolution=0,
+        optimizer="adamw",
+        lr=1e-4,
+        weight_decay=0.05,
+        batch_size=32,
+        epochs=15,
+        warmup_fraction=0.1,
+        decay="cosine",
+        label_smoothing=0.1,
+        crop_scale_min=0.35,
+        val_fraction=0.1,
+        keep_best=True,
+        eval_every=20,
+        checkpoint_every=50,
+    ),
     "demo-pretrain": _DEMO_PRETRAIN,
     "demo-finetune": _DEMO_FINETUNE,
     # The demo on a GPU (vitkit demo --hardware gpu, chosen automatically when CUDA is

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from vitkit.data.augment import TrainAugment
 from vitkit.errors import TrainingError
-from vitkit.models.packing import forward_packed, sequence_length
+from vitkit.evaluation.input_forms import InputForm
 from vitkit.training import parallel
 from vitkit.training.compiling import FirstCompileLimit
 from vitkit.training.distributed import World
@@ -67,11 +67,10 @@ class TrainStep:
     device: torch.device
     world: World
     seed: int
+    # How the augmented images reach the model: square batches, or (NaViT) lists of images of
+    # their own sizes, packed; the augmentation gives the batches of the same form.
+    form: InputForm
     patch_sizes: tuple[int, ...] = ()  # FlexiViT: one drawn per step; empty: the model's own
-    # NaViT: the augmentation gives a list of images of at most `max_tokens` patches each, packed
-    # into sequences of `sequence_length`, each keeping `token_keep` of its patch tokens.
-    max_tokens: int = 0  # 0: square batches
-    token_keep: float = 1.0
     micro_batches: int  # forward/backward passes per step in this process
     grad_clip: float
     autocast_dtype: torch.dtype | None
@@ -128,15 +127,7 @@ class TrainStep:
             with torch.autocast(
                 self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None
             ):
-                if isinstance(chunk, list):
-                    sequence = sequence_length(state.model, self.max_tokens)
-                    outputs = forward_packed(
-                        state.model, chunk, max_tokens=sequence, keep=self.token_keep
-                    )
-                elif patch_size is None:
-                    outputs = state.model(chunk)
-                else:
-                    outputs = state.model(chunk, patch_size=patch_size)
+                outputs = self.form.forward(state.model, chunk, patch_size=patch_size)
             loss = self.loss(outputs, chunk_targets) / passes
             value = loss.item()
             if not math.isfinite(value):

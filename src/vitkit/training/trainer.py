@@ -71,6 +71,7 @@ def _start(
     complete already."""
     saved = run_dir.saved_config()
     changes = run_dir.config_changes(saved, config, force=force) if saved else {}
+    build.check_resolution(config)
     splits = build.resolve_splits(config)
     if world.is_main and (line := build.describe_splits(config, splits)):
         print(line, file=sys.stderr)
