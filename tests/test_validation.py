@@ -110,3 +110,28 @@ def test_keep_best_needs_a_validation_split_and_evaluations(
         tiny(image_tree, keep_best=True)
     with pytest.raises(TrainingError, match="set val_fraction"):
         train(tiny(image_tree, keep_best=True, eval_every=2), tmp_path / "run")
+
+
+def test_eval_reads_the_validation_images_a_run_held_out(
+    image_tree: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`vitkit eval --split validation` of a run's folder counts what the run's end counted,
+    from train_config.json's record alone; a folder without one is refused in one line."""
+    flat = _flat(image_tree, tmp_path / "flat")
+    run = tmp_path / "run"
+    train(tiny(flat), run)
+    assert main(["eval", "--checkpoint", str(run), "--data", str(flat), "--split",
+                 "validation", "--out", str(tmp_path / "e")]) == 0  # fmt: skip
+    evaluated = json.loads((tmp_path / "e" / "eval.json").read_text())
+    at_the_end = json.loads((run / "eval.json").read_text())
+    for key in ("images", "top1", "per_class", "confusion"):
+        assert evaluated[key] == at_the_end[key], key
+    model_only = tmp_path / "model-only"
+    model_only.mkdir()
+    for name in ("model.safetensors", "config.json"):
+        shutil.copy(run / name, model_only / name)
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(model_only), "--data", str(flat), "--split",
+                 "validation"]) == 2  # fmt: skip
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "no train_config.json" in error[0]

@@ -34,7 +34,7 @@ from vitkit.models.checks import FieldProblem, check_each, integer, shown
 from vitkit.models.complexity import count_params
 from vitkit.models.config import ViTConfig, config_from_fields
 from vitkit.text import printable
-from vitkit.training.build import VALIDATION, resolve_splits
+from vitkit.training.build import resolve_splits
 from vitkit.training.config import ARCHITECTURE_FIELDS, TrainConfig
 from vitkit.training.run_dir import (
     CONFIG_NAME,
@@ -44,6 +44,7 @@ from vitkit.training.run_dir import (
     RunDir,
 )
 from vitkit.training.summary import TrainSummary
+from vitkit.training.validation import VALIDATION
 from vitkit.weights.load import load_model
 
 REPORT_NAME = "report.html"

@@ -30,13 +30,19 @@ from vitkit.evaluation.accuracy import classification_report
 from vitkit.evaluation.input_forms import input_form
 from vitkit.io import atomic_write_json
 from vitkit.text import printable
+from vitkit.training.validation import VALIDATION, Validation
 
 
 def run(args: argparse.Namespace) -> int:
     check_out(args.out)
     model, preprocessing = load_for_inference(args.checkpoint, args)
     form = input_form(args.max_tokens)
-    dataset = form.open(args.data, args.split, preprocessing, skip_bad=args.skip_bad)
+    if args.split == VALIDATION:  # the images a training run held out, as its record says
+        validation = Validation.of_run(args.checkpoint)
+        whole = form.open(args.data, validation.split, preprocessing, skip_bad=args.skip_bad)
+        dataset = validation.held_out(whole)
+    else:
+        dataset = form.open(args.data, args.split, preprocessing, skip_bad=args.skip_bad)
     if args.limit:
         dataset = balanced_subset(dataset, args.limit)
     classes = model.config.num_classes
@@ -95,7 +101,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--checkpoint", type=Path, required=True, help="anything load_model takes")
     parser.add_argument("--data", required=True, help="dataset path or name")
-    parser.add_argument("--split", default="test", help="split to evaluate (default: test)")
+    parser.add_argument(
+        "--split",
+        default="test",
+        help="split to evaluate (default: test; '.' for a folder of class folders without "
+        "splits; 'validation' for the images the training run CHECKPOINT held out)",
+    )
     parser.add_argument("--out", type=Path, default=Path("eval"), help="output directory")
     parser.add_argument(
         "--limit",

@@ -5,16 +5,16 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from vitkit import devices
 from vitkit.data.arrays import ArrayDataset
 from vitkit.data.augment import AugmentConfig, TrainAugment
-from vitkit.data.fewshot import nested_fraction, validation_split
+from vitkit.data.fewshot import nested_fraction
 from vitkit.data.fitting import COVER, WITHIN, Fit
 from vitkit.data.folder import WHOLE_TREE, MixedSizes, check_same_classes, is_class_tree
 from vitkit.data.loader import ArrayLoader
@@ -33,6 +33,7 @@ from vitkit.training.optim import build_optimizer
 from vitkit.training.run_dir import RunDir
 from vitkit.training.state import TrainState
 from vitkit.training.step import TrainStep, soft_cross_entropy
+from vitkit.training.validation import Validation
 from vitkit.weights.load import load_model
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -43,8 +44,6 @@ AUTO_BF16_MIN_WIDTH = 192
 # The share of each class held out to validate on when a folder has no splits and val_fraction
 # says none: timm's and Keras' usual 10 to 20%, at the low end for the small folders it is for.
 VALIDATION_FRACTION = 0.1
-# What metrics.jsonl and eval.json call the images held out of the training split.
-VALIDATION = "validation"
 
 
 def resolve_device(name: str, launched: Launch | None = None) -> torch.device:
@@ -152,17 +151,14 @@ class HeldOut:
     validation_record: dict[str, object] | None  # for train_config.json
 
 
-def open_data(config: TrainConfig, splits: Splits) -> tuple[ArrayDataset, np.ndarray | None]:
+def open_data(config: TrainConfig, splits: Splits) -> tuple[ArrayDataset, Validation | None]:
     """The training set (`open_split` of `splits.train`, less the validation images, cut to
-    `train_fraction` of each class) and the indices of the validation images in the split."""
+    `train_fraction` of each class) and which of the split's images are held out."""
     pool = open_split(config, splits.train)
     train_set, validation = pool, None
     if splits.validation_fraction:
-        kept, validation = validation_split(
-            pool.labels, splits.validation_fraction, seed=config.seed,
-            num_classes=len(pool.classes),
-        )  # fmt: skip
-        train_set = pool.subset(kept)
+        validation = Validation(splits.train, splits.validation_fraction, config.seed)
+        train_set = pool.subset(validation.indices(pool.labels, train=True))
     if config.train_fraction < 1:
         chosen = nested_fraction(
             train_set.labels, config.train_fraction, num_classes=len(train_set.classes)
@@ -179,28 +175,21 @@ def open_data(config: TrainConfig, splits: Splits) -> tuple[ArrayDataset, np.nda
 def open_held_out(
     config: TrainConfig,
     splits: Splits,
-    train_set: ArrayDataset,
-    validation: np.ndarray | None,
+    classes: Sequence[str],
+    validation: Validation | None,
     preprocessing: Preprocessing,
 ) -> HeldOut:
-    """The validation images (`validation`: their indices in the training split) and the test
-    split, read for a model with `preprocessing`; their classes are `train_set`'s."""
+    """The validation images and the test split, read for a model with `preprocessing`; their
+    classes must be the training set's `classes`."""
     options = dict(skip_bad=config.skip_bad, download=config.download)
     test_set = validation_set = record = None
     if splits.test:
         test_set = open_for_model(config.data, splits.test, preprocessing, **options)
-        check_same_classes(train_set.classes, test_set.classes, where=config.data)
+        check_same_classes(classes, test_set.classes, where=config.data)
     if validation is not None:
-        validation_set = open_for_model(config.data, splits.train, preprocessing, **options)
-        validation_set = validation_set.subset(validation)
-        counts = np.bincount(validation_set.labels, minlength=len(train_set.classes))
-        record = {
-            "split": splits.train,
-            "fraction": splits.validation_fraction,
-            "seed": config.seed,
-            "images": len(validation_set),
-            "per_class": dict(zip(train_set.classes, counts.tolist())),
-        }
+        whole_split = open_for_model(config.data, validation.split, preprocessing, **options)
+        validation_set = validation.held_out(whole_split)
+        record = validation.record(validation_set)
     return HeldOut(validation_set, test_set, record)
 
 

@@ -22,7 +22,7 @@ from vitkit.models.masked_patches import MaskedPatchViT
 from vitkit.models.vit import VisionTransformer
 from vitkit.training import parallel
 from vitkit.training.best import BestWeights
-from vitkit.training.build import VALIDATION, HeldOut
+from vitkit.training.build import HeldOut
 from vitkit.training.config import TrainConfig
 from vitkit.training.distributed import StopRequest, World
 from vitkit.training.planner import Plan, Stopwatch, every, replanned
@@ -30,6 +30,7 @@ from vitkit.training.run_dir import EVAL_NAME, Metrics, RunDir
 from vitkit.training.state import Checkpoints, TrainState
 from vitkit.training.step import TrainStep
 from vitkit.training.summary import TrainSummary
+from vitkit.training.validation import VALIDATION
 from vitkit.weights.native import save_pretrained
 
 

@@ -78,7 +78,8 @@ def _start(
     train_set, validation = build.open_data(config, splits)
     num_classes = len(train_set.classes)
     model = build.new_model(config, num_classes=num_classes, device=device)
-    held_out = build.open_held_out(config, splits, train_set, validation, model.preprocessing)
+    held_out = build.open_held_out(config, splits, train_set.classes, validation,
+                                   model.preprocessing)  # fmt: skip
     precision, why = build.resolve_precision(config.precision, device, model.config)
     if world.is_main:
         if config.init:
