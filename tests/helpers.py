@@ -170,8 +170,11 @@ CLASSES = ("red", "green", "blue")
 
 
 def tiny(image_tree: Path, **fields: object) -> TrainConfig:
-    """The `tiny` training preset on `image_tree`, with `fields` changed."""
-    return dataclasses.replace(get_preset("tiny"), data=str(image_tree), **fields)
+    """The `tiny` training preset on `image_tree`, with `fields` changed; without the report's
+    figures and page (seconds of matplotlib per run) unless `report=True` asks for them."""
+    return dataclasses.replace(
+        get_preset("tiny"), data=str(image_tree), **{"report": False, **fields}
+    )
 
 
 def train_killed_and_resumed(config: TrainConfig, run: Path) -> None:

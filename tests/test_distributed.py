@@ -401,8 +401,7 @@ def test_evaluation_slices_count_every_image_once() -> None:
     torch.manual_seed(0)
     model = vitkit.create_model("ViT-Test/8", img_size=16, num_classes=3)
     torch.nn.init.normal_(model.head.weight)  # a zero head would predict class 0 everywhere
-    options = dict(preprocessing=vitkit.Preprocessing.google(16), device=torch.device("cpu"),
-                   batch_size=2)  # fmt: skip
+    options = dict(preprocessing=vitkit.Preprocessing.google(16), batch_size=2)
     whole = top1_counts(model, dataset, **options)
     slices = [top1_counts(model, dataset, rank=r, world_size=3, **options) for r in range(3)]
     assert [total for _, total in slices] == [4, 3, 4]

@@ -65,7 +65,7 @@ def test_a_python_run_writes_its_report_and_a_finished_run_run_again_rewrites_it
     3 steps, which logs its loss once, draws that point; run again, the finished run writes its
     outputs anew, now with the per-class accuracy of its eval.json."""
     out = tmp_path / "run"
-    config = tiny(image_tree, steps=3, log_every=10)
+    config = tiny(image_tree, steps=3, log_every=10, report=True)
     train(config, out)
     assert f"report: {out / 'report.html'}" in capsys.readouterr().out
     report = (out / "report.html").read_text()
@@ -89,7 +89,7 @@ def test_a_forced_resume_is_listed_and_a_run_without_test_split_has_a_report(
     image_tree: Path, tmp_path: Path, cache_in_tmp: None
 ) -> None:
     out = tmp_path / "run"
-    config = tiny(image_tree, steps=2, test_split="")
+    config = tiny(image_tree, steps=2, test_split="", report=True)
     train(config, out)
     train(dataclasses.replace(config, steps=4, lr=2e-3), out, force=True)
     report = (out / "report.html").read_text()
@@ -212,3 +212,12 @@ def test_the_report_plots_text_is_readable_at_the_saved_size(
         small = [(text, round(pixels, 1)) for text, pixels in texts if pixels < 11]
         assert not small, small
         assert Image.open(png).width <= 900
+
+
+def test_report_false_writes_no_report(image_tree: Path, tmp_path: Path) -> None:
+    """report=false (experiments' runs) leaves the curves, figures and page out; the model,
+    summary and eval.json are written as ever."""
+    train(tiny(image_tree, steps=2, report=False), tmp_path / "run")
+    written = {path.name for path in (tmp_path / "run").iterdir()}
+    assert {"model.safetensors", "summary.json", "eval.json"} <= written
+    assert not written & {"report.html", "curves.png", "figures", "confusion_matrix.png"}

@@ -18,6 +18,7 @@ every value a later run reads is checked, each bad one refused in one line namin
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -144,8 +145,10 @@ class ExperimentRecord:
         return self.folder / "runs" / key
 
     def configured(self, config: TrainConfig) -> TrainConfig:
-        """`config` with the settings' overrides applied, as every run of the experiment."""
-        return parse_overrides(config, self.content["settings"]["overrides"])
+        """`config` with the settings' overrides applied, as every run of the experiment; no
+        report of its own (the experiment's report.html shows every run)."""
+        configured = parse_overrides(config, self.content["settings"]["overrides"])
+        return dataclasses.replace(configured, report=False)
 
     def train(self, key: str, config: TrainConfig) -> dict[str, Any]:
         """The result of run `key` (top1, steps, seconds): from the record when it finished

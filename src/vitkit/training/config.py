@@ -47,7 +47,7 @@ FORCEABLE_FIELDS = frozenset({
     "label_smoothing", "dropout", "drop_path", "crop_scale_min", "hflip", "randaugment_ops",
     "randaugment_magnitude", "mixup_alpha", "cutmix_alpha", "test_split", "download", "device",
     "compile", "compile_time_limit", "checkpoint_every", "log_every", "eval_every", "eval_flip",
-    "keep_best",
+    "keep_best", "report",
     "token_keep",
 })  # fmt: skip
 
@@ -240,6 +240,11 @@ class TrainConfig:
         "steps between metric lines and progress-bar updates", 10, AT_LEAST_ONE
     )
     eval_every: int = described("steps between evaluations (0: only at the end)", 0, NON_NEGATIVE)
+    report: bool = described(
+        "at the end, write curves.png, the inspection figures (figures/) and report.html "
+        "(an experiment's runs leave them to its own report)",
+        True,
+    )
     keep_best: bool = described(
         "keep the weights of the best validation top-1 (checked every eval_every steps) in "
         "OUT/best; chosen on the validation split, never the test split",

@@ -39,7 +39,8 @@ def train(
 ) -> TrainSummary:
     """Train (or resume training) in `out_dir`; returns the summary also written there. `force`
     resumes with the changes that training/config.py's FORCEABLE_FIELDS allows. A complete run
-    (run again: as it is) ends with its curves, inspection figures and report.html
+    (run again: as it is) ends, unless `config.report` is off, with its curves, inspection
+    figures and report.html
     (`run_report.write_run_outputs`, whose paths it prints); `command`: the command line that
     ran it, for the report (None: from Python)."""
     run_dir = RunDir(out_dir)
@@ -54,7 +55,7 @@ def train(
                     run_dir.path.mkdir(parents=True, exist_ok=True)
                 run = _start(config, run_dir, force=force, device=device, world=world)
                 summary = run if isinstance(run, TrainSummary) else run.loop()
-                if world.is_main and summary.complete:
+                if world.is_main and summary.complete and config.report:
                     with run_dir.writing():  # a failed write says so, as for every file
                         outputs = run_report.write_run_outputs(
                             run_dir.path, config, summary, command=command
