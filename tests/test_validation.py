@@ -135,3 +135,16 @@ def test_eval_reads_the_validation_images_a_run_held_out(
                  "validation"]) == 2  # fmt: skip
     error = capsys.readouterr().err.strip().splitlines()
     assert len(error) == 1 and "no train_config.json" in error[0]
+
+
+def test_eval_with_flip_averaging_counts_what_an_eval_flip_run_counted(
+    image_tree: Path, tmp_path: Path
+) -> None:
+    run = tmp_path / "run"
+    summary = train(tiny(image_tree, eval_flip=True), run)
+    out = tmp_path / "e"
+    assert main(["eval", "--checkpoint", str(run), "--data", str(image_tree), "--flip-average",
+                 "--out", str(out)]) == 0  # fmt: skip
+    evaluated = json.loads((out / "eval.json").read_text())
+    assert evaluated["flip_average"] is True and evaluated["top1"] == summary.top1
+    assert evaluated["confusion"] == json.loads((run / "eval.json").read_text())["confusion"]

@@ -35,6 +35,8 @@ from vitkit.training.validation import VALIDATION, Validation
 
 def run(args: argparse.Namespace) -> int:
     check_out(args.out)
+    if args.flip_average and args.max_tokens:
+        raise VitkitError("--flip-average mirrors square images; --max-tokens packs them instead")
     model, preprocessing = load_for_inference(args.checkpoint, args)
     form = input_form(args.max_tokens)
     if args.split == VALIDATION:  # the images a training run held out, as its record says
@@ -59,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
         preprocessing=preprocessing,
         batch_size=args.batch_size,
         form=form,
+        flip_average=args.flip_average,
     )
     args.out.mkdir(parents=True, exist_ok=True)
     result = {
@@ -67,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
         "split": args.split,
         "resolution": list(preprocessing.resolution) if args.max_tokens is None else None,
         "max_tokens": args.max_tokens,
+        "flip_average": args.flip_average,
         "preprocessing": dataclasses.asdict(preprocessing),
         **report.to_json(),
     }
@@ -113,6 +117,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         type=positive_int,
         help="evaluate on about this many images, the same number of every class (the same "
         "subset every time), for a quick estimate",
+    )
+    parser.add_argument(
+        "--flip-average",
+        action="store_true",
+        help="average each image's logits with its mirror image's, as a training run with "
+        "eval_flip=true counts its top-1 (square images only)",
     )
     add_token_budget_argument(parser)
     add_skip_bad_argument(parser)
