@@ -87,6 +87,22 @@ def test_classify_prints_top_k_for_every_image(
         assert all(0 < probability <= 1 for probability in probabilities)
 
 
+def test_classify_skips_unreadable_images_only_when_asked(
+    capsys: pytest.CaptureFixture[str], image_folder: Path
+) -> None:
+    """A broken file stops classify in one line naming it and the way out; with --skip-bad the
+    others are classified and a warning counts and names the skipped one."""
+    broken = image_folder / "sub" / "broken.jpg"
+    broken.write_bytes(b"not a jpeg")
+    code, out, err = run(capsys, "classify", CHECKPOINT, image_folder)
+    assert code == 2 and str(broken) in err and "--skip-bad leaves such images out" in err
+    with pytest.warns(UserWarning, match=rf"skipped 1 unreadable images: {re.escape(str(broken))}"):
+        code, out, err = run(capsys, "classify", CHECKPOINT, image_folder, "--skip-bad")
+    assert code == 0 and sorted(parse_predictions(out)) == [
+        str(path) for path in sorted(image_folder.rglob("*.png"))
+    ]
+
+
 def test_classify_matches_the_model(capsys: pytest.CaptureFixture[str], image_folder: Path) -> None:
     """The printed top classes are the model's, whatever the batching."""
     model = vitkit.load_model(CHECKPOINT)

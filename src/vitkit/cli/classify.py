@@ -10,21 +10,24 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from PIL import Image
 from tqdm import tqdm
 
 from vitkit.cli.arguments import (
     NORMALIZATIONS,
     add_input_arguments,
+    add_skip_bad_argument,
     add_token_budget_argument,
     load_checkpoint,
     positive_int,
 )
-from vitkit.data import Preprocessing, find_images, load_rgb
+from vitkit.data import DataError, Preprocessing, find_images, load_rgb
 from vitkit.devices import resolve_device
 from vitkit.evaluation.input_forms import SQUARE, InputForm, input_form
 from vitkit.models.vit import VisionTransformer
@@ -63,17 +66,24 @@ def predict(
     top_k: int,
     batch_size: int,
     form: InputForm = SQUARE,
+    skip_bad: bool = False,
 ) -> list[Prediction]:
     """Top-k softmax probabilities of every image, in batches, with a progress bar on stderr;
     each image reaches the model in the input `form` (square: as every command feeds it,
     `vitkit.data.model_input`, so that classifying a split's images counts what `vitkit eval`
-    counts; packed: at its own aspect ratio)."""
+    counts; packed: at its own aspect ratio). `skip_bad`: images that cannot be read are left
+    out, counted and named in a warning at the end, instead of stopping at the first."""
     top_k = min(top_k, model.config.num_classes)
     predictions = []
+    skipped: dict[Path, str] = {}
     with tqdm(total=len(paths), desc="classify", unit="img", file=sys.stderr) as progress:
         for start in range(0, len(paths), batch_size):
-            chunk = paths[start : start + batch_size]
-            inputs = form.inputs(model, [load_rgb(path) for path in chunk], preprocessing)
+            batch = paths[start : start + batch_size]
+            chunk, images = _readable(batch, skipped, skip_bad)
+            progress.update(len(batch) - len(chunk))  # the skipped ones
+            if not chunk:
+                continue
+            inputs = form.inputs(model, images, preprocessing)
             logits = form.forward(model, inputs)
             top = logits.softmax(dim=-1).topk(top_k, dim=-1)
             for path, probabilities, classes, row in zip(chunk, top.values, top.indices, logits):
@@ -81,7 +91,29 @@ def predict(
                     Prediction(path, classes.tolist(), probabilities.tolist(), row.tolist())
                 )
             progress.update(len(chunk))
+    if skipped:
+        names = ", ".join(printable(str(path)) for path in list(skipped)[:5])
+        more = ", ..." if len(skipped) > 5 else ""
+        warnings.warn(f"skipped {len(skipped)} unreadable images: {names}{more}", stacklevel=2)
     return predictions
+
+
+def _readable(
+    paths: Sequence[Path], skipped: dict[Path, str], skip_bad: bool
+) -> tuple[list[Path], list[Image.Image]]:
+    """The paths of `paths` that decode and their images; with `skip_bad`, the others go into
+    `skipped` (path -> why), else the first raises its DataError."""
+    kept, images = [], []
+    for path in paths:
+        try:
+            images.append(load_rgb(path))
+        except DataError as error:
+            if not skip_bad:
+                raise DataError(f"{error}; --skip-bad leaves such images out") from None
+            skipped[path] = str(error)
+            continue
+        kept.append(path)
+    return kept, images
 
 
 def class_names(model: VisionTransformer, labels_file: Path | None) -> Sequence[str] | None:
@@ -132,6 +164,7 @@ def classify_and_print(
     normalization: str = "model",
     as_json: bool = False,
     max_tokens: int | None = None,
+    skip_bad: bool = False,
 ) -> list[Prediction]:
     """Classify the images (files, or folders searched recursively) and print the top-k of each,
     as text or (as_json) one JSON document.
@@ -159,6 +192,7 @@ def classify_and_print(
         top_k=top_k,
         batch_size=batch_size,
         form=form,
+        skip_bad=skip_bad,
     )
     if as_json:
         print(json.dumps(predictions_json(predictions, labels), indent=2))
@@ -180,6 +214,7 @@ def run(args: argparse.Namespace) -> int:
         normalization=args.normalization,
         as_json=args.json,
         max_tokens=args.max_tokens,
+        skip_bad=args.skip_bad,
     )
     return 0
 
@@ -197,6 +232,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--top-k", type=positive_int, default=5, help="classes shown per image")
     add_input_arguments(parser)
     add_token_budget_argument(parser)
+    add_skip_bad_argument(parser)
     parser.add_argument("--batch-size", type=positive_int, default=32)
     parser.add_argument(
         "--labels", type=Path, help="class names, one per line (overrides the checkpoint's)"
