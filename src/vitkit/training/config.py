@@ -132,11 +132,12 @@ class TrainConfig:
         Range(0, 1, low_open=True),
     )
     data_size: int = described(
-        "image folders and archives: the square size in pixels each image is decoded to once "
-        "(0: as stored, when all are of one size). With max_tokens, each image keeps its aspect "
-        "ratio, shrunk to fit within data_size x data_size, so that the crops see the whole "
-        "image; otherwise, and for the test split, it is resized and centre-cropped to it "
-        "(torchvision's Resize + CenterCrop). CIFAR stays 32 px",
+        "image folders and archives: the square size in pixels each training image is decoded "
+        "to once (0: as stored when all are of one size, else each whole within resolution x "
+        "resolution). With max_tokens, each image keeps its aspect ratio, shrunk to fit within "
+        "data_size x data_size, so that the crops see the whole image; otherwise it is resized "
+        "and centre-cropped to it (torchvision's Resize + CenterCrop). Held-out images are "
+        "read as every command reads them, whole at the model's resolution. CIFAR stays 32 px",
         0,
         Range(0, MOST_DATA_SIZE),
     )
