@@ -103,6 +103,27 @@ def test_classify_skips_unreadable_images_only_when_asked(
     ]
 
 
+def test_vitkit_reads_its_own_timm_export_back_when_told_what_the_file_cannot_say(
+    capsys: pytest.CaptureFixture[str], image_folder: Path, tmp_path: Path
+) -> None:
+    """A timm state dict records neither the heads of a width no paper variant has nor an
+    average pooling beside a [class] token: classify refuses the first in one line naming
+    --num-heads, and with --num-heads and --classifier gives the native model's logits."""
+    model = vitkit.create_model("ViT-Test/8", img_size=16, width=96, num_heads=3,
+                                classifier="gap", num_classes=3)  # fmt: skip
+    torch.nn.init.normal_(model.head.weight)
+    native = vitkit.save_pretrained(model, tmp_path / "native")
+    exported = tmp_path / "model.safetensors"
+    assert run(capsys, "convert", native, exported, "--to", "timm")[0] == 0
+    code, _, err = run(capsys, "classify", exported, image_folder)
+    assert code == 2 and "--num-heads" in err.strip().splitlines()[-1]
+    code, told, _ = run(capsys, "classify", exported, image_folder, "--json", "--num-heads", "3",
+                        "--classifier", "gap")  # fmt: skip
+    _, own, _ = run(capsys, "classify", native, image_folder, "--json")
+    for a, b in zip(json.loads(told), json.loads(own), strict=True):
+        np.testing.assert_allclose(a["logits"], b["logits"], atol=1e-5)
+
+
 def test_classify_matches_the_model(capsys: pytest.CaptureFixture[str], image_folder: Path) -> None:
     """The printed top classes are the model's, whatever the batching."""
     model = vitkit.load_model(CHECKPOINT)

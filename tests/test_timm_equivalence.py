@@ -6,6 +6,8 @@ inferred architecture and the numerics (exact GELU, LayerNorm eps 1e-6) together
 from __future__ import annotations
 
 import functools
+import json
+import warnings
 from pathlib import Path
 
 import pytest
@@ -163,12 +165,43 @@ def test_distillation_token_is_named(tmp_path: Path) -> None:
         vitkit.load_model(path)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="timm's class_token=True + global_pool='avg' + fc_norm=False has exactly the keys of a "
-    "[class]-token model; a state dict cannot tell the pooling, so vitkit reads the token",
-)
-def test_avg_pool_with_class_token_is_indistinguishable(tmp_path: Path) -> None:
+def test_a_pooling_the_file_cannot_show_is_stated_or_warned(tmp_path: Path) -> None:
+    """timm's class_token=True + global_pool='avg' + fc_norm=False has exactly the keys of a
+    [class]-token model: read as token pooling with a one-line warning naming classifier='gap',
+    and exact once told; a config.json beside it (timm's hub layout) that records global_pool
+    tells it; a token model told so loads silently."""
     reference = make_timm("vit_tiny_patch16_224", img_size=32, global_pool="avg", fc_norm=False)
-    model = vitkit.load_model(save(reference.state_dict(), tmp_path / "avg_cls.safetensors"))
+    path = save(reference.state_dict(), tmp_path / "avg_cls.safetensors")
+    with pytest.warns(vitkit.weights.UnrecordedPoolingWarning) as caught:
+        guessed = vitkit.load_model(path)
+    (message,) = [str(warning.message) for warning in caught]
+    assert "\n" not in message and str(path) in message and "classifier='gap'" in message
+    assert guessed.config.classifier == "token"
+    model = vitkit.load_model(path, classifier="gap")
     assert compare(reference, model, images(32), "timm avg pool + class token") <= TOLERANCE
+    (tmp_path / "config.json").write_text(json.dumps({
+        "architecture": "vit_tiny_patch16_224", "global_pool": "avg",
+        "pretrained_cfg": {"mean": [0.5] * 3, "std": [0.5] * 3},
+    }))  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        recorded = vitkit.load_model(path)
+    assert compare(reference, recorded, images(32), "global_pool from config.json") <= TOLERANCE
+    token = make_timm("vit_tiny_patch16_224", img_size=32)
+    (tmp_path / "token").mkdir()
+    token_path = save(token.state_dict(), tmp_path / "token" / "token.safetensors")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        told = vitkit.load_model(token_path, classifier="token")
+    assert compare(token, told, images(32), "timm token pool, stated") <= TOLERANCE
+
+
+def test_a_pooling_against_the_file_is_refused(tmp_path: Path) -> None:
+    averaged = make_timm("vit_tiny_patch16_224", img_size=32, global_pool="avg", fc_norm=True)
+    path = save(averaged.state_dict(), tmp_path / "fc_norm.safetensors")
+    with pytest.raises(CheckpointError, match="fc_norm.*classifier='token' contradicts it"):
+        vitkit.load_model(path, classifier="token")
+    native = vitkit.save_pretrained(vitkit.create_model("ViT-Test/8", img_size=16),
+                                    tmp_path / "native")  # fmt: skip
+    with pytest.raises(CheckpointError, match="records classifier='token'.*'gap' contradicts"):
+        vitkit.load_model(native, classifier="gap")

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import get_args
 
 from vitkit.data.token_budget import MOST_TOKENS
 from vitkit.devices import DEVICE_NAMES, resolve_device
 from vitkit.errors import ConfigError
 from vitkit.evaluation.input_forms import input_form
+from vitkit.models.config import Classifier
 from vitkit.models.preprocessing import (
     GOOGLE_MEAN,
     GOOGLE_STD,
@@ -70,8 +72,32 @@ def add_skip_bad_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_unrecorded_settings(parser: argparse.ArgumentParser) -> None:
+    """--num-heads and --classifier: what some checkpoint files cannot say (`load_model`'s
+    num_heads and classifier), for every command that reads one."""
+    parser.add_argument(
+        "--num-heads",
+        type=positive_int,
+        help="heads of a timm or torchvision state dict whose width is no paper variant's",
+    )
+    parser.add_argument(
+        "--classifier",
+        choices=get_args(Classifier),
+        help="the pooling of a timm state dict with a [class] token and no fc_norm: token "
+        "(timm's global_pool='token', assumed with a warning when not given) or gap "
+        "(global_pool='avg'); other files record theirs",
+    )
+
+
+def unrecorded_settings(args: argparse.Namespace) -> dict[str, object]:
+    """The keyword arguments of `load_model` that `add_unrecorded_settings` gave."""
+    return {"num_heads": args.num_heads, "classifier": args.classifier}
+
+
 def add_input_arguments(parser: argparse.ArgumentParser) -> None:
-    """--img-size, --patch-size and --normalization: how images become the model's inputs."""
+    """--img-size, --patch-size and --normalization: how images become the model's inputs;
+    and the settings a checkpoint may not record (`add_unrecorded_settings`)."""
+    add_unrecorded_settings(parser)
     parser.add_argument(
         "--img-size",
         type=positive_int,
@@ -117,12 +143,15 @@ def load_checkpoint(
     patch_size: int | None = None,
     *,
     dynamic_img_size: bool = False,
+    settings: Mapping[str, object] | None = None,
 ) -> VisionTransformer:
-    """`load_model`, with a size the model cannot take reported as a checkpoint problem."""
+    """`load_model`, with a size the model cannot take reported as a checkpoint problem;
+    `settings`: what the file may not record (`unrecorded_settings`)."""
     try:
         return load_model(
-            checkpoint, img_size=img_size, patch_size=patch_size, dynamic_img_size=dynamic_img_size
-        )
+            checkpoint, img_size=img_size, patch_size=patch_size,
+            dynamic_img_size=dynamic_img_size, **(settings or {}),
+        )  # fmt: skip
     except ConfigError as error:  # e.g. an img_size that is no multiple of the patch size
         asked = f"{img_size or 'its'} px" + (f", patch size {patch_size}" if patch_size else "")
         raise ConfigError(f"{checkpoint}: cannot build it at {asked}: {error}") from None
@@ -135,5 +164,6 @@ def load_for_inference(
     a model that takes any image size where the command packs images (--max-tokens)."""
     device = resolve_device(args.device)  # before the load: a bad --device fails at once
     dynamic = input_form(getattr(args, "max_tokens", None)).dynamic_img_size
-    model = load_checkpoint(checkpoint, args.img_size, args.patch_size, dynamic_img_size=dynamic)
+    model = load_checkpoint(checkpoint, args.img_size, args.patch_size, dynamic_img_size=dynamic,
+                            settings=unrecorded_settings(args))  # fmt: skip
     return model.to(device).eval(), NORMALIZATIONS[args.normalization](model.preprocessing)

@@ -11,7 +11,7 @@ import argparse
 import json
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +26,7 @@ from vitkit.cli.arguments import (
     add_token_budget_argument,
     load_checkpoint,
     positive_int,
+    unrecorded_settings,
 )
 from vitkit.data import DataError, Preprocessing, find_images, load_rgb
 from vitkit.devices import resolve_device
@@ -50,8 +51,10 @@ def load_classifier(
     img_size: int | None,
     patch_size: int | None = None,
     dynamic_img_size: bool = False,
+    settings: Mapping[str, object] | None = None,
 ) -> VisionTransformer:
-    model = load_checkpoint(checkpoint, img_size, patch_size, dynamic_img_size=dynamic_img_size)
+    model = load_checkpoint(checkpoint, img_size, patch_size, dynamic_img_size=dynamic_img_size,
+                            settings=settings)  # fmt: skip
     if model.config.num_classes == 0:
         raise CheckpointError(f"{checkpoint}: has no classification head (num_classes=0)")
     return model
@@ -165,6 +168,7 @@ def classify_and_print(
     as_json: bool = False,
     max_tokens: int | None = None,
     skip_bad: bool = False,
+    settings: Mapping[str, object] | None = None,
 ) -> list[Prediction]:
     """Classify the images (files, or folders searched recursively) and print the top-k of each,
     as text or (as_json) one JSON document.
@@ -182,6 +186,7 @@ def classify_and_print(
         img_size=img_size,
         patch_size=patch_size,
         dynamic_img_size=form.dynamic_img_size,
+        settings=settings,
     ).to(resolve_device("auto"))
     labels = class_names(model, labels_file)
     preprocessing = NORMALIZATIONS[normalization](model.preprocessing)
@@ -215,6 +220,7 @@ def run(args: argparse.Namespace) -> int:
         as_json=args.json,
         max_tokens=args.max_tokens,
         skip_bad=args.skip_bad,
+        settings=unrecorded_settings(args),
     )
     return 0
 

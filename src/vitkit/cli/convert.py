@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from vitkit.cli.arguments import positive_int
+from vitkit.cli.arguments import add_unrecorded_settings, unrecorded_settings
 from vitkit.text import printable
 from vitkit.weights import load_model
 from vitkit.weights.class_names import labels_file
@@ -31,7 +31,7 @@ def _progress(message: str, started: float) -> None:
 def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     _progress(f"reading {args.source}", started)
-    model = load_model(args.source, format=args.format, num_heads=args.num_heads)
+    model = load_model(args.source, format=args.format, **unrecorded_settings(args))
     millions = sum(param.numel() for param in model.parameters()) / 1e6
     _progress(f"read a model of {millions:.1f}M parameters; writing {args.to}", started)
     written = export_model(model, args.destination, to=args.to)
@@ -60,9 +60,5 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--format", choices=SOURCE_FORMATS, help="the source's format, when its name does not tell"
     )
-    parser.add_argument(
-        "--num-heads",
-        type=positive_int,
-        help="heads of a timm or torchvision state dict whose width is no paper variant's",
-    )
+    add_unrecorded_settings(parser)
     parser.set_defaults(run=run, command="convert")

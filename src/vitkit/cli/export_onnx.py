@@ -8,7 +8,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from vitkit.cli.arguments import load_checkpoint, positive_int
+from vitkit.cli.arguments import (
+    add_unrecorded_settings,
+    load_checkpoint,
+    positive_int,
+    unrecorded_settings,
+)
 from vitkit.weights.onnx_export import INPUT_NAME, OUTPUT_NAME, export_onnx
 
 
@@ -17,7 +22,7 @@ def batch_size(text: str) -> int | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    model = load_checkpoint(args.checkpoint, args.img_size)
+    model = load_checkpoint(args.checkpoint, args.img_size, settings=unrecorded_settings(args))
     # Tracing and converting take seconds (minutes for ViT-H): say so before the wait.
     print(f"exporting {args.checkpoint} to ONNX (this takes a few seconds)", file=sys.stderr)
     export_onnx(model, args.output, batch_size=args.batch, opset_version=args.opset)
@@ -41,6 +46,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("checkpoint", type=Path, help="checkpoint file or directory")
     parser.add_argument("output", type=Path, help="the .onnx file to write")
+    add_unrecorded_settings(parser)
     parser.add_argument(
         "--img-size",
         type=positive_int,

@@ -10,7 +10,11 @@ from vitkit.weights.registry import (
     register_pretrained,
     resolve_checkpoint,
 )
-from vitkit.weights.state_dict import NonFiniteWeightsWarning, PartialLoadWarning
+from vitkit.weights.state_dict import (
+    NonFiniteWeightsWarning,
+    PartialLoadWarning,
+    UnrecordedPoolingWarning,
+)
 
 __all__ = [
     "CheckpointError",
@@ -23,4 +27,5 @@ __all__ = [
     "register_pretrained",
     "resolve_checkpoint",
     "save_pretrained",
+    "UnrecordedPoolingWarning",
 ]

@@ -26,7 +26,7 @@ import torch
 
 from vitkit.errors import CheckpointError, ConfigError
 from vitkit.io import regular_file
-from vitkit.models.config import ViTConfig, as_pair
+from vitkit.models.config import Classifier, ViTConfig, as_pair
 from vitkit.models.patch_resample import resample_patch_embed
 from vitkit.models.preprocessing import Preprocessing
 from vitkit.models.vit import VisionTransformer, resize_position_parameter
@@ -43,11 +43,18 @@ from vitkit.weights.native import CONFIG_FILE, WEIGHTS_FILE, is_native_config, r
 from vitkit.weights.registry import registered_weights, resolve_checkpoint
 from vitkit.weights.state_dict import (
     PartialLoadWarning,
+    UnrecordedPoolingWarning,
     build_and_load,
     check_architecture,
     expected_shapes,
 )
-from vitkit.weights.timm import read_pretrained_cfg, timm_preprocessing, timm_to_vitkit
+from vitkit.weights.timm import (
+    pooling_unrecorded,
+    read_global_pool,
+    read_pretrained_cfg,
+    timm_preprocessing,
+    timm_to_vitkit,
+)
 from vitkit.weights.torchvision import (
     looks_like_torchvision,
     torchvision_preprocessing,
@@ -116,15 +123,40 @@ class _Checkpoint:
     class_names: ClassNames | None = None
 
 
-def _read(path: Path, format: Format, num_heads: int | None) -> _Checkpoint:
-    """The checkpoint at `path` in `format`, converted to vitkit's config and names."""
+def _read(
+    path: Path, format: Format, num_heads: int | None, classifier: Classifier | None
+) -> _Checkpoint:
+    """The checkpoint at `path` in `format`, converted to vitkit's config and names, with the
+    pooling `classifier` where the file cannot tell it and checked against the file's where it
+    can."""
+    checkpoint = _read_format(path, format, num_heads, classifier)
+    recorded = checkpoint.config.classifier
+    if classifier is not None and classifier != recorded:
+        raise CheckpointError(
+            f"{path}: records classifier={recorded!r} (its pooling); classifier={classifier!r} "
+            "contradicts it"
+        )
+    return checkpoint
+
+
+def _read_format(
+    path: Path, format: Format, num_heads: int | None, classifier: Classifier | None
+) -> _Checkpoint:
     inferred = dict(config_source="the config its shapes give", weights_source=path.name)
     if format == "npz":
         config, state = google_to_vitkit(read_npz(path))
         # The files record no preprocessing; Google's models all take [-1, 1].
         preprocessing = Preprocessing.google(config.img_size, channels=config.in_chans)
     elif format == "timm":
-        config, state = timm_to_vitkit(read_state_dict(path), num_heads=num_heads)
+        told = classifier or read_global_pool(path)
+        config, state = timm_to_vitkit(read_state_dict(path), num_heads=num_heads,
+                                       classifier=told)  # fmt: skip
+        if told is None and pooling_unrecorded(state):
+            warnings.warn(UnrecordedPoolingWarning(
+                f"{path}: a timm state dict does not record its pooling; read as [class]-token "
+                "pooling (timm's global_pool='token'); one made with global_pool='avg' needs "
+                "classifier='gap' (--classifier gap)"
+            ), stacklevel=3)  # fmt: skip
         preprocessing = timm_preprocessing(read_pretrained_cfg(path), config)
     elif format == "torchvision":
         config, state = torchvision_to_vitkit(read_state_dict(path), num_heads=num_heads)
@@ -190,6 +222,7 @@ def load_model(
     num_classes: int | None = None,
     format: Format | None = None,
     num_heads: int | None = None,
+    classifier: Classifier | None = None,
     strict: bool = True,
     dynamic_img_size: bool = False,
 ) -> VisionTransformer:
@@ -216,6 +249,10 @@ def load_model(
         path does not tell.
     num_heads: for timm and torchvision state dicts whose width is no paper variant's (their
         files omit it).
+    classifier: "token" or "gap", the pooling, for timm state dicts with a [class] token and
+        no fc_norm, whose keys cannot tell timm's global_pool "token" from "avg" (read as
+        "token" with an `UnrecordedPoolingWarning` when not given and no config.json beside the
+        file records it); for any other file it must agree with what the file records.
     dynamic_img_size: build a model that takes images of any size whose sides are multiples of
         the patch size, its position embeddings resized to each input's grid at every call (as
         timm's dynamic_img_size=True); packed evaluation at each image's aspect ratio needs it.
@@ -235,7 +272,7 @@ def load_model(
         regular_file(path, error=CheckpointError)
     format = format or detect_format(path)
     try:
-        checkpoint = _read(path, format, num_heads)
+        checkpoint = _read(path, format, num_heads, classifier)
         # Before anything is built: a config claiming more than the tensors hold fails here.
         check_architecture(
             checkpoint.config,

@@ -66,6 +66,6 @@ def infer_num_heads(width: int, num_heads: int | None, *, source: str) -> int:
     if width not in widths:
         raise CheckpointError(
             f"{source} state dicts do not record the number of heads and width {width} is not a "
-            "paper variant's: pass num_heads="
+            "paper variant's: pass num_heads=N (the commands: --num-heads N)"
         )
     return widths[width]

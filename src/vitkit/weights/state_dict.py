@@ -33,6 +33,13 @@ class PartialLoadWarning(UserWarning):
     the missing, unexpected and misshapen keys."""
 
 
+class UnrecordedPoolingWarning(UserWarning):
+    """A checkpoint does not record how its model pools (a timm state dict with a [class] token
+    and no fc_norm: global_pool "token" and "avg" have the same keys); it was read with timm's
+    default, token pooling. `load_model(..., classifier="gap")` (`--classifier gap`) states the
+    other, and silences this."""
+
+
 class NonFiniteWeightsWarning(UserWarning):
     """A checkpoint holds NaN or inf weights; the message names the tensors. They are loaded all
     the same (a diverged run's checkpoint is worth inspecting), but outputs will not be finite."""

@@ -41,7 +41,7 @@ from torch import nn
 
 from vitkit.errors import CheckpointError, ConfigError
 from vitkit.io import atomic_write
-from vitkit.models.config import ViTConfig, as_pair, resnet_channels, resnet_stride
+from vitkit.models.config import Classifier, ViTConfig, as_pair, resnet_channels, resnet_stride
 from vitkit.models.preprocessing import Preprocessing
 from vitkit.models.resnet import NUMERICS
 from vitkit.weights.files import read_json_object, unwrap_key
@@ -143,22 +143,48 @@ def _pos_embed_layout(
     )
 
 
-def _head_fields(state: dict[str, torch.Tensor]) -> dict[str, object]:
-    """The prefix tokens, final norm and pooling of a timm state dict, as ViTConfig fields."""
+def _head_fields(
+    state: dict[str, torch.Tensor], classifier: Classifier | None
+) -> dict[str, object]:
+    """The prefix tokens, final norm and pooling of a timm state dict, as ViTConfig fields;
+    `classifier`: the pooling where the file cannot show it (`pooling_unrecorded`), else it must
+    be the one the file shows."""
     class_token = "cls_token" in state
     reg_tokens = require_shape(state, "reg_token", 3)[1] if "reg_token" in state else 0
     fc_norm = "fc_norm.weight" in state
     if fc_norm == ("norm.weight" in state):
         what = "both a final LayerNorm and fc_norm" if fc_norm else "no final LayerNorm"
         raise CheckpointError(f"has {what} (final_norm=False?), which vitkit does not support")
+    # With fc_norm timm averages the patch tokens, and without a [class] token there is only the
+    # average; a [class] token without fc_norm is read as timm's default global_pool="token"
+    # unless told otherwise.
+    shown = "token" if class_token and not fc_norm else "gap"
+    if classifier is not None and classifier != shown and not pooling_unrecorded(state):
+        why = "fc_norm, which only follows averaging" if fc_norm else "no [class] token"
+        raise CheckpointError(f"has {why}, so it pools by averaging; classifier={classifier!r} "
+                              "contradicts it")  # fmt: skip
     return dict(
         class_token=class_token,
         reg_tokens=reg_tokens,
         fc_norm=fc_norm,
-        # With fc_norm timm averages the patch tokens; without, a [class] token is read as with
-        # timm's default global_pool="token" (the pooling a state dict cannot show).
-        classifier="token" if class_token and not fc_norm else "gap",
+        classifier=classifier or shown,
     )
+
+
+def pooling_unrecorded(state: dict[str, torch.Tensor]) -> bool:
+    """Whether a timm state dict cannot show its pooling: with a [class] token and no fc_norm,
+    global_pool="token" and global_pool="avg" (fc_norm=False) have the same keys."""
+    return "cls_token" in state and "fc_norm.weight" not in state
+
+
+def read_global_pool(weights: Path) -> Classifier | None:
+    """The pooling the config.json beside a timm weights file records ("global_pool", which
+    timm's hub export writes), as a vitkit classifier; None when it records none."""
+    path = Path(weights).with_name("config.json")
+    if read_pretrained_cfg(weights) is None:
+        return None
+    pool = read_json_object(path).get("global_pool")
+    return {"token": "token", "avg": "gap"}.get(pool) if isinstance(pool, str) else None
 
 
 def config_from_timm(
@@ -166,9 +192,12 @@ def config_from_timm(
     *,
     num_heads: int | None = None,
     img_size: int | tuple[int, int] | None = None,
+    classifier: Classifier | None = None,
 ) -> ViTConfig:
     """Infer the architecture of a timm ViT state dict from its keys and shapes.
 
+    classifier: the pooling, where the keys cannot show it (`pooling_unrecorded`); by default
+        timm's global_pool="token".
     img_size: the image size the checkpoint's position embeddings were learned for; needed for
         non-square grids, which the position embeddings' length alone does not determine.
     """
@@ -208,7 +237,7 @@ def config_from_timm(
             )
     depth = len(block_indices(state))
     num_heads = infer_num_heads(width, num_heads, source="timm")
-    head = _head_fields(state)
+    head = _head_fields(state, classifier)
     prefix = int(head["class_token"]) + head["reg_tokens"]
     size = None if img_size is None else as_pair(img_size)
     length = require_shape(state, "pos_embed", 3)[1]
@@ -238,11 +267,13 @@ def timm_to_vitkit(
     *,
     num_heads: int | None = None,
     img_size: int | tuple[int, int] | None = None,
+    classifier: Classifier | None = None,
 ) -> tuple[ViTConfig, dict[str, torch.Tensor]]:
     """Convert a timm ViT state dict to (config, state dict in vitkit's naming).
 
     num_heads: needed when the width is no paper variant's (timm files omit it).
     img_size: the checkpoint's image size, needed when its patch grid is not square.
+    classifier: the pooling, where the keys cannot show it (`config_from_timm`).
     """
     converted = {}
     for key, value in state.items():
@@ -251,7 +282,9 @@ def timm_to_vitkit(
             if key.startswith(old):
                 key = new + key.removeprefix(old)
         converted[key] = value
-    config = config_from_timm(converted, num_heads=num_heads, img_size=img_size)
+    config = config_from_timm(
+        converted, num_heads=num_heads, img_size=img_size, classifier=classifier
+    )
     return config, converted
 
 
