@@ -350,3 +350,14 @@ def test_position_parameters_are_not_weight_decayed(kind: str) -> None:
     positional = {name for name in names.values() if "pos_embed" in name or "relative" in name}
     assert positional and positional <= exempt_names
     assert not positional & {names[id(param)] for param in decayed["params"]}
+
+
+def test_the_model_declares_its_tokens_undecayed_register_tokens_included() -> None:
+    """The model names its no-decay parameters (timm's `no_weight_decay`) and the optimizer
+    reads them: register tokens were once decayed, missing from a list inside training."""
+    model = vitkit.create_model("ViT-Test/8", reg_tokens=4)
+    assert model.no_weight_decay() == {"pos_embed", "cls_token", "reg_token"}
+    decayed, exempt = param_groups(model, 0.1)
+    exempt_ids = {id(param) for param in exempt["params"]}
+    assert id(model.reg_token) in exempt_ids and id(model.cls_token) in exempt_ids
+    assert all(param.ndim >= 2 for param in decayed["params"])

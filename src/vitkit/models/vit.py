@@ -38,6 +38,10 @@ from vitkit.models.pos_embed import (
 from vitkit.models.preprocessing import Preprocessing
 from vitkit.models.resnet import ResNetStem
 
+# Parameters (by their own name, wherever they sit) that `no_weight_decay` names.
+NO_WEIGHT_DECAY = frozenset({"pos_embed", "pos_embed_rows", "pos_embed_cols", "cls_token",
+                             "reg_token", "mask_token", "relative_bias"})  # fmt: skip
+
 
 class VisionTransformer(nn.Module):
     def __init__(self, config: ViTConfig, *, preprocessing: Preprocessing | None = None):
@@ -176,6 +180,18 @@ class VisionTransformer(nn.Module):
     def preprocessing(self, value: Preprocessing) -> None:
         value.check_channels(self.config.in_chans)
         self._preprocessing = value
+
+    def no_weight_decay(self) -> set[str]:
+        """The names of the parameters weight decay must leave alone (timm's convention, which
+        training reads): position embeddings of every kind, the [class], register and [mask]
+        tokens, relative attention biases. They are learned offsets with no scale to shrink;
+        decay would only pull them toward zero. (Biases and norms, 1-D, go undecayed too; that
+        rule is the optimizer's.)"""
+        return {
+            name
+            for name, _ in self.named_parameters()
+            if name.rsplit(".", 1)[-1] in NO_WEIGHT_DECAY
+        }
 
     def reset_classifier(self, num_classes: int) -> None:
         """Replace the head by a zero-initialised one for `num_classes` and drop the pre-logits

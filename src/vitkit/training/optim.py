@@ -21,20 +21,14 @@ from vitkit.training.muon import Muon
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Weight decay on kernels only: not on biases, norms, position embeddings (any kind: 1-D,
-    rows and columns, relative attention biases), the [class] token or masked patch prediction's
-    [mask] embedding."""
+    """Weight decay on kernels only: not on biases and norms (1-D), nor on what the model names
+    in `no_weight_decay()` (position embeddings, tokens, relative biases: timm's convention)."""
+    declared = model.no_weight_decay()
     decay, no_decay = [], []
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        skip = (
-            param.ndim < 2
-            or name.startswith("pos_embed")
-            or name.endswith("relative_bias")
-            or name in ("cls_token", "mask_token")
-        )
-        (no_decay if skip else decay).append(param)
+        (no_decay if param.ndim < 2 or name in declared else decay).append(param)
     return [
         {"params": decay, "weight_decay": weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
