@@ -20,14 +20,16 @@ from pathlib import Path
 import pytest
 import torch
 
+import vitkit
 from vitkit.cli.main import main
-from vitkit.errors import ConfigError, DataError, TrainingError
+from vitkit.errors import CheckpointError, ConfigError, DataError, TrainingError
 from vitkit.training import build
 from vitkit.training.config import TrainConfig, model_field_changes, parse_overrides
 from vitkit.training.presets import PRESETS
 from vitkit.training.run_dir import RunDir
 from vitkit.training.schedule import learning_rate
 from vitkit.training.trainer import train
+from vitkit.weights.export import export_model
 
 from helpers import tiny
 
@@ -474,3 +476,19 @@ def test_an_unreadable_image_stops_training_or_is_skipped_by_name(
     code = main(["train", "--preset", "tiny", "--data", str(tree), "--out", str(out),
                  "steps=1", "skip_bad=true"])  # fmt: skip
     assert code == 0
+
+
+def test_init_settings_state_what_an_init_file_cannot_say(image_tree: Path, tmp_path: Path) -> None:
+    """A timm export of a width-96, average-pooled model as init: refused in one line naming
+    num_heads without init_settings, fine-tuned with them, the architecture they state trained."""
+    model = vitkit.create_model("ViT-Test/8", img_size=16, width=96, num_heads=3,
+                                classifier="gap", num_classes=3)  # fmt: skip
+    exported = export_model(model, tmp_path / "init.safetensors", to="timm")
+    with pytest.raises(CheckpointError, match="num_heads"):
+        train(tiny(image_tree, steps=2, init=str(exported)), tmp_path / "untold")
+    told = tiny(image_tree, steps=2, init=str(exported), init_settings="num_heads=3,classifier=gap")
+    train(told, tmp_path / "told")
+    trained = json.loads((tmp_path / "told" / "train_config.json").read_text())["architecture"]
+    assert (trained["num_heads"], trained["classifier"], trained["width"]) == (3, "gap", 96)
+    with pytest.raises(ConfigError, match="init_settings: expected num_heads=N"):
+        tiny(image_tree, init_settings="heads=3")

@@ -27,7 +27,12 @@ from vitkit.models.preprocessing import Preprocessing
 from vitkit.models.vit import VisionTransformer
 from vitkit.training import parallel
 from vitkit.training.compiling import FirstCompileLimit
-from vitkit.training.config import ARCHITECTURE_FIELDS, TrainConfig, model_field_changes
+from vitkit.training.config import (
+    ARCHITECTURE_FIELDS,
+    TrainConfig,
+    init_settings,
+    model_field_changes,
+)
 from vitkit.training.distributed import Launch, World
 from vitkit.training.optim import build_optimizer
 from vitkit.training.run_dir import RunDir
@@ -73,7 +78,7 @@ def open_split(config: TrainConfig, split: str) -> ArrayDataset:
     except MixedSizes:
         if size is not None:
             raise
-        side = config.resolution or load_model(config.init).config.img_size[0]
+        side = config.resolution or _init_resolution(config)
         size = (side, side)
         print(
             f"{config.data} ({split}): the images differ in size; each is decoded whole within "
@@ -82,6 +87,11 @@ def open_split(config: TrainConfig, split: str) -> ArrayDataset:
         )
         dataset = _open_map_style(config, split, size, WITHIN)
     return dataset
+
+
+def _init_resolution(config: TrainConfig) -> int:
+    """The side of the init checkpoint's images (resolution 0 means it)."""
+    return load_model(config.init, **init_settings(config.init_settings)).config.img_size[0]
 
 
 def _open_map_style(
@@ -217,7 +227,8 @@ def build_model(config: TrainConfig, num_classes: int) -> VisionTransformer:
             **flexible,
         )
         return (MaskedPatchViT if masked_patches else VisionTransformer)(architecture)
-    loaded = load_model(config.init, img_size=config.resolution or None, num_classes=num_classes)
+    loaded = load_model(config.init, img_size=config.resolution or None, num_classes=num_classes,
+                        **init_settings(config.init_settings))  # fmt: skip
     model_config = dataclasses.replace(
         loaded.config, drop_path=config.drop_path, dropout=config.dropout, **flexible
     )

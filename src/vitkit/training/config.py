@@ -77,6 +77,13 @@ class TrainConfig:
         "Face weights; its head is replaced by a zero-initialised one (the paper's fine-tuning)",
         "",
     )
+    init_settings: str = described(
+        "what the init checkpoint's file cannot say, as load_model takes it: num_heads=N "
+        "(a timm or torchvision state dict of a width no paper variant has) and "
+        "classifier=token|gap (a timm state dict with a [class] token and no fc_norm), e.g. "
+        "num_heads=3,classifier=gap",
+        "",
+    )
     resolution: int = described(
         "training and evaluation image size in pixels (0, with init: the checkpoint's own)",
         224,
@@ -302,6 +309,10 @@ class TrainConfig:
                 f"set one of steps, epochs or budget_seconds, not {' and '.join(given)} (only one "
                 "would count); on the command line, the one given replaces the preset's"
             )
+        try:
+            init_settings(self.init_settings)
+        except ConfigError as error:
+            problems.append(str(error))
         if self.keep_best and not self.eval_every:
             problems.append("keep_best compares the validation top-1 every eval_every steps; "
                             "set eval_every")  # fmt: skip
@@ -479,6 +490,23 @@ def _long_warmup(warmup_steps: int, total_steps: int) -> str:
 def describe_fields() -> str:
     """One line per field with its type, default, range and help: `vitkit train --help`."""
     return describe(TrainConfig, _FIELD_TYPES)
+
+
+def init_settings(text: str) -> dict[str, Any]:
+    """`load_model`'s num_heads and classifier from an `init_settings` text; ConfigError naming a
+    bad part."""
+    settings: dict[str, Any] = {}
+    for part in filter(None, (piece.strip() for piece in text.split(","))):
+        name, _, value = (piece.strip() for piece in part.partition("="))
+        if name == "num_heads" and value.isascii() and value.isdigit() and int(value) > 0:
+            settings[name] = int(value)
+        elif name == "classifier" and value in ("token", "gap"):
+            settings[name] = value
+        else:
+            raise ConfigError(
+                f"init_settings: expected num_heads=N or classifier=token|gap, got {shown(part)}"
+            )
+    return settings
 
 
 def model_field_changes(text: str) -> dict[str, Any]:
