@@ -16,8 +16,10 @@ from hypothesis import strategies as st
 import vitkit
 from vitkit.cli.main import main
 from vitkit.data.fewshot import validation_split
-from vitkit.errors import ConfigError, TrainingError
+from vitkit.errors import ConfigError, DataError, TrainingError
+from vitkit.training.best import BestWeights
 from vitkit.training.trainer import train
+from vitkit.training.validation import Validation
 
 from helpers import tiny, train_killed_and_resumed
 
@@ -148,3 +150,40 @@ def test_eval_with_flip_averaging_counts_what_an_eval_flip_run_counted(
     evaluated = json.loads((out / "eval.json").read_text())
     assert evaluated["flip_average"] is True and evaluated["top1"] == summary.top1
     assert evaluated["confusion"] == json.loads((run / "eval.json").read_text())["confusion"]
+
+
+@pytest.mark.parametrize(
+    "content",
+    ['{"step": 2, "validation_top1": "high"}', '{"step": -1, "validation_top1": 0.5}',
+     "[1, 2]", "not json", '{"step": 2}', '{"step": 2, "validation_top1": NaN}'],
+)  # fmt: skip
+def test_a_bad_best_record_is_refused_in_one_line(tmp_path: Path, content: str) -> None:
+    """best.json lives in a run folder that may come from a stranger: a bad one is refused,
+    naming the file, before the run compares with it."""
+    (tmp_path / "best").mkdir()
+    (tmp_path / "best" / "best.json").write_text(content)
+    with pytest.raises(TrainingError) as caught:
+        BestWeights.read(tmp_path)
+    assert "\n" not in str(caught.value) and "best.json" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "record",
+    [None, {"split": "", "fraction": 0.1, "seed": 0}, {"split": ".", "fraction": 1.5, "seed": 0},
+     {"split": ".", "fraction": 0.1, "seed": -3}, {"split": ".", "fraction": "0.1", "seed": 0}],
+)  # fmt: skip
+def test_a_bad_validation_record_is_refused_in_one_line(record: object) -> None:
+    with pytest.raises(DataError) as caught:
+        Validation.from_record(record, where="run/train_config.json")
+    assert "\n" not in str(caught.value) and "run/train_config.json" in str(caught.value)
+
+
+def test_flip_averaging_and_packing_are_refused_together(
+    capsys: pytest.CaptureFixture[str], image_tree: Path, tmp_path: Path
+) -> None:
+    model = vitkit.save_pretrained(vitkit.create_model("ViT-Test/8", img_size=16, num_classes=3),
+                                   tmp_path / "model")  # fmt: skip
+    code = main(["eval", "--checkpoint", str(model), "--data", str(image_tree),
+                 "--flip-average", "--max-tokens", "4", "--out", str(tmp_path / "e")])  # fmt: skip
+    error = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(error) == 1 and "--flip-average" in error[0]
