@@ -187,3 +187,14 @@ def test_flip_averaging_and_packing_are_refused_together(
                  "--flip-average", "--max-tokens", "4", "--out", str(tmp_path / "e")])  # fmt: skip
     error = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(error) == 1 and "--flip-average" in error[0]
+
+
+def test_skipping_bad_images_and_packing_are_refused_together(
+    capsys: pytest.CaptureFixture[str], image_tree: Path, tmp_path: Path
+) -> None:
+    built = vitkit.create_model("ViT-Test/8", img_size=16, num_classes=3, dynamic_img_size=True)
+    model = vitkit.save_pretrained(built, tmp_path / "m")
+    code = main(["eval", "--checkpoint", str(model), "--data", str(image_tree), "--skip-bad",
+                 "--max-tokens", "4", "--out", str(tmp_path / "e")])  # fmt: skip
+    error = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(error) == 1 and "--skip-bad" in error[0]

@@ -31,6 +31,7 @@ from vitkit.data.loader import ArrayLoader
 from vitkit.data.model_input import at_resolution, eval_batch, model_pixels
 from vitkit.data.sources import open_for_model, open_image_by_image
 from vitkit.data.token_budget import budget_input
+from vitkit.errors import DataError
 from vitkit.models.packing import forward_packed, sequence_length
 from vitkit.models.preprocessing import Preprocessing
 from vitkit.models.vit import VisionTransformer
@@ -132,7 +133,13 @@ class PackedImages:
     def open(
         self, source: str | Path, split: str, preprocessing: Preprocessing, *, skip_bad: bool
     ) -> Images:
-        """The split with every image at its stored size (`open_image_by_image`)."""
+        """The split with every image at its stored size (`open_image_by_image`), read image by
+        image as it is evaluated: skipping unreadable ones is the decoded (square) path's."""
+        if skip_bad:
+            raise DataError(
+                "--skip-bad leaves out unreadable images while a split is decoded; packed "
+                "evaluation (--max-tokens) reads each image as it goes: drop one of them"
+            )
         return open_image_by_image(source, split)
 
     def inputs(
