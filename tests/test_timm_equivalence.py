@@ -132,11 +132,10 @@ def test_num_heads_for_widths_of_no_paper_variant(tmp_path: Path) -> None:
     assert wrong > 1e-3
 
 
-# fc_norm, reg_tokens and no_embed_class are read since issue 16 (tests/test_timm_family.py).
+# fc_norm, reg_tokens and no_embed_class are read (tests/test_timm_family.py), and so are
+# LayerScale and CLIP's pre-norm (tests/test_modern_vits.py).
 UNSUPPORTED = {
-    "layer_scale": (dict(init_values=1e-5), r"LayerScale"),
     "qk_norm": (dict(qk_norm=True), r"QK normalisation"),
-    "pre_norm": (dict(pre_norm=True), r"norm_pre"),
     "map_head": (dict(global_pool="map"), r"attention pooling"),
     "final_norm": (dict(final_norm=False), r"final_norm"),
     "proj_bias": (dict(proj_bias=False), r"proj_bias"),

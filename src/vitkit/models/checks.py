@@ -60,6 +60,11 @@ def real(value: object, *, low: float, high: float, low_included: bool) -> float
     return number
 
 
+def optional_real(value: object, *, low: float, high: float) -> float | None:
+    """None, or a number in (low, high)."""
+    return None if value is None else real(value, low=low, high=high, low_included=False)
+
+
 def reals(value: object, *, low: float, low_included: bool) -> tuple[float, ...]:
     """A non-empty list of numbers above `low` (and finite)."""
     if not isinstance(value, (list, tuple)) or not value:

@@ -87,7 +87,10 @@ def count_params(config: ViTConfig) -> int:
     ViT-H/14 for real takes seconds and gigabytes, too much for a table of every preset."""
     width, mlp_dim = config.width, config.mlp_dim
     layer_norm = 2 * width
-    patch_embed = config.embed_in_chans * config.patch_size**2 * width + width
+    patch_embed = config.embed_in_chans * config.patch_size**2 * width
+    patch_embed += width if config.patch_bias else 0
+    pre_norm = layer_norm if config.pre_norm else 0
+    layer_scale = 2 * width if config.layer_scale_init is not None else 0
     patch_embed += _resnet_cost(config)[1]
     class_token = width if config.class_token else 0
     pos_embed = config.pos_embed_length * width + config.reg_tokens * width  # + registers
@@ -100,7 +103,7 @@ def count_params(config: ViTConfig) -> int:
     qkv = width * 3 * width + (3 * width if config.qkv_bias else 0)
     out_proj = width * width + width
     mlp = width * mlp_dim + mlp_dim + mlp_dim * width + width
-    block = 2 * layer_norm + qkv + out_proj + mlp + relative_bias
+    block = 2 * layer_norm + qkv + out_proj + mlp + relative_bias + layer_scale
 
     features = width
     pre_logits = 0
@@ -108,7 +111,7 @@ def count_params(config: ViTConfig) -> int:
         features = config.representation_size
         pre_logits = width * features + features
     head = features * config.num_classes + config.num_classes
-    embeddings = patch_embed + class_token + pos_embed
+    embeddings = patch_embed + class_token + pos_embed + pre_norm
     return embeddings + config.depth * block + layer_norm + pre_logits + head
 
 

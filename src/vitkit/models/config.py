@@ -25,14 +25,15 @@ from vitkit.models.checks import (
     image_size,
     integer,
     optional_integer,
+    optional_real,
     rate,
     real,
     shown,
 )
 
 Classifier = Literal["token", "gap"]
-Gelu = Literal["exact", "tanh"]
-PosEmbedInterpolation = Literal["bilinear", "bicubic"]
+Gelu = Literal["exact", "tanh", "quick"]
+PosEmbedInterpolation = Literal["bilinear", "bicubic", "bicubic_no_antialias"]
 PosEmbedType = Literal["learned_1d", "none", "learned_2d", "relative", "sincos_2d"]
 ResNetNumerics = Literal["google", "timm"]
 
@@ -95,6 +96,15 @@ class ViTConfig:
     num_heads: int = 12
     mlp_dim: int = 3072
     qkv_bias: bool = True
+    # LayerScale (Touvron et al. 2021, CaiT; DeiT III, DINOv2, timm's init_values): each block
+    # scales its two residual branches by learned per-channel factors, which start at this value.
+    # None: no LayerScale (the paper). Files hold the learned factors, not their start: readers
+    # set the family's usual value, which matters only for training from scratch.
+    layer_scale_init: float | None = None
+    # A LayerNorm over the tokens before the first block (CLIP's image tower, timm's pre_norm),
+    # which CLIP builds with no bias in the patch embedding (patch_bias=False).
+    pre_norm: bool = False
+    patch_bias: bool = True
 
     # Classification. "token" reads the prepended [class] token, "gap" averages the patch tokens
     # after the final LayerNorm (Google's code). num_classes=0 gives features, no head.
@@ -120,7 +130,8 @@ class ViTConfig:
     drop_path: float = 0.0  # stochastic depth: the last block's rate, growing linearly from 0
 
     # Numerics. Google's JAX code uses tanh-GELU and eps 1e-6; timm uses exact GELU and eps 1e-6;
-    # Hugging Face uses exact GELU and eps 1e-12. Loaders set these to the source's values.
+    # Hugging Face uses exact GELU and eps 1e-12; OpenAI's CLIP x * sigmoid(1.702 x) ("quick")
+    # and eps 1e-5. Loaders set these to the source's values.
     gelu: Gelu = "exact"
     layer_norm_eps: float = 1e-6
 
@@ -272,6 +283,9 @@ _CHECKS: dict[str, Callable[[object], object]] = {
     "num_heads": integer,
     "mlp_dim": integer,
     "qkv_bias": boolean,
+    "layer_scale_init": functools.partial(optional_real, low=0.0, high=math.inf),
+    "pre_norm": boolean,
+    "patch_bias": boolean,
     "num_classes": functools.partial(integer, minimum=0),
     "classifier": functools.partial(choice, choices=get_args(Classifier)),
     "class_token": boolean,

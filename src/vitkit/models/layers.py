@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vitkit.models.config import Gelu, PosEmbedInterpolation
+from vitkit.models.config import Gelu, PosEmbedInterpolation, ViTConfig
 from vitkit.models.pos_embed import RelativePositions, relative_bias, relative_table_length
 
 
@@ -93,13 +93,27 @@ class Attention(nn.Module):
         return self._merge(weights @ value), weights
 
 
+class QuickGELU(nn.Module):
+    """x * sigmoid(1.702 x): the GELU approximation of OpenAI's CLIP, whose weights expect it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(1.702 * x)
+
+
+def activation(gelu: Gelu) -> nn.Module:
+    """The GELU flavour a config names: exact (erf), tanh-approximated, or CLIP's quick one."""
+    if gelu == "quick":
+        return QuickGELU()
+    return nn.GELU(approximate="tanh" if gelu == "tanh" else "none")
+
+
 class Mlp(nn.Module):
     """Linear -> GELU -> dropout -> Linear -> dropout, as in the paper's MLP block."""
 
     def __init__(self, width: int, mlp_dim: int, *, gelu: Gelu = "exact", dropout: float = 0.0):
         super().__init__()
         self.fc1 = nn.Linear(width, mlp_dim)
-        self.act = nn.GELU(approximate="tanh" if gelu == "tanh" else "none")
+        self.act = activation(gelu)
         self.fc2 = nn.Linear(mlp_dim, width)
         self.drop = nn.Dropout(dropout)
 
@@ -126,38 +140,46 @@ class DropPath(nn.Module):
         return f"rate={self.rate}"
 
 
-class Block(nn.Module):
-    """Pre-LN encoder block: x + MSA(LN(x)), then x + MLP(LN(x)) (equations 2 and 3)."""
+class LayerScale(nn.Module):
+    """Per-channel learned factors on a residual branch (CaiT, DeiT III, DINOv2): a deep model
+    starts near its identity, each branch scaled by `init` (1e-5, 1e-6), and learns how much of
+    each channel to let through. timm's name for the factors, `gamma`, is kept."""
 
-    def __init__(
-        self,
-        width: int,
-        num_heads: int,
-        mlp_dim: int,
-        *,
-        qkv_bias: bool = True,
-        gelu: Gelu = "exact",
-        layer_norm_eps: float = 1e-6,
-        dropout: float = 0.0,
-        attention_dropout: float = 0.0,
-        drop_path: float = 0.0,
-        relative_grid: tuple[int, int] | None = None,
-        interpolation: PosEmbedInterpolation = "bilinear",
-    ):
+    def __init__(self, width: int, init: float):
         super().__init__()
-        self.norm1 = nn.LayerNorm(width, eps=layer_norm_eps)
+        self.init = init
+        self.gamma = nn.Parameter(torch.full((width,), init))
+
+    def reset_parameters(self) -> None:
+        nn.init.constant_(self.gamma, self.init)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gamma
+
+
+class Block(nn.Module):
+    """Pre-LN encoder block: x + MSA(LN(x)), then x + MLP(LN(x)) (equations 2 and 3); with
+    LayerScale each branch is scaled per channel before it is added (`ls1`, `ls2`)."""
+
+    def __init__(self, config: ViTConfig, *, drop_path: float = 0.0):
+        super().__init__()
+        width, eps = config.width, config.layer_norm_eps
+        self.norm1 = nn.LayerNorm(width, eps=eps)
         self.attn = Attention(
             width,
-            num_heads,
-            qkv_bias=qkv_bias,
-            dropout=attention_dropout,
-            relative_grid=relative_grid,
-            interpolation=interpolation,
+            config.num_heads,
+            qkv_bias=config.qkv_bias,
+            dropout=config.attention_dropout,
+            relative_grid=config.grid_size if config.pos_embed_type == "relative" else None,
+            interpolation=config.pos_embed_interpolation,
         )
-        self.attn_drop = nn.Dropout(dropout)
-        self.norm2 = nn.LayerNorm(width, eps=layer_norm_eps)
-        self.mlp = Mlp(width, mlp_dim, gelu=gelu, dropout=dropout)
+        self.attn_drop = nn.Dropout(config.dropout)
+        self.norm2 = nn.LayerNorm(width, eps=eps)
+        self.mlp = Mlp(width, config.mlp_dim, gelu=config.gelu, dropout=config.dropout)
         self.drop_path = DropPath(drop_path)
+        init = config.layer_scale_init
+        self.ls1: nn.Module = nn.Identity() if init is None else LayerScale(width, init)
+        self.ls2: nn.Module = nn.Identity() if init is None else LayerScale(width, init)
 
     def forward(
         self,
@@ -166,13 +188,14 @@ class Block(nn.Module):
         mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """`positions` and `mask` as in `Attention.forward`."""
-        x = x + self.drop_path(self.attn_drop(self.attn(self.norm1(x), positions, mask)))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+        attended = self.attn_drop(self.attn(self.norm1(x), positions, mask))
+        x = x + self.drop_path(self.ls1(attended))
+        return x + self.drop_path(self.ls2(self.mlp(self.norm2(x))))
 
     def forward_with_attention(
         self, x: torch.Tensor, positions: RelativePositions | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """`forward` in eval mode, plus the attention weights (B, heads, T, T)."""
         attended, weights = self.attn.forward_with_weights(self.norm1(x), positions)
-        x = x + attended
-        return x + self.mlp(self.norm2(x)), weights
+        x = x + self.ls1(attended)
+        return x + self.ls2(self.mlp(self.norm2(x))), weights

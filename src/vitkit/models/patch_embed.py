@@ -26,6 +26,7 @@ class PatchEmbed(nn.Module):
         backbone: nn.Module | None = None,
         backbone_stride: int = 1,
         backbone_chans: int | None = None,
+        bias: bool = True,
     ):
         super().__init__()
         self.patch_size = patch_size
@@ -35,7 +36,9 @@ class PatchEmbed(nn.Module):
         if backbone is not None:
             self.backbone = backbone  # no attribute at all for plain ViTs: unchanged state dict
         embed_chans = in_chans if backbone_chans is None else backbone_chans
-        self.proj = nn.Conv2d(embed_chans, width, kernel_size=patch_size, stride=patch_size)
+        self.proj = nn.Conv2d(
+            embed_chans, width, kernel_size=patch_size, stride=patch_size, bias=bias
+        )
 
     def grid_size(self, images: torch.Tensor, patch_size: int | None = None) -> tuple[int, int]:
         """The patch grid of `images` (N, C, H, W) cut into patches of `patch_size` (the built

@@ -43,6 +43,8 @@ def resize_pos_embed(
       o * (old - 1) / (new - 1), i.e. bilinear with align_corners=True and no antialiasing.
     - "bicubic" follows timm's convention, for loading and dynamic sizes alike (align_corners=False,
       antialias=True, which in PyTorch also means the Keys cubic with a=-0.5, as in PIL).
+    - "bicubic_no_antialias" is transformers' DINOv2 and CLIP (align_corners=False, no
+      antialiasing: the two bicubics differ when shrinking only).
 
     `old_grid` defaults to a square grid; non-square grids must be given. Differentiable, so it
     can run inside the forward pass of a dynamic-size model.
@@ -75,9 +77,9 @@ def resize_pos_embed(
     grid = F.interpolate(
         grid.to(compute_dtype),
         size=tuple(new_grid),
-        mode=mode,
+        mode="bilinear" if official else "bicubic",
         align_corners=official,
-        antialias=not official,
+        antialias=mode == "bicubic",
     )
     # (1, D, new_h, new_w) -> (1, new_h*new_w, D)
     patches = grid.permute(0, 2, 3, 1).reshape(1, new_grid[0] * new_grid[1], dim)

@@ -6,7 +6,8 @@ images (N, C, H, W)
   -> + position embeddings, dropout     (with no_embed_class: added to the patches before)
                                 (pos_embed_type, Table 8: other variants add patches-only 2-D
                                 embeddings, none, or bias every block's attention logits)
-  -> pre-LN encoder blocks      (N, T, D)       equations 2-3
+  -> CLIP's LayerNorm (pre_norm only)
+  -> pre-LN encoder blocks      (N, T, D)       equations 2-3 (LayerScale: branches scaled)
   -> final LayerNorm                            equation 4 (fc_norm: after pooling instead)
   -> pool: [class] token, or mean of patch tokens ("gap")   (N, D)
   -> optional pre-logits Linear + tanh          (N, representation_size)
@@ -24,7 +25,7 @@ from torch import nn
 
 from vitkit.models.complexity import check_buildable
 from vitkit.models.config import ViTConfig
-from vitkit.models.layers import Block
+from vitkit.models.layers import Block, LayerScale
 from vitkit.models.patch_embed import PatchEmbed
 from vitkit.models.pos_embed import (
     RelativePositions,
@@ -73,6 +74,7 @@ class VisionTransformer(nn.Module):
             backbone=backbone,
             backbone_stride=config.resnet_stride,
             backbone_chans=config.embed_in_chans,
+            bias=config.patch_bias,
         )
         self.cls_token = nn.Parameter(torch.zeros(1, 1, width)) if config.class_token else None
         self.reg_token = None
@@ -80,24 +82,13 @@ class VisionTransformer(nn.Module):
             self.reg_token = nn.Parameter(torch.zeros(1, config.reg_tokens, width))
         self._build_positions(config)
         self.pos_drop = nn.Dropout(config.dropout)
+        # CLIP's LayerNorm over the embedded tokens before the blocks (timm's name).
+        self.norm_pre: nn.Module = nn.Identity()
+        if config.pre_norm:
+            self.norm_pre = nn.LayerNorm(width, eps=config.layer_norm_eps)
         # Stochastic depth grows linearly with depth, reaching config.drop_path at the last block.
         rates = [config.drop_path * i / max(config.depth - 1, 1) for i in range(config.depth)]
-        self.blocks = nn.ModuleList(
-            Block(
-                width,
-                config.num_heads,
-                config.mlp_dim,
-                qkv_bias=config.qkv_bias,
-                gelu=config.gelu,
-                layer_norm_eps=config.layer_norm_eps,
-                dropout=config.dropout,
-                attention_dropout=config.attention_dropout,
-                drop_path=rate,
-                relative_grid=config.grid_size if config.pos_embed_type == "relative" else None,
-                interpolation=config.pos_embed_interpolation,
-            )
-            for rate in rates
-        )
+        self.blocks = nn.ModuleList(Block(config, drop_path=rate) for rate in rates)
         # timm's layout: with fc_norm the final norm is an identity and the LayerNorm (its
         # parameters named fc_norm) follows the pooling.
         layer_norm = nn.LayerNorm(width, eps=config.layer_norm_eps)
@@ -144,7 +135,8 @@ class VisionTransformer(nn.Module):
             nn.init.trunc_normal_(weight, std=std, a=-2 * std, b=2 * std)
 
         lecun_normal_(self.patch_embed.proj.weight)
-        nn.init.zeros_(self.patch_embed.proj.bias)
+        if self.patch_embed.proj.bias is not None:
+            nn.init.zeros_(self.patch_embed.proj.bias)
         for name in ("pos_embed", "pos_embed_rows", "pos_embed_cols"):
             if hasattr(self, name):
                 nn.init.normal_(getattr(self, name), std=0.02)
@@ -164,6 +156,9 @@ class VisionTransformer(nn.Module):
                 nn.init.normal_(linear.bias, std=1e-6)
             if block.attn.relative_grid is not None:
                 nn.init.zeros_(block.attn.relative_bias)
+            for scale in (block.ls1, block.ls2):
+                if isinstance(scale, LayerScale):
+                    scale.reset_parameters()
         if isinstance(self.pre_logits, nn.Sequential):
             lecun_normal_(self.pre_logits[0].weight)
             nn.init.zeros_(self.pre_logits[0].bias)
@@ -294,7 +289,7 @@ class VisionTransformer(nn.Module):
             tokens = torch.cat([*prefix, tokens], dim=1) + pos_embed  # (N, P + h*w, D)
         else:  # position embeddings for the patches only
             tokens = torch.cat([*prefix, tokens + pos_embed], dim=1)
-        return self.pos_drop(tokens)
+        return self.norm_pre(self.pos_drop(tokens))
 
     def _relative_positions(
         self, images: torch.Tensor, patch_size: int | None

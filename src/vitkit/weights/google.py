@@ -40,6 +40,7 @@ from vitkit.models.config import (
     resnet_stride,
 )
 from vitkit.models.resnet import NUMERICS
+from vitkit.weights.capabilities import ANY, PAPER_FIELDS, Holds, unheld_field
 from vitkit.weights.files import check_inflation, one_line
 from vitkit.weights.key_maps import SAME, Entry, Row, Transform, fill, read_entries, write_entries
 from vitkit.weights.shapes import INDEX, Shaped, require_shape, square_side
@@ -474,6 +475,22 @@ def google_to_vitkit(
 # naming of the released files, which Google's vit_jax `checkpoint.load` and vitkit read.
 
 
+# What an .npz can hold (weights/capabilities.py); the reasons for the narrow ones are
+# `google_refusal`'s.
+GOOGLE_HOLDS: Holds = {
+    **PAPER_FIELDS,
+    "qkv_bias": (True,),
+    "classifier": ANY,
+    "class_token": ANY,
+    "representation_size": ANY,
+    "gelu": ("tanh",),
+    "layer_norm_eps": (1e-6,),
+    "resnet_layers": ANY,
+    "resnet_width": ANY,
+    "resnet_numerics": ("google",),
+}
+
+
 def google_refusal(config: ViTConfig) -> str | None:
     """Why a Google .npz cannot hold a model of `config`, or None when it can.
 
@@ -530,7 +547,7 @@ def google_refusal(config: ViTConfig) -> str | None:
             f"Google's files do not record the image size and are read as square patch grids; "
             f"this model's is {config.grid_size[0]}x{config.grid_size[1]}"
         )
-    return None
+    return unheld_field(config, GOOGLE_HOLDS, holder="Google's .npz")
 
 
 def vitkit_to_google(config: ViTConfig, state: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:

@@ -19,6 +19,7 @@ from vitkit.errors import CheckpointError, ConfigError
 from vitkit.io import atomic_write, atomic_write_json
 from vitkit.models.config import ViTConfig, config_from_fields
 from vitkit.models.preprocessing import Interpolation, Preprocessing
+from vitkit.weights.capabilities import ANY, PAPER_FIELDS, Holds, unheld_field
 from vitkit.weights.class_names import ClassNames, checked_class_names, model_class_names
 from vitkit.weights.key_maps import Row, find, to_foreign
 from vitkit.weights.shapes import require_shape
@@ -245,6 +246,19 @@ def class_names_from_hf(hf_config: dict, num_classes: int) -> ClassNames | None:
 # every transformers version reads (transformers 5 renames them to its own modules when loading).
 
 
+# What a transformers ViT directory can hold (weights/capabilities.py); the reasons for the
+# narrow ones are `hf_refusal`'s.
+HF_HOLDS: Holds = {
+    **PAPER_FIELDS,
+    "qkv_bias": ANY,
+    "classifier": ("token",),
+    "class_token": (True,),
+    "representation_size": ANY,
+    "gelu": ("exact", "tanh"),
+    "layer_norm_eps": ANY,
+}
+
+
 def hf_refusal(config: ViTConfig) -> str | None:
     """Why transformers' ViT cannot express `config`, or None when it can: the one reason, the
     first that fails, naming only the field that differs (`export_model` adds the formats that
@@ -281,7 +295,7 @@ def hf_refusal(config: ViTConfig) -> str | None:
             "and ViTModel's pooler, which is one, has no head; drop the pre-logits layer first "
             "(load with num_classes=...) or export the features only (num_classes=0)"
         )
-    return None
+    return unheld_field(config, HF_HOLDS, holder="transformers' ViT")
 
 
 def vitkit_to_hf(

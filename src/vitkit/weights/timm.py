@@ -44,6 +44,7 @@ from vitkit.io import atomic_write
 from vitkit.models.config import Classifier, ViTConfig, as_pair, resnet_channels, resnet_stride
 from vitkit.models.preprocessing import Preprocessing
 from vitkit.models.resnet import NUMERICS
+from vitkit.weights.capabilities import ANY, PAPER_FIELDS, Holds, unheld_field
 from vitkit.weights.files import read_json_object, unwrap_key
 from vitkit.weights.shapes import INDEX, block_indices, infer_num_heads, require_shape, square_side
 
@@ -51,9 +52,6 @@ from vitkit.weights.shapes import INDEX, block_indices, infer_num_heads, require
 _UNSUPPORTED = {
     "dist_token": "a distillation token (DeiT dist_token)",
     "head_dist.": "a distillation head (DeiT head_dist)",
-    ".ls1.": "LayerScale (init_values)",
-    ".ls2.": "LayerScale (init_values)",
-    "norm_pre.": "a LayerNorm before the encoder (CLIP-style norm_pre)",
     ".q_norm.": "QK normalisation (qk_norm)",
     ".k_norm.": "QK normalisation (qk_norm)",
     ".attn.norm.": "a LayerNorm inside attention (scale_attn_norm)",
@@ -66,7 +64,6 @@ _REQUIRED = {
     "patch_embed.proj.weight": "no patch embedding convolution; is this a timm VisionTransformer?",
     "blocks.0.mlp.fc1.weight": "no blocks.0.mlp.fc1; is this a timm VisionTransformer?",
     "pos_embed": "no learned position embeddings (pos_embed='none')",
-    "patch_embed.proj.bias": "a patch embedding without bias (patch_bias=False / pre_norm)",
     "blocks.0.attn.proj.bias": "projections without bias (proj_bias=False)",
     "blocks.0.mlp.fc1.bias": "MLP layers without bias (proj_bias=False)",
 }
@@ -171,6 +168,25 @@ def _head_fields(
     )
 
 
+def _block_fields(state: dict[str, torch.Tensor]) -> dict[str, object]:
+    """LayerScale, CLIP's pre-norm and the numerics, as the keys show them. The files hold
+    LayerScale's learned factors, not their start (timm's init_values): 1e-5, DINOv2's and
+    timm's registers models', is taken, which matters only for training from scratch. Every
+    timm model with a pre-norm (its CLIP towers) is built with LayerNorm eps 1e-5 and no patch
+    bias; every other with eps 1e-6."""
+    pre_norm = "norm_pre.weight" in state
+    return dict(
+        layer_scale_init=1e-5 if "blocks.0.ls1.gamma" in state else None,
+        pre_norm=pre_norm,
+        patch_bias="patch_embed.proj.bias" in state,
+        gelu="exact",
+        layer_norm_eps=1e-5 if pre_norm else 1e-6,
+        # timm resizes position embeddings bicubically (with antialiasing), at load and at
+        # dynamic sizes alike.
+        pos_embed_interpolation="bicubic",
+    )
+
+
 def pooling_unrecorded(state: dict[str, torch.Tensor]) -> bool:
     """Whether a timm state dict cannot show its pooling: with a [class] token and no fc_norm,
     global_pool="token" and global_pool="avg" (fc_norm=False) have the same keys."""
@@ -257,8 +273,7 @@ def config_from_timm(
         mlp_dim=fc1[0],
         qkv_bias="blocks.0.attn.qkv.bias" in state,
         num_classes=require_shape(state, "head.weight", 2)[0] if "head.weight" in state else 0,
-        gelu="exact",
-        layer_norm_eps=1e-6,
+        **_block_fields(state),
     )
 
 
@@ -345,6 +360,27 @@ TIMM_HYBRID_NAMES: dict[tuple[int, ...], str] = {
 TIMM_RESNET_WIDTH = 64
 
 
+# What timm's VisionTransformer can hold (weights/capabilities.py); the reasons for the narrow
+# ones are `timm_model_kwargs`'s.
+TIMM_HOLDS: Holds = {
+    **PAPER_FIELDS,
+    "qkv_bias": ANY,
+    "classifier": ANY,
+    "class_token": ANY,
+    "reg_tokens": ANY,
+    "no_embed_class": ANY,
+    "fc_norm": ANY,
+    "gelu": ANY,
+    "layer_norm_eps": ANY,
+    "layer_scale_init": ANY,
+    "pre_norm": ANY,
+    "patch_bias": ANY,
+    "resnet_layers": ANY,
+    "resnet_width": ANY,
+    "resnet_numerics": ANY,
+}
+
+
 def timm_model_name(config: ViTConfig) -> str:
     """The registered timm name to build a model of `config` from (see `timm_model_kwargs`)."""
     if not config.is_hybrid:
@@ -370,6 +406,12 @@ def timm_model_kwargs(config: ViTConfig) -> dict[str, object]:
     information other than one learned 1-D embedding per token.
     """
     timm_model_name(config)
+    if config.patch_bias == config.pre_norm:
+        having = "with" if config.patch_bias else "without"
+        raise CheckpointError(
+            f"timm builds its patch embedding without bias exactly when it has a pre-norm "
+            f"(CLIP), but this model has pre_norm={config.pre_norm} {having} a patch bias"
+        )
     if config.pos_embed_type != "learned_1d":
         raise CheckpointError(
             "timm's VisionTransformer learns one 1-D position embedding per token (pos_embed), "
@@ -406,10 +448,16 @@ def timm_model_kwargs(config: ViTConfig) -> dict[str, object]:
         kwargs["reg_tokens"] = config.reg_tokens
     if config.no_embed_class:
         kwargs["no_embed_class"] = True
-    if config.gelu == "tanh":
-        kwargs["act_layer"] = "gelu_tanh"
+    if config.gelu != "exact":
+        kwargs["act_layer"] = {"tanh": "gelu_tanh", "quick": "quick_gelu"}[config.gelu]
+    if config.layer_scale_init is not None:
+        kwargs["init_values"] = config.layer_scale_init
+    if config.pre_norm:
+        kwargs["pre_norm"] = True
     if config.layer_norm_eps != 1e-6:  # timm's default
         kwargs["norm_layer"] = functools.partial(nn.LayerNorm, eps=config.layer_norm_eps)
+    if problem := unheld_field(config, TIMM_HOLDS, holder="timm's VisionTransformer"):
+        raise CheckpointError(problem)
     return kwargs
 
 

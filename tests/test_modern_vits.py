@@ -1,0 +1,116 @@
+"""The ViTs people hold today, made by timm itself with random weights (no downloads): LayerScale
+models (timm's registers models, DeiT III), DINOv2 with and without registers, CLIP's image tower.
+Each is read from its state dict within 1e-5 of timm's own forward at its native size and at
+another (each side resizing the position embeddings its own way), and written back out for timm.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+from safetensors.torch import save_file
+from timm.models.vision_transformer import checkpoint_filter_fn
+from torch import nn
+
+import vitkit
+from vitkit.weights.export import export_model
+
+from helpers import compare_outputs, randomise_
+
+TOLERANCE = 1e-5
+TINY = dict(embed_dim=64, depth=2, num_heads=4, num_classes=5)
+
+# timm's registered name -> (patch size, the ViTConfig fields vitkit must read off its keys).
+FAMILIES: dict[str, tuple[int, dict[str, object]]] = {
+    "vit_medium_patch16_reg4_gap_256": (
+        16,
+        dict(layer_scale_init=1e-5, reg_tokens=4, class_token=False, classifier="gap"),
+    ),
+    "deit3_small_patch16_224": (
+        16,
+        dict(layer_scale_init=1e-5, no_embed_class=True, classifier="token"),
+    ),
+    "vit_small_patch14_dinov2": (14, dict(layer_scale_init=1e-5, classifier="token")),
+    "vit_small_patch14_reg4_dinov2": (
+        14,
+        dict(layer_scale_init=1e-5, reg_tokens=4, no_embed_class=True, classifier="token"),
+    ),
+    "vit_base_patch16_clip_224": (
+        16,
+        dict(pre_norm=True, patch_bias=False, layer_norm_eps=1e-5, classifier="token"),
+    ),
+}
+
+
+def timm_model(name: str, img_size: int) -> nn.Module:
+    """A tiny random model of timm's `name`, its LayerScale factors far from their start so that
+    a branch that is scaled wrongly shows."""
+    model = timm.create_model(name, pretrained=False, img_size=img_size, **TINY)
+    randomise_(model, seed=0)
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for key, param in model.named_parameters():
+            if key.endswith(".gamma"):
+                param.copy_(1.0 + 0.3 * torch.randn(param.shape, generator=generator))
+    return model.eval()
+
+
+def images(size: int, seed: int = 2) -> torch.Tensor:
+    return torch.randn(3, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def saved(model: nn.Module, path: Path) -> Path:
+    save_file({key: value.contiguous() for key, value in model.state_dict().items()}, str(path))
+    return path
+
+
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_read_with_timm_outputs_at_its_size_and_another(tmp_path: Path, name: str) -> None:
+    patch, fields = FAMILIES[name]
+    reference = timm_model(name, 4 * patch)
+    path = saved(reference, tmp_path / f"{name}.safetensors")
+    pooling = {"classifier": "token"} if fields.get("classifier") == "token" else {}
+    model = vitkit.load_model(path, num_heads=4, **pooling)
+    for field, value in fields.items():
+        assert getattr(model.config, field) == value, field
+    assert compare_outputs(reference, model, images(4 * patch), name) <= TOLERANCE
+
+    # Another size: timm resizes the position embeddings as it loads a state dict into a model
+    # built for that size (checkpoint_filter_fn); vitkit as it loads with img_size.
+    other = 6 * patch
+    resized = timm.create_model(name, pretrained=False, img_size=other, **TINY).eval()
+    resized.load_state_dict(checkpoint_filter_fn(reference.state_dict(), resized))
+    model = vitkit.load_model(path, num_heads=4, img_size=other, **pooling)
+    assert compare_outputs(resized, model, images(other), f"{name} at {other} px") <= TOLERANCE
+
+
+def build_printed(model: vitkit.VisionTransformer, path: Path) -> nn.Module:
+    """Run the line `vitkit convert --to timm` prints, with only timm imported."""
+    from vitkit.weights.timm import timm_create_model_call
+
+    namespace: dict[str, object] = {"timm": timm}
+    exec(timm_create_model_call(model.config, path=path), namespace)  # noqa: S102
+    return namespace["model"].eval()
+
+
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_written_back_for_timm(tmp_path: Path, name: str) -> None:
+    patch, fields = FAMILIES[name]
+    reference = timm_model(name, 4 * patch)
+    pooling = {"classifier": "token"} if fields.get("classifier") == "token" else {}
+    model = vitkit.load_model(saved(reference, tmp_path / "in.safetensors"), num_heads=4, **pooling)
+    written = export_model(model, tmp_path / "out.safetensors", to="timm")
+    rebuilt = build_printed(model, written)
+    assert compare_outputs(rebuilt, model, images(4 * patch), f"{name} written") <= TOLERANCE
+
+
+@pytest.mark.parametrize("target", ["hf", "npz"])
+def test_formats_without_layer_scale_refuse_it_naming_the_field(tmp_path: Path, target: str) -> None:
+    model = vitkit.create_model("ViT-Test/8", layer_scale_init=1e-5, gelu="tanh")
+    with pytest.raises(vitkit.CheckpointError, match="layer_scale_init") as error:
+        export_model(model, tmp_path / ("out.npz" if target == "npz" else "out"), to=target)
+    assert "formats that hold this model: timm, vitkit" in str(error.value)
+    assert not any(tmp_path.iterdir())
