@@ -568,7 +568,7 @@ BAD_HF_FILES: dict[str, tuple[Builder, tuple[str, ...]]] = {
     ),
     "query-of-another-shape": (
         hf_query_of_shape(32, 64),
-        ("block 0: query/key/value weight tensors differ",),
+        ("tensors fused into blocks.0.attn.qkv.weight differ", "attention.query.weight"),
     ),
 }
 

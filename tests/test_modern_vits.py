@@ -107,10 +107,120 @@ def test_written_back_for_timm(tmp_path: Path, name: str) -> None:
     assert compare_outputs(rebuilt, model, images(4 * patch), f"{name} written") <= TOLERANCE
 
 
-@pytest.mark.parametrize("target", ["hf", "npz"])
-def test_formats_without_layer_scale_refuse_it_naming_the_field(tmp_path: Path, target: str) -> None:
+def test_a_format_without_layer_scale_refuses_it_naming_the_field(tmp_path: Path) -> None:
     model = vitkit.create_model("ViT-Test/8", layer_scale_init=1e-5, gelu="tanh")
     with pytest.raises(vitkit.CheckpointError, match="layer_scale_init") as error:
-        export_model(model, tmp_path / ("out.npz" if target == "npz" else "out"), to=target)
+        export_model(model, tmp_path / "out.npz", to="npz")
     assert "formats that hold this model: timm, vitkit" in str(error.value)
     assert not any(tmp_path.iterdir())
+
+
+# ---- transformers' DINOv2, with and without registers ----
+
+
+def hf_dinov2(registers: int) -> nn.Module:
+    """A tiny random transformers DINOv2 for 56 px (4x4 patches of 14), LayerScale factors far
+    from their start."""
+    from transformers import (
+        Dinov2Config,
+        Dinov2Model,
+        Dinov2WithRegistersConfig,
+        Dinov2WithRegistersModel,
+    )
+
+    sizes = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=56,
+                 patch_size=14, layerscale_value=1e-5)  # fmt: skip
+    if registers:
+        model = Dinov2WithRegistersModel(
+            Dinov2WithRegistersConfig(num_register_tokens=registers, **sizes)
+        )
+    else:
+        model = Dinov2Model(Dinov2Config(**sizes))
+    randomise_(model, seed=0)
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for key, param in model.named_parameters():
+            if key.endswith(".lambda1"):
+                param.copy_(1.0 + 0.3 * torch.randn(param.shape, generator=generator))
+    return model.eval()
+
+
+class Pooled(nn.Module):
+    """A transformers backbone's pooled output (the normalised [class] token), which a vitkit
+    model without a head returns."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.model(pixel_values=pixels).pooler_output
+
+
+@pytest.mark.parametrize("registers", [0, 4])
+def test_transformers_dinov2_read_at_its_size_and_others(tmp_path: Path, registers: int) -> None:
+    reference = hf_dinov2(registers)
+    reference.save_pretrained(tmp_path / "dinov2")
+    model = vitkit.load_model(tmp_path / "dinov2")
+    assert (model.config.reg_tokens, model.config.layer_scale_init) == (registers, 1e-5)
+    label = f"transformers DINOv2, {registers} registers"
+    assert compare_outputs(Pooled(reference), model, images(56), label) <= TOLERANCE
+    with torch.no_grad():  # every token, not only the pooled one
+        tokens = reference(pixel_values=images(56)).last_hidden_state
+        error = (model.forward_features(images(56)) - tokens).abs().max().item()
+    assert error <= TOLERANCE
+    # transformers resizes the position embeddings at every call; vitkit as it loads. 42 px
+    # shrinks the grid (where antialiasing tells the two bicubics apart), 84 px grows it.
+    for other in (42, 84):
+        resized = vitkit.load_model(tmp_path / "dinov2", img_size=other)
+        error = compare_outputs(Pooled(reference), resized, images(other), f"{label} at {other}")
+        assert error <= TOLERANCE
+
+
+@pytest.mark.parametrize("registers", [0, 4])
+def test_dinov2_written_back_for_transformers(tmp_path: Path, registers: int) -> None:
+    from transformers import AutoModel
+
+    reference = hf_dinov2(registers)
+    reference.save_pretrained(tmp_path / "source")
+    model = vitkit.load_model(tmp_path / "source")
+    export_model(model, tmp_path / "written", to="hf")
+    rebuilt = AutoModel.from_pretrained(tmp_path / "written").eval()
+    assert type(rebuilt) is type(reference)
+    error = compare_outputs(Pooled(rebuilt), model, images(56), f"DINOv2 {registers} written")
+    assert error <= TOLERANCE
+
+
+def test_a_dinov2_with_a_head_is_refused_for_transformers_naming_the_pooling(
+    tmp_path: Path,
+) -> None:
+    model = vitkit.load_model(saved(timm_model("vit_small_patch14_dinov2", 56), tmp_path / "d.safetensors"),
+                              num_heads=4, classifier="token")  # fmt: skip
+    with pytest.raises(vitkit.CheckpointError, match="Dinov2ForImageClassification") as error:
+        export_model(model, tmp_path / "out", to="hf")
+    assert "formats that hold this model: timm, vitkit" in str(error.value)
+
+
+@pytest.mark.parametrize(
+    "field, value, named",
+    [
+        ("mlp_ratio", "4", "mlp_ratio"),
+        ("mlp_ratio", 1e9, "mlp_ratio"),
+        ("use_swiglu_ffn", True, "use_swiglu_ffn"),
+        ("hidden_act", "silu", "hidden_act"),
+        ("num_attention_heads", 3, "num_attention_heads"),
+        ("layerscale_value", -1.0, "layerscale_value"),
+        ("image_size", 70, "image_size"),
+    ],
+)
+def test_bad_dinov2_config_values_are_one_line_naming_the_field(
+    tmp_path: Path, field: str, value: object, named: str
+) -> None:
+    import json
+
+    hf_dinov2(0).save_pretrained(tmp_path / "dinov2")
+    path = tmp_path / "dinov2" / "config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), field: value}))
+    with pytest.raises(vitkit.CheckpointError, match=named) as error:
+        vitkit.load_model(tmp_path / "dinov2")
+    assert "\n" not in str(error.value) and str(tmp_path / "dinov2") in str(error.value)

@@ -21,7 +21,13 @@ from vitkit.models.config import ViTConfig, config_from_fields
 from vitkit.models.preprocessing import Interpolation, Preprocessing
 from vitkit.weights.capabilities import ANY, PAPER_FIELDS, Holds, unheld_field
 from vitkit.weights.class_names import ClassNames, checked_class_names, model_class_names
-from vitkit.weights.key_maps import Row, find, to_foreign
+from vitkit.weights.hf_dinov2 import (
+    DINOV2_MODEL_TYPES,
+    dinov2_refusal,
+    dinov2_to_vitkit,
+    vitkit_to_dinov2,
+)
+from vitkit.weights.key_maps import Row, read_renamed, to_foreign
 from vitkit.weights.shapes import require_shape
 
 # transformers' ACT2FN names: the exact (erf) GELU, and the tanh approximation.
@@ -151,22 +157,15 @@ def config_from_hf(hf_config: dict, state: dict[str, torch.Tensor]) -> ViTConfig
 def hf_to_vitkit(
     hf_config: dict, hf_state: dict[str, torch.Tensor]
 ) -> tuple[ViTConfig, dict[str, torch.Tensor]]:
-    """Convert a transformers ViT (config dict, state dict) to (config, vitkit state dict)."""
-    state: dict[str, torch.Tensor] = {}
-    qkv_parts: dict[str, dict[int, torch.Tensor]] = {}
-    for key, value in hf_state.items():
-        name = key.removeprefix("vit.")
-        if name == "embeddings.mask_token":
-            continue  # only used for masked-image modelling, never in classification
-        found = find(HF_KEYS, name)
-        if found is None:
-            raise CheckpointError(f"unexpected key {key!r} in a transformers ViT checkpoint")
-        if found.parts == 1:
-            state[found.vitkit] = value
-        else:
-            qkv_parts.setdefault(found.vitkit, {})[found.part] = value
-    for vitkit_key, parts in qkv_parts.items():
-        state[vitkit_key] = _fused_qkv(vitkit_key, parts)
+    """Convert a transformers directory (config dict, state dict) to (config, vitkit state
+    dict): a ViT, or a DINOv2 with or without registers (weights/hf_dinov2.py)."""
+    if hf_config.get("model_type") in DINOV2_MODEL_TYPES:
+        return dinov2_to_vitkit(hf_config, hf_state)
+    # ViTForImageClassification prefixes its ViTModel with "vit."; the [mask] token is only used
+    # for masked-image modelling, never in classification.
+    renamed = {key.removeprefix("vit."): value for key, value in hf_state.items()}
+    renamed.pop("embeddings.mask_token", None)
+    state = read_renamed(HF_KEYS, renamed, source="transformers ViT")
     return config_from_hf(hf_config, state), state
 
 
@@ -197,23 +196,6 @@ def preprocessing_from_hf(preprocessor: dict | None, config: ViTConfig) -> Prepr
         return Preprocessing.from_fields(values, names=_PREPROCESSOR_NAMES)
     except ConfigError as error:
         raise CheckpointError(f"preprocessor_config.json: {error}") from None
-
-
-def _fused_qkv(vitkit_key: str, parts: dict[int, torch.Tensor]) -> torch.Tensor:
-    """vitkit's qkv tensor from the file's query (0), key (1) and value (2), which must all be
-    there, of one shape and dtype: torch.cat needs non-scalar parts of one shape, and would
-    promote mixed dtypes."""
-    _, block, _, _, kind = vitkit_key.split(".")  # blocks.N.attn.qkv.weight
-    if set(parts) != {0, 1, 2}:
-        raise CheckpointError(f"block {block}: incomplete query/key/value {kind} tensors")
-    ordered = [parts[index] for index in range(3)]
-    alike = {(tuple(part.shape), part.dtype) for part in ordered}
-    if len(alike) != 1 or not ordered[0].ndim:
-        found = [(tuple(part.shape), part.dtype) for part in ordered]
-        raise CheckpointError(
-            f"block {block}: query/key/value {kind} tensors differ or are scalars: {found}"
-        )
-    return torch.cat(ordered)
 
 
 def class_names_from_hf(hf_config: dict, num_classes: int) -> ClassNames | None:
@@ -260,6 +242,14 @@ HF_HOLDS: Holds = {
 
 
 def hf_refusal(config: ViTConfig) -> str | None:
+    """Why no transformers model vitkit writes can express `config`, or None: a model with
+    LayerScale is written as a DINOv2 (weights/hf_dinov2.py), any other as a ViT."""
+    if config.layer_scale_init is not None:
+        return dinov2_refusal(config)
+    return _vit_refusal(config)
+
+
+def _vit_refusal(config: ViTConfig) -> str | None:
     """Why transformers' ViT cannot express `config`, or None when it can: the one reason, the
     first that fails, naming only the field that differs (`export_model` adds the formats that
     do hold the model). Its numerics (GELU flavour, LayerNorm eps) are recorded in config.json,
@@ -315,6 +305,23 @@ def vitkit_to_hf(
     if problem := hf_refusal(config):
         raise CheckpointError(problem)
     class_names = checked_class_names(class_names, config.num_classes, source="class_names")
+    if config.layer_scale_init is not None:
+        hf_config, hf_state = vitkit_to_dinov2(config, state)
+    else:
+        hf_config, hf_state = _vitkit_to_vit(config, state)
+    if config.num_classes:
+        names = class_names or [f"LABEL_{i}" for i in range(config.num_classes)]
+        hf_config["id2label"] = {str(i): name for i, name in enumerate(names)}
+        # Repeated names (ImageNet-1k has two "crane"s) keep their last index, as in transformers.
+        hf_config["label2id"] = {name: i for i, name in enumerate(names)}
+    return hf_config, hf_state, _preprocessor(config, preprocessing)
+
+
+def _vitkit_to_vit(
+    config: ViTConfig, state: dict[str, torch.Tensor]
+) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(config.json, state dict) of the transformers ViT computing what a vitkit model of
+    `config` computes."""
     classifier = config.num_classes > 0
     hf_state: dict[str, torch.Tensor] = {}
     for key, value in state.items():
@@ -344,18 +351,19 @@ def vitkit_to_hf(
         "attention_probs_dropout_prob": config.attention_dropout,
         "encoder_stride": config.patch_size,
     }
-    if classifier:
-        names = class_names or [f"LABEL_{i}" for i in range(config.num_classes)]
-        hf_config["id2label"] = {str(i): name for i, name in enumerate(names)}
-        # Repeated names (ImageNet-1k has two "crane"s) keep their last index, as in transformers.
-        hf_config["label2id"] = {name: i for i, name in enumerate(names)}
-    elif config.representation_size:
+    if not classifier and config.representation_size:
         hf_config["pooler_output_size"] = config.representation_size
         hf_config["pooler_act"] = "tanh"
+    return hf_config, hf_state
+
+
+def _preprocessor(config: ViTConfig, preprocessing: Preprocessing | None) -> dict:
+    """preprocessor_config.json for the model's preprocessing record (Google's [-1, 1] at the
+    model's size by default): the whole image resized, as vitkit feeds its models."""
     preprocessing = preprocessing or Preprocessing.google(config.img_size, channels=config.in_chans)
     resample = {name: number for number, name in _RESAMPLE.items()}[preprocessing.interpolation]
     size_height, size_width = preprocessing.resolution
-    preprocessor = {
+    return {
         "image_processor_type": "ViTImageProcessor",
         "do_resize": True,
         "size": {"height": size_height, "width": size_width},
@@ -366,7 +374,6 @@ def vitkit_to_hf(
         "image_mean": list(preprocessing.mean),
         "image_std": list(preprocessing.std),
     }
-    return hf_config, hf_state, preprocessor
 
 
 def write_hf(model: torch.nn.Module, directory: Path) -> Path:

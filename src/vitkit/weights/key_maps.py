@@ -28,6 +28,8 @@ from typing import NamedTuple
 
 import torch
 
+from vitkit.errors import CheckpointError
+
 Shape = tuple[int, ...]
 
 # What a {name} of a matched pattern matches: block indices as digits, as the files spell them
@@ -158,3 +160,42 @@ def _regex(pattern: str) -> re.Pattern[str]:
             for index, piece in enumerate(pieces)
         )
     )
+
+
+def read_renamed(
+    table: Sequence[Row], foreign: Mapping[str, torch.Tensor], *, source: str
+) -> dict[str, torch.Tensor]:
+    """vitkit's state dict from the tensors of a format whose tensors are vitkit's as they are,
+    only renamed (`find`): the parts of rows that share a vitkit key concatenated in the rows'
+    order. A key no row matches is a CheckpointError naming it and `source` (the format)."""
+    state: dict[str, torch.Tensor] = {}
+    fused: dict[str, dict[int, tuple[str, torch.Tensor]]] = {}
+    counts: dict[str, int] = {}
+    for key, value in foreign.items():
+        found = find(table, key)
+        if found is None:
+            raise CheckpointError(f"unexpected key {key!r} in a {source} checkpoint")
+        if found.parts == 1:
+            state[found.vitkit] = value
+        else:
+            fused.setdefault(found.vitkit, {})[found.part] = (key, value)
+            counts[found.vitkit] = found.parts
+    for vitkit_key, parts in fused.items():
+        state[vitkit_key] = _fused(vitkit_key, parts, counts[vitkit_key])
+    return state
+
+
+def _fused(vitkit_key: str, parts: dict[int, tuple[str, torch.Tensor]], count: int) -> torch.Tensor:
+    """One vitkit tensor from the file's tensors that fuse into it (query, key and value), which
+    must all be there, of one shape and dtype: torch.cat needs non-scalar parts of one shape,
+    and would promote mixed dtypes. Errors name the file's keys."""
+    if set(parts) != set(range(count)):
+        found = ", ".join(key for key, _ in parts.values())
+        raise CheckpointError(f"{found}: {len(parts)} of the {count} tensors fused into "
+                              f"{vitkit_key}; the others are missing")  # fmt: skip
+    ordered = [parts[index] for index in range(count)]
+    alike = {(tuple(tensor.shape), tensor.dtype) for _, tensor in ordered}
+    if len(alike) != 1 or not ordered[0][1].ndim:
+        shapes = ", ".join(f"{key} {tuple(tensor.shape)} {tensor.dtype}" for key, tensor in ordered)
+        raise CheckpointError(f"tensors fused into {vitkit_key} differ or are scalars: {shapes}")
+    return torch.cat([tensor for _, tensor in ordered])
