@@ -198,7 +198,10 @@ BAD_FIELDS: dict[str, tuple[dict[str, object], str]] = {
     "class-token-int": (dict(class_token=1), "class_token must be true or false, got 1"),
     "dynamic-none": (dict(dynamic_img_size=None), "dynamic_img_size must be true or false"),
     "classifier-unknown": (dict(classifier="cls"), "classifier must be one of 'token', 'gap'"),
-    "gelu-list": (dict(gelu=["exact"]), "gelu must be one of 'exact', 'tanh', 'quick', got ['exact']"),
+    "gelu-list": (
+        dict(gelu=["exact"]),
+        "gelu must be one of 'exact', 'tanh', 'quick', got ['exact']",
+    ),
     "interpolation-unknown": (
         dict(pos_embed_interpolation="nearest"),
         "pos_embed_interpolation must be one of",

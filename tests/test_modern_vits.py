@@ -194,8 +194,8 @@ def test_dinov2_written_back_for_transformers(tmp_path: Path, registers: int) ->
 def test_a_dinov2_with_a_head_is_refused_for_transformers_naming_the_pooling(
     tmp_path: Path,
 ) -> None:
-    model = vitkit.load_model(saved(timm_model("vit_small_patch14_dinov2", 56), tmp_path / "d.safetensors"),
-                              num_heads=4, classifier="token")  # fmt: skip
+    path = saved(timm_model("vit_small_patch14_dinov2", 56), tmp_path / "d.safetensors")
+    model = vitkit.load_model(path, num_heads=4, classifier="token")
     with pytest.raises(vitkit.CheckpointError, match="Dinov2ForImageClassification") as error:
         export_model(model, tmp_path / "out", to="hf")
     assert "formats that hold this model: timm, vitkit" in str(error.value)

@@ -206,4 +206,3 @@ def vitkit_to_dinov2(
     if registers:
         hf_config["num_register_tokens"] = config.reg_tokens
     return hf_config, hf_state
-

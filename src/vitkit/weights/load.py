@@ -1,10 +1,11 @@
 """`load_model`: read any supported checkpoint, build the model it describes, load it strictly.
 
 Formats are detected from the path: a `.npz` file is Google's; a directory whose `config.json`
-says `"format": "vitkit"` is vitkit's own (`save_pretrained`), any other directory with
-`config.json` is Hugging Face transformers'; `.safetensors`, `.pth`, `.pt` and `.bin` files are
-torchvision state dicts when their keys are torchvision's (conv_proj, encoder.pos_embedding), timm
-state dicts otherwise.
+says `"format": "vitkit"` is vitkit's own (`save_pretrained`), one whose `config.json` names an
+"architecture" and holds a "pretrained_cfg" is timm's (its local-dir layout, a hub repository),
+any other directory with `config.json` is Hugging Face transformers'; `.safetensors`, `.pth`, `.pt`
+and `.bin` files are torchvision state dicts when their keys are torchvision's (conv_proj,
+encoder.pos_embedding), timm state dicts otherwise.
 
 Each reader also gives the weights' `Preprocessing` record, which becomes `model.preprocessing`:
 vitkit's config.json records it; transformers' preprocessor_config.json holds image_mean,
@@ -43,18 +44,11 @@ from vitkit.weights.native import CONFIG_FILE, WEIGHTS_FILE, is_native_config, r
 from vitkit.weights.registry import registered_weights, resolve_checkpoint
 from vitkit.weights.state_dict import (
     PartialLoadWarning,
-    UnrecordedPoolingWarning,
     build_and_load,
     check_architecture,
     expected_shapes,
 )
-from vitkit.weights.timm import (
-    pooling_unrecorded,
-    read_global_pool,
-    read_pretrained_cfg,
-    timm_preprocessing,
-    timm_to_vitkit,
-)
+from vitkit.weights.timm_folder import is_timm_config, read_timm
 from vitkit.weights.torchvision import (
     looks_like_torchvision,
     torchvision_preprocessing,
@@ -65,7 +59,8 @@ Format = Literal["npz", "timm", "hf", "torchvision", "vitkit"]
 # Every format `load_model` reads (`format=`, `vitkit convert --format`), in one place.
 SOURCE_FORMATS: tuple[Format, ...] = get_args(Format)
 # The formats whose files hold parameters only: class names live beside them in a labels file
-# (`class_names.labels_file`), read here and written by `export_model`.
+# (`class_names.labels_file`), read by their readers (here; timm's in `timm_folder.read_timm`)
+# and written by `export_model`. timm's folder form holds them in its config.json.
 PARAMETERS_ONLY: tuple[Format, ...] = ("npz", "timm", "torchvision")
 _TORCH_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
 _HF_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
@@ -74,7 +69,10 @@ _HF_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
 def detect_format(path: Path) -> Format:
     if path.is_dir():
         if (path / "config.json").is_file():
-            return "vitkit" if is_native_config(read_json_object(path / "config.json")) else "hf"
+            content = read_json_object(path / "config.json")
+            if is_native_config(content):
+                return "vitkit"
+            return "timm" if is_timm_config(content) else "hf"
         raise CheckpointError(f"{path}: a directory without config.json is no known checkpoint")
     if not path.exists():
         raise CheckpointError(f"{path}: no such file or directory")
@@ -84,8 +82,8 @@ def detect_format(path: Path) -> Format:
         return "torchvision" if looks_like_torchvision(_state_dict_keys(path)) else "timm"
     raise CheckpointError(
         f"{path}: cannot tell the checkpoint format from the name; expected a Google .npz, a "
-        f"vitkit or Hugging Face directory or a timm state dict ({', '.join(_TORCH_SUFFIXES)}); "
-        "pass format="
+        f"vitkit, timm or Hugging Face directory or a timm state dict "
+        f"({', '.join(_TORCH_SUFFIXES)}); pass format="
     )
 
 
@@ -142,22 +140,16 @@ def _read(
 def _read_format(
     path: Path, format: Format, num_heads: int | None, classifier: Classifier | None
 ) -> _Checkpoint:
-    inferred = dict(config_source="the config its shapes give", weights_source=path.name)
+    shapes = "the config its shapes give"
+    if format == "timm":  # a folder, or a bare file with its config.json or labels file beside
+        timm = read_timm(path, num_heads=num_heads, classifier=classifier)
+        return _Checkpoint(timm.config, timm.state, timm.preprocessing, shapes,
+                           timm.weights.name, class_names=timm.class_names)  # fmt: skip
+    inferred = dict(config_source=shapes, weights_source=path.name)
     if format == "npz":
         config, state = google_to_vitkit(read_npz(path))
         # The files record no preprocessing; Google's models all take [-1, 1].
         preprocessing = Preprocessing.google(config.img_size, channels=config.in_chans)
-    elif format == "timm":
-        told = classifier or read_global_pool(path)
-        config, state = timm_to_vitkit(read_state_dict(path), num_heads=num_heads,
-                                       classifier=told)  # fmt: skip
-        if told is None and pooling_unrecorded(state):
-            warnings.warn(UnrecordedPoolingWarning(
-                f"{path}: a timm state dict does not record its pooling; read as [class]-token "
-                "pooling (timm's global_pool='token'); one made with global_pool='avg' needs "
-                "classifier='gap' (--classifier gap)"
-            ), stacklevel=3)  # fmt: skip
-        preprocessing = timm_preprocessing(read_pretrained_cfg(path), config)
     elif format == "torchvision":
         config, state = torchvision_to_vitkit(read_state_dict(path), num_heads=num_heads)
         preprocessing = torchvision_preprocessing(config)

@@ -25,7 +25,7 @@ would be read as one.
 
 Nor does a state dict record its preprocessing. timm keeps it in the model's `pretrained_cfg`
 (mean, std, interpolation), which a timm hub repository stores in the config.json beside the
-weights: read from there when it is present (`read_pretrained_cfg`), else Google's [-1, 1], what
+weights: read from there when it is present (timm_folder.py), else Google's [-1, 1], what
 the ViT weights timm took from Google's releases expect. The printed `timm.create_model` call
 passes the model's record back in its `pretrained_cfg_overlay`.
 """
@@ -45,7 +45,7 @@ from vitkit.models.config import Classifier, ViTConfig, as_pair, resnet_channels
 from vitkit.models.preprocessing import Preprocessing
 from vitkit.models.resnet import NUMERICS
 from vitkit.weights.capabilities import ANY, PAPER_FIELDS, Holds, unheld_field
-from vitkit.weights.files import read_json_object, unwrap_key
+from vitkit.weights.files import unwrap_key
 from vitkit.weights.shapes import INDEX, block_indices, infer_num_heads, require_shape, square_side
 
 # timm features with parameters that vitkit does not model (yet): refuse rather than drop them.
@@ -193,16 +193,6 @@ def pooling_unrecorded(state: dict[str, torch.Tensor]) -> bool:
     return "cls_token" in state and "fc_norm.weight" not in state
 
 
-def read_global_pool(weights: Path) -> Classifier | None:
-    """The pooling the config.json beside a timm weights file records ("global_pool", which
-    timm's hub export writes), as a vitkit classifier; None when it records none."""
-    path = Path(weights).with_name("config.json")
-    if read_pretrained_cfg(weights) is None:
-        return None
-    pool = read_json_object(path).get("global_pool")
-    return {"token": "token", "avg": "gap"}.get(pool) if isinstance(pool, str) else None
-
-
 def config_from_timm(
     state: dict[str, torch.Tensor],
     *,
@@ -301,23 +291,6 @@ def timm_to_vitkit(
         converted, num_heads=num_heads, img_size=img_size, classifier=classifier
     )
     return config, converted
-
-
-def read_pretrained_cfg(weights: Path) -> dict | None:
-    """The `pretrained_cfg` of the config.json beside a timm weights file, as a timm hub
-    repository has it ({"architecture": ..., "pretrained_cfg": {...}}); None when there is no
-    such file, or it is no timm config (a folder's config.json may be another program's)."""
-    path = Path(weights).with_name("config.json")
-    if not path.is_file():
-        return None
-    try:
-        content = read_json_object(path)
-    except CheckpointError:
-        return None  # not ours to judge: a transformers or vitkit config is read elsewhere
-    pretrained_cfg = content.get("pretrained_cfg")
-    if "architecture" not in content or not isinstance(pretrained_cfg, dict):
-        return None
-    return pretrained_cfg
 
 
 def timm_preprocessing(pretrained_cfg: dict | None, config: ViTConfig) -> Preprocessing:
