@@ -224,3 +224,32 @@ def test_bad_dinov2_config_values_are_one_line_naming_the_field(
     with pytest.raises(vitkit.CheckpointError, match=named) as error:
         vitkit.load_model(tmp_path / "dinov2")
     assert "\n" not in str(error.value) and str(tmp_path / "dinov2") in str(error.value)
+
+
+def test_a_clip_towers_activation_is_stated_or_warned(tmp_path: Path) -> None:
+    """timm's CLIP towers compute quick GELU from OpenAI's weights and exact GELU from
+    OpenCLIP's, with the same keys: read as exact with a one-line warning naming gelu='quick',
+    as quick when told, and written to timm's folder with the activation named, so that it is
+    read back without a word."""
+    from vitkit.weights.state_dict import UnrecordedActivationWarning
+
+    quick = timm.create_model(
+        "vit_base_patch16_clip_224", pretrained=False, img_size=32, act_layer="quick_gelu", **TINY
+    )
+    path = saved(randomise_(quick, seed=0).eval(), tmp_path / "openai.safetensors")
+    with pytest.warns(UnrecordedActivationWarning, match="gelu='quick'"):
+        guessed = vitkit.load_model(path, num_heads=4, classifier="token")
+    assert guessed.config.gelu == "exact"
+    told = vitkit.load_model(path, num_heads=4, classifier="token", gelu="quick")
+    assert compare_outputs(quick.eval(), told, images(32), "OpenAI-style CLIP tower") <= TOLERANCE
+    assert compare_outputs(quick, guessed, images(32), "read as exact") > 1e-3
+
+    export_model(told, tmp_path / "folder", to="timm")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        again = vitkit.load_model(tmp_path / "folder")
+    assert again.config.gelu == "quick"
+    with pytest.raises(vitkit.CheckpointError, match="gelu='exact' contradicts"):
+        vitkit.load_model(tmp_path / "folder", gelu="exact")

@@ -50,7 +50,10 @@ FAMILIES: dict[str, tuple[Writer, str]] = {
         timm_file("vit_small_patch14_reg4_dinov2", 28),
         f"{HEADS},classifier=token",
     ),
-    "timm-clip": (timm_file("vit_base_patch16_clip_224", 32), f"{HEADS},classifier=token"),
+    "timm-clip": (
+        timm_file("vit_base_patch16_clip_224", 32),
+        f"{HEADS},classifier=token,gelu=exact",
+    ),
     "transformers-dinov2": (transformers_folder(0), ""),
     "transformers-dinov2-reg4": (transformers_folder(4), ""),
 }

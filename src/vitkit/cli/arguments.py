@@ -12,7 +12,7 @@ from vitkit.data.token_budget import MOST_TOKENS
 from vitkit.devices import DEVICE_NAMES, resolve_device
 from vitkit.errors import ConfigError
 from vitkit.evaluation.input_forms import input_form
-from vitkit.models.config import Classifier
+from vitkit.models.config import Classifier, Gelu
 from vitkit.models.preprocessing import (
     GOOGLE_MEAN,
     GOOGLE_STD,
@@ -73,8 +73,8 @@ def add_skip_bad_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def add_unrecorded_settings(parser: argparse.ArgumentParser) -> None:
-    """--num-heads and --classifier: what some checkpoint files cannot say (`load_model`'s
-    num_heads and classifier), for every command that reads one."""
+    """--num-heads, --classifier and --gelu: what some checkpoint files cannot say
+    (`load_model`'s num_heads, classifier and gelu), for every command that reads one."""
     parser.add_argument(
         "--num-heads",
         type=positive_int,
@@ -87,11 +87,17 @@ def add_unrecorded_settings(parser: argparse.ArgumentParser) -> None:
         "(timm's global_pool='token', assumed with a warning when not given) or gap "
         "(global_pool='avg'); other files record theirs",
     )
+    parser.add_argument(
+        "--gelu",
+        choices=get_args(Gelu),
+        help="the activation of a timm CLIP tower's state dict: exact (OpenCLIP's, assumed with "
+        "a warning when not given) or quick (OpenAI's); other files record theirs",
+    )
 
 
 def unrecorded_settings(args: argparse.Namespace) -> dict[str, object]:
     """The keyword arguments of `load_model` that `add_unrecorded_settings` gave."""
-    return {"num_heads": args.num_heads, "classifier": args.classifier}
+    return {"num_heads": args.num_heads, "classifier": args.classifier, "gelu": args.gelu}
 
 
 def add_input_arguments(parser: argparse.ArgumentParser) -> None:

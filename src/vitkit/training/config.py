@@ -13,14 +13,14 @@ from __future__ import annotations
 import dataclasses
 import typing
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from vitkit.data.token_budget import MOST_TOKENS
 from vitkit.devices import device_problem
 from vitkit.errors import ConfigError
 from vitkit.models.checks import shown
 from vitkit.models.complexity import check_buildable
-from vitkit.models.config import ViTConfig, get_config
+from vitkit.models.config import Classifier, Gelu, ViTConfig, get_config
 from vitkit.training.fields import (
     AT_LEAST_ONE,
     FRACTION,
@@ -80,8 +80,8 @@ class TrainConfig:
     init_settings: str = described(
         "what the init checkpoint's file cannot say, as load_model takes it: num_heads=N "
         "(a timm or torchvision state dict of a width no paper variant has) and "
-        "classifier=token|gap (a timm state dict with a [class] token and no fc_norm), e.g. "
-        "num_heads=3,classifier=gap",
+        "classifier=token|gap (a timm state dict with a [class] token and no fc_norm) and "
+        "gelu=exact|quick (a timm CLIP tower's state dict), e.g. num_heads=3,classifier=gap",
         "",
     )
     resolution: int = described(
@@ -493,18 +493,21 @@ def describe_fields() -> str:
 
 
 def init_settings(text: str) -> dict[str, Any]:
-    """`load_model`'s num_heads and classifier from an `init_settings` text; ConfigError naming a
-    bad part."""
+    """`load_model`'s num_heads, classifier and gelu from an `init_settings` text; ConfigError
+    naming a bad part."""
     settings: dict[str, Any] = {}
     for part in filter(None, (piece.strip() for piece in text.split(","))):
         name, _, value = (piece.strip() for piece in part.partition("="))
         if name == "num_heads" and value.isascii() and value.isdigit() and int(value) > 0:
             settings[name] = int(value)
-        elif name == "classifier" and value in ("token", "gap"):
+        elif name == "classifier" and value in get_args(Classifier):
+            settings[name] = value
+        elif name == "gelu" and value in get_args(Gelu):
             settings[name] = value
         else:
             raise ConfigError(
-                f"init_settings: expected num_heads=N or classifier=token|gap, got {shown(part)}"
+                "init_settings: expected num_heads=N, classifier=token|gap or "
+                f"gelu=exact|tanh|quick, got {shown(part)}"
             )
     return settings
 

@@ -27,7 +27,7 @@ import torch
 
 from vitkit.errors import CheckpointError, ConfigError
 from vitkit.io import regular_file
-from vitkit.models.config import Classifier, ViTConfig, as_pair
+from vitkit.models.config import Classifier, Gelu, ViTConfig, as_pair
 from vitkit.models.patch_resample import resample_patch_embed
 from vitkit.models.preprocessing import Preprocessing
 from vitkit.models.vit import VisionTransformer, resize_position_parameter
@@ -121,28 +121,37 @@ class _Checkpoint:
     class_names: ClassNames | None = None
 
 
-def _read(
-    path: Path, format: Format, num_heads: int | None, classifier: Classifier | None
-) -> _Checkpoint:
+@dataclass(frozen=True)
+class Unrecorded:
+    """What some files cannot say and the caller may: the number of heads (timm and torchvision
+    state dicts), the pooling (a timm state dict with a [class] token and no fc_norm) and the
+    activation (a timm CLIP tower's state dict). A value given for a file that records the
+    setting must agree with it."""
+
+    num_heads: int | None = None
+    classifier: Classifier | None = None
+    gelu: Gelu | None = None
+
+
+def _read(path: Path, format: Format, told: Unrecorded) -> _Checkpoint:
     """The checkpoint at `path` in `format`, converted to vitkit's config and names, with the
-    pooling `classifier` where the file cannot tell it and checked against the file's where it
+    settings `told` where the file cannot tell them and checked against the file's where it
     can."""
-    checkpoint = _read_format(path, format, num_heads, classifier)
-    recorded = checkpoint.config.classifier
-    if classifier is not None and classifier != recorded:
-        raise CheckpointError(
-            f"{path}: records classifier={recorded!r} (its pooling); classifier={classifier!r} "
-            "contradicts it"
-        )
+    checkpoint = _read_format(path, format, told)
+    for setting in dataclasses.fields(told):
+        given, recorded = getattr(told, setting.name), getattr(checkpoint.config, setting.name)
+        if given is not None and given != recorded:
+            raise CheckpointError(
+                f"{path}: records {setting.name}={recorded!r}; {setting.name}={given!r} "
+                "contradicts it"
+            )
     return checkpoint
 
 
-def _read_format(
-    path: Path, format: Format, num_heads: int | None, classifier: Classifier | None
-) -> _Checkpoint:
+def _read_format(path: Path, format: Format, told: Unrecorded) -> _Checkpoint:
     shapes = "the config its shapes give"
     if format == "timm":  # a folder, or a bare file with its config.json or labels file beside
-        timm = read_timm(path, num_heads=num_heads, classifier=classifier)
+        timm = read_timm(path, num_heads=told.num_heads, classifier=told.classifier, gelu=told.gelu)
         return _Checkpoint(timm.config, timm.state, timm.preprocessing, shapes,
                            timm.weights.name, class_names=timm.class_names)  # fmt: skip
     inferred = dict(config_source=shapes, weights_source=path.name)
@@ -151,7 +160,7 @@ def _read_format(
         # The files record no preprocessing; Google's models all take [-1, 1].
         preprocessing = Preprocessing.google(config.img_size, channels=config.in_chans)
     elif format == "torchvision":
-        config, state = torchvision_to_vitkit(read_state_dict(path), num_heads=num_heads)
+        config, state = torchvision_to_vitkit(read_state_dict(path), num_heads=told.num_heads)
         preprocessing = torchvision_preprocessing(config)
     if format in PARAMETERS_ONLY:  # names live beside the file
         names = None
@@ -215,6 +224,7 @@ def load_model(
     format: Format | None = None,
     num_heads: int | None = None,
     classifier: Classifier | None = None,
+    gelu: Gelu | None = None,
     strict: bool = True,
     dynamic_img_size: bool = False,
 ) -> VisionTransformer:
@@ -245,6 +255,11 @@ def load_model(
         no fc_norm, whose keys cannot tell timm's global_pool "token" from "avg" (read as
         "token" with an `UnrecordedPoolingWarning` when not given and no config.json beside the
         file records it); for any other file it must agree with what the file records.
+    gelu: "exact", "tanh" or "quick", the activation, for timm CLIP towers' state dicts (a
+        pre-norm), whose keys cannot tell OpenAI's quick GELU from OpenCLIP's exact one (read
+        as exact with an `UnrecordedActivationWarning` when not given); for any other file it
+        must agree with what the file records. (The same three go to every command as
+        --num-heads, --classifier and --gelu, and to training as init_settings.)
     dynamic_img_size: build a model that takes images of any size whose sides are multiples of
         the patch size, its position embeddings resized to each input's grid at every call (as
         timm's dynamic_img_size=True); packed evaluation at each image's aspect ratio needs it.
@@ -264,7 +279,8 @@ def load_model(
         regular_file(path, error=CheckpointError)
     format = format or detect_format(path)
     try:
-        checkpoint = _read(path, format, num_heads, classifier)
+        told = Unrecorded(num_heads=num_heads, classifier=classifier, gelu=gelu)
+        checkpoint = _read(path, format, told)
         # Before anything is built: a config claiming more than the tensors hold fails here.
         check_architecture(
             checkpoint.config,

@@ -33,7 +33,18 @@ class PartialLoadWarning(UserWarning):
     the missing, unexpected and misshapen keys."""
 
 
-class UnrecordedPoolingWarning(UserWarning):
+class UnrecordedSettingWarning(UserWarning):
+    """A checkpoint does not record a setting that changes its outputs, and it was read with
+    the source library's default; the message names the setting and how to state it."""
+
+
+class UnrecordedActivationWarning(UnrecordedSettingWarning):
+    """A timm CLIP tower's state dict does not record its activation (OpenAI's weights take
+    quick GELU, OpenCLIP's exact GELU, with the same keys); it was read with exact GELU.
+    `load_model(..., gelu="quick")` (`--gelu quick`) states the other, and silences this."""
+
+
+class UnrecordedPoolingWarning(UnrecordedSettingWarning):
     """A checkpoint does not record how its model pools (a timm state dict with a [class] token
     and no fc_norm: global_pool "token" and "avg" have the same keys); it was read with timm's
     default, token pooling. `load_model(..., classifier="gap")` (`--classifier gap`) states the

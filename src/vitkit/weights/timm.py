@@ -41,7 +41,14 @@ from torch import nn
 
 from vitkit.errors import CheckpointError, ConfigError
 from vitkit.io import atomic_write
-from vitkit.models.config import Classifier, ViTConfig, as_pair, resnet_channels, resnet_stride
+from vitkit.models.config import (
+    Classifier,
+    Gelu,
+    ViTConfig,
+    as_pair,
+    resnet_channels,
+    resnet_stride,
+)
 from vitkit.models.preprocessing import Preprocessing
 from vitkit.models.resnet import NUMERICS
 from vitkit.weights.capabilities import ANY, PAPER_FIELDS, Holds, unheld_field
@@ -168,7 +175,7 @@ def _head_fields(
     )
 
 
-def _block_fields(state: dict[str, torch.Tensor]) -> dict[str, object]:
+def _block_fields(state: dict[str, torch.Tensor], gelu: Gelu | None) -> dict[str, object]:
     """LayerScale, CLIP's pre-norm and the numerics, as the keys show them. The files hold
     LayerScale's learned factors, not their start (timm's init_values): 1e-5, DINOv2's and
     timm's registers models', is taken, which matters only for training from scratch. Every
@@ -179,12 +186,19 @@ def _block_fields(state: dict[str, torch.Tensor]) -> dict[str, object]:
         layer_scale_init=1e-5 if "blocks.0.ls1.gamma" in state else None,
         pre_norm=pre_norm,
         patch_bias="patch_embed.proj.bias" in state,
-        gelu="exact",
+        gelu=gelu or "exact",
         layer_norm_eps=1e-5 if pre_norm else 1e-6,
         # timm resizes position embeddings bicubically (with antialiasing), at load and at
         # dynamic sizes alike.
         pos_embed_interpolation="bicubic",
     )
+
+
+def activation_unrecorded(state: dict[str, torch.Tensor]) -> bool:
+    """Whether the activation of a timm state dict is in doubt: its CLIP towers (with a
+    pre-norm) compute exact GELU from OpenCLIP's weights and quick GELU from OpenAI's, with the
+    same keys. Every other timm ViT computes exact GELU unless built otherwise."""
+    return "norm_pre.weight" in state
 
 
 def pooling_unrecorded(state: dict[str, torch.Tensor]) -> bool:
@@ -199,8 +213,11 @@ def config_from_timm(
     num_heads: int | None = None,
     img_size: int | tuple[int, int] | None = None,
     classifier: Classifier | None = None,
+    gelu: Gelu | None = None,
 ) -> ViTConfig:
     """Infer the architecture of a timm ViT state dict from its keys and shapes.
+
+    gelu: the activation, which no key shows: timm's GELU unless told (`activation_unrecorded`).
 
     classifier: the pooling, where the keys cannot show it (`pooling_unrecorded`); by default
         timm's global_pool="token".
@@ -263,7 +280,7 @@ def config_from_timm(
         mlp_dim=fc1[0],
         qkv_bias="blocks.0.attn.qkv.bias" in state,
         num_classes=require_shape(state, "head.weight", 2)[0] if "head.weight" in state else 0,
-        **_block_fields(state),
+        **_block_fields(state, gelu),
     )
 
 
@@ -273,12 +290,14 @@ def timm_to_vitkit(
     num_heads: int | None = None,
     img_size: int | tuple[int, int] | None = None,
     classifier: Classifier | None = None,
+    gelu: Gelu | None = None,
 ) -> tuple[ViTConfig, dict[str, torch.Tensor]]:
     """Convert a timm ViT state dict to (config, state dict in vitkit's naming).
 
     num_heads: needed when the width is no paper variant's (timm files omit it).
     img_size: the checkpoint's image size, needed when its patch grid is not square.
     classifier: the pooling, where the keys cannot show it (`config_from_timm`).
+    gelu: the activation (`config_from_timm`).
     """
     converted = {}
     for key, value in state.items():
@@ -288,7 +307,7 @@ def timm_to_vitkit(
                 key = new + key.removeprefix(old)
         converted[key] = value
     config = config_from_timm(
-        converted, num_heads=num_heads, img_size=img_size, classifier=classifier
+        converted, num_heads=num_heads, img_size=img_size, classifier=classifier, gelu=gelu
     )
     return config, converted
 
@@ -421,8 +440,12 @@ def timm_model_kwargs(config: ViTConfig) -> dict[str, object]:
         kwargs["reg_tokens"] = config.reg_tokens
     if config.no_embed_class:
         kwargs["no_embed_class"] = True
-    if config.gelu != "exact":
-        kwargs["act_layer"] = {"tanh": "gelu_tanh", "quick": "quick_gelu"}[config.gelu]
+    # A CLIP tower names its activation even when it is timm's default: its files cannot say
+    # which (`activation_unrecorded`), so the written config.json must.
+    if config.gelu != "exact" or config.pre_norm:
+        kwargs["act_layer"] = {"exact": "gelu", "tanh": "gelu_tanh", "quick": "quick_gelu"}[
+            config.gelu
+        ]
     if config.layer_scale_init is not None:
         kwargs["init_values"] = config.layer_scale_init
     if config.pre_norm:

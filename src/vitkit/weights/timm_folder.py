@@ -47,8 +47,9 @@ from vitkit.weights.class_names import (
     read_labels,
 )
 from vitkit.weights.files import read_json_object, read_state_dict
-from vitkit.weights.state_dict import UnrecordedPoolingWarning
+from vitkit.weights.state_dict import UnrecordedActivationWarning, UnrecordedPoolingWarning
 from vitkit.weights.timm import (
+    activation_unrecorded,
     pooling_unrecorded,
     timm_model_kwargs,
     timm_model_name,
@@ -300,6 +301,7 @@ def read_timm_config(path: Path, content: Mapping[str, Any] | None = None) -> Ti
     gelu = None
     if (act_layer := model_args.get("act_layer")) is not None:
         gelu = _ACT_LAYERS[_choice(act_layer, f"{path}: model_args.act_layer", _ACT_LAYERS)]
+        told["gelu"] = ("model_args.act_layer", act_layer)
     init_values = model_args.get("init_values")
     if init_values is not None and (
         isinstance(init_values, bool)
@@ -442,13 +444,17 @@ def _agreed(record: TimmConfig, field: str, given: object, recorded: object) -> 
 
 
 def read_timm(
-    path: Path, *, num_heads: int | None = None, classifier: Classifier | None = None
+    path: Path,
+    *,
+    num_heads: int | None = None,
+    classifier: Classifier | None = None,
+    gelu: Gelu | None = None,
 ) -> TimmCheckpoint:
     """A timm checkpoint: a folder in timm's local-dir layout (config.json + weights), or a bare
-    state dict file with, where there is one, the timm config.json beside it. `num_heads` and
-    `classifier` say what neither records (a bare file's heads and pooling) and must agree with
-    the file where it does. A bare file's class names are its labels file's
-    (`class_names.labels_file`), else its config.json's."""
+    state dict file with, where there is one, the timm config.json beside it. `num_heads`,
+    `classifier` and `gelu` say what neither records (a bare file's heads, pooling and a CLIP
+    tower's activation) and must agree with the file where it does. A bare file's class names
+    are its labels file's (`class_names.labels_file`), else its config.json's."""
     path = Path(path)
     if path.is_dir():
         record, weights = read_timm_config(path / CONFIG_FILE), _folder_weights(path)
@@ -456,13 +462,18 @@ def read_timm(
         record, weights = _config_beside(path), path
     state = read_state_dict(weights)
     if record is None:
-        config, state = timm_to_vitkit(state, num_heads=num_heads, classifier=classifier)
+        config, state = timm_to_vitkit(state, num_heads=num_heads, classifier=classifier, gelu=gelu)
     else:
         num_heads = _agreed(record, "num_heads", num_heads, record.num_heads)
         classifier = _agreed(record, "classifier", classifier, record.classifier)
+        gelu = _agreed(record, "gelu", gelu, record.gelu)
         try:
             config, state = timm_to_vitkit(
-                state, num_heads=num_heads, img_size=record.img_size, classifier=classifier
+                state,
+                num_heads=num_heads,
+                img_size=record.img_size,
+                classifier=classifier,
+                gelu=gelu,
             )
         except (CheckpointError, ConfigError) as error:
             if not record.told:
@@ -477,6 +488,14 @@ def read_timm(
                 f"{path}: a timm state dict does not record its pooling; read as [class]-token "
                 "pooling (timm's global_pool='token'); one made with global_pool='avg' needs "
                 "classifier='gap' (--classifier gap)"
+            ),
+            stacklevel=4,
+        )
+    if gelu is None and activation_unrecorded(state):
+        warnings.warn(
+            UnrecordedActivationWarning(
+                f"{path}: a timm CLIP tower's state dict does not record its activation; read "
+                "with exact GELU (OpenCLIP's); OpenAI's weights need gelu='quick' (--gelu quick)"
             ),
             stacklevel=4,
         )
