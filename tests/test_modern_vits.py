@@ -42,6 +42,7 @@ FAMILIES: dict[str, tuple[int, dict[str, object]]] = {
         16,
         dict(pre_norm=True, patch_bias=False, layer_norm_eps=1e-5, classifier="token"),
     ),
+    "vit_base_patch16_siglip_224": (16, dict(classifier="map", class_token=False)),
 }
 
 

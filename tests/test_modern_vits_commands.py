@@ -16,6 +16,7 @@ import pytest
 import timm
 import torch
 from safetensors.torch import save_file
+from test_hf_clip import clip_vision
 from test_modern_vits import TINY, hf_dinov2, timm_model
 from test_user_folder import NAMES, correct_per_class, images_in, vitkit, whole
 
@@ -42,6 +43,11 @@ def transformers_folder(registers: int) -> Writer:
     return write
 
 
+def transformers_clip(folder: Path) -> Path:
+    clip_vision("quick_gelu").save_pretrained(folder / "clip")
+    return folder / "clip"
+
+
 HEADS = f"num_heads={TINY['num_heads']}"
 FAMILIES: dict[str, tuple[Writer, str]] = {
     "timm-reg4-gap": (timm_file("vit_medium_patch16_reg4_gap_256", 32), HEADS),
@@ -54,8 +60,10 @@ FAMILIES: dict[str, tuple[Writer, str]] = {
         timm_file("vit_base_patch16_clip_224", 32),
         f"{HEADS},classifier=token,gelu=exact",
     ),
+    "timm-siglip": (timm_file("vit_base_patch16_siglip_224", 32), HEADS),
     "transformers-dinov2": (transformers_folder(0), ""),
     "transformers-dinov2-reg4": (transformers_folder(4), ""),
+    "transformers-clip": (transformers_clip, ""),
 }
 
 

@@ -133,10 +133,9 @@ def test_num_heads_for_widths_of_no_paper_variant(tmp_path: Path) -> None:
 
 
 # fc_norm, reg_tokens and no_embed_class are read (tests/test_timm_family.py), and so are
-# LayerScale and CLIP's pre-norm (tests/test_modern_vits.py).
+# LayerScale, CLIP's pre-norm and attention pooling (tests/test_modern_vits.py).
 UNSUPPORTED = {
     "qk_norm": (dict(qk_norm=True), r"QK normalisation"),
-    "map_head": (dict(global_pool="map"), r"attention pooling"),
     "final_norm": (dict(final_norm=False), r"final_norm"),
     "proj_bias": (dict(proj_bias=False), r"proj_bias"),
     "no_pos_embed": (dict(pos_embed="none"), r"pos_embed='none'"),

@@ -79,7 +79,12 @@ def count_flops(config: ViTConfig) -> int:
         pre_logits = 2 * width * features
     head = 2 * features * config.num_classes
     resnet = _resnet_cost(config)[0]
-    return resnet + patch_embed + config.depth * block + pre_logits + head
+    pool = 0
+    if config.classifier == "map":  # one query: its keys and values over the patches dominate
+        patches = grid_h * grid_w
+        pool = 2 * patches * width * 2 * width + 2 * 2 * patches * width  # kv, scores, values
+        pool += 2 * width * width * 2 + 2 * 2 * width * config.mlp_dim  # q, proj, MLP
+    return resnet + patch_embed + config.depth * block + pool + pre_logits + head
 
 
 def count_params(config: ViTConfig) -> int:
@@ -112,7 +117,11 @@ def count_params(config: ViTConfig) -> int:
         pre_logits = width * features + features
     head = features * config.num_classes + config.num_classes
     embeddings = patch_embed + class_token + pos_embed + pre_norm
-    return embeddings + config.depth * block + layer_norm + pre_logits + head
+    pool = 0
+    if config.classifier == "map":  # query, q, kv, proj, LayerNorm, MLP
+        linear_biases = 4 * width if config.qkv_bias else width
+        pool = width + 4 * width * width + linear_biases + layer_norm + mlp
+    return embeddings + config.depth * block + layer_norm + pool + pre_logits + head
 
 
 def check_buildable(config: ViTConfig) -> None:

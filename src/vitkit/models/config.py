@@ -31,7 +31,7 @@ from vitkit.models.checks import (
     shown,
 )
 
-Classifier = Literal["token", "gap"]
+Classifier = Literal["token", "gap", "map"]
 Gelu = Literal["exact", "tanh", "quick"]
 PosEmbedInterpolation = Literal["bilinear", "bicubic", "bicubic_no_antialias"]
 PosEmbedType = Literal["learned_1d", "none", "learned_2d", "relative", "sincos_2d"]
@@ -107,7 +107,8 @@ class ViTConfig:
     patch_bias: bool = True
 
     # Classification. "token" reads the prepended [class] token, "gap" averages the patch tokens
-    # after the final LayerNorm (Google's code). num_classes=0 gives features, no head.
+    # after the final LayerNorm (Google's code), "map" pools them by a learned query's attention
+    # (SigLIP, models/attention_pool.py). num_classes=0 gives features, no head.
     num_classes: int = 1000
     classifier: Classifier = "token"
     class_token: bool = True

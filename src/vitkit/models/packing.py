@@ -93,6 +93,8 @@ def _check(model: VisionTransformer, images: Sequence[torch.Tensor], keep: float
         raise ValueError(f"forward_packed: keep={keep} is not in (0, 1]")
     if model.config.pos_embed_type == "relative":
         raise ValueError("forward_packed: relative positions are not supported in packed sequences")
+    if model.config.classifier == "map":
+        raise ValueError("forward_packed: attention pooling (classifier='map') is not supported")
     if model.training and model.config.drop_path:
         raise ValueError(
             "forward_packed: stochastic depth would drop whole packed sequences, not images; "

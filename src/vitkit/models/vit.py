@@ -9,7 +9,7 @@ images (N, C, H, W)
   -> CLIP's LayerNorm (pre_norm only)
   -> pre-LN encoder blocks      (N, T, D)       equations 2-3 (LayerScale: branches scaled)
   -> final LayerNorm                            equation 4 (fc_norm: after pooling instead)
-  -> pool: [class] token, or mean of patch tokens ("gap")   (N, D)
+  -> pool: [class] token, mean of patch tokens ("gap") or attention pooling ("map")  (N, D)
   -> optional pre-logits Linear + tanh          (N, representation_size)
   -> head, zero-initialised     (N, num_classes)
 """
@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
+from vitkit.models.attention_pool import AttentionPool
 from vitkit.models.complexity import check_buildable
 from vitkit.models.config import ViTConfig
 from vitkit.models.layers import Block, LayerScale
@@ -41,7 +42,7 @@ from vitkit.models.resnet import ResNetStem
 
 # Parameters (by their own name, wherever they sit) that `no_weight_decay` names.
 NO_WEIGHT_DECAY = frozenset({"pos_embed", "pos_embed_rows", "pos_embed_cols", "cls_token",
-                             "reg_token", "mask_token", "relative_bias"})  # fmt: skip
+                             "reg_token", "mask_token", "relative_bias", "latent"})  # fmt: skip
 
 
 class VisionTransformer(nn.Module):
@@ -94,6 +95,8 @@ class VisionTransformer(nn.Module):
         layer_norm = nn.LayerNorm(width, eps=config.layer_norm_eps)
         self.norm: nn.Module = nn.Identity() if config.fc_norm else layer_norm
         self.fc_norm: nn.Module = layer_norm if config.fc_norm else nn.Identity()
+        if config.classifier == "map":  # timm's name
+            self.attn_pool = AttentionPool(config)
         self.pre_logits, self.head = self._build_head(config)
         self.init_weights()
 
@@ -159,6 +162,8 @@ class VisionTransformer(nn.Module):
             for scale in (block.ls1, block.ls2):
                 if isinstance(scale, LayerScale):
                     scale.reset_parameters()
+        if self.config.classifier == "map":
+            self.attn_pool.reset_parameters()
         if isinstance(self.pre_logits, nn.Sequential):
             lecun_normal_(self.pre_logits[0].weight)
             nn.init.zeros_(self.pre_logits[0].bias)
@@ -179,9 +184,9 @@ class VisionTransformer(nn.Module):
     def no_weight_decay(self) -> set[str]:
         """The names of the parameters weight decay must leave alone (timm's convention, which
         training reads): position embeddings of every kind, the [class], register and [mask]
-        tokens, relative attention biases. They are learned offsets with no scale to shrink;
-        decay would only pull them toward zero. (Biases and norms, 1-D, go undecayed too; that
-        rule is the optimizer's.)"""
+        tokens, relative attention biases, attention pooling's query. They are learned offsets
+        with no scale to shrink; decay would only pull them toward zero. (Biases and norms, 1-D,
+        go undecayed too; that rule is the optimizer's.)"""
         return {
             name
             for name, _ in self.named_parameters()
@@ -376,11 +381,14 @@ class VisionTransformer(nn.Module):
         return weights
 
     def pool(self, tokens: torch.Tensor) -> torch.Tensor:
-        """(N, T, D) -> (N, D): the [class] token, or the mean of the patch tokens ("gap"; the
-        [class] token and the registers are left out)."""
+        """(N, T, D) -> (N, D): the [class] token, or the patch tokens averaged ("gap") or pooled
+        by attention ("map"); the [class] token and the registers are left out of both."""
         if self.config.classifier == "token":
             return tokens[:, 0]
-        return tokens[:, self.config.num_prefix_tokens :].mean(dim=1)
+        patches = tokens[:, self.config.num_prefix_tokens :]
+        if self.config.classifier == "map":
+            return self.attn_pool(patches)
+        return patches.mean(dim=1)
 
     def forward_head(self, tokens: torch.Tensor, *, pre_logits: bool = False) -> torch.Tensor:
         """Normalised tokens -> logits; with pre_logits=True the representation the head reads

@@ -64,7 +64,6 @@ _UNSUPPORTED = {
     ".attn.norm.": "a LayerNorm inside attention (scale_attn_norm)",
     ".mlp.norm.": "a LayerNorm inside the MLP (scale_mlp_norm)",
     "patch_embed.norm.": "a LayerNorm after the patch embedding (embed_norm_layer)",
-    "attn_pool.": "attention pooling (MAP head, global_pool='map')",
 }
 # Keys every timm ViT that vitkit can represent has; their absence names the missing feature.
 _REQUIRED = {
@@ -159,14 +158,26 @@ def _head_fields(
     if fc_norm == ("norm.weight" in state):
         what = "both a final LayerNorm and fc_norm" if fc_norm else "no final LayerNorm"
         raise CheckpointError(f"has {what} (final_norm=False?), which vitkit does not support")
-    # With fc_norm timm averages the patch tokens, and without a [class] token there is only the
-    # average; a [class] token without fc_norm is read as timm's default global_pool="token"
-    # unless told otherwise.
+    # Attention pooling has parameters of its own; with fc_norm timm averages the patch tokens,
+    # and without a [class] token there is only the average; a [class] token without fc_norm is
+    # read as timm's default global_pool="token" unless told otherwise.
     shown = "token" if class_token and not fc_norm else "gap"
-    if classifier is not None and classifier != shown and not pooling_unrecorded(state):
-        why = "fc_norm, which only follows averaging" if fc_norm else "no [class] token"
-        raise CheckpointError(f"has {why}, so it pools by averaging; classifier={classifier!r} "
-                              "contradicts it")  # fmt: skip
+    if "attn_pool.latent" in state:
+        shown = "map"
+        if require_shape(state, "attn_pool.latent", 3)[:2] != (1, 1):
+            raise CheckpointError(
+                f"attn_pool.latent: shape {tuple(state['attn_pool.latent'].shape)}: attention "
+                "pooling with more than one query, which vitkit does not support"
+            )
+    if classifier is not None and classifier != shown:
+        if "map" in (shown, classifier):
+            has = "has" if shown == "map" else "has no"
+            raise CheckpointError(f"{has} attention pooling (attn_pool); classifier="
+                                  f"{classifier!r} contradicts it")  # fmt: skip
+        if not pooling_unrecorded(state):
+            why = "fc_norm, which only follows averaging" if fc_norm else "no [class] token"
+            raise CheckpointError(f"has {why}, so it pools by averaging; classifier="
+                                  f"{classifier!r} contradicts it")  # fmt: skip
     return dict(
         class_token=class_token,
         reg_tokens=reg_tokens,
@@ -204,7 +215,8 @@ def activation_unrecorded(state: dict[str, torch.Tensor]) -> bool:
 def pooling_unrecorded(state: dict[str, torch.Tensor]) -> bool:
     """Whether a timm state dict cannot show its pooling: with a [class] token and no fc_norm,
     global_pool="token" and global_pool="avg" (fc_norm=False) have the same keys."""
-    return "cls_token" in state and "fc_norm.weight" not in state
+    recorded = "fc_norm.weight" in state or "attn_pool.latent" in state
+    return "cls_token" in state and not recorded
 
 
 def config_from_timm(
@@ -433,7 +445,7 @@ def timm_model_kwargs(config: ViTConfig) -> dict[str, object]:
         class_token=config.class_token,
         # vitkit's "gap" averages the patch tokens (timm leaves the [class] token and registers
         # out of the average, as vitkit does), after the final norm or, with fc_norm, before it.
-        global_pool="token" if config.classifier == "token" else "avg",
+        global_pool={"token": "token", "gap": "avg", "map": "map"}[config.classifier],
         fc_norm=config.fc_norm,
     )
     if config.reg_tokens:
