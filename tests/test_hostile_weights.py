@@ -578,7 +578,7 @@ BAD_VITKIT_FILES: dict[str, tuple[Builder, tuple[str, ...]]] = {
     "heads-zero": (vitkit_fields(num_heads=0), ("num_heads must be between 1",)),
     "classifier-number": (
         vitkit_fields(classifier=3),
-        ("classifier must be one of 'token', 'gap', got 3",),
+        ("classifier must be one of 'token', 'gap', 'map', got 3",),
     ),
     "image-one-side": (vitkit_fields(img_size=[32]), ("img_size must be an integer or a [",)),
     "mean-short": (

@@ -20,7 +20,7 @@ from vitkit.models.masked_patches import (
     KEPT,
     MASKED,
     REPLACED,
-    MaskedPatchViT,
+    MaskedPatchModel,
     draw_corruption,
     masked_patch_loss,
     mean_colour_classes,
@@ -126,7 +126,7 @@ def _colour_grid_images(rng: np.random.Generator, count: int) -> tuple[np.ndarra
 
 def test_the_model_predicts_the_corrupted_patches_colours() -> None:
     torch.manual_seed(0)
-    model = MaskedPatchViT(get_config("ViT-Test/8", img_size=16, patch_size=4, num_classes=0))
+    model = MaskedPatchModel(get_config("ViT-Test/8", img_size=16, patch_size=4, num_classes=0))
     pixels, classes = _colour_grid_images(np.random.default_rng(0), 5)
     images = (torch.from_numpy(pixels) - 0.5) / 0.5  # Google's normalisation, the default
     torch.manual_seed(7)
@@ -143,20 +143,22 @@ def test_the_model_predicts_the_corrupted_patches_colours() -> None:
     assert model.mask_token.grad is not None and model.mask_token.grad.abs().sum() > 0
 
 
-def test_the_encoder_is_the_plain_model_with_the_same_weights() -> None:
-    torch.manual_seed(0)
-    model = MaskedPatchViT(get_config("ViT-Test/8", img_size=16, num_classes=0))
-    encoder = model.encoder()
-    assert type(encoder) is vitkit.VisionTransformer
-    assert set(model.state_dict()) - set(encoder.state_dict()) == {
+def test_the_encoder_is_a_plain_model_and_the_rest_is_the_tasks() -> None:
+    """The pre-training parts sit around an unchanged, headless Vision Transformer: the model's
+    weights are the encoder's (under "encoder.") and the [mask] embedding and colour head."""
+    config = get_config("ViT-Test/8", img_size=16, num_classes=0)
+    model = MaskedPatchModel(config)
+    assert type(model.encoder) is vitkit.VisionTransformer
+    assert model.encoder.config == config and model.config is config
+    assert set(model.state_dict()) == {f"encoder.{name}" for name in model.encoder.state_dict()} | {
         "mask_token", "colour_head.weight", "colour_head.bias",
     }  # fmt: skip
-    images = torch.randn(2, 3, 16, 16)
-    torch.testing.assert_close(encoder.forward_features(images), model.forward_features(images))
+    with pytest.raises(ValueError, match="num_classes=0"):
+        MaskedPatchModel(dataclasses.replace(config, num_classes=10))
 
 
 def test_the_mask_embedding_is_not_weight_decayed() -> None:
-    model = MaskedPatchViT(get_config("ViT-Test/8", img_size=16, num_classes=0))
+    model = MaskedPatchModel(get_config("ViT-Test/8", img_size=16, num_classes=0))
     decayed = {id(param) for param in param_groups(model, 0.1)[0]["params"]}
     assert id(model.mask_token) not in decayed
     assert id(model.colour_head.weight) in decayed

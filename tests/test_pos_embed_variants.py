@@ -228,7 +228,7 @@ def test_relative_attention_weights_match_the_fused_forward() -> None:
     x = images(40, 48)
     with torch.no_grad():
         tokens = model.embed(x)
-        positions = model._relative_positions(x, None)
+        positions = model.position_scheme.attention_positions((5, 6), x.device)
         for block in model.blocks:
             fused = block(tokens, positions)
             tokens, weights = block.forward_with_attention(tokens, positions)
@@ -311,13 +311,15 @@ def test_formats_without_the_variant_refuse_it(kind: str, to: str, name: str, tm
 
 
 def test_reading_a_misshapen_table_at_another_size_is_refused(tmp_path: Path) -> None:
-    """A table that does not fit the config is reported by the strict load, never resized from
-    whatever size it has into one that fits."""
+    """A table that does not fit the config is refused before anything is built, naming it and
+    the shape the file's image and patch sizes need, never resized from whatever size it has
+    into one that fits."""
     saved = vitkit.save_pretrained(variant("learned_2d"), tmp_path / "model")
     state = load_file(saved / "model.safetensors")
     state["pos_embed_rows"] = torch.zeros(1, 7, 32)
     save_file(state, saved / "model.safetensors")
-    with pytest.raises(CheckpointError, match=r"pos_embed_rows: expected shape \(1, 6, 32\)"):
+    needs = r"needs pos_embed_rows of shape \(1, 4, 32\) but model.safetensors holds"
+    with pytest.raises(CheckpointError, match=needs):
         vitkit.load_model(saved, img_size=48)
 
 

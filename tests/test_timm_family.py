@@ -18,6 +18,7 @@ from torch import nn
 import vitkit
 from vitkit import CheckpointError
 from vitkit.errors import ConfigError
+from vitkit.models.positions import position_scheme
 from vitkit.models.vit import VisionTransformer
 from vitkit.weights.export import export_model
 from vitkit.weights.timm import timm_create_model_call, timm_to_vitkit
@@ -289,7 +290,8 @@ def test_new_fields_are_checked() -> None:
 def test_defaults_keep_the_paper_model() -> None:
     config = vitkit.get_config("ViT-B/16")
     assert (config.reg_tokens, config.no_embed_class, config.fc_norm) == (0, False, False)
-    assert config.pos_embed_length == config.num_tokens == 197
+    pos_embed = position_scheme(config).table_shapes()["pos_embed"]
+    assert pos_embed == (1, config.num_tokens, 768) and config.num_tokens == 197
 
 
 def test_load_at_another_size_without_prefix_rows(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ import torch
 
 from vitkit.errors import ConfigError
 from vitkit.models.config import ViTConfig
-from vitkit.models.pos_embed import relative_table_length
+from vitkit.models.positions import position_scheme
 from vitkit.resources import check_memory
 
 # Patches of one image a model may be built for: attention costs their square, and 16,384 (ViT-B/16
@@ -98,17 +98,13 @@ def count_params(config: ViTConfig) -> int:
     layer_scale = 2 * width if config.layer_scale_init is not None else 0
     patch_embed += _resnet_cost(config)[1]
     class_token = width if config.class_token else 0
-    pos_embed = config.pos_embed_length * width + config.reg_tokens * width  # + registers
-    if config.pos_embed_type == "learned_2d":  # a row and a column table of width / 2
-        pos_embed += sum(config.grid_size) * width // 2
-    relative_bias = 0
-    if config.pos_embed_type == "relative":  # per block, one bias per head and offset
-        relative_bias = relative_table_length(config.grid_size) * config.num_heads
+    positions = position_scheme(config).count_parameters()  # every block's tables too
+    registers = config.reg_tokens * width
 
     qkv = width * 3 * width + (3 * width if config.qkv_bias else 0)
     out_proj = width * width + width
     mlp = width * mlp_dim + mlp_dim + mlp_dim * width + width
-    block = 2 * layer_norm + qkv + out_proj + mlp + relative_bias + layer_scale
+    block = 2 * layer_norm + qkv + out_proj + mlp + layer_scale
 
     features = width
     pre_logits = 0
@@ -116,7 +112,7 @@ def count_params(config: ViTConfig) -> int:
         features = config.representation_size
         pre_logits = width * features + features
     head = features * config.num_classes + config.num_classes
-    embeddings = patch_embed + class_token + pos_embed + pre_norm
+    embeddings = patch_embed + class_token + registers + positions + pre_norm
     pool = 0
     if config.classifier == "map":  # query, q, kv, proj, LayerNorm, MLP
         linear_biases = 4 * width if config.qkv_bias else width

@@ -215,28 +215,10 @@ class ViTConfig:
         return int(self.class_token) + self.reg_tokens
 
     @property
-    def num_pos_embed_prefix(self) -> int:
-        """Rows of the position embedding before the patch rows: one per prefix token for
-        learned_1d, none with no_embed_class or any other pos_embed_type (those give the patches
-        only). Resizing the position embeddings keeps these rows as they are."""
-        if self.no_embed_class or self.pos_embed_type != "learned_1d":
-            return 0
-        return self.num_prefix_tokens
-
-    @property
     def num_tokens(self) -> int:
         """Sequence length the encoder sees at the build resolution."""
         grid_h, grid_w = self.grid_size
         return grid_h * grid_w + self.num_prefix_tokens
-
-    @property
-    def pos_embed_length(self) -> int:
-        """Rows of pos_embed at the build resolution (the patches, plus the prefix rows); 0 for
-        the pos_embed_types without that 1-D table."""
-        if self.pos_embed_type != "learned_1d":
-            return 0
-        grid_h, grid_w = self.grid_size
-        return grid_h * grid_w + self.num_pos_embed_prefix
 
     @property
     def head_dim(self) -> int:

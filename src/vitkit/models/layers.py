@@ -6,18 +6,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vitkit.models.config import Gelu, PosEmbedInterpolation, ViTConfig
-from vitkit.models.pos_embed import RelativePositions, relative_bias, relative_table_length
+from vitkit.models.config import Gelu, ViTConfig
+from vitkit.models.positions import PositionScheme
 
 
 class Attention(nn.Module):
     """Multi-head self-attention with one fused qkv projection, computed by
     `scaled_dot_product_attention` (flash / memory-efficient kernels where available).
 
-    relative_grid: the patch grid of a "relative" model (pos_embed_type), for which this layer
-    learns `relative_bias` (1, entries, heads), zero-initialised: a bias per head for every 2-D
-    offset between two patches and for the prefix tokens (models/pos_embed.py), added to the
-    attention logits. Without it the logits are unbiased and SDPA gets no mask."""
+    `scheme`: the model's position scheme (models/positions.py), which may give this layer
+    tables of its own (a relative model's `relative_bias`) and a bias to its logits; without one
+    the logits are unbiased and SDPA gets no mask."""
 
     def __init__(
         self,
@@ -26,8 +25,7 @@ class Attention(nn.Module):
         *,
         qkv_bias: bool = True,
         dropout: float = 0.0,
-        relative_grid: tuple[int, int] | None = None,
-        interpolation: PosEmbedInterpolation = "bilinear",
+        scheme: PositionScheme | None = None,
     ):
         super().__init__()
         self.num_heads = num_heads
@@ -35,21 +33,16 @@ class Attention(nn.Module):
         self.dropout = dropout
         self.qkv = nn.Linear(width, 3 * width, bias=qkv_bias)
         self.proj = nn.Linear(width, width)
-        self.relative_grid, self.interpolation = relative_grid, interpolation
-        if relative_grid is not None:
-            entries = relative_table_length(relative_grid)
-            self.relative_bias = nn.Parameter(torch.zeros(1, entries, num_heads))
+        self.scheme = scheme
+        if scheme is not None:
+            for name, table in scheme.attention_tables().items():
+                self.register_parameter(name, table)
 
-    def _bias(self, positions: RelativePositions | None, dtype: torch.dtype) -> torch.Tensor | None:
+    def _bias(self, positions: object | None, dtype: torch.dtype) -> torch.Tensor | None:
         """The logits' bias (heads, T, T) in `dtype` (SDPA wants the query's), or None."""
-        if self.relative_grid is None:
+        if self.scheme is None:
             return None
-        if positions is None:
-            raise ValueError("a relative-position attention layer needs the input's positions")
-        bias = relative_bias(
-            self.relative_bias, positions, table_grid=self.relative_grid, mode=self.interpolation
-        )
-        return bias.to(dtype)
+        return self.scheme.attention_bias(self, positions, dtype)
 
     def _heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         batch, tokens, _ = x.shape
@@ -63,10 +56,11 @@ class Attention(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
-        positions: RelativePositions | None = None,
+        positions: object | None = None,
         mask: torch.Tensor | None = None,
     ) -> torch.Tensor:  # (B, T, D) -> (B, T, D)
-        """`positions`: the input's, for a "relative" layer; ignored otherwise. `mask`: which
+        """`positions`: the input's, as the position scheme gives them for the blocks
+        (`attention_positions`). `mask`: which
         tokens each token may attend to, (B, 1, T, T) booleans, for images packed into one
         sequence (models/packing.py); not with relative positions."""
         query, key, value = self._heads(x)
@@ -74,13 +68,13 @@ class Attention(nn.Module):
         bias = self._bias(positions, query.dtype)
         if mask is not None:
             if bias is not None:
-                raise ValueError("packed sequences do not take relative positions")
+                raise ValueError("packed sequences take no position bias")
             bias = mask
         out = F.scaled_dot_product_attention(query, key, value, attn_mask=bias, dropout_p=dropout)
         return self._merge(out)
 
     def forward_with_weights(
-        self, x: torch.Tensor, positions: RelativePositions | None = None
+        self, x: torch.Tensor, positions: object | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The same output as `forward` (without attention dropout) and the attention weights
         (B, heads, T, T), rows summing to 1, computed explicitly: for analysis, not training, as
@@ -161,7 +155,8 @@ class Block(nn.Module):
     """Pre-LN encoder block: x + MSA(LN(x)), then x + MLP(LN(x)) (equations 2 and 3); with
     LayerScale each branch is scaled per channel before it is added (`ls1`, `ls2`)."""
 
-    def __init__(self, config: ViTConfig, *, drop_path: float = 0.0):
+    def __init__(self, config: ViTConfig, scheme: PositionScheme, *, drop_path: float = 0.0):
+        """A block of `config`, its attention placing tokens by `scheme` (the model's)."""
         super().__init__()
         width, eps = config.width, config.layer_norm_eps
         self.norm1 = nn.LayerNorm(width, eps=eps)
@@ -170,8 +165,7 @@ class Block(nn.Module):
             config.num_heads,
             qkv_bias=config.qkv_bias,
             dropout=config.attention_dropout,
-            relative_grid=config.grid_size if config.pos_embed_type == "relative" else None,
-            interpolation=config.pos_embed_interpolation,
+            scheme=scheme,
         )
         self.attn_drop = nn.Dropout(config.dropout)
         self.norm2 = nn.LayerNorm(width, eps=eps)
@@ -184,7 +178,7 @@ class Block(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
-        positions: RelativePositions | None = None,
+        positions: object | None = None,
         mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """`positions` and `mask` as in `Attention.forward`."""
@@ -193,7 +187,7 @@ class Block(nn.Module):
         return x + self.drop_path(self.ls2(self.mlp(self.norm2(x))))
 
     def forward_with_attention(
-        self, x: torch.Tensor, positions: RelativePositions | None = None
+        self, x: torch.Tensor, positions: object | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """`forward` in eval mode, plus the attention weights (B, heads, T, T)."""
         attended, weights = self.attn.forward_with_weights(self.norm1(x), positions)

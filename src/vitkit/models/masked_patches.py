@@ -95,17 +95,27 @@ def masked_patch_loss(prediction: MaskedPatchPrediction, labels: torch.Tensor) -
     return F.cross_entropy(prediction.logits.flatten(0, 1).float(), prediction.targets.flatten())
 
 
-class MaskedPatchViT(VisionTransformer):
-    """A Vision Transformer with the pre-training parts of masked patch prediction: a learned
-    [mask] embedding and a linear head from each patch's output token to its 512 colours. Its
-    forward pass corrupts, encodes and predicts (MaskedPatchPrediction); `encoder()` is the plain
-    model to fine-tune or evaluate, without those parts."""
+class MaskedPatchModel(nn.Module):
+    """Masked patch prediction's pre-training model: a plain Vision Transformer `encoder`
+    (without a head: the task predicts colours, not classes) and the task's own parts around it,
+    a learned [mask] embedding and a linear head from each patch's output token to its 512
+    colours. Its forward pass corrupts (through the encoder's `corrupt` hook), encodes and
+    predicts (MaskedPatchPrediction); `encoder` alone is the model to fine-tune or evaluate, so
+    the pre-training parts never reach a saved model.
+
+    Training reads the same of every model it trains (training/tasks.py): `config`,
+    `preprocessing` and `blocks` (checkpointed, sharded and given to Muon one by one) are the
+    encoder's, and `no_weight_decay()` names the encoder's and the [mask] embedding."""
 
     def __init__(self, config: ViTConfig, *, preprocessing: Preprocessing | None = None):
         if config.in_chans != 3:
             raise ValueError(f"masked patch prediction predicts RGB colours; in_chans is "
                              f"{config.in_chans}")  # fmt: skip
-        super().__init__(config, preprocessing=preprocessing)
+        if config.num_classes != 0:
+            raise ValueError(f"the encoder pre-trains without a head (num_classes=0); "
+                             f"num_classes is {config.num_classes}")  # fmt: skip
+        super().__init__()
+        self.encoder = VisionTransformer(config, preprocessing=preprocessing)
         self.mask_token = nn.Parameter(torch.empty(config.width))
         self.colour_head = nn.Linear(config.width, NUM_COLOURS)
         with torch.no_grad():
@@ -113,30 +123,36 @@ class MaskedPatchViT(VisionTransformer):
             nn.init.xavier_uniform_(self.colour_head.weight)
             nn.init.zeros_(self.colour_head.bias)
 
-    def forward(self, images: torch.Tensor) -> MaskedPatchPrediction:  # type: ignore[override]
+    @property
+    def config(self) -> ViTConfig:
+        return self.encoder.config
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        return self.encoder.preprocessing
+
+    @property
+    def blocks(self) -> nn.ModuleList:
+        return self.encoder.blocks
+
+    def no_weight_decay(self) -> set[str]:
+        """The encoder's (under "encoder."), and the [mask] embedding: a learned token, as the
+        [class] token is."""
+        return {"mask_token"} | {f"encoder.{name}" for name in self.encoder.no_weight_decay()}
+
+    def forward(self, images: torch.Tensor) -> MaskedPatchPrediction:
         """Normalised images (N, 3, H, W) -> the corrupted patches' colour logits and targets."""
-        grid = self.patch_embed.grid_size(images)
-        mean = images.new_tensor(self.preprocessing.mean).view(1, -1, 1, 1)
-        std = images.new_tensor(self.preprocessing.std).view(1, -1, 1, 1)
+        encoder = self.encoder
+        grid = encoder.patch_embed.grid_size(images)
+        mean = images.new_tensor(encoder.preprocessing.mean).view(1, -1, 1, 1)
+        std = images.new_tensor(encoder.preprocessing.std).view(1, -1, 1, 1)
         with torch.no_grad():
             colours = mean_colour_classes((images.float() * std + mean).clamp(0, 1), grid)
         corruption = draw_corruption(len(images), grid[0] * grid[1], device=images.device)
-        tokens = self.forward_features(
+        tokens = encoder.forward_features(
             images, corrupt=lambda patches: corruption.apply(patches, self.mask_token)
         )
-        patch_tokens = tokens[:, self.config.num_prefix_tokens :]
+        patch_tokens = tokens[:, encoder.config.num_prefix_tokens :]  # (N, h*w, D)
         where = corruption.positions.unsqueeze(-1).expand(-1, -1, patch_tokens.shape[-1])
-        logits = self.colour_head(patch_tokens.gather(1, where))
+        logits = self.colour_head(patch_tokens.gather(1, where))  # (N, k, 512)
         return MaskedPatchPrediction(logits, colours.gather(1, corruption.positions))
-
-    def encoder(self) -> VisionTransformer:
-        """The plain model with this one's weights (no [mask] embedding, no colour head), on the
-        same device: what the run saves, to be fine-tuned with a new head."""
-        plain = VisionTransformer(self.config, preprocessing=self.preprocessing)
-        state = {
-            name: value
-            for name, value in self.state_dict().items()
-            if not name.startswith(("mask_token", "colour_head."))
-        }
-        plain.load_state_dict(state)
-        return plain.to(self.mask_token.device)

@@ -91,8 +91,9 @@ def _check(model: VisionTransformer, images: Sequence[torch.Tensor], keep: float
             )
     if not 0.0 < keep <= 1.0:
         raise ValueError(f"forward_packed: keep={keep} is not in (0, 1]")
-    if model.config.pos_embed_type == "relative":
-        raise ValueError("forward_packed: relative positions are not supported in packed sequences")
+    if not model.position_scheme.packable:
+        scheme = model.position_scheme.name
+        raise ValueError(f"forward_packed: {scheme} positions cannot be packed into one sequence")
     if model.config.classifier == "map":
         raise ValueError("forward_packed: attention pooling (classifier='map') is not supported")
     if model.training and model.config.drop_path:

@@ -28,21 +28,14 @@ from vitkit.models.complexity import check_buildable
 from vitkit.models.config import ViTConfig
 from vitkit.models.layers import Block, LayerScale
 from vitkit.models.patch_embed import PatchEmbed
-from vitkit.models.pos_embed import (
-    RelativePositions,
-    grid_pos_embed,
-    relative_position_index,
-    resize_axis,
-    resize_pos_embed,
-    resize_relative_bias,
-    sincos_2d,
-)
+from vitkit.models.positions import position_scheme
 from vitkit.models.preprocessing import Preprocessing
 from vitkit.models.resnet import ResNetStem
 
 # Parameters (by their own name, wherever they sit) that `no_weight_decay` names.
-NO_WEIGHT_DECAY = frozenset({"pos_embed", "pos_embed_rows", "pos_embed_cols", "cls_token",
-                             "reg_token", "mask_token", "relative_bias", "latent"})  # fmt: skip
+# Parameters (by their own name, wherever they sit) that `no_weight_decay` names besides the
+# position scheme's tables.
+NO_WEIGHT_DECAY = frozenset({"cls_token", "reg_token", "mask_token", "latent"})
 
 
 class VisionTransformer(nn.Module):
@@ -81,7 +74,11 @@ class VisionTransformer(nn.Module):
         self.reg_token = None
         if config.reg_tokens:
             self.reg_token = nn.Parameter(torch.zeros(1, config.reg_tokens, width))
-        self._build_positions(config)
+        # Where the tokens are (models/positions.py): the scheme's tables are the model's own
+        # parameters, under the names the checkpoint formats know.
+        self.position_scheme = position_scheme(config)
+        for name, table in self.position_scheme.tables().items():
+            self.register_parameter(name, table)
         self.pos_drop = nn.Dropout(config.dropout)
         # CLIP's LayerNorm over the embedded tokens before the blocks (timm's name).
         self.norm_pre: nn.Module = nn.Identity()
@@ -89,7 +86,9 @@ class VisionTransformer(nn.Module):
             self.norm_pre = nn.LayerNorm(width, eps=config.layer_norm_eps)
         # Stochastic depth grows linearly with depth, reaching config.drop_path at the last block.
         rates = [config.drop_path * i / max(config.depth - 1, 1) for i in range(config.depth)]
-        self.blocks = nn.ModuleList(Block(config, drop_path=rate) for rate in rates)
+        self.blocks = nn.ModuleList(
+            Block(config, self.position_scheme, drop_path=rate) for rate in rates
+        )
         # timm's layout: with fc_norm the final norm is an identity and the LayerNorm (its
         # parameters named fc_norm) follows the pooling.
         layer_norm = nn.LayerNorm(width, eps=config.layer_norm_eps)
@@ -99,17 +98,6 @@ class VisionTransformer(nn.Module):
             self.attn_pool = AttentionPool(config)
         self.pre_logits, self.head = self._build_head(config)
         self.init_weights()
-
-    def _build_positions(self, config: ViTConfig) -> None:
-        """The learned position tables outside the blocks: learned_1d's `pos_embed` (1, prefix
-        rows + h*w, D); learned_2d's `pos_embed_rows` (1, h, D/2) and `pos_embed_cols`
-        (1, w, D/2). The other types have none here ("relative" learns one table per block)."""
-        width, (grid_h, grid_w) = config.width, config.grid_size
-        if config.pos_embed_type == "learned_1d":
-            self.pos_embed = nn.Parameter(torch.zeros(1, config.pos_embed_length, width))
-        elif config.pos_embed_type == "learned_2d":
-            self.pos_embed_rows = nn.Parameter(torch.zeros(1, grid_h, width // 2))
-            self.pos_embed_cols = nn.Parameter(torch.zeros(1, grid_w, width // 2))
 
     @staticmethod
     def _build_head(config: ViTConfig) -> tuple[nn.Module, nn.Module]:
@@ -129,8 +117,8 @@ class VisionTransformer(nn.Module):
     def init_weights(self) -> None:
         """The initialisation of Google's JAX code: Xavier-uniform for every dense layer (q, k, v
         separately), LeCun-normal for the patch embedding and pre-logits, N(0, 0.02) position
-        embeddings (learned_2d's X- and Y-tables alike), zero relative biases, zero [class]
-        token and zero head."""
+        embeddings (learned_2d's X- and Y-tables alike; models/positions.py), zero relative
+        biases, zero [class] token and zero head."""
 
         def lecun_normal_(weight: torch.Tensor) -> None:
             fan_in = weight[0].numel()
@@ -140,9 +128,7 @@ class VisionTransformer(nn.Module):
         lecun_normal_(self.patch_embed.proj.weight)
         if self.patch_embed.proj.bias is not None:
             nn.init.zeros_(self.patch_embed.proj.bias)
-        for name in ("pos_embed", "pos_embed_rows", "pos_embed_cols"):
-            if hasattr(self, name):
-                nn.init.normal_(getattr(self, name), std=0.02)
+        self.position_scheme.reset(dict(self.named_parameters(recurse=False)))
         if self.cls_token is not None:
             nn.init.zeros_(self.cls_token)
         if self.reg_token is not None:  # registers that start equal would stay equal
@@ -157,8 +143,7 @@ class VisionTransformer(nn.Module):
             for linear in (block.mlp.fc1, block.mlp.fc2):
                 nn.init.xavier_uniform_(linear.weight)
                 nn.init.normal_(linear.bias, std=1e-6)
-            if block.attn.relative_grid is not None:
-                nn.init.zeros_(block.attn.relative_bias)
+            self.position_scheme.reset(dict(block.attn.named_parameters(recurse=False)))
             for scale in (block.ls1, block.ls2):
                 if isinstance(scale, LayerScale):
                     scale.reset_parameters()
@@ -187,11 +172,8 @@ class VisionTransformer(nn.Module):
         tokens, relative attention biases, attention pooling's query. They are learned offsets
         with no scale to shrink; decay would only pull them toward zero. (Biases and norms, 1-D,
         go undecayed too; that rule is the optimizer's.)"""
-        return {
-            name
-            for name, _ in self.named_parameters()
-            if name.rsplit(".", 1)[-1] in NO_WEIGHT_DECAY
-        }
+        exempt = NO_WEIGHT_DECAY | self.position_scheme.no_weight_decay()
+        return {name for name, _ in self.named_parameters() if name.rsplit(".", 1)[-1] in exempt}
 
     def reset_classifier(self, num_classes: int) -> None:
         """Replace the head by a zero-initialised one for `num_classes` and drop the pre-logits
@@ -236,33 +218,15 @@ class VisionTransformer(nn.Module):
             "embeddings), resize the images, or set dynamic_img_size=True."
         )
 
-    def _position_embedding(self, grid: tuple[int, int]) -> torch.Tensor | None:
-        """What is added to the tokens at `grid`: learned_1d's (1, prefix rows + h*w, D)
-        (`config.num_pos_embed_prefix` rows), the 2-D types' (1, h*w, D) for the patches; None
-        for "none" and "relative" (whose positions enter the attention)."""
-        config = self.config
-
-        def resized(name: str) -> torch.Tensor:
-            tensor = getattr(self, name)
-            return resize_position_parameter(name, tensor, config=config, new_grid=grid)
-
-        if config.pos_embed_type == "learned_1d":
-            return resized("pos_embed")
-        if config.pos_embed_type == "learned_2d":
-            return grid_pos_embed(resized("pos_embed_rows"), resized("pos_embed_cols"))
-        if config.pos_embed_type == "sincos_2d":  # fixed: made in the parameters' device, dtype
-            weight = self.patch_embed.proj.weight
-            return sincos_2d(grid, config.width, device=weight.device).to(weight.dtype)
-        return None
-
     def patch_position_embeddings(self) -> torch.Tensor | None:
         """The position embedding of each patch at the build grid, (1, h*w, D), the prefix rows
         left out: what Fig. 7 (centre) compares. None where nothing is added to the tokens
         (pos_embed_type "none" and "relative")."""
-        embedding = self._position_embedding(self.config.grid_size)
+        scheme = self.position_scheme
+        embedding = scheme.embedding(self, self.config.grid_size)
         if embedding is None:
             return None
-        return embedding[:, self.config.num_pos_embed_prefix :]
+        return embedding[:, scheme.prefix_rows :]
 
     def _prefix_tokens(self, batch: int) -> list[torch.Tensor]:
         """The [class] token and the registers, each (N, n, D), in timm's order."""
@@ -283,29 +247,45 @@ class VisionTransformer(nn.Module):
         patch_size = self._patch_size(patch_size)
         grid = self.patch_embed.grid_size(images, patch_size)
         self._check_grid(grid, patch_size)
-        pos_embed = self._position_embedding(grid)
+        pos_embed = self.position_scheme.embedding(self, grid)
         tokens = self.patch_embed(images, patch_size)  # (N, h*w, D)
         if corrupt is not None:
             tokens = corrupt(tokens)
         prefix = self._prefix_tokens(tokens.shape[0])
-        if pos_embed is None:  # no position embedding ("none", "relative")
+        if pos_embed is None:  # positions, if any, enter the attention
             tokens = torch.cat([*prefix, tokens], dim=1)
-        elif self.config.num_pos_embed_prefix:
+        elif self.position_scheme.prefix_rows:
             tokens = torch.cat([*prefix, tokens], dim=1) + pos_embed  # (N, P + h*w, D)
         else:  # position embeddings for the patches only
             tokens = torch.cat([*prefix, tokens + pos_embed], dim=1)
         return self.norm_pre(self.pos_drop(tokens))
 
-    def _relative_positions(
-        self, images: torch.Tensor, patch_size: int | None
-    ) -> RelativePositions | None:
-        """The positions every block of a "relative" model biases its attention by (None for the
-        other types): computed once per forward pass."""
-        if self.config.pos_embed_type != "relative":
-            return None
+    def _encoded(
+        self,
+        images: torch.Tensor,
+        corrupt: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        *,
+        patch_size: int | None = None,
+        depth: int | None = None,
+        attention: bool = False,
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """The one encoder path, which the forward pass, the intermediates and the attention
+        maps share: images embedded (`embed`), then the first `depth` blocks (all by default),
+        each placing the tokens by the position scheme. Returns the tokens after the embedding
+        and after each block, and, with attention=True, each block's attention weights
+        (computed explicitly: for analysis, not training)."""
+        tokens = self.embed(images, corrupt, patch_size=patch_size)
         grid = self.patch_embed.grid_size(images, patch_size)
-        index = relative_position_index(grid, self.config.num_prefix_tokens, device=images.device)
-        return RelativePositions(grid, index)
+        positions = self.position_scheme.attention_positions(grid, images.device)
+        states, weights = [tokens], []
+        for block in self.blocks[:depth]:
+            if attention:
+                tokens, block_weights = block.forward_with_attention(tokens, positions)
+                weights.append(block_weights)
+            else:
+                tokens = block(tokens, positions)
+            states.append(tokens)
+        return states, weights
 
     def forward_features(
         self,
@@ -316,11 +296,8 @@ class VisionTransformer(nn.Module):
     ) -> torch.Tensor:
         """Images -> every token after the final LayerNorm (none with fc_norm), (N, T, D);
         `corrupt` and `patch_size` as in `embed`."""
-        tokens = self.embed(images, corrupt, patch_size=patch_size)
-        positions = self._relative_positions(images, patch_size)
-        for block in self.blocks:
-            tokens = block(tokens, positions)
-        return self.norm(tokens)
+        states, _ = self._encoded(images, corrupt, patch_size=patch_size)
+        return self.norm(states[-1])
 
     def forward_intermediates(
         self,
@@ -335,15 +312,10 @@ class VisionTransformer(nn.Module):
         indices count from the end), as timm's keywords. norm=True applies the final norm (an
         identity with fc_norm, as in timm); the default is the blocks' raw output. `patch_size`
         as in `embed`."""
-        wanted = self._block_indices(indices)
-        tokens = self.embed(images, patch_size=patch_size)
-        positions = self._relative_positions(images, patch_size)
-        outputs = []
-        for index, block in enumerate(self.blocks[: max(wanted) + 1]):
-            tokens = block(tokens, positions)
-            if index in wanted:
-                outputs.append(self.norm(tokens) if norm else tokens)
-        return outputs
+        wanted = sorted(self._block_indices(indices))
+        states, _ = self._encoded(images, patch_size=patch_size, depth=wanted[-1] + 1)
+        outputs = [states[index + 1] for index in wanted]
+        return [self.norm(tokens) for tokens in outputs] if norm else outputs
 
     def _block_indices(self, indices: int | Sequence[int] | None) -> set[int]:
         """Block numbers from forward_intermediates' `indices`, each checked."""
@@ -372,12 +344,7 @@ class VisionTransformer(nn.Module):
         patches, rows (queries) summing to 1; the model should be in eval mode. For the paper's
         attention maps and attention distances; the normal forward never computes them.
         `patch_size` as in `embed`."""
-        tokens = self.embed(images, patch_size=patch_size)
-        positions = self._relative_positions(images, patch_size)
-        weights = []
-        for block in self.blocks:
-            tokens, block_weights = block.forward_with_attention(tokens, positions)
-            weights.append(block_weights)
+        _, weights = self._encoded(images, patch_size=patch_size, attention=True)
         return weights
 
     def pool(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -410,21 +377,9 @@ def resize_position_parameter(
     name: str, tensor: torch.Tensor, *, config: ViTConfig, new_grid: tuple[int, int]
 ) -> torch.Tensor:
     """`tensor`, the parameter `name` of a model of `config`, for the patch grid `new_grid`: a
-    learned position table resized (models/pos_embed.py: learned_1d's pos_embed over the grid,
-    learned_2d's tables along their axis, each block's relative bias over the offsets), any
-    other parameter as it is. For loading at another size and for dynamic sizes alike."""
-    old, mode = config.grid_size, config.pos_embed_interpolation
-    if name == "pos_embed":
-        prefix = config.num_pos_embed_prefix
-        return resize_pos_embed(
-            tensor, new_grid=new_grid, old_grid=old, num_prefix_tokens=prefix, mode=mode
-        )
-    if name in ("pos_embed_rows", "pos_embed_cols"):
-        axis = 0 if name == "pos_embed_rows" else 1
-        return resize_axis(tensor, new_length=new_grid[axis], axis=axis, mode=mode)
-    if name.endswith("attn.relative_bias"):
-        return resize_relative_bias(tensor, old_grid=old, new_grid=new_grid, mode=mode)
-    return tensor
+    table of the model's position scheme resized by it (models/positions.py), any other
+    parameter as it is. For loading at another size."""
+    return position_scheme(config).resize(name.rsplit(".", 1)[-1], tensor, new_grid)
 
 
 def create_model(

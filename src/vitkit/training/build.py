@@ -22,7 +22,6 @@ from vitkit.data.sources import open_dataset, open_for_model
 from vitkit.errors import ConfigError, TrainingError
 from vitkit.evaluation.input_forms import SQUARE, PackedImages
 from vitkit.models.config import ViTConfig, get_config
-from vitkit.models.masked_patches import MaskedPatchViT, masked_patch_loss
 from vitkit.models.preprocessing import Preprocessing
 from vitkit.models.vit import VisionTransformer
 from vitkit.training import parallel
@@ -37,7 +36,8 @@ from vitkit.training.distributed import Launch, World
 from vitkit.training.optim import build_optimizer
 from vitkit.training.run_dir import RunDir
 from vitkit.training.state import TrainState
-from vitkit.training.step import TrainStep, soft_cross_entropy
+from vitkit.training.step import TrainStep
+from vitkit.training.tasks import TASKS, TrainedModel
 from vitkit.training.validation import Validation
 from vitkit.weights.load import load_model
 
@@ -203,22 +203,22 @@ def open_held_out(
     return HeldOut(validation_set, test_set, record)
 
 
-def build_model(config: TrainConfig, num_classes: int) -> VisionTransformer:
-    """A new model of `config.model` (with masked patch prediction's parts for that task), or
-    the `config.init` checkpoint at `config.resolution` (0: its own) with
-    a new zero-initialised head and no pre-logits layer (the paper's fine-tuning)."""
+def build_model(config: TrainConfig, num_classes: int) -> TrainedModel:
+    """A new model of `config.model` for `config.task` (training/tasks.py), or the `config.init`
+    checkpoint at `config.resolution` (0: its own) with a new zero-initialised head and no
+    pre-logits layer (the paper's fine-tuning)."""
     # FlexiViT training runs the model at other patch sizes, and NaViT's at every image's own
     # size; a model that already does keeps it.
     flexible = {"dynamic_patch_size": True} if config.patch_size_choices else {}
     if config.max_tokens:
         flexible["dynamic_img_size"] = True
     if not config.init:
-        masked_patches = config.task == "masked_patches"
+        task = TASKS[config.task]
         architecture = get_config(
             config.model,
             **model_field_changes(config.model_fields),
             img_size=config.resolution,
-            num_classes=0 if masked_patches else num_classes,
+            num_classes=num_classes if task.classifies else 0,
             representation_size=config.representation_size or None,
             classifier=config.classifier,
             class_token=config.classifier == "token",
@@ -226,7 +226,7 @@ def build_model(config: TrainConfig, num_classes: int) -> VisionTransformer:
             dropout=config.dropout,
             **flexible,
         )
-        return (MaskedPatchViT if masked_patches else VisionTransformer)(architecture)
+        return task.model(architecture)
     loaded = load_model(config.init, img_size=config.resolution or None, num_classes=num_classes,
                         **init_settings(config.init_settings))  # fmt: skip
     model_config = dataclasses.replace(
@@ -237,7 +237,7 @@ def build_model(config: TrainConfig, num_classes: int) -> VisionTransformer:
     return model
 
 
-def new_model(config: TrainConfig, *, num_classes: int, device: torch.device) -> VisionTransformer:
+def new_model(config: TrainConfig, *, num_classes: int, device: torch.device) -> TrainedModel:
     """`build_model` initialised from `config.seed`, on `device`; the global random streams are
     left as they were."""
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
@@ -268,7 +268,7 @@ def resolve_precision(
 
 def build_state(
     config: TrainConfig,
-    model: VisionTransformer,
+    model: TrainedModel,
     *,
     precision: str,
     device: torch.device,
@@ -299,9 +299,7 @@ def report_architecture(config: TrainConfig, model_config: ViTConfig) -> None:
     )
 
 
-def build_augment(
-    config: TrainConfig, model: VisionTransformer, *, num_classes: int
-) -> TrainAugment:
+def build_augment(config: TrainConfig, model: TrainedModel, *, num_classes: int) -> TrainAugment:
     """The batched training augmentation `config` asks for, at the resolution and normalisation
     of the model's preprocessing record (its weights' own with init=, else Google's), or at
     `max_tokens` of the model's patches."""
@@ -359,7 +357,7 @@ def build_step(
         )
     return TrainStep(
         augment=augment,
-        loss=masked_patch_loss if config.task == "masked_patches" else soft_cross_entropy,
+        loss=TASKS[config.task].loss,
         device=device,
         world=world,
         seed=config.seed,

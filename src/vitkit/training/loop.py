@@ -18,7 +18,6 @@ from vitkit.data.arrays import ArrayDataset
 from vitkit.data.loader import ArrayLoader
 from vitkit.evaluation.accuracy import classification_report, top1_counts
 from vitkit.io import atomic_write_json
-from vitkit.models.masked_patches import MaskedPatchViT
 from vitkit.models.vit import VisionTransformer
 from vitkit.training import parallel
 from vitkit.training.best import BestWeights
@@ -30,6 +29,7 @@ from vitkit.training.run_dir import EVAL_NAME, Metrics, RunDir
 from vitkit.training.state import Checkpoints, TrainState
 from vitkit.training.step import TrainStep
 from vitkit.training.summary import TrainSummary
+from vitkit.training.tasks import TASKS
 from vitkit.training.validation import VALIDATION
 from vitkit.weights.native import save_pretrained
 
@@ -216,10 +216,10 @@ class Run:
                 metrics.write({"step": self.state.step, "seconds": summary.seconds,
                                "top1": top1, "split": split})  # fmt: skip
                 metrics.close()
+            task = TASKS[self.config.task]
+            # Without a classifier, the saved model has no outputs the classes could name.
+            classes = self.loader.dataset.classes if task.classifies else None
             with self.run_dir.writing():
-                weights = final.encoder() if isinstance(final, MaskedPatchViT) else final
-                # A masked-patch encoder has no classifier whose outputs the classes could name.
-                classes = None if weights is not final else self.loader.dataset.classes
-                save_pretrained(weights.cpu(), self.run_dir.path, class_names=classes)
+                save_pretrained(task.saved(final).cpu(), self.run_dir.path, class_names=classes)
             self.run_dir.write_summary(summary)
         return summary

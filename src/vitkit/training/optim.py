@@ -56,8 +56,8 @@ class MuonAdamW:
     def __init__(self, model: nn.Module, config: TrainConfig) -> None:
         matrices = {
             id(param)
-            for name, param in model.named_parameters()
-            if param.requires_grad and param.ndim == 2 and name.startswith("blocks.")
+            for param in model.blocks.parameters()
+            if param.requires_grad and param.ndim == 2
         }
         if not matrices:
             raise ConfigError(

@@ -21,7 +21,7 @@ on any number of processes, sharded or not.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -36,10 +36,13 @@ from torch.distributed.checkpoint.state_dict import (
 )
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
-from vitkit.models.vit import VisionTransformer
 from vitkit.training.compiling import keep_compile_cache
 from vitkit.training.config import TrainConfig
 from vitkit.training.distributed import World
+from vitkit.training.tasks import TrainedModel
+
+# `unsharded` gives back the kind of model it is given: a trained one, or an evaluated encoder.
+Model = TypeVar("Model", bound=TrainedModel)
 
 # Gathered on rank 0 only, in CPU memory: how a checkpoint is written.
 _TO_SAVE = StateDictOptions(full_state_dict=True, cpu_offload=True)
@@ -48,7 +51,7 @@ _TO_LOAD = StateDictOptions(full_state_dict=True)
 
 
 def parallelize(
-    model: VisionTransformer, *, config: TrainConfig, world: World, precision: str = "fp32"
+    model: TrainedModel, *, config: TrainConfig, world: World, precision: str = "fp32"
 ) -> None:
     """Apply the config's activation checkpointing, DDP or FSDP2 (with several processes; bf16
     compute under FSDP when `precision` is bf16) and compile to `model`, in place."""
@@ -144,7 +147,7 @@ def load_optimizer_state(
         group.update((key, value) for key, value in saved.items() if key != "params")
 
 
-def unsharded(model: VisionTransformer) -> VisionTransformer:
+def unsharded(model: Model) -> Model:
     """`model` itself, or under FSDP a plain copy with the full weights on every rank: what
     evaluation and the final weights need, where each rank runs its own share of the images
     without waiting for the others."""

@@ -17,7 +17,6 @@ from typing import Any
 import torch
 
 from vitkit.errors import TrainingError
-from vitkit.models.vit import VisionTransformer
 from vitkit.training import parallel
 from vitkit.training.checkpoint import (
     NonFiniteStateError,
@@ -28,6 +27,7 @@ from vitkit.training.checkpoint import (
 from vitkit.training.distributed import World
 from vitkit.training.planner import every
 from vitkit.training.run_dir import RunDir
+from vitkit.training.tasks import TrainedModel
 from vitkit.weights.state_dict import compare_keys
 
 # What a training checkpoint must hold to be resumed from.
@@ -39,7 +39,7 @@ class TrainState:
     """The model (parallelised in place), its optimizer, EMA and loss scaler, and how far the run
     has come."""
 
-    model: VisionTransformer
+    model: TrainedModel
     optimizer: torch.optim.Optimizer
     ema: torch.optim.swa_utils.AveragedModel | None
     scaler: torch.amp.GradScaler | None
@@ -47,8 +47,9 @@ class TrainState:
     elapsed: float = 0.0  # training seconds, over every process that ran this run
 
     @property
-    def final_model(self) -> VisionTransformer:
-        """The weights a run hands out: the EMA's when there is one."""
+    def final_model(self) -> TrainedModel:
+        """The weights a run hands out (of which its task saves what it saves): the EMA's when
+        there is one."""
         return self.ema.module if self.ema is not None else self.model
 
     def state_dict(self) -> dict[str, Any]:

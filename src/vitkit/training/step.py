@@ -23,7 +23,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from vitkit.data.augment import TrainAugment
 from vitkit.errors import TrainingError
@@ -46,11 +45,6 @@ def _chunks(
     return [inputs[start : start + size] for start in range(0, len(inputs), size)]
 
 
-def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy against class probabilities (one-hot, smoothed or mixed)."""
-    return -(targets * F.log_softmax(logits.float(), dim=-1)).sum(dim=-1).mean()
-
-
 def model_seed(seed: int, step: int, rank: int) -> int:
     """The seed of process `rank`'s draws inside the model (dropout, stochastic depth) at
     `step`: distinct per process and step, and the same again on resuming."""
@@ -62,7 +56,8 @@ class TrainStep:
     """Runs one optimizer step of a `TrainState` on a global batch (see the module docstring)."""
 
     augment: TrainAugment
-    # The model's output and the (augmented, soft) targets -> the mean loss of the micro-batch.
+    # The model's output and the (augmented, soft) targets -> the mean loss of the micro-batch
+    # (the task's: training/tasks.py).
     loss: Callable[[Any, torch.Tensor], torch.Tensor]
     device: torch.device
     world: World

@@ -6,8 +6,9 @@ ViTConfig's default, the paper's ViT. So a field added to ViTConfig for a new va
 by every format until that format's table says it holds it: a new variant can never be written
 into a format that would read it back as another model.
 
-The format's own checks come first, with their reasons in its terms (why Google's code cannot
-compute exact GELU, ...); this table is what every format answers alike.
+A format's refusal asks `no_place` first (a feature it has no place for is the deepest reason),
+then its own checks with their reasons in its terms (why Google's code cannot compute exact
+GELU, ...), then `unheld_value` for what its table restricts and no check has explained.
 """
 
 from __future__ import annotations
@@ -42,22 +43,49 @@ PAPER_FIELDS: Holds = {
     **TRAINING_FIELDS,
 }
 _DEFAULTS = {field.name: field.default for field in dataclasses.fields(ViTConfig)}
+# What the fields beyond the paper's ViT mean, for refusals a user can read without ViTConfig.
+MEANINGS: dict[str, str] = {
+    "qkv_bias": "attention without query/key/value biases",
+    "classifier": "this pooling",
+    "class_token": "a model without a [class] token",
+    "reg_tokens": "register tokens",
+    "no_embed_class": "position embeddings for the patches only",
+    "fc_norm": "a LayerNorm after pooling",
+    "representation_size": "a pre-logits layer (Linear + tanh)",
+    "layer_scale_init": "LayerScale",
+    "pre_norm": "a LayerNorm before the blocks (CLIP's pre-norm)",
+    "patch_bias": "a patch embedding without bias",
+    "gelu": "this activation",
+    "layer_norm_eps": "this LayerNorm eps",
+    "pos_embed_type": "this kind of position information",
+    "resnet_layers": "a ResNet stem (a ResNet + ViT hybrid)",
+    "resnet_width": "this ResNet width",
+    "resnet_numerics": "these ResNet numerics",
+}
 
 
-def unheld_field(config: ViTConfig, holds: Holds, *, holder: str) -> str | None:
-    """Why `holder` (a format, in words) cannot hold `config` by its table `holds`: the first
-    field whose value it cannot record, named with that value; None when it holds every field."""
-    for name, default in _DEFAULTS.items():
+def no_place(config: ViTConfig, holds: Holds, *, holder: str) -> str | None:
+    """Why `holder` (a format, in words) cannot hold `config` at all: every field its table
+    `holds` does not list whose value is not the paper's default, each named with its value;
+    None when there is none. A format's refusal asks this first: a feature it has no place for
+    is the deepest reason, and all of them are what stands between the model and the format."""
+    missing = [
+        f"{MEANINGS.get(name, name)} ({name}={getattr(config, name)!r})"
+        for name, default in _DEFAULTS.items()
+        if name not in holds and getattr(config, name) != default
+    ]
+    if not missing:
+        return None
+    return f"{holder} has no place for {' or '.join(missing)}"
+
+
+def unheld_value(config: ViTConfig, holds: Holds, *, holder: str) -> str | None:
+    """Why `holder` cannot record a value of `config`: the first field its table lists with
+    values the model's is not among; None when it records every value. A format's refusal asks
+    this last, after its own checks have given their reasons in its terms."""
+    for name, allowed in holds.items():
         value = getattr(config, name)
-        if name in holds:
-            allowed = holds[name]
-            if allowed is ANY or value in allowed:
-                continue
+        if allowed is not ANY and value not in allowed:
             choices = ", ".join(map(repr, allowed))
             return f"{holder} records {name} only as {choices}, but this model has {value!r}"
-        if value != default:
-            return (
-                f"{holder} has no place for {name} (this model has {name}={value!r}; "
-                f"the paper's ViT has {default!r})"
-            )
     return None

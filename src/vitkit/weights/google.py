@@ -19,13 +19,9 @@ files, (1, 1, 1, C).
 from __future__ import annotations
 
 import itertools
-import math
 import re
-import zipfile
-from collections.abc import Callable, Iterator, Mapping
-from functools import partial
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import NamedTuple, TypeVar
 
 import numpy as np
 import torch
@@ -40,13 +36,10 @@ from vitkit.models.config import (
     resnet_stride,
 )
 from vitkit.models.resnet import NUMERICS
-from vitkit.weights.capabilities import ANY, PAPER_FIELDS, Holds, unheld_field
-from vitkit.weights.files import check_inflation, one_line
+from vitkit.weights.capabilities import ANY, PAPER_FIELDS, Holds, no_place, unheld_value
 from vitkit.weights.key_maps import SAME, Entry, Row, Transform, fill, read_entries, write_entries
+from vitkit.weights.npz import read_npz
 from vitkit.weights.shapes import INDEX, Shaped, require_shape, square_side
-from vitkit.weights.state_dict import check_float_dtypes
-
-T = TypeVar("T")
 
 # Some releases store the parameters under an optimizer or variables prefix.
 _PREFIXES = ("opt/target/", "params/")
@@ -60,8 +53,6 @@ _HYBRID_KEYS = ("conv_root/kernel", "gn_root/scale")
 _UNIT_KEY = re.compile(rf"block{INDEX}/unit{INDEX}/")
 _ENCODER_BLOCK = re.compile(rf"Transformer/encoderblock_{INDEX}/")
 _GROUP_NORM_KEY = re.compile(r"(^|/)gn_?\w*/(scale|bias)$")
-# Bytes read at a time from an archive member into its array (a chunk is copied once).
-_CHUNK_BYTES = 1 << 20
 
 
 def _is_hybrid(params: Mapping[str, Shaped]) -> bool:
@@ -235,117 +226,6 @@ def _repeats(
                 chans = 4 * width
 
 
-class NpyHeader(NamedTuple):
-    """An .npy member's header, read without its data: all that the layout checks need."""
-
-    shape: tuple[int, ...]
-    dtype: np.dtype
-    fortran_order: bool
-    data_offset: int  # bytes of the member before the data
-
-    @property
-    def ndim(self) -> int:
-        return len(self.shape)
-
-
-def read_npz(path: str | Path) -> dict[str, np.ndarray]:
-    """Every array of a Google .npz file, each checked before a byte of it is inflated: the
-    archive's declared sizes against its own (`check_inflation`), each member's .npy header (its
-    dtype floating point, so no pickles; its shape) against the member's declared size, and all
-    keys and shapes against Google's layout. Only then is each member read, into an array of
-    exactly its declared size (numpy's reader allocates whatever a header claims), so that a
-    junk key, a lying header or a corrupt member fails here, naming the file and the key."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such file")
-    if not zipfile.is_zipfile(path):
-        raise CheckpointError(
-            f"{path}: not an .npz archive (not a zip file); it may be truncated or another format"
-        )
-    try:
-        with zipfile.ZipFile(path) as archive:
-            check_inflation(archive, path)
-            members = _without_prefix(archive.infolist())
-            headers = {
-                key: _member(path, key, partial(_read_header, archive, info, path, key))
-                for key, info in members.items()
-            }
-            _checked_layout(headers)
-            return {
-                key: _member(path, key, partial(_read_data, archive, info, headers[key]))
-                for key, info in members.items()
-            }
-    except (CheckpointError, MemoryError):  # a MemoryError is never mistaken for a bad file
-        raise
-    except Exception as error:  # zipfile.BadZipFile, OSError, ...
-        raise CheckpointError(f"{path}: cannot read the .npz archive: {one_line(error)}") from None
-
-
-def _without_prefix(infos: list[zipfile.ZipInfo]) -> dict[str, zipfile.ZipInfo]:
-    """The members by key (np.savez adds ".npy" to each), without the optimizer or variables
-    prefix some releases use (members outside it are left out)."""
-    members = {info.filename.removesuffix(".npy"): info for info in infos}
-    for prefix in _PREFIXES:
-        if any(key.startswith(prefix) for key in members):
-            return {key.removeprefix(prefix): info for key, info in members.items()
-                    if key.startswith(prefix)}  # fmt: skip
-    return members
-
-
-def _member(path: Path, key: str, read: Callable[[], T]) -> T:
-    """What `read` returns for member `key`, any failure a CheckpointError naming it."""
-    try:
-        return read()
-    except (CheckpointError, MemoryError):
-        raise
-    except Exception as error:  # zlib, EOF, CRC, encryption, a malformed .npy header, ...
-        raise CheckpointError(f"{path}: cannot read array {key!r}: {one_line(error)}") from None
-
-
-def _read_header(
-    archive: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path, key: str
-) -> NpyHeader:
-    """A member's .npy header (inflating only its first bytes), held to the member's declared
-    size: the data the header describes must be exactly what the archive declares."""
-    with archive.open(info) as stream:
-        version = np.lib.format.read_magic(stream)
-        if version == (1, 0):
-            shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(stream)
-        elif version == (2, 0):
-            shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(stream)
-        else:
-            raise CheckpointError(f"{path}: {key}: unsupported .npy format version {version}")
-        data_offset = stream.tell()
-    check_float_dtypes({key: dtype}, source=str(path))
-    if any(size < 0 for size in shape):
-        raise CheckpointError(f"{path}: {key}: negative size in shape {shape}")
-    data_bytes = math.prod(shape) * dtype.itemsize
-    if data_offset + data_bytes != info.file_size:
-        raise CheckpointError(
-            f"{path}: {key}: its header declares shape {shape} of {dtype} ({data_bytes} bytes), "
-            f"but the archive declares {info.file_size - data_offset} bytes of data"
-        )
-    return NpyHeader(tuple(shape), dtype, fortran_order, data_offset)
-
-
-def _read_data(archive: zipfile.ZipFile, info: zipfile.ZipInfo, header: NpyHeader) -> np.ndarray:
-    """A member's array, read into memory of exactly its checked size, a chunk at a time."""
-    array = np.empty(math.prod(header.shape), dtype=header.dtype)
-    buffer = array.view(np.uint8)
-    with archive.open(info) as stream:
-        stream.read(header.data_offset)
-        filled = 0
-        while filled < buffer.size:
-            chunk = stream.read(min(_CHUNK_BYTES, buffer.size - filled))
-            if not chunk:
-                raise EOFError(f"the data ends after {filled} of {buffer.size} bytes")
-            buffer[filled : filled + len(chunk)] = np.frombuffer(chunk, dtype=np.uint8)
-            filled += len(chunk)
-    if header.fortran_order:
-        return array.reshape(header.shape[::-1]).T
-    return array.reshape(header.shape)
-
-
 def _block_layout(params: Mapping[str, Shaped]) -> dict[str, str]:
     for layout in _BLOCK_LAYOUTS.values():
         if any(f"/{layout['attn']}/" in key for key in params):
@@ -457,6 +337,14 @@ def _group_norm_shape(key: str, shape: tuple[int, ...]) -> tuple[int, ...]:
     return shape
 
 
+def read_google_npz(path: str | Path) -> dict[str, np.ndarray]:
+    """Every array of a Google .npz file, under the prefix-free keys of `GOOGLE_KEYS`, read by
+    the bounded .npz reader: all keys and shapes (from the members' headers) are checked against
+    Google's layout before any data is inflated, so that a junk key or a wrong shape fails
+    naming the file and the key without allocating what the file claims."""
+    return read_npz(path, check=_checked_layout, prefixes=_PREFIXES)
+
+
 def google_to_vitkit(
     params: Mapping[str, np.ndarray],
 ) -> tuple[ViTConfig, dict[str, torch.Tensor]]:
@@ -480,7 +368,7 @@ def google_to_vitkit(
 GOOGLE_HOLDS: Holds = {
     **PAPER_FIELDS,
     "qkv_bias": (True,),
-    "classifier": ANY,
+    "classifier": ("token", "gap"),
     "class_token": ANY,
     "representation_size": ANY,
     "gelu": ("tanh",),
@@ -504,12 +392,8 @@ def google_refusal(config: ViTConfig) -> str | None:
     its outputs would silently change: that is refused, not written. The one reason returned is
     the first of these that fails, naming only the field that differs.
     """
-    if config.pos_embed_type != "learned_1d":
-        return (
-            "Google's ViT learns one 1-D position embedding per token (posembed_input), and the "
-            f"file has no place for others, but this model has pos_embed_type="
-            f"{config.pos_embed_type!r}"
-        )
+    if problem := no_place(config, GOOGLE_HOLDS, holder="Google's .npz"):
+        return problem
     if config.is_hybrid and config.resnet_numerics != "google":
         return (
             f"Google's ResNet computes {NUMERICS['google'].describe()}, and the file cannot "
@@ -533,11 +417,6 @@ def google_refusal(config: ViTConfig) -> str | None:
             "Google's code adds a [class] token only when it reads it (classifier='token'); this "
             "model has one but averages the patch tokens (classifier='gap')"
         )
-    extras = {"reg_tokens": "register tokens", "no_embed_class": "position embeddings for the "
-              "patches only", "fc_norm": "a LayerNorm after pooling"}  # fmt: skip
-    for field, feature in extras.items():
-        if value := getattr(config, field):
-            return f"Google's ViT has no {feature}, but this model has {field}={value!r}"
     if not config.qkv_bias:
         return "Google's attention always has query/key/value biases; this model has none"
     if config.num_classes == 0:
@@ -547,7 +426,7 @@ def google_refusal(config: ViTConfig) -> str | None:
             f"Google's files do not record the image size and are read as square patch grids; "
             f"this model's is {config.grid_size[0]}x{config.grid_size[1]}"
         )
-    return unheld_field(config, GOOGLE_HOLDS, holder="Google's .npz")
+    return unheld_value(config, GOOGLE_HOLDS, holder="Google's .npz")
 
 
 def vitkit_to_google(config: ViTConfig, state: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:

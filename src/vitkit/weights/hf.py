@@ -19,8 +19,9 @@ from vitkit.errors import CheckpointError, ConfigError
 from vitkit.io import atomic_write, atomic_write_json
 from vitkit.models.config import ViTConfig, config_from_fields
 from vitkit.models.preprocessing import Interpolation, Preprocessing
-from vitkit.weights.capabilities import ANY, PAPER_FIELDS, Holds, unheld_field
+from vitkit.weights.capabilities import ANY, PAPER_FIELDS, Holds, no_place, unheld_value
 from vitkit.weights.class_names import ClassNames, checked_class_names, model_class_names
+from vitkit.weights.hf_clip import CLIP_MODEL_TYPES, clip_refusal, clip_to_vitkit, vitkit_to_clip
 from vitkit.weights.hf_dinov2 import (
     DINOV2_MODEL_TYPES,
     dinov2_refusal,
@@ -158,9 +159,12 @@ def hf_to_vitkit(
     hf_config: dict, hf_state: dict[str, torch.Tensor]
 ) -> tuple[ViTConfig, dict[str, torch.Tensor]]:
     """Convert a transformers directory (config dict, state dict) to (config, vitkit state
-    dict): a ViT, or a DINOv2 with or without registers (weights/hf_dinov2.py)."""
+    dict): a ViT, a DINOv2 with or without registers (weights/hf_dinov2.py), or a CLIP image
+    tower (weights/hf_clip.py)."""
     if hf_config.get("model_type") in DINOV2_MODEL_TYPES:
         return dinov2_to_vitkit(hf_config, hf_state)
+    if hf_config.get("model_type") in CLIP_MODEL_TYPES:
+        return clip_to_vitkit(hf_config, hf_state)
     # ViTForImageClassification prefixes its ViTModel with "vit."; the [mask] token is only used
     # for masked-image modelling, never in classification.
     renamed = {key.removeprefix("vit."): value for key, value in hf_state.items()}
@@ -242,8 +246,11 @@ HF_HOLDS: Holds = {
 
 
 def hf_refusal(config: ViTConfig) -> str | None:
-    """Why no transformers model vitkit writes can express `config`, or None: a model with
-    LayerScale is written as a DINOv2 (weights/hf_dinov2.py), any other as a ViT."""
+    """Why no transformers model vitkit writes can express `config`, or None: a model with a
+    LayerNorm before the blocks is written as a CLIP image tower (weights/hf_clip.py), one with
+    LayerScale as a DINOv2 (weights/hf_dinov2.py), any other as a ViT."""
+    if config.pre_norm:
+        return clip_refusal(config)
     if config.layer_scale_init is not None:
         return dinov2_refusal(config)
     return _vit_refusal(config)
@@ -254,11 +261,8 @@ def _vit_refusal(config: ViTConfig) -> str | None:
     first that fails, naming only the field that differs (`export_model` adds the formats that
     do hold the model). Its numerics (GELU flavour, LayerNorm eps) are recorded in config.json,
     so they never stand in the way."""
-    if config.pos_embed_type != "learned_1d":
-        return (
-            "transformers' ViT learns one 1-D position embedding per token "
-            f"(position_embeddings), but this model has pos_embed_type={config.pos_embed_type!r}"
-        )
+    if problem := no_place(config, HF_HOLDS, holder="transformers' ViT"):
+        return problem
     if config.is_hybrid:
         return (
             "transformers has no ResNet + ViT hybrid (ViTHybrid was removed in transformers 5), "
@@ -274,18 +278,13 @@ def _vit_refusal(config: ViTConfig) -> str | None:
             "ViTForImageClassification reads the [class] token, but this model averages the "
             f"patch tokens (classifier={config.classifier!r})"
         )
-    extras = {"reg_tokens": "register tokens", "no_embed_class": "position embeddings for the "
-              "patches only", "fc_norm": "a LayerNorm after pooling"}  # fmt: skip
-    for field, feature in extras.items():
-        if value := getattr(config, field):
-            return f"transformers' ViT has no {feature}, but this model has {field}={value!r}"
     if config.representation_size and config.num_classes:
         return (
             "ViTForImageClassification has no pre-logits layer (Linear + tanh) before its head, "
             "and ViTModel's pooler, which is one, has no head; drop the pre-logits layer first "
             "(load with num_classes=...) or export the features only (num_classes=0)"
         )
-    return unheld_field(config, HF_HOLDS, holder="transformers' ViT")
+    return unheld_value(config, HF_HOLDS, holder="transformers' ViT")
 
 
 def vitkit_to_hf(
@@ -296,7 +295,8 @@ def vitkit_to_hf(
 ) -> tuple[dict, dict[str, torch.Tensor], dict]:
     """(config.json, state dict, preprocessor_config.json) of the transformers model computing
     what a vitkit model of `config` computes: `ViTForImageClassification` when it has a head,
-    else `ViTModel` (with its pooler as the pre-logits layer where there is one).
+    else `ViTModel` (with its pooler as the pre-logits layer where there is one); a DINOv2 or a
+    CLIPVisionModel for the models `hf_refusal` sends there.
 
     class_names become id2label/label2id (what `pipeline("image-classification")` prints);
     without them, transformers' own placeholders "LABEL_i". preprocessing (the model's record;
@@ -305,7 +305,9 @@ def vitkit_to_hf(
     if problem := hf_refusal(config):
         raise CheckpointError(problem)
     class_names = checked_class_names(class_names, config.num_classes, source="class_names")
-    if config.layer_scale_init is not None:
+    if config.pre_norm:
+        hf_config, hf_state = vitkit_to_clip(config, state)
+    elif config.layer_scale_init is not None:
         hf_config, hf_state = vitkit_to_dinov2(config, state)
     else:
         hf_config, hf_state = _vitkit_to_vit(config, state)

@@ -23,7 +23,7 @@ import torch
 
 from vitkit.errors import CheckpointError, ConfigError
 from vitkit.models.config import ViTConfig, config_from_fields
-from vitkit.weights.capabilities import ANY, PAPER_FIELDS, Holds, unheld_field
+from vitkit.weights.capabilities import ANY, PAPER_FIELDS, Holds, no_place, unheld_value
 from vitkit.weights.key_maps import Row, read_renamed, to_foreign
 
 DINOV2_MODEL_TYPES = ("dinov2", "dinov2_with_registers")
@@ -148,6 +148,8 @@ def _config(hf_config: dict, state: dict[str, torch.Tensor], *, registers: bool)
 
 def dinov2_refusal(config: ViTConfig) -> str | None:
     """Why a transformers DINOv2 cannot hold `config`, or None when it can."""
+    if problem := no_place(config, DINOV2_HOLDS, holder="transformers' DINOv2"):
+        return problem
     if config.num_classes:
         return (
             "transformers' DINOv2 with a head (Dinov2ForImageClassification) pools the [class] "
@@ -167,7 +169,7 @@ def dinov2_refusal(config: ViTConfig) -> str | None:
             "transformers' DINOv2 records the MLP width as a whole multiple of the width "
             f"(mlp_ratio), but this model's is {config.mlp_dim} for width {config.width}"
         )
-    return unheld_field(config, DINOV2_HOLDS, holder="transformers' DINOv2")
+    return unheld_value(config, DINOV2_HOLDS, holder="transformers' DINOv2")
 
 
 def vitkit_to_dinov2(

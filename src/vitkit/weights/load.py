@@ -33,7 +33,7 @@ from vitkit.models.preprocessing import Preprocessing
 from vitkit.models.vit import VisionTransformer, resize_position_parameter
 from vitkit.weights.class_names import ClassNames, labels_file, read_labels
 from vitkit.weights.files import read_json_object, read_state_dict, torch_load, unwrap_state_dict
-from vitkit.weights.google import google_to_vitkit, read_npz
+from vitkit.weights.google import google_to_vitkit, read_google_npz
 from vitkit.weights.hf import (
     HF_FIELD_NAMES,
     class_names_from_hf,
@@ -156,7 +156,7 @@ def _read_format(path: Path, format: Format, told: Unrecorded) -> _Checkpoint:
                            timm.weights.name, class_names=timm.class_names)  # fmt: skip
     inferred = dict(config_source=shapes, weights_source=path.name)
     if format == "npz":
-        config, state = google_to_vitkit(read_npz(path))
+        config, state = google_to_vitkit(read_google_npz(path))
         # The files record no preprocessing; Google's models all take [-1, 1].
         preprocessing = Preprocessing.google(config.img_size, channels=config.in_chans)
     elif format == "torchvision":

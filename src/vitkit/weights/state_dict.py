@@ -24,6 +24,7 @@ from torch import nn
 
 from vitkit.errors import CheckpointError
 from vitkit.models.config import ViTConfig
+from vitkit.models.positions import position_scheme
 from vitkit.models.vit import VisionTransformer
 from vitkit.weights.shapes import block_indices
 
@@ -150,10 +151,8 @@ def check_architecture(
         raise CheckpointError(
             f"{config_source}: {field('depth')}={config.depth} but {weights_source} holds {holding}"
         )
-    recording = ["patch_embed.proj.weight"]
-    if config.pos_embed_type == "learned_1d":  # the other pos_embed_types have no pos_embed
-        recording.append("pos_embed")
-    for key in recording:
+    tables = position_scheme(config).table_shapes()  # the model's own, not its blocks'
+    for key in ["patch_embed.proj.weight", *tables]:
         if key not in state:
             raise CheckpointError(
                 f"{weights_source}: has no {key}, which records the model's width and input size"
@@ -165,16 +164,14 @@ def check_architecture(
                 f"{config_source}: {field(name)}={claim} but {weights_source} holds {key} of "
                 f"shape {shape}"
             )
-    if config.pos_embed_type != "learned_1d":
-        return  # the other types' position tables meet the config in the strict load's shapes
-    positions = tuple(state["pos_embed"].shape)
-    if positions[1:2] != (config.pos_embed_length,):
-        height, width = config.img_size
-        raise CheckpointError(
-            f"{config_source}: {field('img_size')}={height}x{width} with "
-            f"{field('patch_size')}={config.patch_size} needs {config.pos_embed_length} "
-            f"positions but {weights_source} holds pos_embed of shape {positions}"
-        )
+    for key, expected in tables.items():  # their sizes follow from the image and patch sizes
+        if (found := tuple(state[key].shape)) != expected:
+            height, width = config.img_size
+            raise CheckpointError(
+                f"{config_source}: {field('img_size')}={height}x{width} with "
+                f"{field('patch_size')}={config.patch_size} needs {key} of shape {expected} but "
+                f"{weights_source} holds {key} of shape {found}"
+            )
 
 
 def _claims(config: ViTConfig) -> list[tuple[str, int, str, int]]:

@@ -51,7 +51,7 @@ from vitkit.models.config import (
 )
 from vitkit.models.preprocessing import Preprocessing
 from vitkit.models.resnet import NUMERICS
-from vitkit.weights.capabilities import ANY, PAPER_FIELDS, Holds, unheld_field
+from vitkit.weights.capabilities import ANY, PAPER_FIELDS, Holds, no_place, unheld_value
 from vitkit.weights.files import unwrap_key
 from vitkit.weights.shapes import INDEX, block_indices, infer_num_heads, require_shape, square_side
 
@@ -410,17 +410,13 @@ def timm_model_kwargs(config: ViTConfig) -> dict[str, object]:
     information other than one learned 1-D embedding per token.
     """
     timm_model_name(config)
+    if problem := no_place(config, TIMM_HOLDS, holder="timm's VisionTransformer"):
+        raise CheckpointError(problem)
     if config.patch_bias == config.pre_norm:
         having = "with" if config.patch_bias else "without"
         raise CheckpointError(
             f"timm builds its patch embedding without bias exactly when it has a pre-norm "
             f"(CLIP), but this model has pre_norm={config.pre_norm} {having} a patch bias"
-        )
-    if config.pos_embed_type != "learned_1d":
-        raise CheckpointError(
-            "timm's VisionTransformer learns one 1-D position embedding per token (pos_embed), "
-            f"and vitkit reads no other from its files, but this model has pos_embed_type="
-            f"{config.pos_embed_type!r}"
         )
     if config.representation_size:
         raise CheckpointError(
@@ -464,7 +460,7 @@ def timm_model_kwargs(config: ViTConfig) -> dict[str, object]:
         kwargs["pre_norm"] = True
     if config.layer_norm_eps != 1e-6:  # timm's default
         kwargs["norm_layer"] = functools.partial(nn.LayerNorm, eps=config.layer_norm_eps)
-    if problem := unheld_field(config, TIMM_HOLDS, holder="timm's VisionTransformer"):
+    if problem := unheld_value(config, TIMM_HOLDS, holder="timm's VisionTransformer"):
         raise CheckpointError(problem)
     return kwargs
 
