@@ -254,3 +254,76 @@ def test_a_clip_towers_activation_is_stated_or_warned(tmp_path: Path) -> None:
     assert again.config.gelu == "quick"
     with pytest.raises(vitkit.CheckpointError, match="gelu='exact' contradicts"):
         vitkit.load_model(tmp_path / "folder", gelu="exact")
+
+
+# ---- DINOv3: rotary position embeddings ----
+
+
+def hf_dinov3(registers: int = 4) -> nn.Module:
+    """A tiny random transformers DINOv3 for 64 px (4x4 patches of 16)."""
+    from transformers import DINOv3ViTConfig, DINOv3ViTModel
+
+    config = DINOv3ViTConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                             intermediate_size=128, image_size=64, patch_size=16,
+                             num_register_tokens=registers, layerscale_value=1e-5)  # fmt: skip
+    model = randomise_(DINOv3ViTModel(config), seed=0)
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for key, param in model.named_parameters():
+            if key.endswith(".lambda1"):
+                param.copy_(1.0 + 0.3 * torch.randn(param.shape, generator=generator))
+    return model.eval()
+
+
+@pytest.mark.parametrize("registers", [0, 4])
+def test_transformers_dinov3_read_at_its_size_and_others(tmp_path: Path, registers: int) -> None:
+    reference = hf_dinov3(registers)
+    reference.save_pretrained(tmp_path / "dinov3")
+    model = vitkit.load_model(tmp_path / "dinov3")
+    assert (model.config.pos_embed_type, model.config.reg_tokens) == ("rope_2d", registers)
+    assert not [name for name in model.state_dict() if "pos" in name]  # nothing learned
+    label = f"transformers DINOv3, {registers} registers"
+    assert compare_outputs(Pooled(reference), model, images(64), label) <= TOLERANCE
+    with torch.no_grad():
+        tokens = reference(pixel_values=images(64)).last_hidden_state
+        assert (model.forward_features(images(64)) - tokens).abs().max().item() <= TOLERANCE
+    # Rotary positions are computed for any grid: another size needs no resize, not even a
+    # square one (transformers computes the angles for each input's grid).
+    for size in [(48, 48), (96, 80)]:
+        resized = vitkit.load_model(tmp_path / "dinov3", img_size=size)
+        pixels = torch.randn(2, 3, *size, generator=torch.Generator().manual_seed(3))
+        error = compare_outputs(Pooled(reference), resized, pixels, f"{label} at {size}")
+        assert error <= TOLERANCE
+
+
+def test_dinov3_written_back_for_transformers(tmp_path: Path) -> None:
+    from transformers import AutoModel
+
+    reference = hf_dinov3()
+    reference.save_pretrained(tmp_path / "source")
+    model = vitkit.load_model(tmp_path / "source")
+    export_model(model, tmp_path / "written", to="hf")
+    rebuilt = AutoModel.from_pretrained(tmp_path / "written").eval()
+    assert type(rebuilt) is type(reference)
+    error = compare_outputs(Pooled(rebuilt), model, images(64), "DINOv3 written")
+    assert error <= TOLERANCE
+
+
+def test_rotary_positions_matter_and_rotate_the_patches_only() -> None:
+    """The control: without the rotation the outputs move (so agreement above is not luck), and
+    the [class] token's own query and key are never turned."""
+    from vitkit.models.positions import PositionScheme
+
+    model = vitkit.create_model("ViT-Test/8", pos_embed_type="rope_2d", reg_tokens=2)
+    randomise_(model, seed=4).eval()
+    scheme = model.position_scheme
+    cos, sin = scheme.attention_positions((4, 4), torch.device("cpu"))
+    query, key = torch.randn(2, 4, 3 + 16, 16), torch.randn(2, 4, 3 + 16, 16)
+    turned_query, turned_key = scheme.rotate(query, key, (cos, sin))
+    assert torch.equal(turned_query[:, :, :3], query[:, :, :3])
+    assert (turned_query[:, :, 3:] - query[:, :, 3:]).abs().max() > 0.1
+    with torch.no_grad():
+        rotated = model(images(32))
+        for block in model.blocks:
+            block.attn.scheme = PositionScheme(model.config)
+        assert (model(images(32)) - rotated).abs().max() > 1e-3

@@ -43,6 +43,7 @@ POSITION_PARAMETERS = {
     "learned_2d": ["pos_embed_rows", "pos_embed_cols"],
     "relative": ["blocks.0.attn.relative_bias", "blocks.1.attn.relative_bias"],
     "sincos_2d": [],
+    "rope_2d": [],
 }
 
 
@@ -298,8 +299,18 @@ def test_impossible_combinations_are_config_errors(fields: dict, message: str) -
     assert message in str(error.value) and "\n" not in str(error.value)
 
 
-@pytest.mark.parametrize("kind", [kind for kind in KINDS if kind != "learned_1d"])
-@pytest.mark.parametrize("to,name", [("timm", "m.safetensors"), ("hf", "hf"), ("npz", "m.npz")])
+# Every format but vitkit's holds learned 1-D positions only, and transformers' DINOv3 rotary
+# ones (tests/test_modern_vits.py).
+REFUSING = [
+    (kind, to, name)
+    for kind in KINDS
+    if kind != "learned_1d"
+    for to, name in [("timm", "m.safetensors"), ("hf", "hf"), ("npz", "m.npz")]
+    if (kind, to) != ("rope_2d", "hf")
+]
+
+
+@pytest.mark.parametrize("kind,to,name", REFUSING)
 def test_formats_without_the_variant_refuse_it(kind: str, to: str, name: str, tmp_path) -> None:
     model = variant(kind, gelu="tanh")
     with pytest.raises(CheckpointError) as error:

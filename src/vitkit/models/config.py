@@ -34,7 +34,7 @@ from vitkit.models.checks import (
 Classifier = Literal["token", "gap", "map"]
 Gelu = Literal["exact", "tanh", "quick"]
 PosEmbedInterpolation = Literal["bilinear", "bicubic", "bicubic_no_antialias"]
-PosEmbedType = Literal["learned_1d", "none", "learned_2d", "relative", "sincos_2d"]
+PosEmbedType = Literal["learned_1d", "none", "learned_2d", "relative", "sincos_2d", "rope_2d"]
 ResNetNumerics = Literal["google", "timm"]
 
 # ResNet stage layouts of the hybrids (units per stage) with a name. Google's code and timm take
@@ -149,7 +149,8 @@ class ViTConfig:
     # embedding per token (the paper's default, timm's and Google's pos_embed); "none";
     # "learned_2d", learned X- and Y-embeddings of width/2 each, concatenated per patch;
     # "relative", a learned bias per head and 2-D offset between patches added to every block's
-    # attention logits (BEiT's layout); "sincos_2d", big_vision's fixed 2-D sin-cos embedding.
+    # attention logits (BEiT's layout); "sincos_2d", big_vision's fixed 2-D sin-cos embedding;
+    # "rope_2d", DINOv3's rotary embedding of the queries and keys.
     # All but "learned_1d" give the patches only, never the prefix tokens
     # (models/pos_embed.py has the formulas and how each is resized).
     pos_embed_type: PosEmbedType = "learned_1d"
@@ -366,6 +367,10 @@ def _position_problems(checked: dict[str, Any], name: Callable[[str], str]) -> l
     problems = []
     if kind == "learned_2d" and width is not None and width % 2:
         problems.append(f"{field} needs an even {name('width')}, got {width}")
+    heads = checked.get("num_heads")
+    if kind == "rope_2d" and width is not None and heads and (width // heads) % 4:
+        problems.append(f"{field} needs a head width ({name('width')} / {name('num_heads')}) "
+                        f"that is a multiple of 4, got {width // heads}")  # fmt: skip
     if kind == "sincos_2d" and width is not None and (width % 4 or width < 8):
         problems.append(f"{field} needs a {name('width')} that is a multiple of 4, at least 8, "
                         f"got {width}")  # fmt: skip

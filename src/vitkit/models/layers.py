@@ -44,10 +44,16 @@ class Attention(nn.Module):
             return None
         return self.scheme.attention_bias(self, positions, dtype)
 
-    def _heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _heads(
+        self, x: torch.Tensor, positions: object | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Queries, keys and values (B, heads, T, head_dim), the queries and keys turned by the
+        position scheme where it rotates them."""
         batch, tokens, _ = x.shape
         qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, self.head_dim)
-        query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, heads, T, head_dim)
+        query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        if self.scheme is not None:
+            query, key = self.scheme.rotate(query, key, positions)
         return query, key, value
 
     def _merge(self, out: torch.Tensor) -> torch.Tensor:  # (B, heads, T, head_dim) -> (B, T, D)
@@ -63,7 +69,7 @@ class Attention(nn.Module):
         (`attention_positions`). `mask`: which
         tokens each token may attend to, (B, 1, T, T) booleans, for images packed into one
         sequence (models/packing.py); not with relative positions."""
-        query, key, value = self._heads(x)
+        query, key, value = self._heads(x, positions)
         dropout = self.dropout if self.training else 0.0
         bias = self._bias(positions, query.dtype)
         if mask is not None:
@@ -79,7 +85,7 @@ class Attention(nn.Module):
         """The same output as `forward` (without attention dropout) and the attention weights
         (B, heads, T, T), rows summing to 1, computed explicitly: for analysis, not training, as
         the fused kernel of `forward` never materialises them."""
-        query, key, value = self._heads(x)
+        query, key, value = self._heads(x, positions)
         logits = query @ key.transpose(-2, -1) * self.head_dim**-0.5  # (B, heads, T, T)
         if (bias := self._bias(positions, logits.dtype)) is not None:
             logits = logits + bias

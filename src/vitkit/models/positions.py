@@ -91,6 +91,13 @@ class PositionScheme:
         """The bias (heads, T, T) this scheme adds to `attention`'s logits; None for none."""
         return None
 
+    def rotate(
+        self, query: torch.Tensor, key: torch.Tensor, positions: object | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The queries and keys (B, heads, T, head_dim) as this scheme turns them before their
+        products are taken (rotary embeddings); as they are by default."""
+        return query, key
+
     def resize(self, name: str, tensor: torch.Tensor, new_grid: tuple[int, int]) -> torch.Tensor:
         """The table `name` (a parameter's own name), learned for the config's grid, for
         `new_grid`; a tensor of any other name as it is."""
@@ -226,8 +233,56 @@ class RelativeBias(PositionScheme):
         )
 
 
+class Rope2D(PositionScheme):
+    """DINOv3's 2-D rotary embedding (Heo et al. 2024's axial RoPE as DINOv3 computes it):
+    each patch's query and key are rotated by angles of its centre's coordinates, scaled to
+    [-1, 1] over the grid, so the logit of two patches depends on their offset as a fraction of
+    the image. Per head, the first half of the dimensions pairs with the second (rotate-half);
+    of each half, the first quarter of frequencies turns with the row, the second with the
+    column, at periods ROPE_BASE ** (4k / head_dim). The prefix tokens are not rotated. Nothing
+    is learned or resized: any grid has its coordinates. (DINOv3's pre-training also jitters the
+    coordinates; fine-tuning and inference do not.)"""
+
+    name = "rope_2d"
+    packable = False  # one sequence, one grid of coordinates
+    ROPE_BASE: ClassVar[float] = 100.0
+
+    def attention_positions(
+        self, grid: tuple[int, int], device: torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin of every patch's angles, each (h*w, head_dim), in float32."""
+        quarter = self.config.head_dim // 4
+        frequencies = self.ROPE_BASE ** -(torch.arange(quarter, device=device) * 4.0
+                                          / self.config.head_dim)  # fmt: skip
+        rows, cols = (
+            (torch.arange(side, device=device, dtype=torch.float32) + 0.5) / side * 2 - 1
+            for side in grid
+        )
+        centres = torch.stack(torch.meshgrid(rows, cols, indexing="ij"), dim=-1).reshape(-1, 2)
+        angles = 2 * math.pi * centres[:, :, None] * frequencies  # (h*w, [row, col], quarter)
+        angles = angles.flatten(1).repeat(1, 2)  # (h*w, head_dim): both halves alike
+        return angles.cos(), angles.sin()
+
+    def rotate(
+        self, query: torch.Tensor, key: torch.Tensor, positions: object | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if not isinstance(positions, tuple):
+            raise ValueError("a rotary attention layer needs the input's positions")
+        cos, sin = (part.to(query.dtype) for part in positions)
+        prefix = query.shape[-2] - cos.shape[0]
+
+        def turned(x: torch.Tensor) -> torch.Tensor:
+            patches = x[..., prefix:, :]
+            first, second = patches.chunk(2, dim=-1)
+            rotated = torch.cat([-second, first], dim=-1)
+            return torch.cat([x[..., :prefix, :], patches * cos + rotated * sin], dim=-2)
+
+        return turned(query), turned(key)
+
+
 SCHEMES: dict[str, type[PositionScheme]] = {
-    scheme.name: scheme for scheme in (Learned1D, PositionScheme, Learned2D, RelativeBias, SinCos2D)
+    scheme.name: scheme
+    for scheme in (Learned1D, PositionScheme, Learned2D, RelativeBias, SinCos2D, Rope2D)
 }
 
 

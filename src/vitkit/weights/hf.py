@@ -28,6 +28,18 @@ from vitkit.weights.hf_dinov2 import (
     dinov2_to_vitkit,
     vitkit_to_dinov2,
 )
+from vitkit.weights.hf_dinov3 import (
+    DINOV3_MODEL_TYPES,
+    dinov3_refusal,
+    dinov3_to_vitkit,
+    vitkit_to_dinov3,
+)
+from vitkit.weights.hf_siglip import (
+    SIGLIP_MODEL_TYPES,
+    siglip_refusal,
+    siglip_to_vitkit,
+    vitkit_to_siglip,
+)
 from vitkit.weights.key_maps import Row, read_renamed, to_foreign
 from vitkit.weights.shapes import require_shape
 
@@ -159,12 +171,16 @@ def hf_to_vitkit(
     hf_config: dict, hf_state: dict[str, torch.Tensor]
 ) -> tuple[ViTConfig, dict[str, torch.Tensor]]:
     """Convert a transformers directory (config dict, state dict) to (config, vitkit state
-    dict): a ViT, a DINOv2 with or without registers (weights/hf_dinov2.py), or a CLIP image
-    tower (weights/hf_clip.py)."""
+    dict): a ViT, a DINOv2 with or without registers (weights/hf_dinov2.py), a CLIP image
+    tower (weights/hf_clip.py) or a SigLIP image tower (weights/hf_siglip.py)."""
     if hf_config.get("model_type") in DINOV2_MODEL_TYPES:
         return dinov2_to_vitkit(hf_config, hf_state)
+    if hf_config.get("model_type") in DINOV3_MODEL_TYPES:
+        return dinov3_to_vitkit(hf_config, hf_state)
     if hf_config.get("model_type") in CLIP_MODEL_TYPES:
         return clip_to_vitkit(hf_config, hf_state)
+    if hf_config.get("model_type") in SIGLIP_MODEL_TYPES:
+        return siglip_to_vitkit(hf_config, hf_state)
     # ViTForImageClassification prefixes its ViTModel with "vit."; the [mask] token is only used
     # for masked-image modelling, never in classification.
     renamed = {key.removeprefix("vit."): value for key, value in hf_state.items()}
@@ -248,7 +264,12 @@ HF_HOLDS: Holds = {
 def hf_refusal(config: ViTConfig) -> str | None:
     """Why no transformers model vitkit writes can express `config`, or None: a model with a
     LayerNorm before the blocks is written as a CLIP image tower (weights/hf_clip.py), one with
-    LayerScale as a DINOv2 (weights/hf_dinov2.py), any other as a ViT."""
+    LayerScale as a DINOv2 (weights/hf_dinov2.py), one pooled by attention as a SigLIP image
+    tower (weights/hf_siglip.py), any other as a ViT."""
+    if config.pos_embed_type == "rope_2d":
+        return dinov3_refusal(config)
+    if config.classifier == "map":
+        return siglip_refusal(config)
     if config.pre_norm:
         return clip_refusal(config)
     if config.layer_scale_init is not None:
@@ -295,8 +316,8 @@ def vitkit_to_hf(
 ) -> tuple[dict, dict[str, torch.Tensor], dict]:
     """(config.json, state dict, preprocessor_config.json) of the transformers model computing
     what a vitkit model of `config` computes: `ViTForImageClassification` when it has a head,
-    else `ViTModel` (with its pooler as the pre-logits layer where there is one); a DINOv2 or a
-    CLIPVisionModel for the models `hf_refusal` sends there.
+    else `ViTModel` (with its pooler as the pre-logits layer where there is one); a DINOv2, a
+    CLIPVisionModel or a SiglipVisionModel for the models `hf_refusal` sends there.
 
     class_names become id2label/label2id (what `pipeline("image-classification")` prints);
     without them, transformers' own placeholders "LABEL_i". preprocessing (the model's record;
@@ -305,7 +326,11 @@ def vitkit_to_hf(
     if problem := hf_refusal(config):
         raise CheckpointError(problem)
     class_names = checked_class_names(class_names, config.num_classes, source="class_names")
-    if config.pre_norm:
+    if config.pos_embed_type == "rope_2d":
+        hf_config, hf_state = vitkit_to_dinov3(config, state)
+    elif config.classifier == "map":
+        hf_config, hf_state = vitkit_to_siglip(config, state)
+    elif config.pre_norm:
         hf_config, hf_state = vitkit_to_clip(config, state)
     elif config.layer_scale_init is not None:
         hf_config, hf_state = vitkit_to_dinov2(config, state)
