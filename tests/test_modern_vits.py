@@ -327,3 +327,44 @@ def test_rotary_positions_matter_and_rotate_the_patches_only() -> None:
         for block in model.blocks:
             block.attn.scheme = PositionScheme(model.config)
         assert (model(images(32)) - rotated).abs().max() > 1e-3
+
+
+def timm_dinov3(img_size: int = 64) -> nn.Module:
+    """A tiny random timm DINOv3 (timm's Eva), with query/value biases to show their order."""
+    model = timm.create_model("vit_small_patch16_dinov3", pretrained=False, img_size=img_size,
+                              qkv_bias=True, **TINY)  # fmt: skip
+    randomise_(model, seed=0)
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for key, param in model.named_parameters():
+            if ".gamma_" in key:
+                param.copy_(1.0 + 0.3 * torch.randn(param.shape, generator=generator))
+    return model.eval()
+
+
+@pytest.mark.parametrize("pooling", ["token", "gap"])
+def test_timm_dinov3_read_and_written_at_sizes_it_was_not_built_for(
+    tmp_path: Path, pooling: str
+) -> None:
+    reference = timm_dinov3()
+    reference.reset_classifier(5, global_pool="token" if pooling == "token" else "avg")
+    path = saved(reference, tmp_path / "dinov3.safetensors")
+    model = vitkit.load_model(path, num_heads=4, classifier=pooling, img_size=64)
+    assert (model.config.pos_embed_type, model.config.reg_tokens) == ("rope_2d", 4)
+    assert compare_outputs(reference, model, images(64), f"timm DINOv3 {pooling}") <= TOLERANCE
+    # timm's DINOv3 takes any size (dynamic_img_size): rotary positions need no resize.
+    wide = torch.randn(2, 3, 48, 96, generator=torch.Generator().manual_seed(5))
+    other = vitkit.load_model(path, num_heads=4, classifier=pooling, img_size=(48, 96))
+    assert compare_outputs(reference, other, wide, f"timm DINOv3 {pooling} 48x96") <= TOLERANCE
+    written = export_model(model, tmp_path / "out.safetensors", to="timm")
+    rebuilt = build_printed(model, written)
+    assert compare_outputs(rebuilt, model, images(64), "timm DINOv3 written") <= TOLERANCE
+
+
+def test_timm_dinov3_pooling_is_warned_with_timms_default(tmp_path: Path) -> None:
+    from vitkit.weights.state_dict import UnrecordedPoolingWarning
+
+    path = saved(timm_dinov3(), tmp_path / "dinov3.safetensors")
+    with pytest.warns(UnrecordedPoolingWarning, match=r"average pooling .*classifier='token'"):
+        model = vitkit.load_model(path, num_heads=4)
+    assert model.config.classifier == "gap"  # timm's vit_*_dinov3 default to global_pool='avg'

@@ -17,6 +17,7 @@ import timm
 import torch
 from safetensors.torch import save_file
 from test_hf_clip import clip_vision
+from test_hf_siglip import siglip_vision
 from test_modern_vits import TINY, hf_dinov2, timm_model
 from test_user_folder import NAMES, correct_per_class, images_in, vitkit, whole
 
@@ -48,6 +49,11 @@ def transformers_clip(folder: Path) -> Path:
     return folder / "clip"
 
 
+def transformers_siglip(folder: Path) -> Path:
+    siglip_vision().save_pretrained(folder / "siglip")
+    return folder / "siglip"
+
+
 HEADS = f"num_heads={TINY['num_heads']}"
 FAMILIES: dict[str, tuple[Writer, str]] = {
     "timm-reg4-gap": (timm_file("vit_medium_patch16_reg4_gap_256", 32), HEADS),
@@ -64,6 +70,7 @@ FAMILIES: dict[str, tuple[Writer, str]] = {
     "transformers-dinov2": (transformers_folder(0), ""),
     "transformers-dinov2-reg4": (transformers_folder(4), ""),
     "transformers-clip": (transformers_clip, ""),
+    "transformers-siglip": (transformers_siglip, ""),
 }
 
 

@@ -299,14 +299,14 @@ def test_impossible_combinations_are_config_errors(fields: dict, message: str) -
     assert message in str(error.value) and "\n" not in str(error.value)
 
 
-# Every format but vitkit's holds learned 1-D positions only, and transformers' DINOv3 rotary
-# ones (tests/test_modern_vits.py).
+# Every format but vitkit's holds learned 1-D positions only, and timm's and transformers'
+# DINOv3 rotary ones (tests/test_modern_vits.py).
 REFUSING = [
     (kind, to, name)
     for kind in KINDS
     if kind != "learned_1d"
     for to, name in [("timm", "m.safetensors"), ("hf", "hf"), ("npz", "m.npz")]
-    if (kind, to) != ("rope_2d", "hf")
+    if (kind, to) not in {("rope_2d", "hf"), ("rope_2d", "timm")}
 ]
 
 

@@ -43,8 +43,8 @@ def resize_pos_embed(
       o * (old - 1) / (new - 1), i.e. bilinear with align_corners=True and no antialiasing.
     - "bicubic" follows timm's convention, for loading and dynamic sizes alike (align_corners=False,
       antialias=True, which in PyTorch also means the Keys cubic with a=-0.5, as in PIL).
-    - "bicubic_no_antialias" is transformers' DINOv2 and CLIP (align_corners=False, no
-      antialiasing: the two bicubics differ when shrinking only).
+    - "bicubic_no_antialias" is transformers' DINOv2, CLIP and SigLIP (align_corners=False, no
+      antialiasing, and PyTorch's plain cubic, a=-0.75: the two bicubics differ at any size).
 
     `old_grid` defaults to a square grid; non-square grids must be given. Differentiable, so it
     can run inside the forward pass of a dynamic-size model.

@@ -10,7 +10,8 @@ added, so they have none; vitkit folds the [class] row into the [class] token (t
 every forward computes) and keeps patch rows only (no_embed_class), and writes a zero row back.
 
 transformers resizes the patch rows bicubically: without antialiasing for DINOv2, with it for
-DINOv2 with registers (the two differ when shrinking only); vitkit reads which.
+DINOv2 with registers (PyTorch's antialiased bicubic also takes another cubic, a = -0.5 against
+-0.75, so the two differ at every size); vitkit reads which.
 
 `Dinov2ForImageClassification` is refused: its head reads the [class] token and the mean patch
 token side by side, a pooling vitkit does not have. The [mask] token (masked-image modelling

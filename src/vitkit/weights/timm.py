@@ -54,6 +54,15 @@ from vitkit.models.resnet import NUMERICS
 from vitkit.weights.capabilities import ANY, PAPER_FIELDS, Holds, no_place, unheld_value
 from vitkit.weights.files import unwrap_key
 from vitkit.weights.shapes import INDEX, block_indices, infer_num_heads, require_shape, square_side
+from vitkit.weights.timm_dinov3 import (
+    DINOV3_LAYER_NORM_EPS,
+    DINOV3_MODEL_NAME,
+    dinov3_fields,
+    dinov3_kwargs,
+    from_eva,
+    is_timm_dinov3,
+    to_eva,
+)
 
 # timm features with parameters that vitkit does not model (yet): refuse rather than drop them.
 _UNSUPPORTED = {
@@ -147,11 +156,12 @@ def _pos_embed_layout(
 
 
 def _head_fields(
-    state: dict[str, torch.Tensor], classifier: Classifier | None
+    state: dict[str, torch.Tensor], classifier: Classifier | None, *, default: Classifier
 ) -> dict[str, object]:
     """The prefix tokens, final norm and pooling of a timm state dict, as ViTConfig fields;
     `classifier`: the pooling where the file cannot show it (`pooling_unrecorded`), else it must
-    be the one the file shows."""
+    be the one the file shows; `default`: the model's where it is not told (timm's
+    global_pool default: "token" for its VisionTransformer, "avg" for its DINOv3)."""
     class_token = "cls_token" in state
     reg_tokens = require_shape(state, "reg_token", 3)[1] if "reg_token" in state else 0
     fc_norm = "fc_norm.weight" in state
@@ -160,8 +170,8 @@ def _head_fields(
         raise CheckpointError(f"has {what} (final_norm=False?), which vitkit does not support")
     # Attention pooling has parameters of its own; with fc_norm timm averages the patch tokens,
     # and without a [class] token there is only the average; a [class] token without fc_norm is
-    # read as timm's default global_pool="token" unless told otherwise.
-    shown = "token" if class_token and not fc_norm else "gap"
+    # read as the model's default unless told otherwise.
+    shown = default if class_token and not fc_norm else "gap"
     if "attn_pool.latent" in state:
         shown = "map"
         if require_shape(state, "attn_pool.latent", 3)[:2] != (1, 1):
@@ -226,8 +236,12 @@ def config_from_timm(
     img_size: int | tuple[int, int] | None = None,
     classifier: Classifier | None = None,
     gelu: Gelu | None = None,
+    rotary: bool = False,
 ) -> ViTConfig:
     """Infer the architecture of a timm ViT state dict from its keys and shapes.
+
+    rotary: a DINOv3 in VisionTransformer's key names (weights/timm_dinov3.py), whose tokens are
+        placed by rotary embeddings instead of `pos_embed`.
 
     gelu: the activation, which no key shows: timm's GELU unless told (`activation_unrecorded`).
 
@@ -241,7 +255,7 @@ def config_from_timm(
         if keys:
             raise CheckpointError(f"uses {feature} ({keys[0]}), which vitkit does not support yet")
     for key, problem in _REQUIRED.items():
-        if key not in state:
+        if key not in state and not (rotary and key == "pos_embed"):
             if problem.endswith("?"):
                 raise CheckpointError(f"missing key {key!r}: {problem}")
             raise CheckpointError(f"has {problem} (no {key!r}), which vitkit does not support yet")
@@ -272,18 +286,15 @@ def config_from_timm(
             )
     depth = len(block_indices(state))
     num_heads = infer_num_heads(width, num_heads, source="timm")
-    head = _head_fields(state, classifier)
-    prefix = int(head["class_token"]) + head["reg_tokens"]
-    size = None if img_size is None else as_pair(img_size)
-    length = require_shape(state, "pos_embed", 3)[1]
-    num_patches, no_embed_class = _pos_embed_layout(length, prefix, stride, size)
-    side = square_side(num_patches)
-    grid = (size[0] // stride, size[1] // stride) if size is not None else (side, side)
+    head = _head_fields(state, classifier, default="gap" if rotary else "token")
+    if rotary:
+        positions = dinov3_fields(img_size)
+    else:
+        positions = _learned_positions(state, head, stride, img_size)
+    block_fields = {**_block_fields(state, gelu), **positions}
     return ViTConfig(
         **hybrid,
         **head,
-        no_embed_class=no_embed_class,
-        img_size=(grid[0] * stride, grid[1] * stride),
         patch_size=patch,
         in_chans=in_chans,
         width=width,
@@ -292,8 +303,25 @@ def config_from_timm(
         mlp_dim=fc1[0],
         qkv_bias="blocks.0.attn.qkv.bias" in state,
         num_classes=require_shape(state, "head.weight", 2)[0] if "head.weight" in state else 0,
-        **_block_fields(state, gelu),
+        **block_fields,
     )
+
+
+def _learned_positions(
+    state: dict[str, torch.Tensor],
+    head: dict[str, object],
+    stride: int,
+    img_size: int | tuple[int, int] | None,
+) -> dict[str, object]:
+    """The image size and no_embed_class that `pos_embed`'s length gives (`_pos_embed_layout`),
+    with the prefix tokens of `head` and `stride` image pixels per token."""
+    prefix = int(head["class_token"]) + head["reg_tokens"]
+    size = None if img_size is None else as_pair(img_size)
+    length = require_shape(state, "pos_embed", 3)[1]
+    num_patches, no_embed_class = _pos_embed_layout(length, prefix, stride, size)
+    side = square_side(num_patches)
+    grid = (size[0] // stride, size[1] // stride) if size is not None else (side, side)
+    return dict(no_embed_class=no_embed_class, img_size=(grid[0] * stride, grid[1] * stride))
 
 
 def timm_to_vitkit(
@@ -318,8 +346,16 @@ def timm_to_vitkit(
             if key.startswith(old):
                 key = new + key.removeprefix(old)
         converted[key] = value
+    rotary = is_timm_dinov3(converted)
+    if rotary:
+        converted = from_eva(converted)
     config = config_from_timm(
-        converted, num_heads=num_heads, img_size=img_size, classifier=classifier, gelu=gelu
+        converted,
+        num_heads=num_heads,
+        img_size=img_size,
+        classifier=classifier,
+        gelu=gelu,
+        rotary=rotary,
     )
     return config, converted
 
@@ -387,6 +423,8 @@ TIMM_HOLDS: Holds = {
 
 def timm_model_name(config: ViTConfig) -> str:
     """The registered timm name to build a model of `config` from (see `timm_model_kwargs`)."""
+    if config.pos_embed_type == "rope_2d":
+        return DINOV3_MODEL_NAME
     if not config.is_hybrid:
         return TIMM_MODEL_NAME
     name = TIMM_HYBRID_NAMES.get(config.resnet_layers)
@@ -410,6 +448,11 @@ def timm_model_kwargs(config: ViTConfig) -> dict[str, object]:
     information other than one learned 1-D embedding per token.
     """
     timm_model_name(config)
+    if config.pos_embed_type == "rope_2d":  # timm's DINOv3, an Eva
+        kwargs = {**dinov3_kwargs(config), "mlp_ratio": _mlp_ratio(config)}
+        if config.layer_norm_eps != DINOV3_LAYER_NORM_EPS:
+            kwargs["norm_layer"] = functools.partial(nn.LayerNorm, eps=config.layer_norm_eps)
+        return kwargs
     if problem := no_place(config, TIMM_HOLDS, holder="timm's VisionTransformer"):
         raise CheckpointError(problem)
     if config.patch_bias == config.pre_norm:
@@ -423,11 +466,6 @@ def timm_model_kwargs(config: ViTConfig) -> dict[str, object]:
             f"timm's VisionTransformer has no pre-logits layer (Linear + tanh, here of size "
             f"{config.representation_size}); drop it first (load with num_classes=...)"
         )
-    # timm's MLP width is int(embed_dim * mlp_ratio); where mlp_dim / width rounds below
-    # mlp_dim (e.g. 49 / 44), aiming half a unit higher still truncates to mlp_dim.
-    mlp_ratio = config.mlp_dim / config.width
-    if int(config.width * mlp_ratio) != config.mlp_dim:
-        mlp_ratio = (config.mlp_dim + 0.5) / config.width
     kwargs: dict[str, object] = dict(
         img_size=config.img_size,
         patch_size=config.patch_size,
@@ -436,7 +474,7 @@ def timm_model_kwargs(config: ViTConfig) -> dict[str, object]:
         embed_dim=config.width,
         depth=config.depth,
         num_heads=config.num_heads,
-        mlp_ratio=mlp_ratio,
+        mlp_ratio=_mlp_ratio(config),
         qkv_bias=config.qkv_bias,
         class_token=config.class_token,
         # vitkit's "gap" averages the patch tokens (timm leaves the [class] token and registers
@@ -463,6 +501,15 @@ def timm_model_kwargs(config: ViTConfig) -> dict[str, object]:
     if problem := unheld_value(config, TIMM_HOLDS, holder="timm's VisionTransformer"):
         raise CheckpointError(problem)
     return kwargs
+
+
+def _mlp_ratio(config: ViTConfig) -> float:
+    """timm's MLP width is int(embed_dim * mlp_ratio); where mlp_dim / width rounds below
+    mlp_dim (e.g. 49 / 44), aiming half a unit higher still truncates to mlp_dim."""
+    mlp_ratio = config.mlp_dim / config.width
+    if int(config.width * mlp_ratio) != config.mlp_dim:
+        mlp_ratio = (config.mlp_dim + 0.5) / config.width
+    return mlp_ratio
 
 
 def timm_create_model_call(
@@ -528,6 +575,8 @@ def vitkit_to_timm(config: ViTConfig, state: dict[str, torch.Tensor]) -> dict[st
     weight standardisation (exactly); GroupNorm's eps (`NUMERICS`' group_norm_eps) acts on the
     data and cannot be carried over, which moves outputs by about 1e-5 (tests measure it)."""
     timm_model_kwargs(config)
+    if config.pos_embed_type == "rope_2d":
+        return to_eva(config, state)
     converted = {}
     for key, value in state.items():
         if config.is_hybrid and config.resnet_numerics == "google":

@@ -62,6 +62,10 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 # What timm's load_state_dict_from_path looks for first, in its order; vitkit writes the first.
 WEIGHTS_FILES = ("model.safetensors", "pytorch_model.bin")
+# How the pooling read without being told is named in the warning, and the other it may be.
+_POOLING_WORDS = {"token": "[class]-token pooling (global_pool='token')",
+                  "gap": "average pooling (global_pool='avg')"}  # fmt: skip
+_OTHER_POOLING: dict[str, Classifier] = {"token": "gap", "gap": "token"}
 # timm's global_pool names -> vitkit's classifier ("avg" averages the patch tokens).
 _POOLS: dict[str, Classifier] = {"token": "token", "avg": "gap"}
 # A registered name whose own LayerNorm has eps 1e-5 (timm's CLIP towers, built with pre_norm=True,
@@ -485,9 +489,10 @@ def read_timm(
     if classifier is None and pooling_unrecorded(state):
         warnings.warn(
             UnrecordedPoolingWarning(
-                f"{path}: a timm state dict does not record its pooling; read as [class]-token "
-                "pooling (timm's global_pool='token'); one made with global_pool='avg' needs "
-                "classifier='gap' (--classifier gap)"
+                f"{path}: a timm state dict does not record its pooling; read as "
+                f"{_POOLING_WORDS[config.classifier]} (this timm model's default); one made "
+                f"otherwise needs classifier={_OTHER_POOLING[config.classifier]!r} "
+                f"(--classifier {_OTHER_POOLING[config.classifier]})"
             ),
             stacklevel=4,
         )
