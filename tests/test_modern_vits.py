@@ -368,3 +368,31 @@ def test_timm_dinov3_pooling_is_warned_with_timms_default(tmp_path: Path) -> Non
     with pytest.warns(UnrecordedPoolingWarning, match=r"average pooling .*classifier='token'"):
         model = vitkit.load_model(path, num_heads=4)
     assert model.config.classifier == "gap"  # timm's vit_*_dinov3 default to global_pool='avg'
+
+
+def test_dinov3_has_no_key_bias_in_any_format(tmp_path: Path) -> None:
+    """DINOv3's keys have no bias, and its rotary embedding would turn one with each key's
+    position: the fused projection's keys' third is left out of the computation, so it learns
+    nothing, and a model whose every parameter moved (as after fine-tuning) still equals its
+    exports to transformers and timm."""
+    from transformers import AutoModel
+
+    hf_dinov3().save_pretrained(tmp_path / "source")
+    model = vitkit.load_model(tmp_path / "source", num_classes=0)
+    assert model.config.key_bias is False
+    qkv = model.blocks[0].attn.qkv
+    model(images(64)).sum().backward()
+    assert qkv.bias.grad[64:128].abs().max() == 0 and qkv.bias.grad[:64].abs().max() > 0
+    moved = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(0.05 * torch.randn(parameter.shape, generator=moved))
+    export_model(model, tmp_path / "hf", to="hf")
+    rebuilt = AutoModel.from_pretrained(tmp_path / "hf").eval()
+    assert compare_outputs(Pooled(rebuilt), model.eval(), images(64), "moved DINOv3") <= TOLERANCE
+    model.reset_classifier(5)
+    with torch.no_grad():
+        model.head.weight.normal_(std=0.5)
+    written = export_model(model, tmp_path / "timm.safetensors", to="timm")
+    error = compare_outputs(build_printed(model, written), model, images(64), "moved to timm")
+    assert error <= TOLERANCE

@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import save_file
 from test_hf_clip import clip_vision
 from test_hf_siglip import siglip_vision
-from test_modern_vits import TINY, hf_dinov2, timm_model
+from test_modern_vits import TINY, hf_dinov2, hf_dinov3, timm_model
 from test_user_folder import NAMES, correct_per_class, images_in, vitkit, whole
 
 # A family as a user holds it: how to write it into a folder, the settings its file cannot say
@@ -54,6 +54,11 @@ def transformers_siglip(folder: Path) -> Path:
     return folder / "siglip"
 
 
+def transformers_dinov3(folder: Path) -> Path:
+    hf_dinov3().save_pretrained(folder / "dinov3")
+    return folder / "dinov3"
+
+
 HEADS = f"num_heads={TINY['num_heads']}"
 FAMILIES: dict[str, tuple[Writer, str]] = {
     "timm-reg4-gap": (timm_file("vit_medium_patch16_reg4_gap_256", 32), HEADS),
@@ -71,6 +76,9 @@ FAMILIES: dict[str, tuple[Writer, str]] = {
     "transformers-dinov2-reg4": (transformers_folder(4), ""),
     "transformers-clip": (transformers_clip, ""),
     "transformers-siglip": (transformers_siglip, ""),
+    # Rotary positions: a timm DINOv3 file records no image size (read at DINOv3's 224 px).
+    "timm-dinov3": (timm_file("vit_small_patch16_dinov3", 64), f"{HEADS},classifier=token"),
+    "transformers-dinov3": (transformers_dinov3, ""),
 }
 
 

@@ -214,13 +214,15 @@ def test_a_new_head_drops_the_names(model: VisionTransformer, tmp_path: Path) ->
     assert model.class_names is None
 
 
-def test_a_config_written_before_the_timm_family_fields_still_loads(tmp_path: Path) -> None:
-    """Runs saved by earlier vitkit versions lack the register/fc_norm/no_embed_class fields."""
+def test_a_config_written_before_the_later_fields_still_loads(tmp_path: Path) -> None:
+    """Runs saved by earlier vitkit versions lack every field added since: registers, fc_norm,
+    no_embed_class, the position type, LayerScale, the pre-norm and the patch and key biases."""
     model = vitkit.create_model("ViT-Test/8", num_classes=3, img_size=16)
     vitkit.save_pretrained(model, tmp_path)
     config_file = tmp_path / "config.json"
     content = json.loads(config_file.read_text())
-    for field in ("reg_tokens", "no_embed_class", "fc_norm"):
+    for field in ("reg_tokens", "no_embed_class", "fc_norm", "pos_embed_type", "layer_scale_init",
+                  "pre_norm", "patch_bias", "key_bias"):  # fmt: skip
         del content["config"][field]
     config_file.write_text(json.dumps(content))
     assert vitkit.load_model(tmp_path).config == model.config

@@ -96,6 +96,9 @@ class ViTConfig:
     num_heads: int = 12
     mlp_dim: int = 3072
     qkv_bias: bool = True
+    # With qkv_bias, whether the keys have one too. DINOv3 has none: its rotary embedding turns a
+    # key bias with each key's position, so one would change its outputs.
+    key_bias: bool = True
     # LayerScale (Touvron et al. 2021, CaiT; DeiT III, DINOv2, timm's init_values): each block
     # scales its two residual branches by learned per-channel factors, which start at this value.
     # None: no LayerScale (the paper). Files hold the learned factors, not their start: readers
@@ -267,6 +270,7 @@ _CHECKS: dict[str, Callable[[object], object]] = {
     "num_heads": integer,
     "mlp_dim": integer,
     "qkv_bias": boolean,
+    "key_bias": boolean,
     "layer_scale_init": functools.partial(optional_real, low=0.0, high=math.inf),
     "pre_norm": boolean,
     "patch_bias": boolean,

@@ -24,14 +24,23 @@ class Attention(nn.Module):
         num_heads: int,
         *,
         qkv_bias: bool = True,
+        key_bias: bool = True,
         dropout: float = 0.0,
         scheme: PositionScheme | None = None,
     ):
+        """`key_bias=False` (with qkv_bias): the keys' third of the projection's bias is left
+        out of the computation, and so never learns (DINOv3)."""
         super().__init__()
         self.num_heads = num_heads
         self.head_dim = width // num_heads
         self.dropout = dropout
         self.qkv = nn.Linear(width, 3 * width, bias=qkv_bias)
+        mask = None
+        if qkv_bias and not key_bias:  # 1 for the queries' and values' thirds, 0 for the keys'
+            mask = torch.ones(3, width)
+            mask[1] = 0
+            mask = mask.flatten()
+        self.register_buffer("bias_mask", mask, persistent=False)
         self.proj = nn.Linear(width, width)
         self.scheme = scheme
         if scheme is not None:
@@ -50,7 +59,11 @@ class Attention(nn.Module):
         """Queries, keys and values (B, heads, T, head_dim), the queries and keys turned by the
         position scheme where it rotates them."""
         batch, tokens, _ = x.shape
-        qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, self.head_dim)
+        if self.bias_mask is None:
+            qkv = self.qkv(x)
+        else:
+            qkv = F.linear(x, self.qkv.weight, self.qkv.bias * self.bias_mask)
+        qkv = qkv.reshape(batch, tokens, 3, self.num_heads, self.head_dim)
         query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)
         if self.scheme is not None:
             query, key = self.scheme.rotate(query, key, positions)
@@ -170,6 +183,7 @@ class Block(nn.Module):
             width,
             config.num_heads,
             qkv_bias=config.qkv_bias,
+            key_bias=config.key_bias,
             dropout=config.attention_dropout,
             scheme=scheme,
         )

@@ -5,9 +5,9 @@ transformers' `hf.py` reads and writes the directory; this module the architectu
 
 A DINOv3 ViT is a ViT with LayerScale (`layer_scale1.lambda1`), registers after the [class]
 token, no position table, and a [class] token read through the final LayerNorm. Its attention
-has no key bias: vitkit's fused projection holds a zero one where it reads none (a bias on the
-keys adds the same amount to all of a query's logits, which the softmax ignores, so dropping a
-learned one when writing changes nothing but rounding). The gated MLP of the largest models,
+has no key bias (key_bias=false; the rotary embedding would turn one with each key's position):
+vitkit's fused projection holds zeros there and leaves them out (ViTConfig.key_bias). The
+gated MLP of the largest models,
 other rotary periods than 100 and a head are refused; the [mask] token (pre-training only) is
 not read, and written as zeros. Files on the Hub name the blocks `layer.N.`, transformers 5's
 modules `model.layer.N.`: both are read, the Hub's written.
@@ -63,6 +63,7 @@ DINOV3_HOLDS: Holds = {
     **PAPER_FIELDS,
     "num_classes": (0,),
     "qkv_bias": ANY,
+    "key_bias": ANY,
     "classifier": ("token",),
     "class_token": (True,),
     "reg_tokens": ANY,
@@ -92,7 +93,8 @@ def dinov3_to_vitkit(
             "projection cannot hold"
         )
     state = {key: value for key, value in hf_state.items() if key != _MASK_TOKEN}
-    if qkv_bias and not _flag(hf_config, "key_bias", False):  # a zero key bias: the same logits
+    key_bias = _flag(hf_config, "key_bias", False)
+    if qkv_bias and not key_bias:  # zeros where the fused projection's keys' third would be
         for key in [key for key in state if key.endswith("attention.q_proj.bias")]:
             keys = key.replace("q_proj", "k_proj")
             state[keys] = torch.zeros_like(state[key])
@@ -104,6 +106,7 @@ def dinov3_to_vitkit(
     values = dict(
         config_values,
         qkv_bias=qkv_bias,
+        key_bias=key_bias or not qkv_bias,
         reg_tokens=registers.shape[1] if registers is not None and registers.ndim == 3 else 0,
     )
     try:
@@ -178,8 +181,10 @@ def vitkit_to_dinov3(
         if tensors is None:
             raise CheckpointError(f"{key}: transformers' DINOv3 has no place for this parameter")
         hf_state.update(tensors)
-    for key in [key for key in hf_state if key.endswith("attention.k_proj.bias")]:
-        del hf_state[key]  # no key bias (see the module's docstring)
+    key_bias = config.qkv_bias and config.key_bias
+    if not key_bias:  # the keys' third of vitkit's bias, zeros the computation leaves out
+        for key in [key for key in hf_state if key.endswith("attention.k_proj.bias")]:
+            del hf_state[key]
     hf_state[_MASK_TOKEN] = state["cls_token"].new_zeros(1, 1, config.width)
     if not config.reg_tokens:  # transformers keeps an empty table for no registers
         hf_state["embeddings.register_tokens"] = state["cls_token"].new_zeros(1, 0, config.width)
@@ -199,7 +204,7 @@ def vitkit_to_dinov3(
         "layerscale_value": config.layer_scale_init or 1.0,
         "rope_theta": Rope2D.ROPE_BASE,
         "query_bias": config.qkv_bias,
-        "key_bias": False,
+        "key_bias": key_bias,
         "value_bias": config.qkv_bias,
         "proj_bias": True,
         "mlp_bias": True,

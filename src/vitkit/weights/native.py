@@ -45,8 +45,10 @@ WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 # ViTConfig fields added after format_version 1 was first written, each defaulting to what a model
 # without it computes (timm's register tokens, fc_norm, no_embed_class, the paper's learned 1-D
-# position embeddings).
-FIELDS_ADDED_LATER = frozenset({"reg_tokens", "no_embed_class", "fc_norm", "pos_embed_type"})
+# position embeddings, no LayerScale, no pre-norm, biases in the patch embedding and on the keys).
+FIELDS_ADDED_LATER = frozenset({"reg_tokens", "no_embed_class", "fc_norm", "pos_embed_type",
+                                "layer_scale_init", "pre_norm", "patch_bias",
+                                "key_bias"})  # fmt: skip
 # "config" fields of format_version 1 that moved into the "preprocessing" record in version 2.
 FIELDS_MOVED_TO_PREPROCESSING = ("mean", "std")
 # The resize every vitkit preprocessing means, for readers other than vitkit.

@@ -288,7 +288,7 @@ def config_from_timm(
     num_heads = infer_num_heads(width, num_heads, source="timm")
     head = _head_fields(state, classifier, default="gap" if rotary else "token")
     if rotary:
-        positions = dinov3_fields(img_size)
+        positions = dinov3_fields(img_size, qkv_bias="blocks.0.attn.qkv.bias" in state)
     else:
         positions = _learned_positions(state, head, stride, img_size)
     block_fields = {**_block_fields(state, gelu), **positions}

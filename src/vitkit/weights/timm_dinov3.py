@@ -5,9 +5,9 @@ timm.py's, which reads and writes the rest (heads, pooling, sizes) as for any ti
 A DINOv3 state dict is told by Eva's LayerScale names (`blocks.N.gamma_1`, vitkit's
 `ls1.gamma`) with no position table: its tokens are placed by rotary embeddings (vitkit's
 pos_embed_type "rope_2d"), which hold no weights. Eva keeps query and value biases apart
-(`q_bias`, `v_bias`) with none on the keys: vitkit's fused projection holds a zero there (a key
-bias adds one amount to all of a query's logits, which the softmax ignores, so dropping a learned
-one when writing changes nothing but rounding). Eva models with a position table (EVA-02) place
+(`q_bias`, `v_bias`) with none on the keys: vitkit's fused projection holds zeros there and
+leaves them out (ViTConfig.key_bias=False; the rotary embedding would turn a key bias with each
+key's position, so the keys can have none). Eva models with a position table (EVA-02) place
 tokens otherwise and are refused.
 
 Neither the image size (rotary positions fit any grid; DINOv3 pre-trains at 224 px, which is
@@ -37,6 +37,7 @@ _SPLIT_BIAS = re.compile(r"(blocks\.\d+\.attn)\.(q|v)_bias")
 DINOV3_HOLDS: Holds = {
     **PAPER_FIELDS,
     "qkv_bias": ANY,
+    "key_bias": ANY,
     "classifier": ("token", "gap"),
     "class_token": ANY,
     "reg_tokens": ANY,
@@ -94,10 +95,11 @@ def to_eva(config: ViTConfig, state: dict[str, torch.Tensor]) -> dict[str, torch
     return converted
 
 
-def dinov3_fields(img_size: int | tuple[int, int] | None) -> dict[str, object]:
+def dinov3_fields(img_size: int | tuple[int, int] | None, *, qkv_bias: bool) -> dict[str, object]:
     """The ViTConfig fields of a timm DINOv3 that its keys do not show."""
     return dict(
         pos_embed_type="rope_2d",
+        key_bias=not qkv_bias,  # with query and value biases, none on the keys
         img_size=DINOV3_IMAGE_SIZE if img_size is None else img_size,
         layer_norm_eps=DINOV3_LAYER_NORM_EPS,
     )
@@ -110,6 +112,11 @@ def dinov3_kwargs(config: ViTConfig) -> dict[str, object]:
     hold."""
     if problem := no_place(config, DINOV3_HOLDS, holder="timm's DINOv3 (Eva)"):
         raise CheckpointError(problem)
+    if config.qkv_bias and config.key_bias:
+        raise CheckpointError(
+            "timm's DINOv3 (Eva) has query and value biases and none on the keys, but this "
+            "model has key_bias=True"
+        )
     if problem := unheld_value(config, DINOV3_HOLDS, holder="timm's DINOv3 (Eva)"):
         raise CheckpointError(problem)
     return dict(
