@@ -1,5 +1,8 @@
-"""Hugging Face transformers ViT directories (config.json + model.safetensors/pytorch_model.bin),
-read and written.
+"""Hugging Face transformers directories (config.json + model.safetensors/pytorch_model.bin),
+read and written: the ViT here, and the families of weights/hf_*.py (DINOv2, DINOv3, CLIP's and
+SigLIP's image towers) chosen from `FAMILIES` by model_type when reading and by the model's
+config when writing. This module keeps what every family shares: the preprocessor file, the
+class names and the writing of the directory.
 
 Handles `ViTForImageClassification` (head "classifier") and `ViTModel` (optionally with its
 pooler, Linear + tanh on the [class] token, which is the paper's pre-logits layer). Both the key
@@ -21,25 +24,11 @@ from vitkit.models.config import ViTConfig, config_from_fields
 from vitkit.models.preprocessing import Interpolation, Preprocessing
 from vitkit.weights.capabilities import ANY, PAPER_FIELDS, Holds, no_place, unheld_value
 from vitkit.weights.class_names import ClassNames, checked_class_names, model_class_names
-from vitkit.weights.hf_clip import CLIP_MODEL_TYPES, clip_refusal, clip_to_vitkit, vitkit_to_clip
-from vitkit.weights.hf_dinov2 import (
-    DINOV2_MODEL_TYPES,
-    dinov2_refusal,
-    dinov2_to_vitkit,
-    vitkit_to_dinov2,
-)
-from vitkit.weights.hf_dinov3 import (
-    DINOV3_MODEL_TYPES,
-    dinov3_refusal,
-    dinov3_to_vitkit,
-    vitkit_to_dinov3,
-)
-from vitkit.weights.hf_siglip import (
-    SIGLIP_MODEL_TYPES,
-    siglip_refusal,
-    siglip_to_vitkit,
-    vitkit_to_siglip,
-)
+from vitkit.weights.hf_clip import CLIP
+from vitkit.weights.hf_dinov2 import DINOV2
+from vitkit.weights.hf_dinov3 import DINOV3
+from vitkit.weights.hf_family import HFFamily
+from vitkit.weights.hf_siglip import SIGLIP
 from vitkit.weights.key_maps import Row, read_renamed, to_foreign
 from vitkit.weights.shapes import require_shape
 
@@ -171,16 +160,16 @@ def hf_to_vitkit(
     hf_config: dict, hf_state: dict[str, torch.Tensor]
 ) -> tuple[ViTConfig, dict[str, torch.Tensor]]:
     """Convert a transformers directory (config dict, state dict) to (config, vitkit state
-    dict): a ViT, a DINOv2 with or without registers (weights/hf_dinov2.py), a CLIP image
-    tower (weights/hf_clip.py) or a SigLIP image tower (weights/hf_siglip.py)."""
-    if hf_config.get("model_type") in DINOV2_MODEL_TYPES:
-        return dinov2_to_vitkit(hf_config, hf_state)
-    if hf_config.get("model_type") in DINOV3_MODEL_TYPES:
-        return dinov3_to_vitkit(hf_config, hf_state)
-    if hf_config.get("model_type") in CLIP_MODEL_TYPES:
-        return clip_to_vitkit(hf_config, hf_state)
-    if hf_config.get("model_type") in SIGLIP_MODEL_TYPES:
-        return siglip_to_vitkit(hf_config, hf_state)
+    dict), by the family its model_type names (`FAMILIES`; a ViT by default)."""
+    model_type = hf_config.get("model_type")
+    family = next((family for family in FAMILIES if model_type in family.model_types), VIT)
+    return family.read(hf_config, hf_state)
+
+
+def _vit_to_vitkit(
+    hf_config: dict, hf_state: dict[str, torch.Tensor]
+) -> tuple[ViTConfig, dict[str, torch.Tensor]]:
+    """(config, vitkit state dict) of a transformers ViT."""
     # ViTForImageClassification prefixes its ViTModel with "vit."; the [mask] token is only used
     # for masked-image modelling, never in classification.
     renamed = {key.removeprefix("vit."): value for key, value in hf_state.items()}
@@ -262,19 +251,9 @@ HF_HOLDS: Holds = {
 
 
 def hf_refusal(config: ViTConfig) -> str | None:
-    """Why no transformers model vitkit writes can express `config`, or None: a model with a
-    LayerNorm before the blocks is written as a CLIP image tower (weights/hf_clip.py), one with
-    LayerScale as a DINOv2 (weights/hf_dinov2.py), one pooled by attention as a SigLIP image
-    tower (weights/hf_siglip.py), any other as a ViT."""
-    if config.pos_embed_type == "rope_2d":
-        return dinov3_refusal(config)
-    if config.classifier == "map":
-        return siglip_refusal(config)
-    if config.pre_norm:
-        return clip_refusal(config)
-    if config.layer_scale_init is not None:
-        return dinov2_refusal(config)
-    return _vit_refusal(config)
+    """Why no transformers model vitkit writes can express `config`, or None: the family that
+    writes it (`writing_family`) answers."""
+    return writing_family(config).refusal(config)
 
 
 def _vit_refusal(config: ViTConfig) -> str | None:
@@ -326,16 +305,7 @@ def vitkit_to_hf(
     if problem := hf_refusal(config):
         raise CheckpointError(problem)
     class_names = checked_class_names(class_names, config.num_classes, source="class_names")
-    if config.pos_embed_type == "rope_2d":
-        hf_config, hf_state = vitkit_to_dinov3(config, state)
-    elif config.classifier == "map":
-        hf_config, hf_state = vitkit_to_siglip(config, state)
-    elif config.pre_norm:
-        hf_config, hf_state = vitkit_to_clip(config, state)
-    elif config.layer_scale_init is not None:
-        hf_config, hf_state = vitkit_to_dinov2(config, state)
-    else:
-        hf_config, hf_state = _vitkit_to_vit(config, state)
+    hf_config, hf_state = writing_family(config).write(config, state)
     if config.num_classes:
         names = class_names or [f"LABEL_{i}" for i in range(config.num_classes)]
         hf_config["id2label"] = {str(i): name for i, name in enumerate(names)}
@@ -382,6 +352,25 @@ def _vitkit_to_vit(
         hf_config["pooler_output_size"] = config.representation_size
         hf_config["pooler_act"] = "tanh"
     return hf_config, hf_state
+
+
+# The ViT itself, what a directory is read as and a model written as when no family claims it.
+VIT = HFFamily(
+    model_types=("vit",),
+    writes=lambda config: True,
+    read=_vit_to_vitkit,
+    refusal=_vit_refusal,
+    write=_vitkit_to_vit,
+)
+# The families beside the ViT, in the order they are asked whether they write a model: DINOv3
+# (rotary positions), SigLIP (attention pooling), CLIP (a pre-norm), DINOv2 (LayerScale).
+FAMILIES: tuple[HFFamily, ...] = (DINOV3, SIGLIP, CLIP, DINOV2)
+
+
+def writing_family(config: ViTConfig) -> HFFamily:
+    """The family a vitkit model of `config` is written as: the first of `FAMILIES` that claims
+    it, else the ViT."""
+    return next((family for family in FAMILIES if family.writes(config)), VIT)
 
 
 def _preprocessor(config: ViTConfig, preprocessing: Preprocessing | None) -> dict:

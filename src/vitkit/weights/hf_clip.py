@@ -33,6 +33,7 @@ import torch
 from vitkit.errors import CheckpointError, ConfigError
 from vitkit.models.config import Gelu, ViTConfig, config_from_fields
 from vitkit.weights.capabilities import ANY, PAPER_FIELDS, Holds, no_place, unheld_value
+from vitkit.weights.hf_family import HFFamily
 from vitkit.weights.key_maps import Row, read_renamed, to_foreign
 
 CLIP_MODEL_TYPES = ("clip_vision_model", "clip")
@@ -298,3 +299,13 @@ def vitkit_to_clip(
         "attention_dropout": config.attention_dropout,
     }
     return hf_config, hf_state
+
+
+# Written for models with a pre-norm.
+CLIP = HFFamily(
+    model_types=CLIP_MODEL_TYPES,
+    writes=lambda config: config.pre_norm,
+    read=clip_to_vitkit,
+    refusal=clip_refusal,
+    write=vitkit_to_clip,
+)

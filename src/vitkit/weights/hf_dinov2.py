@@ -25,6 +25,7 @@ import torch
 from vitkit.errors import CheckpointError, ConfigError
 from vitkit.models.config import ViTConfig, config_from_fields
 from vitkit.weights.capabilities import ANY, PAPER_FIELDS, Holds, no_place, unheld_value
+from vitkit.weights.hf_family import HFFamily
 from vitkit.weights.key_maps import Row, read_renamed, to_foreign
 
 DINOV2_MODEL_TYPES = ("dinov2", "dinov2_with_registers")
@@ -209,3 +210,13 @@ def vitkit_to_dinov2(
     if registers:
         hf_config["num_register_tokens"] = config.reg_tokens
     return hf_config, hf_state
+
+
+# Written for models with LayerScale (after DINOv3, SigLIP and CLIP, which have their own).
+DINOV2 = HFFamily(
+    model_types=DINOV2_MODEL_TYPES,
+    writes=lambda config: config.layer_scale_init is not None,
+    read=dinov2_to_vitkit,
+    refusal=dinov2_refusal,
+    write=vitkit_to_dinov2,
+)

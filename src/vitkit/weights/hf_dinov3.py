@@ -21,6 +21,7 @@ from vitkit.errors import CheckpointError, ConfigError
 from vitkit.models.config import ViTConfig, config_from_fields
 from vitkit.models.positions import Rope2D
 from vitkit.weights.capabilities import ANY, PAPER_FIELDS, Holds, no_place, unheld_value
+from vitkit.weights.hf_family import HFFamily
 from vitkit.weights.key_maps import Row, read_renamed, to_foreign
 
 DINOV3_MODEL_TYPES = ("dinov3_vit",)
@@ -212,3 +213,13 @@ def vitkit_to_dinov3(
         "num_register_tokens": config.reg_tokens,
     }
     return hf_config, hf_state
+
+
+# Written for models with rotary positions.
+DINOV3 = HFFamily(
+    model_types=DINOV3_MODEL_TYPES,
+    writes=lambda config: config.pos_embed_type == "rope_2d",
+    read=dinov3_to_vitkit,
+    refusal=dinov3_refusal,
+    write=vitkit_to_dinov3,
+)

@@ -40,6 +40,7 @@ from vitkit.errors import CheckpointError, ConfigError
 from vitkit.models.config import ViTConfig, config_from_fields
 from vitkit.weights.capabilities import ANY, PAPER_FIELDS, Holds, no_place, unheld_value
 from vitkit.weights.hf_clip import _ACTIVATIONS, _WRITTEN_ACTIVATIONS, ImageTowerOnlyWarning
+from vitkit.weights.hf_family import HFFamily
 from vitkit.weights.key_maps import Row, read_renamed, to_foreign
 from vitkit.weights.shapes import require_shape
 from vitkit.weights.state_dict import UnrecordedSettingWarning
@@ -361,3 +362,13 @@ def _fused_in_proj(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
                                             state[f"attn_pool.kv.{part}"]])
         for part in ("weight", "bias")
     }  # fmt: skip
+
+
+# Written for models pooled by attention.
+SIGLIP = HFFamily(
+    model_types=SIGLIP_MODEL_TYPES,
+    writes=lambda config: config.classifier == "map",
+    read=siglip_to_vitkit,
+    refusal=siglip_refusal,
+    write=vitkit_to_siglip,
+)

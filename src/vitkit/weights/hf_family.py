@@ -1,0 +1,31 @@
+"""A family of transformers models that vitkit reads and writes (ViT, DINOv2, DINOv3, CLIP's and
+SigLIP's image towers), as one record: which config.json model types it reads, which vitkit
+models it is chosen to write, and its reader, refusal and writer. hf.py keeps the directory
+(config.json, weights, preprocessing, class names) and picks a family from its table; a new
+family is a module that defines one of these and a line in that table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import torch
+
+from vitkit.models.config import ViTConfig
+
+State = dict[str, torch.Tensor]
+
+
+class HFFamily(NamedTuple):
+    """model_types: config.json's "model_type" values it reads. writes: whether a vitkit model
+    of a config is written as this family (the first family in hf.py's order that says so).
+    read: (config.json, tensors) -> (config, vitkit tensors). refusal: why it cannot hold a
+    config, or None. write: (config, vitkit tensors) -> (config.json without class names,
+    tensors), after the refusal has passed."""
+
+    model_types: tuple[str, ...]
+    writes: Callable[[ViTConfig], bool]
+    read: Callable[[dict, State], tuple[ViTConfig, State]]
+    refusal: Callable[[ViTConfig], str | None]
+    write: Callable[[ViTConfig, State], tuple[dict, State]]
