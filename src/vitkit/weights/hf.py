@@ -27,7 +27,7 @@ from vitkit.weights.class_names import ClassNames, checked_class_names, model_cl
 from vitkit.weights.hf_clip import CLIP
 from vitkit.weights.hf_dinov2 import DINOV2
 from vitkit.weights.hf_dinov3 import DINOV3
-from vitkit.weights.hf_family import HFFamily
+from vitkit.weights.hf_family import HFFamily, sizes_entries
 from vitkit.weights.hf_siglip import SIGLIP
 from vitkit.weights.key_maps import Row, read_renamed, to_foreign
 from vitkit.weights.shapes import require_shape
@@ -329,20 +329,13 @@ def _vitkit_to_vit(
             # ViTForImageClassification holds a ViTModel as `vit`, beside its classifier.
             inside = classifier and not name.startswith("classifier.")
             hf_state[f"vit.{name}" if inside else name] = tensor
-    height, width = config.img_size
     hf_config = {
         "architectures": ["ViTForImageClassification" if classifier else "ViTModel"],
         "model_type": "vit",
-        "image_size": height if height == width else [height, width],
-        "patch_size": config.patch_size,
-        "num_channels": config.in_chans,
-        "hidden_size": config.width,
-        "num_hidden_layers": config.depth,
-        "num_attention_heads": config.num_heads,
+        **sizes_entries(config),
         "intermediate_size": config.mlp_dim,
         # ACT2FN: "gelu" is the exact (erf) GELU, "gelu_pytorch_tanh" nn.GELU(approximate="tanh").
         "hidden_act": "gelu" if config.gelu == "exact" else "gelu_pytorch_tanh",
-        "layer_norm_eps": config.layer_norm_eps,
         "qkv_bias": config.qkv_bias,
         "hidden_dropout_prob": config.dropout,
         "attention_probs_dropout_prob": config.attention_dropout,

@@ -33,7 +33,7 @@ import torch
 from vitkit.errors import CheckpointError, ConfigError
 from vitkit.models.config import Gelu, ViTConfig, config_from_fields
 from vitkit.weights.capabilities import ANY, PAPER_FIELDS, Holds, no_place, unheld_value
-from vitkit.weights.hf_family import HFFamily
+from vitkit.weights.hf_family import HFFamily, sizes_entries
 from vitkit.weights.key_maps import Row, read_renamed, to_foreign
 
 CLIP_MODEL_TYPES = ("clip_vision_model", "clip")
@@ -287,15 +287,9 @@ def vitkit_to_clip(
     hf_config = {
         "architectures": ["CLIPVisionModel"],
         "model_type": "clip_vision_model",
-        "image_size": config.img_size[0],
-        "patch_size": config.patch_size,
-        "num_channels": config.in_chans,
-        "hidden_size": config.width,
-        "num_hidden_layers": config.depth,
-        "num_attention_heads": config.num_heads,
+        **sizes_entries(config),
         "intermediate_size": config.mlp_dim,
         "hidden_act": _WRITTEN_ACTIVATIONS[config.gelu],
-        "layer_norm_eps": config.layer_norm_eps,
         "attention_dropout": config.attention_dropout,
     }
     return hf_config, hf_state

@@ -25,7 +25,7 @@ import torch
 from vitkit.errors import CheckpointError, ConfigError
 from vitkit.models.config import ViTConfig, config_from_fields
 from vitkit.weights.capabilities import ANY, PAPER_FIELDS, Holds, no_place, unheld_value
-from vitkit.weights.hf_family import HFFamily
+from vitkit.weights.hf_family import HFFamily, sizes_entries
 from vitkit.weights.key_maps import Row, read_renamed, to_foreign
 
 DINOV2_MODEL_TYPES = ("dinov2", "dinov2_with_registers")
@@ -194,15 +194,9 @@ def vitkit_to_dinov2(
     hf_config = {
         "architectures": ["Dinov2WithRegistersModel" if registers else "Dinov2Model"],
         "model_type": DINOV2_MODEL_TYPES[registers],
-        "image_size": config.img_size[0],
-        "patch_size": config.patch_size,
-        "num_channels": config.in_chans,
-        "hidden_size": config.width,
-        "num_hidden_layers": config.depth,
-        "num_attention_heads": config.num_heads,
+        **sizes_entries(config),
         "mlp_ratio": config.mlp_dim // config.width,
         "hidden_act": "gelu",
-        "layer_norm_eps": config.layer_norm_eps,
         "qkv_bias": config.qkv_bias,
         "layerscale_value": config.layer_scale_init,
         "use_swiglu_ffn": False,

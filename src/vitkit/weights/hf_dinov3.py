@@ -21,7 +21,7 @@ from vitkit.errors import CheckpointError, ConfigError
 from vitkit.models.config import ViTConfig, config_from_fields
 from vitkit.models.positions import Rope2D
 from vitkit.weights.capabilities import ANY, PAPER_FIELDS, Holds, no_place, unheld_value
-from vitkit.weights.hf_family import HFFamily
+from vitkit.weights.hf_family import HFFamily, sizes_entries
 from vitkit.weights.key_maps import Row, read_renamed, to_foreign
 
 DINOV3_MODEL_TYPES = ("dinov3_vit",)
@@ -189,19 +189,12 @@ def vitkit_to_dinov3(
     hf_state[_MASK_TOKEN] = state["cls_token"].new_zeros(1, 1, config.width)
     if not config.reg_tokens:  # transformers keeps an empty table for no registers
         hf_state["embeddings.register_tokens"] = state["cls_token"].new_zeros(1, 0, config.width)
-    height, width = config.img_size
     hf_config = {
         "architectures": ["DINOv3ViTModel"],
         "model_type": DINOV3_MODEL_TYPES[0],
-        "image_size": config.img_size[0] if height == width else [height, width],
-        "patch_size": config.patch_size,
-        "num_channels": config.in_chans,
-        "hidden_size": config.width,
-        "num_hidden_layers": config.depth,
-        "num_attention_heads": config.num_heads,
+        **sizes_entries(config),
         "intermediate_size": config.mlp_dim,
         "hidden_act": "gelu",
-        "layer_norm_eps": config.layer_norm_eps,
         "layerscale_value": config.layer_scale_init or 1.0,
         "rope_theta": Rope2D.ROPE_BASE,
         "query_bias": config.qkv_bias,

@@ -29,3 +29,18 @@ class HFFamily(NamedTuple):
     read: Callable[[dict, State], tuple[ViTConfig, State]]
     refusal: Callable[[ViTConfig], str | None]
     write: Callable[[ViTConfig, State], tuple[dict, State]]
+
+
+def sizes_entries(config: ViTConfig) -> dict[str, object]:
+    """The config.json entries every family names alike: the image and patch sizes, channels,
+    width, depth, heads and LayerNorm eps (a square image's size as one number)."""
+    height, width = config.img_size
+    return {
+        "image_size": height if height == width else [height, width],
+        "patch_size": config.patch_size,
+        "num_channels": config.in_chans,
+        "hidden_size": config.width,
+        "num_hidden_layers": config.depth,
+        "num_attention_heads": config.num_heads,
+        "layer_norm_eps": config.layer_norm_eps,
+    }

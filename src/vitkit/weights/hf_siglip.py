@@ -40,7 +40,7 @@ from vitkit.errors import CheckpointError, ConfigError
 from vitkit.models.config import ViTConfig, config_from_fields
 from vitkit.weights.capabilities import ANY, PAPER_FIELDS, Holds, no_place, unheld_value
 from vitkit.weights.hf_clip import _ACTIVATIONS, _WRITTEN_ACTIVATIONS, ImageTowerOnlyWarning
-from vitkit.weights.hf_family import HFFamily
+from vitkit.weights.hf_family import HFFamily, sizes_entries
 from vitkit.weights.key_maps import Row, read_renamed, to_foreign
 from vitkit.weights.shapes import require_shape
 from vitkit.weights.state_dict import UnrecordedSettingWarning
@@ -339,15 +339,9 @@ def vitkit_to_siglip(
     hf_config = {
         "architectures": ["SiglipVisionModel"],
         "model_type": "siglip_vision_model",
-        "image_size": config.img_size[0],
-        "patch_size": config.patch_size,
-        "num_channels": config.in_chans,
-        "hidden_size": config.width,
-        "num_hidden_layers": config.depth,
-        "num_attention_heads": config.num_heads,
+        **sizes_entries(config),
         "intermediate_size": config.mlp_dim,
         "hidden_act": _WRITTEN_ACTIVATIONS[config.gelu],
-        "layer_norm_eps": config.layer_norm_eps,
         "attention_dropout": config.attention_dropout,
         "vision_use_head": True,
     }
