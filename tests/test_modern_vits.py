@@ -46,16 +46,22 @@ FAMILIES: dict[str, tuple[int, dict[str, object]]] = {
 }
 
 
+def spread_layer_scale_(model: nn.Module, name: str) -> None:
+    """LayerScale factors (parameters whose name holds `name`) around 1, far from their start
+    (1e-5), so that a branch scaled wrongly shows in the outputs."""
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for key, param in model.named_parameters():
+            if name in key:
+                param.copy_(1.0 + 0.3 * torch.randn(param.shape, generator=generator))
+
+
 def timm_model(name: str, img_size: int) -> nn.Module:
     """A tiny random model of timm's `name`, its LayerScale factors far from their start so that
     a branch that is scaled wrongly shows."""
     model = timm.create_model(name, pretrained=False, img_size=img_size, **TINY)
     randomise_(model, seed=0)
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for key, param in model.named_parameters():
-            if key.endswith(".gamma"):
-                param.copy_(1.0 + 0.3 * torch.randn(param.shape, generator=generator))
+    spread_layer_scale_(model, ".gamma")
     return model.eval()
 
 
@@ -138,11 +144,7 @@ def hf_dinov2(registers: int) -> nn.Module:
     else:
         model = Dinov2Model(Dinov2Config(**sizes))
     randomise_(model, seed=0)
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for key, param in model.named_parameters():
-            if key.endswith(".lambda1"):
-                param.copy_(1.0 + 0.3 * torch.randn(param.shape, generator=generator))
+    spread_layer_scale_(model, ".lambda1")
     return model.eval()
 
 
@@ -267,11 +269,7 @@ def hf_dinov3(registers: int = 4) -> nn.Module:
                              intermediate_size=128, image_size=64, patch_size=16,
                              num_register_tokens=registers, layerscale_value=1e-5)  # fmt: skip
     model = randomise_(DINOv3ViTModel(config), seed=0)
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for key, param in model.named_parameters():
-            if key.endswith(".lambda1"):
-                param.copy_(1.0 + 0.3 * torch.randn(param.shape, generator=generator))
+    spread_layer_scale_(model, ".lambda1")
     return model.eval()
 
 
@@ -334,11 +332,7 @@ def timm_dinov3(img_size: int = 64) -> nn.Module:
     model = timm.create_model("vit_small_patch16_dinov3", pretrained=False, img_size=img_size,
                               qkv_bias=True, **TINY)  # fmt: skip
     randomise_(model, seed=0)
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for key, param in model.named_parameters():
-            if ".gamma_" in key:
-                param.copy_(1.0 + 0.3 * torch.randn(param.shape, generator=generator))
+    spread_layer_scale_(model, ".gamma_")
     return model.eval()
 
 

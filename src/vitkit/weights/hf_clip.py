@@ -33,7 +33,7 @@ import torch
 from vitkit.errors import CheckpointError, ConfigError
 from vitkit.models.config import Gelu, ViTConfig, config_from_fields
 from vitkit.weights.capabilities import ANY, PAPER_FIELDS, Holds, no_place, unheld_value
-from vitkit.weights.hf_family import HFFamily, sizes_entries
+from vitkit.weights.hf_family import SIZE_NAMES, HFFamily, sizes_entries
 from vitkit.weights.key_maps import Row, read_renamed, to_foreign
 
 CLIP_MODEL_TYPES = ("clip_vision_model", "clip")
@@ -101,10 +101,7 @@ _DEFAULTS = {
     "layer_norm_eps": 1e-5,
 }
 # ViTConfig fields under CLIPVisionConfig's names.
-_NAMES = {"img_size": "image_size", "patch_size": "patch_size", "in_chans": "num_channels",
-          "width": "hidden_size", "depth": "num_hidden_layers",
-          "num_heads": "num_attention_heads", "mlp_dim": "intermediate_size",
-          "layer_norm_eps": "layer_norm_eps"}  # fmt: skip
+_NAMES = SIZE_NAMES
 
 # What a CLIPVisionModel directory can hold (weights/capabilities.py): the image tower only.
 CLIP_HOLDS: Holds = {

@@ -21,7 +21,7 @@ from vitkit.errors import CheckpointError, ConfigError
 from vitkit.models.config import ViTConfig, config_from_fields
 from vitkit.models.positions import Rope2D
 from vitkit.weights.capabilities import ANY, PAPER_FIELDS, Holds, no_place, unheld_value
-from vitkit.weights.hf_family import HFFamily, sizes_entries
+from vitkit.weights.hf_family import SIZE_NAMES, HFFamily, sizes_entries
 from vitkit.weights.key_maps import Row, read_renamed, to_foreign
 
 DINOV3_MODEL_TYPES = ("dinov3_vit",)
@@ -53,11 +53,7 @@ DINOV3_KEYS: tuple[Row, ...] = (
 # fmt: on
 _REQUIRED_FIELDS = ("hidden_size", "num_attention_heads", "num_hidden_layers", "intermediate_size")
 _MASK_TOKEN = "embeddings.mask_token"
-_NAMES = {"img_size": "image_size", "patch_size": "patch_size", "in_chans": "num_channels",
-          "width": "hidden_size", "depth": "num_hidden_layers",
-          "num_heads": "num_attention_heads", "mlp_dim": "intermediate_size",
-          "qkv_bias": "query_bias", "layer_scale_init": "layerscale_value",
-          "layer_norm_eps": "layer_norm_eps"}  # fmt: skip
+_NAMES = {**SIZE_NAMES, "qkv_bias": "query_bias", "layer_scale_init": "layerscale_value"}
 
 # What a DINOv3 directory can hold (weights/capabilities.py): the backbone only.
 DINOV3_HOLDS: Holds = {

@@ -44,3 +44,11 @@ def sizes_entries(config: ViTConfig) -> dict[str, object]:
         "num_attention_heads": config.num_heads,
         "layer_norm_eps": config.layer_norm_eps,
     }
+
+
+# ViTConfig fields under the names every family's config.json gives them, for errors that name
+# the field as the file has it.
+SIZE_NAMES = {"img_size": "image_size", "patch_size": "patch_size", "in_chans": "num_channels",
+              "width": "hidden_size", "depth": "num_hidden_layers",
+              "num_heads": "num_attention_heads", "mlp_dim": "intermediate_size",
+              "layer_norm_eps": "layer_norm_eps"}  # fmt: skip

@@ -40,7 +40,7 @@ from vitkit.errors import CheckpointError, ConfigError
 from vitkit.models.config import ViTConfig, config_from_fields
 from vitkit.weights.capabilities import ANY, PAPER_FIELDS, Holds, no_place, unheld_value
 from vitkit.weights.hf_clip import _ACTIVATIONS, _WRITTEN_ACTIVATIONS, ImageTowerOnlyWarning
-from vitkit.weights.hf_family import HFFamily, sizes_entries
+from vitkit.weights.hf_family import SIZE_NAMES, HFFamily, sizes_entries
 from vitkit.weights.key_maps import Row, read_renamed, to_foreign
 from vitkit.weights.shapes import require_shape
 from vitkit.weights.state_dict import UnrecordedSettingWarning
@@ -106,10 +106,7 @@ _DEFAULTS = {
     "vision_use_head": True,
 }
 # ViTConfig fields under SiglipVisionConfig's names.
-_NAMES = {"img_size": "image_size", "patch_size": "patch_size", "in_chans": "num_channels",
-          "width": "hidden_size", "depth": "num_hidden_layers",
-          "num_heads": "num_attention_heads", "mlp_dim": "intermediate_size",
-          "layer_norm_eps": "layer_norm_eps"}  # fmt: skip
+_NAMES = SIZE_NAMES
 
 # What a SiglipVisionModel directory can hold (weights/capabilities.py): the image tower only,
 # pooled by attention.
