@@ -60,9 +60,8 @@ def forward_packed(
     _check_attention_fits(model, len(packs), longest)
     tokens, segments = _pack(pieces, packs)
     mask = (segments[:, :, None] == segments[:, None, :]).unsqueeze(1)  # (B, 1, L, L)
-    for block in model.blocks:
-        tokens = block(tokens, None, mask)
-    tokens = model.norm(tokens)
+    states, _ = model.run_blocks(tokens, mask=mask)
+    tokens = model.norm(states[-1])
     pooled = _pool(model, tokens, segments, len(images))
     return model.classify_pooled(pooled, pre_logits=pre_logits)
 

@@ -269,21 +269,36 @@ class VisionTransformer(nn.Module):
         depth: int | None = None,
         attention: bool = False,
     ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """The one encoder path, which the forward pass, the intermediates and the attention
-        maps share: images embedded (`embed`), then the first `depth` blocks (all by default),
-        each placing the tokens by the position scheme. Returns the tokens after the embedding
-        and after each block, and, with attention=True, each block's attention weights
-        (computed explicitly: for analysis, not training)."""
+        """Images embedded (`embed`), then `run_blocks` placing them by the position scheme at
+        their grid: what the forward pass, the intermediates and the attention maps share."""
         tokens = self.embed(images, corrupt, patch_size=patch_size)
         grid = self.patch_embed.grid_size(images, patch_size)
         positions = self.position_scheme.attention_positions(grid, images.device)
+        return self.run_blocks(tokens, positions, depth=depth, attention=attention)
+
+    def run_blocks(
+        self,
+        tokens: torch.Tensor,
+        positions: object | None = None,
+        *,
+        mask: torch.Tensor | None = None,
+        depth: int | None = None,
+        attention: bool = False,
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """The one encoder path over embedded tokens (N, T, D): the first `depth` blocks (all by
+        default), placing the tokens by `positions` (the position scheme's for their grid) and,
+        for images packed into one sequence (models/packing.py), attending within `mask`.
+        Returns the tokens after the embedding and after each block, and, with attention=True,
+        each block's attention weights (computed explicitly: for analysis, not training)."""
+        if attention and mask is not None:
+            raise ValueError("attention maps are drawn for images, not packed sequences")
         states, weights = [tokens], []
         for block in self.blocks[:depth]:
             if attention:
                 tokens, block_weights = block.forward_with_attention(tokens, positions)
                 weights.append(block_weights)
             else:
-                tokens = block(tokens, positions)
+                tokens = block(tokens, positions, mask)
             states.append(tokens)
         return states, weights
 
