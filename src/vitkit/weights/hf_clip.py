@@ -33,7 +33,7 @@ import torch
 from vitkit.errors import CheckpointError, ConfigError
 from vitkit.models.config import Gelu, ViTConfig, config_from_fields
 from vitkit.weights.capabilities import ANY, PAPER_FIELDS, Holds, no_place, unheld_value
-from vitkit.weights.hf_family import SIZE_NAMES, HFFamily, sizes_entries
+from vitkit.weights.hf_family import SIZE_NAMES, HFFamily, sizes_entries, sizes_fields
 from vitkit.weights.key_maps import Row, read_renamed, to_foreign
 
 CLIP_MODEL_TYPES = ("clip_vision_model", "clip")
@@ -226,18 +226,11 @@ def _config(fields: dict, where: str) -> ViTConfig:
                 f"patches), got {values[name]!r:.40}"
             )
     config = dict(
-        img_size=values["image_size"],
-        patch_size=values["patch_size"],
-        in_chans=values["num_channels"],
-        width=values["hidden_size"],
-        depth=values["num_hidden_layers"],
-        num_heads=values["num_attention_heads"],
-        mlp_dim=values["intermediate_size"],
+        **sizes_fields(values),
         num_classes=0,
         pre_norm=True,
         patch_bias=False,
         gelu=_ACTIVATIONS[activation],
-        layer_norm_eps=values["layer_norm_eps"],
         pos_embed_interpolation="bicubic_no_antialias",
     )
     try:

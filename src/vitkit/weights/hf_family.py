@@ -52,3 +52,9 @@ SIZE_NAMES = {"img_size": "image_size", "patch_size": "patch_size", "in_chans": 
               "width": "hidden_size", "depth": "num_hidden_layers",
               "num_heads": "num_attention_heads", "mlp_dim": "intermediate_size",
               "layer_norm_eps": "layer_norm_eps"}  # fmt: skip
+
+
+def sizes_fields(values: dict[str, object]) -> dict[str, object]:
+    """The ViTConfig fields of `SIZE_NAMES` read from config.json `values` (the inverse of
+    `sizes_entries`), for ViTConfig to check."""
+    return {field: values[name] for field, name in SIZE_NAMES.items() if name in values}

@@ -40,7 +40,7 @@ from vitkit.errors import CheckpointError, ConfigError
 from vitkit.models.config import ViTConfig, config_from_fields
 from vitkit.weights.capabilities import ANY, PAPER_FIELDS, Holds, no_place, unheld_value
 from vitkit.weights.hf_clip import _ACTIVATIONS, _WRITTEN_ACTIVATIONS, ImageTowerOnlyWarning
-from vitkit.weights.hf_family import SIZE_NAMES, HFFamily, sizes_entries
+from vitkit.weights.hf_family import SIZE_NAMES, HFFamily, sizes_entries, sizes_fields
 from vitkit.weights.key_maps import Row, read_renamed, to_foreign
 from vitkit.weights.shapes import require_shape
 from vitkit.weights.state_dict import UnrecordedSettingWarning
@@ -254,18 +254,11 @@ def _config(fields: dict, where: str, *, classes: int, pooled_by_head: bool) -> 
                 f"patches), got {values[name]!r:.40}"
             )
     config = dict(
-        img_size=values["image_size"],
-        patch_size=values["patch_size"],
-        in_chans=values["num_channels"],
-        width=values["hidden_size"],
-        depth=values["num_hidden_layers"],
-        num_heads=values["num_attention_heads"],
-        mlp_dim=values["intermediate_size"],
+        **sizes_fields(values),
         num_classes=classes,
         classifier="map" if pooled_by_head else "gap",
         class_token=False,
         gelu=_ACTIVATIONS[activation],
-        layer_norm_eps=values["layer_norm_eps"],
         pos_embed_interpolation="bicubic_no_antialias",
     )
     names = {**{k: where + v for k, v in _NAMES.items()}, "num_classes": "the classifier's rows"}
