@@ -390,3 +390,42 @@ def test_dinov3_has_no_key_bias_in_any_format(tmp_path: Path) -> None:
     written = export_model(model, tmp_path / "timm.safetensors", to="timm")
     error = compare_outputs(build_printed(model, written), model, images(64), "moved to timm")
     assert error <= TOLERANCE
+
+
+@pytest.mark.parametrize(
+    "field, value, named",
+    [
+        ("use_gated_mlp", True, "use_gated_mlp"),
+        ("rope_theta", 10000.0, "rope_theta"),
+        ("hidden_act", "silu", "hidden_act"),
+        ("key_bias", "no", "key_bias"),
+        ("value_bias", False, "value_bias"),
+        ("proj_bias", False, "proj_bias"),
+        ("intermediate_size", "128", "intermediate_size"),
+        ("num_attention_heads", 3, "num_attention_heads"),
+        ("layerscale_value", -1.0, "layerscale_value"),
+    ],
+)
+def test_bad_dinov3_config_values_are_one_line_naming_the_field(
+    tmp_path: Path, field: str, value: object, named: str
+) -> None:
+    import json
+
+    hf_dinov3().save_pretrained(tmp_path / "dinov3")
+    path = tmp_path / "dinov3" / "config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), field: value}))
+    with pytest.raises(vitkit.CheckpointError, match=named) as error:
+        vitkit.load_model(tmp_path / "dinov3")
+    assert "\n" not in str(error.value) and str(tmp_path / "dinov3") in str(error.value)
+
+
+def test_timm_eva_with_a_position_table_is_refused_in_one_line(tmp_path: Path) -> None:
+    """An Eva with a learned table beside its rotary embedding (EVA-02) places tokens otherwise
+    than DINOv3: refused, naming it, never read as a DINOv3."""
+    state = dict(timm_dinov3().state_dict())
+    state["pos_embed"] = torch.zeros(1, 1 + 4 + 16, 64)
+    path = tmp_path / "eva02.safetensors"
+    save_file(state, str(path))
+    with pytest.raises(vitkit.CheckpointError, match="EVA-02") as error:
+        vitkit.load_model(path, num_heads=4)
+    assert "\n" not in str(error.value) and str(path) in str(error.value)
