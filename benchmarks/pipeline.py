@@ -130,13 +130,14 @@ def time_block(steps: Iterator[tuple[float, float]], count: int) -> tuple[float,
     return time.perf_counter() - started, data, compute
 
 
-def extract_train_split(tarball: Path, out: Path) -> Path:
-    """The tarball's train/ folder, extracted once (what a torchvision user starts from)."""
-    if not (out / "train").is_dir():
+def extract_split(tarball: Path, out: Path, split: str = "train") -> Path:
+    """The tarball's `split` folder (train/ or test/), extracted once (what a torchvision user
+    starts from)."""
+    if not (out / split).is_dir():
         with tarfile.open(tarball) as archive:
-            members = [m for m in archive.getmembers() if m.name.split("/")[0] == "train"]
+            members = [m for m in archive.getmembers() if m.name.split("/")[0] == split]
             archive.extractall(out, members=members, filter="data")
-    return out / "train"
+    return out / split
 
 
 def machine() -> str:
@@ -161,7 +162,7 @@ def main() -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     batch = get_preset("demo-pretrain").batch_size
 
-    folder = extract_train_split(args.data, args.extract_to)
+    folder = extract_split(args.data, args.extract_to)
     pipelines: dict[str, Iterator[tuple[float, float]]] = {
         "vitkit (cache + ArrayLoader + batched augmentation + TrainStep)": vitkit_steps(
             args.data, device
