@@ -4,4 +4,6 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 "$root/scripts/setup-venv.sh" --test
 cd "$root"
-exec .venv/bin/python -m pytest "$@"
+# One worker per core; work stealing keeps both busy to the end (tests/conftest.py gives each
+# worker its share of the cores and starts the slow tests first). `-n 0` runs serially.
+exec .venv/bin/python -m pytest -n auto --dist worksteal "$@"

@@ -1,9 +1,14 @@
 """Shared test fixtures: Google's official reference files, a real HTTP server on 127.0.0.1 for the
 download tests (datasets and pretrained weights), a slice of CIFAR-10, a tiny image tree and a new
-user's own image folder, with and without splits. What tests import by name is in helpers.py."""
+user's own image folder, with and without splits. What tests import by name is in helpers.py.
+
+Run in parallel (`pytest -n auto`, as scripts/test.sh does), each worker gets its share of the
+cores as torch threads, and so do the processes a test starts; slow tests go first, so that the
+last ones to finish are short."""
 
 from __future__ import annotations
 
+import os
 import tarfile
 import threading
 from collections.abc import Iterator
@@ -11,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from helpers import (
@@ -21,6 +27,23 @@ from helpers import (
     merge_splits,
     write_user_folder,
 )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist, one worker's share of the cores: with torch's default of every core
+    in every worker, the workers' threads fight over the cores and the suite is slower
+    (benchmarks/RESULTS.md, "The test suite's time")."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        os.environ["OMP_NUM_THREADS"] = str(threads)  # for the processes tests start
+        torch.set_num_threads(threads)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Slow tests first (otherwise in file order): a 60 s test started last would leave the other
+    workers idle while it runs."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 @pytest.fixture(scope="session")
