@@ -8,6 +8,7 @@ The fixtures that use them are in conftest.py.
 from __future__ import annotations
 
 import dataclasses
+import html
 import json
 import math
 import os
@@ -259,24 +260,39 @@ def chromium() -> str | None:
 
 def images_loaded_in_chromium(page: Path, workdir: Path) -> dict[str, int]:
     """Open `page` in headless Chromium and count its <img> elements that decoded (naturalWidth
-    > 0). A harness page served from the same local HTTP server loads it in an iframe and writes
-    the counts into its own DOM, which --dump-dom prints."""
+    > 0)."""
+    return inspect_in_chromium(
+        page,
+        "var images = Array.from(frame.contentDocument.images);"
+        "report({images: images.length, loaded: images.filter(function (i) {"
+        "  return i.complete && i.naturalWidth > 0; }).length});",
+        workdir,
+    )
+
+
+def inspect_in_chromium(page: Path, script: str, workdir: Path, root: Path | None = None) -> dict:
+    """Open `page` in headless Chromium, run `script` once it has loaded, and return what the
+    script passes to `report(value)`. A local HTTP server serves `root` (default: the page's
+    folder), and a harness page in it loads the page in an iframe (`frame`), so the script may
+    read and use its DOM; the harness writes the JSON of the value into its own DOM, which
+    --dump-dom prints. `script` may call `report` later (from a timer), within Chromium's 10 s of
+    virtual time."""
+    root = root or page.parent
     browser = chromium()
     if browser is None:
         if os.environ.get("VITKIT_REQUIRE_CHROMIUM"):
             pytest.fail("chromium is required (VITKIT_REQUIRE_CHROMIUM) but not installed")
         pytest.skip("chromium is not installed (Debian package chromium; .ci/run installs it)")
-    (page.parent / "harness.html").write_text(
-        f"<!DOCTYPE html><html><body><iframe id='f' src='{page.name}'></iframe><pre id='out'>"
-        "</pre><script>document.getElementById('f').onload = function () {"
-        "  var images = Array.from(this.contentDocument.images);"
-        "  document.getElementById('out').textContent = JSON.stringify({images: images.length,"
-        "    loaded: images.filter(function (i) { return i.complete && i.naturalWidth > 0; })"
-        "    .length});"
-        "};</script></body></html>"
+    (root / "harness.html").write_text(
+        f"<!DOCTYPE html><html><body><iframe id='f' src='{page.relative_to(root).as_posix()}'>"
+        "</iframe><pre id='out'>"
+        "</pre><script>function report(value) {"
+        "  document.getElementById('out').textContent = JSON.stringify(value); }"
+        "document.getElementById('f').onload = function () { var frame = this;"
+        f"  {script} }};</script></body></html>"
     )
     serve = [sys.executable, "-u", "-m", "http.server", "0", "--bind", "127.0.0.1"]
-    server = subprocess.Popen([*serve, "-d", str(page.parent)], stdout=subprocess.PIPE, text=True)
+    server = subprocess.Popen([*serve, "-d", str(root)], stdout=subprocess.PIPE, text=True)
     try:
         line = server.stdout.readline()  # "Serving HTTP on 127.0.0.1 port N (...)"
         port = int(line.split(" port ")[1].split()[0])
@@ -293,7 +309,7 @@ def images_loaded_in_chromium(page: Path, workdir: Path) -> dict[str, int]:
     start = dom.index('<pre id="out">') + len('<pre id="out">')
     text = dom[start : dom.index("</pre>", start)]
     assert text, f"the harness wrote nothing; chromium said: {result.stderr[-2000:]}"
-    return json.loads(text)
+    return json.loads(html.unescape(text))
 
 
 def screenshot_in_chromium(page: Path, image: Path, workdir: Path) -> Path:

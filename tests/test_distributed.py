@@ -2,10 +2,10 @@
 process, a two-node run resumes on one process, a dead or hung process stops the job with a clear
 error, and the pieces underneath (batch split, evaluation slices, activation checkpointing).
 
-The launchers are the README's own commands (read from it), with the process count, rendezvous
-address and run id replaced. One process and two differ only in the order of float32 sums (see
-WEIGHT_TOLERANCE), with random augmentation off and, since its draws are keyed by each image's
-index in the global batch, with it on.
+The launchers are the documentation's own commands (read from docs/distributed.md), with the
+process count, rendezvous address and run id replaced. One process and two differ only in the
+order of float32 sums (see WEIGHT_TOLERANCE), with random augmentation off and, since its draws
+are keyed by each image's index in the global batch, with it on.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from vitkit.training.distributed import World
 from vitkit.training.parallel import parallelize
 from vitkit.training.presets import get_preset
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+GUIDE = Path(__file__).resolve().parents[1] / "docs" / "distributed.md"
 pytestmark = pytest.mark.slow  # torchrun and several processes, throughout
 
 TORCHRUN = Path(sys.executable).with_name("torchrun")
@@ -91,12 +91,14 @@ def _train_args(data: Path, out: Path, *fields: str) -> list[str]:
     return ["--preset", "tiny", "--data", str(data), "--out", str(out), *RUN_FIELDS, *fields]
 
 
-def readme_launcher(marker: str, **replace: str) -> list[str]:
-    """The torchrun command of the README code line holding `marker`, up to `-m vitkit train`,
+def guide_launcher(marker: str, **replace: str) -> list[str]:
+    """The torchrun command of the guide's code line holding `marker`, up to `-m vitkit train`,
     with the values of the options in `replace` (--nproc-per-node given as nproc_per_node)."""
-    text = README.read_text().replace("\\\n", " ")
+    text = GUIDE.read_text().replace("\\\n", " ")
     lines = [line for line in text.splitlines() if marker in line and "torchrun" in line]
-    assert len(lines) == 1, f"one README command with {marker!r} expected, found {len(lines)}"
+    assert len(lines) == 1, (
+        f"one command in {GUIDE.name} with {marker!r} expected, found {len(lines)}"
+    )
     words = shlex.split(lines[0])
     words = words[words.index("torchrun") :]
     module = words.index("-m")
@@ -191,7 +193,7 @@ def test_two_processes_match_one_process(
     """DDP, and FSDP2 with activation checkpointing, on 2 processes that each accumulate their 16
     images in 2 passes of 8: the weights, EMA and Adam state of one process with the whole
     batch of 32, and the same metric lines."""
-    launcher = readme_launcher("--standalone", nproc_per_node="2")
+    launcher = guide_launcher("--standalone", nproc_per_node="2")
     out = tmp_path / parallel[0].split("=")[1] / "run"
     fields = [*parallel, "micro_batch_size=8", f"dist_timeout_seconds={TIMEOUT}"]
     output = _finish(_launch([*launcher, *_train_args(cifar_subset, out, *fields)], environment),
@@ -220,7 +222,7 @@ def test_random_augmentation_is_the_same_on_two_processes(
         env=environment, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert completed.returncode == 0, completed.stderr[-3000:]
-    launcher = readme_launcher("--standalone", nproc_per_node="2")
+    launcher = guide_launcher("--standalone", nproc_per_node="2")
     two = tmp_path / "two" / "run"
     fields = ["parallel=ddp", "micro_batch_size=8", f"dist_timeout_seconds={TIMEOUT}"]
     arguments = _train_args(cifar_subset, two, *fields, *AUGMENTATION_ON)
@@ -239,7 +241,7 @@ def test_fsdp_resumes_a_one_process_checkpoint(
     last = sorted((out / "checkpoints").glob("step-*.pt"))[-1]
     for path in (last, last.with_name(last.name + ".sha256"), out / "summary.json"):
         path.unlink()
-    launcher = readme_launcher("--standalone", nproc_per_node="2")
+    launcher = guide_launcher("--standalone", nproc_per_node="2")
     fields = ["parallel=fsdp", f"dist_timeout_seconds={TIMEOUT}"]
     output = _finish(_launch([*launcher, *_train_args(cifar_subset, out, *fields)], environment),
                      timeout=300)  # fmt: skip
@@ -293,7 +295,7 @@ def test_two_node_run_killed_mid_way_resumes_on_one_process(
     accumulating 2 passes of 8): killing rank 1 after a checkpoint ends both within seconds with
     an error naming the failure; one process resumes from that checkpoint and ends where the
     uninterrupted single process ended."""
-    launcher = readme_launcher(
+    launcher = guide_launcher(
         "--rdzv-endpoint HEAD:29500",
         nproc_per_node="1",
         rdzv_endpoint=f"127.0.0.1:{_free_port()}",
@@ -334,7 +336,7 @@ def test_a_hung_process_times_out_with_a_clear_error(
     dist_timeout_seconds, with an error that says so; torchrun then ends the job."""
     timeout = 8
     out = tmp_path / "hang" / "run"
-    launcher = readme_launcher("--standalone", nproc_per_node="2")
+    launcher = guide_launcher("--standalone", nproc_per_node="2")
     job = _launch(
         [*launcher, *_train_args(cifar_subset, out, f"dist_timeout_seconds={timeout}")],
         environment,
@@ -367,7 +369,7 @@ def test_packed_training_is_refused_on_several_processes(
 ) -> None:
     """max_tokens under torchrun: the processes stop before their first step with the one-line
     reason (DDP and FSDP wrap the forward that packing bypasses), and the job fails."""
-    launcher = readme_launcher("--standalone", nproc_per_node="2")
+    launcher = guide_launcher("--standalone", nproc_per_node="2")
     out = tmp_path / "packed" / "run"
     fields = ["max_tokens=4", f"dist_timeout_seconds={TIMEOUT}"]
     job = _launch([*launcher, *_train_args(cifar_subset, out, *fields)], environment)

@@ -9,7 +9,8 @@ Running the same command again resumes the run in DIR; a different config is ref
 --force. The fields and their defaults are listed by `vitkit train --help`.
 
 On several processes, the same command under torchrun (`torchrun --standalone --nproc-per-node
-8 -m vitkit train ...`; the README shows several nodes); it resumes on any number of processes.
+8 -m vitkit train ...`; docs/distributed.md shows several nodes); it resumes on any number of
+processes.
 """
 
 from __future__ import annotations
