@@ -29,7 +29,7 @@ from vitkit.training.fields import (
     describe,
     described,
     field_problem,
-    with_assignments,
+    parse_assignments,
 )
 
 # The largest data_size: 8192 x 8192 is about the pixel limit of one image (data/images.py).
@@ -467,16 +467,20 @@ LENGTH_FIELDS = frozenset({"steps", "epochs", "budget_seconds"})
 # The declared type of every field (resolved once: the annotations are strings under
 # `from __future__ import annotations`).
 _FIELD_TYPES: dict[str, Any] = typing.get_type_hints(TrainConfig)
+FIELD_NAMES = frozenset(_FIELD_TYPES)
 
 
-def parse_overrides(base: TrainConfig, assignments: list[str]) -> TrainConfig:
-    """`base` with "field=value" assignments applied, each value parsed by the field's type.
-    A run length given (steps, epochs or budget_seconds) replaces the one `base` (a preset)
-    has: `--preset finetune budget_seconds=90` trains for 90 s, not the preset's steps."""
-    assigned = {assignment.partition("=")[0] for assignment in assignments}
-    if lengths := assigned & LENGTH_FIELDS:
-        assignments = [f"{name}=0" for name in sorted(LENGTH_FIELDS - lengths)] + assignments
-    return with_assignments(base, assignments, _FIELD_TYPES)
+def parse_overrides(base: TrainConfig | None, assignments: list[str]) -> TrainConfig:
+    """`base` with "field=value" assignments applied, each value parsed by the field's type
+    (no `base`: the config of those fields and the defaults of the others). A run length given
+    (steps, epochs or budget_seconds) replaces the one `base` (a preset) has: `--preset finetune
+    budget_seconds=90` trains for 90 s, not the preset's steps."""
+    values = parse_assignments(assignments, _FIELD_TYPES)
+    if base is None:
+        return TrainConfig(**values)
+    if lengths := set(values) & LENGTH_FIELDS:
+        values = {name: 0 for name in LENGTH_FIELDS - lengths} | values
+    return dataclasses.replace(base, **values)
 
 
 def _long_warmup(warmup_steps: int, total_steps: int) -> str:

@@ -112,15 +112,15 @@ def describe(config_class: type, types: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def with_assignments(base: Any, assignments: list[str], types: dict[str, Any]) -> Any:
-    """The dataclass `base` with "field=value" assignments applied, each value parsed by the
-    field's declared type (`types`)."""
-    changes: dict[str, Any] = {}
+def parse_assignments(assignments: list[str], types: dict[str, Any]) -> dict[str, Any]:
+    """{field: value} from "field=value" assignments, each value parsed by the field's declared
+    type (`types`); ConfigError for an assignment without "=" or an unknown field."""
+    values: dict[str, Any] = {}
     for assignment in assignments:
         name, separator, text = assignment.partition("=")
         if not separator:
             raise ConfigError(f"expected field=value, got {shown(assignment)}")
         if name not in types:
             raise ConfigError(f"unknown field {shown(name)}; fields: {', '.join(sorted(types))}")
-        changes[name] = parse_value(text, types[name])
-    return dataclasses.replace(base, **changes)
+        values[name] = parse_value(text, types[name])
+    return values

@@ -6,6 +6,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from vitkit.errors import ConfigError
+from vitkit.models.checks import shown
 from vitkit.training.config import TrainConfig
 
 # The demo's first stage (vitkit demo): pre-train R+ViT-CIFAR/4 (the paper's hybrid with the
@@ -165,5 +167,5 @@ PRESETS: dict[str, TrainConfig] = {
 
 def get_preset(name: str) -> TrainConfig:
     if name not in PRESETS:
-        raise KeyError(f"unknown preset {name!r}; presets: {', '.join(PRESETS)}")
+        raise ConfigError(f"unknown preset {shown(name)}; presets: {', '.join(PRESETS)}")
     return PRESETS[name]
