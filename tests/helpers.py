@@ -25,6 +25,10 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tensorboard.backend.event_processing.event_accumulator import (
+    DEFAULT_SIZE_GUIDANCE,
+    EventAccumulator,
+)
 from torch import nn
 
 import vitkit
@@ -323,3 +327,19 @@ def screenshot_in_chromium(page: Path, image: Path, workdir: Path) -> Path:
         capture_output=True, text=True, timeout=120, check=True,
     )  # fmt: skip
     return image
+
+
+# Keep every event (the reader samples long series by default).
+EVERYTHING = {**DEFAULT_SIZE_GUIDANCE, "scalars": 0, "images": 0}
+
+
+def events(run: Path) -> EventAccumulator:
+    """A run folder's TensorBoard event files, read by TensorBoard's own reader."""
+    reader = EventAccumulator(str(run), size_guidance=EVERYTHING, purge_orphaned_data=True)
+    reader.Reload()
+    return reader
+
+
+def jsonl(run: Path) -> list[dict]:
+    """A run folder's metrics.jsonl records."""
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]

@@ -23,7 +23,9 @@ from helpers import (
     OFFICIAL_FIXTURE,
     SHARED,
     chromium,
+    events,
     images_loaded_in_chromium,
+    jsonl,
     screenshot_in_chromium,
 )
 
@@ -291,8 +293,13 @@ def test_demo_runs_the_three_stages(
                 Image.fromarray(pixels).save(folder / f"{index}.png")
     out = tmp_path / "demo"
     code, output, _ = run(capsys, "demo", "--data", tmp_path / "data", "--out", out,
-                          "--budget", "3")  # fmt: skip
+                          "--budget", "3", "--log", "tensorboard")  # fmt: skip
     assert code == 0, output
+    for stage in ("pretrain", "finetune", "finetune_at_pretrain_res"):  # TensorBoard's runs
+        losses = events(out / stage).Scalars("train/loss")
+        assert [event.step for event in losses] == [
+            record["step"] for record in jsonl(out / stage) if "loss" in record
+        ]
     summary = json.loads((out / "summary.json").read_text())
     assert {"top1", "top1_pretrain_res", "seconds"} <= set(summary)
     assert all(0 <= summary[key] <= 1 for key in ("top1", "top1_pretrain_res"))

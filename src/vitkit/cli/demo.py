@@ -32,8 +32,9 @@ def run(args: argparse.Namespace) -> int:
         f"{hardware} recipe"
     )
     summary = run_demo(
-        data, args.out, budget_seconds=args.budget, download=data == "cifar10", hardware=hardware
-    )
+        data, args.out, budget_seconds=args.budget, download=data == "cifar10", hardware=hardware,
+        log=args.log,
+    )  # fmt: skip
     if summary is None:  # Ctrl-C: the same command resumes
         return 0
     model = load_model(args.out / "finetune")
@@ -75,4 +76,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="recipe: cpu (R+ViT-CIFAR/4, fp32) or gpu (ViT-CIFAR-L/4, bf16, batch 512, "
         "Mixup/CutMix); auto picks gpu when CUDA is available",
     )
+    parser.add_argument(
+        "--log", choices=["jsonl", "tensorboard"], default="jsonl",
+        help="tensorboard: also TensorBoard event files in each stage's folder "
+        "(tensorboard --logdir OUT)",
+    )  # fmt: skip
     parser.set_defaults(run=run, command="demo")

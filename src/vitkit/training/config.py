@@ -31,12 +31,15 @@ from vitkit.training.fields import (
     field_problem,
     parse_assignments,
 )
+from vitkit.training.tensorboard_log import tensorboard_problem
 
 # The largest data_size: 8192 x 8192 is about the pixel limit of one image (data/images.py).
 MOST_DATA_SIZE = 8192
 # What a run that has started may resume with. Fields that say how to run, not what to compute,
 # may differ freely (e.g. sharded on 8 GPUs what one GPU started).
-EXECUTION_FIELDS = frozenset({"parallel", "activation_checkpointing", "dist_timeout_seconds"})
+EXECUTION_FIELDS = frozenset(
+    {"parallel", "activation_checkpointing", "dist_timeout_seconds", "log"}
+)
 # Fields `--force` may change: the checkpoints hold nothing that depends on them (the run's
 # length and schedule, optimiser hyperparameters, regularisation, augmentation, cadence, device).
 # The others define the model, the data order or the shapes of the saved optimiser/EMA/scaler
@@ -248,6 +251,11 @@ class TrainConfig:
         "steps between metric lines and progress-bar updates", 10, AT_LEAST_ONE
     )
     eval_every: int = described("steps between evaluations (0: only at the end)", 0, NON_NEGATIVE)
+    log: Literal["jsonl", "tensorboard"] = described(
+        "where metrics go: metrics.jsonl (always the record), or also TensorBoard event files "
+        "in the run folder with the figures as images (tensorboard --logdir runs/)",
+        "jsonl",
+    )
     report: bool = described(
         "at the end, write curves.png, the inspection figures (figures/) and report.html "
         "(an experiment's runs leave them to its own report)",
@@ -296,6 +304,8 @@ class TrainConfig:
 
     def _combination_problems(self) -> list[str]:
         problems = []
+        if self.log == "tensorboard" and (problem := tensorboard_problem()):
+            problems.append(problem)
         if self.micro_batch_size and self.batch_size % self.micro_batch_size:
             problems.append(
                 f"batch_size {self.batch_size} is not a multiple of micro_batch_size "

@@ -42,6 +42,7 @@ def stage_configs(
     *,
     download: bool = False,
     hardware: Literal["cpu", "gpu"] = "cpu",
+    log: Literal["jsonl", "tensorboard"] = "jsonl",
 ) -> dict[str, TrainConfig]:
     """The three stages' configs: pre-training, fine-tuning at 32 px, fine-tuning at 16 px."""
     pretrain_preset, finetune_preset = STAGE_PRESETS[hardware]
@@ -50,6 +51,7 @@ def stage_configs(
         data=data,
         download=download,
         budget_seconds=PRETRAIN_SHARE * budget_seconds,
+        log=log,
     )
     finetune = dataclasses.replace(
         get_preset(finetune_preset),
@@ -57,6 +59,7 @@ def stage_configs(
         download=download,
         init=str(out / "pretrain"),
         budget_seconds=FINETUNE_SHARE * budget_seconds,
+        log=log,
     )
     return {
         "pretrain": pretrain,
@@ -72,13 +75,14 @@ def run_demo(
     budget_seconds: float,
     download: bool = False,
     hardware: Literal["cpu", "gpu"] = "cpu",
+    log: Literal["jsonl", "tensorboard"] = "jsonl",
 ) -> dict[str, Any] | None:
     """Run (or resume) the three stages in `out`, write `out/summary.json` and return it; None
     when Ctrl-C stopped a stage (the same call resumes it)."""
     out = Path(out)
     start = time.perf_counter()
     results = {}
-    stages = stage_configs(data, out, budget_seconds, download=download, hardware=hardware)
+    stages = stage_configs(data, out, budget_seconds, download=download, hardware=hardware, log=log)
     for name, config in stages.items():
         print(f"\n== {name}: {config.resolution} px, about {config.budget_seconds:.0f} s ==")
         results[name] = train(config, out / name)

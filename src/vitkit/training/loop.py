@@ -30,6 +30,7 @@ from vitkit.training.state import Checkpoints, TrainState
 from vitkit.training.step import TrainStep
 from vitkit.training.summary import TrainSummary
 from vitkit.training.tasks import TASKS
+from vitkit.training.tensorboard_log import TensorBoardLog
 from vitkit.training.validation import VALIDATION
 from vitkit.weights.native import save_pretrained
 
@@ -55,7 +56,7 @@ class Run:
         or a Ctrl-C."""
         config, world, state = self.config, self.world, self.state
         stop = StopRequest()
-        metrics = self.run_dir.metrics(enabled=world.is_main)
+        metrics = self.open_metrics(first_step=state.step + 1)
         clock, window = Stopwatch(state.elapsed), Stopwatch(0.0)  # run time, log window time
         window_images = 0
         batches = self.batches(state.step)
@@ -90,6 +91,14 @@ class Run:
             progress.close()
             metrics.close()
         return self.finish()
+
+    def open_metrics(self, *, first_step: int) -> Metrics:
+        """metrics.jsonl, written by rank 0; with log=tensorboard also TensorBoard's event
+        files, which drop what an earlier process logged from `first_step` on."""
+        mirror = None
+        if self.world.is_main and self.config.log == "tensorboard":
+            mirror = TensorBoardLog(self.run_dir.path, first_step=first_step)
+        return self.run_dir.metrics(enabled=self.world.is_main, mirror=mirror)
 
     def batches(
         self, step: int
@@ -211,7 +220,7 @@ class Run:
             if evaluation is not None:
                 atomic_write_json(self.run_dir.path / EVAL_NAME, evaluation)
             if evaluation is not None:
-                metrics = self.run_dir.metrics(enabled=True)
+                metrics = self.open_metrics(first_step=self.state.step + 1)
                 top1, split = evaluation["top1"], evaluation["split"]
                 metrics.write({"step": self.state.step, "seconds": summary.seconds,
                                "top1": top1, "split": split})  # fmt: skip

@@ -26,7 +26,7 @@ import socket
 import stat
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO
 
 from vitkit.errors import TrainingError
 from vitkit.io import (
@@ -224,9 +224,10 @@ class RunDir:
         with self.writing():
             atomic_write_text(path, "".join(line + "\n" for line in kept))
 
-    def metrics(self, *, enabled: bool) -> Metrics:
-        """The metrics.jsonl writer (a no-op where `enabled` is False: ranks other than 0)."""
-        return Metrics(self, enabled=enabled)
+    def metrics(self, *, enabled: bool, mirror: MetricsMirror | None = None) -> Metrics:
+        """The metrics.jsonl writer (a no-op where `enabled` is False: ranks other than 0),
+        which also hands each record to `mirror` (TensorBoard's event files)."""
+        return Metrics(self, enabled=enabled, mirror=mirror)
 
     def metric_records(self) -> list[dict[str, Any]]:
         """The records of metrics.jsonl, oldest first; TrainingError naming the first line that
@@ -289,12 +290,23 @@ class RunDir:
             atomic_write_json(self.path / SUMMARY_NAME, summary.to_json())
 
 
+class MetricsMirror(Protocol):
+    """Another view of the metric records than metrics.jsonl (`TensorBoardLog`)."""
+
+    def write(self, record: dict[str, Any]) -> None: ...
+
+    def close(self) -> None: ...
+
+
 class Metrics:
     """metrics.jsonl, one JSON record a line, flushed at once so that a killed run keeps every
-    line it logged."""
+    line it logged; each record also goes to the mirror, if any."""
 
-    def __init__(self, run_dir: RunDir, *, enabled: bool) -> None:
+    def __init__(
+        self, run_dir: RunDir, *, enabled: bool, mirror: MetricsMirror | None = None
+    ) -> None:
         self._run_dir = run_dir
+        self._mirror = mirror if enabled else None
         self._file: TextIO | None = None
         if enabled:
             with run_dir.writing():
@@ -308,7 +320,11 @@ class Metrics:
             with self._run_dir.writing():
                 self._file.write(json.dumps(record) + "\n")
                 self._file.flush()
+                if self._mirror is not None:
+                    self._mirror.write(record)
 
     def close(self) -> None:
         if self._file is not None:
             self._file.close()
+        if self._mirror is not None:
+            self._mirror.close()

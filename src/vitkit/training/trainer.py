@@ -32,6 +32,7 @@ from vitkit.training.planner import Plan, calibrate, first_plan, resumed_plan
 from vitkit.training.run_dir import RunDir
 from vitkit.training.state import Checkpoints
 from vitkit.training.summary import TrainSummary
+from vitkit.training.tensorboard_log import TensorBoardLog
 
 
 def train(
@@ -62,6 +63,10 @@ def train(
                         )
                     for what, path in outputs.items():
                         print(f"{what}: {path}")
+                    if config.log == "tensorboard" and not isinstance(run, TrainSummary):
+                        figures = TensorBoardLog(run_dir.path, first_step=summary.steps + 1)
+                        figures.add_figures(run_dir.path, step=summary.steps)
+                        figures.close()
                 return summary
 
 
