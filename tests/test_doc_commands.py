@@ -1,0 +1,141 @@
+"""The docs' code runs: every command of the bash blocks and every Python block in README.md and
+docs/*.md, in a folder laid out as the pages assume, so that a page cannot go stale unnoticed.
+
+The folder holds stand-ins for what a reader has: `my-images/` (a user's folder: mixed sizes,
+PNG and JPEG, unicode class names, a stray text file, no test split), `photo.jpg`, a demo run in
+`runs/demo/finetune` (a tiny model) and a small CIFAR-10 tarball at
+`../shared/data/cifar10-jpg.tar.gz`. Training commands get `steps=2` added; nothing else is
+changed. The blocks that cannot run here are listed in NOT_RUN, each with why and where what it
+shows is tested instead; a block neither run nor listed fails the test.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+FENCE = re.compile(r"^( *)```(\w+)\n(.*?)^\1```$", re.MULTILINE | re.DOTALL)
+
+# (page, first line of the block) -> why it is not run here, and where it is tested instead.
+NOT_RUN = {
+    ("README.md", "bash scripts/demo.sh"): "the 15-minute demo itself; run before every "
+    "release in a fresh clone (RESULTS.md) and in miniature by test_cli.py",
+    ("README.md", "import torch"): "downloads Google's ViT-B/16 (330 MB); load_model's path "
+    "is tested on Google's own fixture (test_google_checkpoint.py)",
+    ("docs/models.md", "import torch"): "needs Google's ViT-B_16.npz (330 MB); the same calls "
+    "run on Google's own fixture in test_google_checkpoint.py",
+    ("docs/weights.md", "import vitkit"): "needs Google's ViT-B_16.npz (330 MB)",
+    ("docs/weights.md", 'model = vitkit.load_model("ViT-B/16@i21k+in1k-384")'): "downloads "
+    "from Google and the Hugging Face hub; the downloads are tested against a server on "
+    "127.0.0.1 (test_download.py, test_hostile_download.py)",
+    ("docs/training.md", "vitkit train --preset demo-pretrain"): "its last command fine-tunes "
+    "Google's ViT-B_16.npz (330 MB); the demo's two stages run in test_cli.py",
+    ("docs/training.md", "# run.yaml"): "fine-tunes Google's ViT-B_16.npz (330 MB); config "
+    "files are tested in test_config_file.py",
+    ("docs/experiments.md", "vitkit experiment resolution"): "each experiment runs end to end, "
+    "shortened, in test_experiments.py",
+    ("docs/data.md", "import torch"): "downloads CIFAR-10 and streams shards from a "
+    "host; both are tested against a server on 127.0.0.1 (test_cifar.py, test_shards.py)",
+}
+# Pages whose commands another test runs from the page itself.
+RUN_ELSEWHERE = {"docs/distributed.md": "test_distributed.py runs its torchrun commands"}
+
+
+@dataclass(frozen=True)
+class Block:
+    page: str
+    language: str
+    text: str
+
+    @property
+    def first_line(self) -> str:
+        return self.text.strip().splitlines()[0]
+
+    def key(self) -> tuple[str, str]:
+        return self.page, self.first_line
+
+
+def blocks() -> list[Block]:
+    """The bash, python and yaml blocks of every page (text blocks show output: not code)."""
+    found = []
+    for page in PAGES:
+        for match in FENCE.finditer(page.read_text(encoding="utf-8")):
+            indent, language, text = match.groups()
+            if language in ("bash", "python", "yaml"):
+                lines = [line.removeprefix(indent) for line in text.splitlines()]
+                found.append(Block(str(page.relative_to(ROOT)), language, "\n".join(lines)))
+    return found
+
+
+def listed(block: Block) -> tuple[str, str] | None:
+    """The NOT_RUN entry of `block`, if any."""
+    matching = [key for key in NOT_RUN if key[0] == block.page]
+    return next((key for key in matching if block.first_line.startswith(key[1])), None)
+
+
+def commands(block: Block) -> list[list[str]]:
+    """The block's commands, continuation lines joined and comments dropped."""
+    joined = block.text.replace("\\\n", " ")
+    return [words for line in joined.splitlines() if (words := shlex.split(line, comments=True))]
+
+
+def test_every_block_is_run_or_listed_with_a_reason() -> None:
+    every = blocks()
+    assert len(every) >= 12
+    stale = set(NOT_RUN) - {listed(block) for block in every}
+    assert not stale, f"NOT_RUN names blocks the pages no longer have: {stale}"
+    assert set(RUN_ELSEWHERE) <= {block.page for block in every}
+
+
+@pytest.fixture(scope="module")
+def reader_folder(
+    tmp_path_factory: pytest.TempPathFactory, user_folder_flat: Path, cifar_subset: Path
+) -> Path:
+    """project/ beside shared/data/cifar10-jpg.tar.gz, with my-images/, photo.jpg and
+    runs/demo/finetune; returns project/."""
+    root = tmp_path_factory.mktemp("reader")
+    project = root / "project"
+    shutil.copytree(user_folder_flat, project / "my-images")
+    photo = next((project / "my-images").rglob("*.jpg"))
+    shutil.copyfile(photo, project / "photo.jpg")
+    tarball = root / "shared" / "data" / "cifar10-jpg.tar.gz"
+    tarball.parent.mkdir(parents=True)
+    with tarfile.open(tarball, "w:gz") as archive:
+        for split in ("train", "test"):
+            archive.add(cifar_subset / split, arcname=split)
+    run_in(project, ["vitkit", "train", "--preset", "tiny", "--data", str(tarball),
+                     "--out", "runs/demo/finetune", "resolution=32", "steps=2"])  # fmt: skip
+    return project
+
+
+def run_in(folder: Path, words: list[str]) -> None:
+    if words[0] == "vitkit":
+        words = [sys.executable, "-m", "vitkit", *words[1:]]
+        if words[3] == "train":
+            words.append("steps=2")
+    completed = subprocess.run(words, cwd=folder, capture_output=True, text=True, timeout=600)
+    assert completed.returncode == 0, f"{shlex.join(words)}:\n{completed.stderr[-3000:]}"
+
+
+RUN = [block for block in blocks() if not listed(block) and block.page not in RUN_ELSEWHERE]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("block", RUN, ids=[f"{b.page}:{b.first_line[:40]}" for b in RUN])
+def test_the_block_runs(block: Block, reader_folder: Path, cache_in_tmp: None) -> None:
+    if block.language == "python":
+        run_in(reader_folder, [sys.executable, "-c", block.text])
+    else:
+        for words in commands(block):
+            if words[:2] != ["bash", "scripts/test.sh"]:  # this suite
+                run_in(reader_folder, words)
