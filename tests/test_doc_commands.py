@@ -3,10 +3,12 @@ docs/*.md, in a folder laid out as the pages assume, so that a page cannot go st
 
 The folder holds stand-ins for what a reader has: `my-images/` (a user's folder: mixed sizes,
 PNG and JPEG, unicode class names, a stray text file, no test split), `photo.jpg`, a demo run in
-`runs/demo/finetune` (a tiny model) and a small CIFAR-10 tarball at
-`../shared/data/cifar10-jpg.tar.gz`. Training commands get `steps=2` added; nothing else is
-changed. The blocks that cannot run here are listed in NOT_RUN, each with why and where what it
-shows is tested instead; a block neither run nor listed fails the test.
+`runs/demo/finetune` (a tiny model), a small CIFAR-10 tarball at
+`../shared/data/cifar10-jpg.tar.gz`, and `ViT-B_16.npz`: a ViT-B/16 of random weights in Google's
+layout, also served as Google's ViT-B/16@i21k by a file:// mirror ($VITKIT_WEIGHTS_URL). Training
+commands get `steps=2` added; nothing else is changed. The blocks that cannot run here are
+listed in NOT_RUN, each with why and where what it shows is tested instead; a block neither run
+nor listed fails the test.
 """
 
 from __future__ import annotations
@@ -22,6 +24,9 @@ from pathlib import Path
 
 import pytest
 
+import vitkit
+from vitkit.weights.export import export_model
+
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 FENCE = re.compile(r"^( *)```(\w+)\n(.*?)^\1```$", re.MULTILINE | re.DOTALL)
@@ -30,18 +35,13 @@ FENCE = re.compile(r"^( *)```(\w+)\n(.*?)^\1```$", re.MULTILINE | re.DOTALL)
 NOT_RUN = {
     ("README.md", "bash scripts/demo.sh"): "the 15-minute demo itself; run before every "
     "release in a fresh clone (RESULTS.md) and in miniature by test_cli.py",
-    ("README.md", "import torch"): "downloads Google's ViT-B/16 (330 MB); load_model's path "
-    "is tested on Google's own fixture (test_google_checkpoint.py)",
-    ("docs/models.md", "import torch"): "needs Google's ViT-B_16.npz (330 MB); the same calls "
-    "run on Google's own fixture in test_google_checkpoint.py",
-    ("docs/weights.md", "import vitkit"): "needs Google's ViT-B_16.npz (330 MB)",
     ("docs/weights.md", 'model = vitkit.load_model("ViT-B/16@i21k+in1k-384")'): "downloads "
-    "from Google and the Hugging Face hub; the downloads are tested against a server on "
+    "ViT-L/16 (1.2 GB) and from the Hugging Face hub; downloads are tested against a server on "
     "127.0.0.1 (test_download.py, test_hostile_download.py)",
-    ("docs/training.md", "vitkit train --preset demo-pretrain"): "its last command fine-tunes "
-    "Google's ViT-B_16.npz (330 MB); the demo's two stages run in test_cli.py",
-    ("docs/training.md", "# run.yaml"): "fine-tunes Google's ViT-B_16.npz (330 MB); config "
-    "files are tested in test_config_file.py",
+    ("docs/training.md", "vitkit train --preset demo-pretrain"): "its third command downloads "
+    "CIFAR-10 and trains a ViT-B/16 at 384 px; the demo's two stages run in test_cli.py",
+    ("docs/training.md", "# run.yaml"): "trains a ViT-B/16 at 224 px (about a minute a step "
+    "here); config files are tested in test_config_file.py",
     ("docs/experiments.md", "vitkit experiment resolution"): "each experiment runs end to end, "
     "shortened, in test_experiments.py",
     ("docs/data.md", "import torch"): "downloads CIFAR-10 and streams shards from a "
@@ -98,11 +98,11 @@ def test_every_block_is_run_or_listed_with_a_reason() -> None:
 
 
 @pytest.fixture(scope="module")
-def reader_folder(
+def reader_template(
     tmp_path_factory: pytest.TempPathFactory, user_folder_flat: Path, cifar_subset: Path
 ) -> Path:
-    """project/ beside shared/data/cifar10-jpg.tar.gz, with my-images/, photo.jpg and
-    runs/demo/finetune; returns project/."""
+    """project/ (my-images/, photo.jpg, runs/demo/finetune, ViT-B_16.npz), beside
+    shared/data/cifar10-jpg.tar.gz and mirror/ (Google's bucket layout); returns the root."""
     root = tmp_path_factory.mktemp("reader")
     project = root / "project"
     shutil.copytree(user_folder_flat, project / "my-images")
@@ -114,8 +114,26 @@ def reader_folder(
         for split in ("train", "test"):
             archive.add(cifar_subset / split, arcname=split)
     run_in(project, ["vitkit", "train", "--preset", "tiny", "--data", str(tarball),
-                     "--out", "runs/demo/finetune", "resolution=32", "steps=2"])  # fmt: skip
-    return project
+                     "--out", "runs/demo/finetune", "resolution=32"])  # fmt: skip
+    b16 = vitkit.create_model("ViT-B/16", num_classes=21843, representation_size=768, gelu="tanh")
+    export_model(b16, project / "ViT-B_16.npz", to="npz")
+    (root / "mirror" / "imagenet21k").mkdir(parents=True)
+    (root / "mirror" / "imagenet21k" / "ViT-B_16.npz").symlink_to(project / "ViT-B_16.npz")
+    return root
+
+
+@pytest.fixture
+def reader_folder(reader_template: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A copy of the template for one test (the big file linked), with the mirror and caches
+    set; returns project/."""
+    root = tmp_path / "reader"
+    shutil.copytree(reader_template, root, symlinks=True,
+                    ignore=lambda folder, names: ["ViT-B_16.npz"] if folder.endswith("project")
+                    else [])  # fmt: skip
+    (root / "project" / "ViT-B_16.npz").symlink_to(reader_template / "project" / "ViT-B_16.npz")
+    monkeypatch.setenv("VITKIT_WEIGHTS_URL", (root / "mirror").as_uri())
+    monkeypatch.setenv("VITKIT_CACHE", str(tmp_path / "cache"))
+    return root / "project"
 
 
 def run_in(folder: Path, words: list[str]) -> None:
@@ -132,7 +150,7 @@ RUN = [block for block in blocks() if not listed(block) and block.page not in RU
 
 @pytest.mark.slow
 @pytest.mark.parametrize("block", RUN, ids=[f"{b.page}:{b.first_line[:40]}" for b in RUN])
-def test_the_block_runs(block: Block, reader_folder: Path, cache_in_tmp: None) -> None:
+def test_the_block_runs(block: Block, reader_folder: Path) -> None:
     if block.language == "python":
         run_in(reader_folder, [sys.executable, "-c", block.text])
     else:
