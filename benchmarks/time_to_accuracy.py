@@ -49,7 +49,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import timm
@@ -107,25 +107,31 @@ def load_test_set(folder: Path) -> TestSet:
     return TestSet(torch.stack(images), torch.tensor(labels), dataset.classes)
 
 
+def normalised_batches(
+    test: TestSet, resolution: int, mean, std, batch: int = 500
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(images, labels) of the test set in batches, resized to `resolution` and normalised."""
+    mean, std = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
+    for start in range(0, len(test.labels), batch):
+        images = test.images[start : start + batch]
+        if images.shape[-1] != resolution:
+            images = F.interpolate(images, size=(resolution, resolution), mode="bilinear",
+                                   antialias=True, align_corners=False)  # fmt: skip
+        yield (images - mean) / std, test.labels[start : start + batch]
+
+
 def score(model: nn.Module, test: TestSet, resolution: int, mean, std,
           columns: list[int] | None = None) -> dict[str, float]:  # fmt: skip
     """Top-1 of `model` on the test set, flip-averaged and single-view, by one pipeline for all
     arms. `columns`: which logit is which of `test.classes` (None: the same order)."""
     model.eval()
-    mean, std = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
     right = right_flipped = 0
     with torch.inference_mode():
-        for start in range(0, len(test.labels), 500):
-            images = test.images[start : start + 500]
-            if images.shape[-1] != resolution:
-                images = F.interpolate(images, size=(resolution, resolution), mode="bilinear",
-                                       antialias=True, align_corners=False)  # fmt: skip
-            images = (images - mean) / std
+        for images, labels in normalised_batches(test, resolution, mean, std):
             logits = model(images)
             both = logits + model(images.flip(-1))
             if columns is not None:
                 logits, both = logits[:, columns], both[:, columns]
-            labels = test.labels[start : start + 500]
             right += (logits.argmax(1) == labels).sum().item()
             right_flipped += (both.argmax(1) == labels).sum().item()
     model.train()
