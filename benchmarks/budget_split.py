@@ -20,7 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from resolution_seeds import RESULTS, train
+from resolution_seeds import train
+from results import append_to_results
 
 
 def main() -> None:
@@ -61,8 +62,7 @@ def main() -> None:
     ])  # fmt: skip
     print(table)
     if args.write:
-        with RESULTS.open("a") as results:
-            results.write("\n" + table + "\n")
+        append_to_results(table)
 
 
 if __name__ == "__main__":

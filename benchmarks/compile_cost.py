@@ -28,9 +28,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from results import append_to_results
+
 from vitkit.devices import describe_machine
 
-RESULTS = Path(__file__).with_name("RESULTS.md")
 FIRST_STEP = re.compile(r"torch\.compile: first step ([\d.]+) s")
 
 
@@ -91,8 +92,7 @@ def main() -> None:
     table = header + "\n".join(lines) + "\n"
     print(table)
     if args.write:
-        with RESULTS.open("a") as file:
-            file.write(table)
+        append_to_results(table)
 
 
 if __name__ == "__main__":

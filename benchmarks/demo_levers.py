@@ -37,6 +37,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from pipeline import TARBALL, extract_split
+from results import append_to_results
 from time_to_accuracy import TestSet, load_test_set, normalised_batches, warm_vitkit_cache
 
 from vitkit.cli.demo import DEFAULT_BUDGET_SECONDS
@@ -47,7 +48,6 @@ from vitkit.training.demo import stage_configs
 from vitkit.training.trainer import train
 from vitkit.weights import load_model
 
-RESULTS = Path(__file__).with_name("RESULTS.md")
 # Steps per second of the demo's stages limited to AVX2: 2,870 in 466 s at 16 px and 302 in
 # 154 s at 32 px (RESULTS.md, "The demo as an AVX2-only CPU runs it").
 AVX2_RATES = (2870 / 466, 302 / 154)
@@ -180,8 +180,7 @@ def main() -> None:
                 print(json.dumps(record[key]), flush=True)
     text = report(record, "python " + " ".join(sys.argv))
     if args.write:
-        with RESULTS.open("a") as results:
-            results.write("\n" + text + "\n")
+        append_to_results(text)
     print("\n" + text)
 
 

@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import torch
+from results import append_to_results
 
 # name -> field overrides of the demo-pretrain preset (800 steps = 2 epochs at batch 128); each
 # row names every field it was measured with that differs from the preset now (the earlier rows
@@ -74,7 +75,6 @@ ROWS: dict[str, list[str]] = {
     "shallow-wide-800": ["model_fields=width=192,depth=3,mlp_dim=384,num_heads=6", "steps=800"],
     "mlp4-800": ["model_fields=mlp_dim=512,depth=4", "steps=800"],
 }
-RESULTS = Path(__file__).with_name("RESULTS.md")
 
 
 def run_row(name: str, overrides: list[str], data: str, out: Path) -> dict:
@@ -118,8 +118,7 @@ def main() -> None:
     table = header + "\n".join(lines) + "\n"
     print(table)
     if args.write:
-        with RESULTS.open("a") as file:
-            file.write(table)
+        append_to_results(table)
 
 
 if __name__ == "__main__":

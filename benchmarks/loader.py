@@ -29,6 +29,7 @@ from datetime import date
 from pathlib import Path
 
 import torch
+from results import append_to_results
 from torch.utils.data import DataLoader
 from torchvision import datasets
 from torchvision import transforms as T
@@ -146,10 +147,7 @@ def main() -> None:
     ]
     print("\n".join(lines))
     if not args.no_write:
-        results = Path(__file__).with_name("RESULTS.md")
-        header = "" if results.exists() else "# Benchmark results\n\n"
-        with results.open("a") as file:
-            file.write(header + "\n".join(lines) + "\n")
+        append_to_results("\n".join(lines))
 
 
 if __name__ == "__main__":

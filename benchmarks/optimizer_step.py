@@ -22,10 +22,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 import torch
 from pipeline import machine
+from results import append_to_results
 
 from vitkit import devices
 from vitkit.training import build
@@ -33,7 +33,6 @@ from vitkit.training.distributed import World
 from vitkit.training.presets import get_preset
 from vitkit.training.run_dir import RunDir
 
-RESULTS = Path(__file__).with_name("RESULTS.md")
 AVX2_ONLY = {
     "ONEDNN_MAX_CPU_ISA": "AVX2",
     "MKL_ENABLE_INSTRUCTIONS": "AVX2",
@@ -111,8 +110,7 @@ def main() -> None:
     table = "\n".join(lines)
     print(table)
     if args.write:
-        with RESULTS.open("a") as results:
-            results.write("\n" + table + "\n")
+        append_to_results(table)
 
 
 if __name__ == "__main__":

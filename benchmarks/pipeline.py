@@ -36,6 +36,7 @@ from pathlib import Path
 import timm.optim
 import torch
 import torch.nn.functional as F
+from results import append_to_results
 from speed import timm_twin
 from torch.utils.data import DataLoader
 from torchvision import datasets
@@ -48,7 +49,6 @@ from vitkit.training.presets import get_preset
 from vitkit.training.run_dir import RunDir
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = Path(__file__).with_name("RESULTS.md")
 TARBALL = ROOT.parent / "shared" / "data" / "cifar10-jpg.tar.gz"
 
 
@@ -179,8 +179,7 @@ def main() -> None:
     table = format_table(blocks, args, batch, device)
     print(table)
     if args.write:
-        with RESULTS.open("a") as results:
-            results.write("\n" + table + "\n")
+        append_to_results(table)
 
 
 def format_table(

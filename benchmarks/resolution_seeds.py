@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-RESULTS = Path(__file__).with_name("RESULTS.md")
+from results import append_to_results
 
 
 def train(preset: str, data: str, out: Path, *fields: str) -> float:
@@ -75,8 +75,7 @@ def main() -> None:
     ])  # fmt: skip
     print(table)
     if args.write:
-        with RESULTS.open("a") as results:
-            results.write("\n" + table + "\n")
+        append_to_results(table)
 
 
 if __name__ == "__main__":

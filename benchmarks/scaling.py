@@ -33,6 +33,7 @@ from datetime import date
 from pathlib import Path
 
 import torch
+from results import append_to_results
 
 from vitkit.data.sources import open_dataset
 from vitkit.training.config import parse_overrides
@@ -135,8 +136,7 @@ def main() -> None:
     ]
     print("\n".join(lines))
     if not args.no_write:
-        with Path(__file__).with_name("RESULTS.md").open("a") as file:
-            file.write("\n".join(lines) + "\n")
+        append_to_results("\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -39,6 +39,7 @@ import timm
 import timm.optim
 import torch
 import torch.nn.functional as F
+from results import append_to_results
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
@@ -49,7 +50,6 @@ from vitkit.training.config import TrainConfig
 from vitkit.training.optim import build_optimizer, clip_gradients
 from vitkit.weights.timm import TIMM_MODEL_NAME, timm_model_kwargs, timm_to_vitkit
 
-RESULTS = Path(__file__).with_name("RESULTS.md")
 TASKS = ("infer1", "infer", "train")
 TASK_NAMES = {"infer1": "inference, batch 1", "infer": "inference", "train": "training step"}
 LR, WEIGHT_DECAY, NUM_CLASSES = 1e-3, 0.05, 10
@@ -530,8 +530,7 @@ def main() -> None:
         table = profile_step(next(row for row in ROWS if row.key == args.profile), device)
         print(table)
         if args.write:
-            with RESULTS.open("a") as file:
-                file.write(table)
+            append_to_results(table)
         return
 
     peaks = {name: matmul_peak(DTYPES[name], device, args.repeats) for name in args.dtypes}
@@ -569,8 +568,7 @@ def main() -> None:
         table += pipeline(args, device)
     print(table)
     if args.write:
-        with RESULTS.open("a") as file:
-            file.write(table)
+        append_to_results(table)
 
 
 if __name__ == "__main__":

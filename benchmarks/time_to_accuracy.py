@@ -58,6 +58,7 @@ import timm.scheduler
 import torch
 import torch.nn.functional as F
 from pipeline import TARBALL, extract_split
+from results import append_to_results
 from speed import timm_twin
 from torch import nn
 from torch.utils.data import DataLoader
@@ -71,7 +72,6 @@ from vitkit.training.demo import FINETUNE_SHARE, PRETRAIN_SHARE, stage_configs
 from vitkit.training.trainer import train
 from vitkit.weights import load_model
 
-RESULTS = Path(__file__).with_name("RESULTS.md")
 # omihub777/ViT-CIFAR's recipe (its README's hyperparameter table and its data pipeline).
 RECIPE = dict(lr=1e-3, lr_min=1e-5, weight_decay=5e-5, batch_size=128, warmup=5 / 200,
               label_smoothing=0.1)  # fmt: skip
@@ -330,8 +330,7 @@ def main() -> None:
                 atomic_write_json(record_path, record)
     report, _ = comparison(record, "python " + " ".join(sys.argv))
     if args.write:
-        with RESULTS.open("a") as results:
-            results.write("\n" + report + "\n")
+        append_to_results(report)
     print("\n" + report)
 
 
