@@ -5,8 +5,9 @@ Per seed: `demo-pretrain` for --pretrain steps, then two `demo-finetune` runs fr
 --finetune steps and at 16 px for --finetune x --step-ratio steps. The step ratio stands for equal
 time: a 32 px step of the demo's model costs about 4.3 16 px steps (the demo's own stages: 284
 and 1212 steps in 155 s each, benchmarks/RESULTS.md). Fixed steps make each run's accuracy
-independent of the machine's speed and load. Prints per-seed top-1, the paired difference and
-its mean and standard deviation; --write appends the table to RESULTS.md.
+independent of the machine's speed and load. Prints per-seed top-1 and the paired difference
+with its confidence interval (`vitkit.experiments.statistics`, as the experiments report it);
+--write appends the table to RESULTS.md.
 
     .venv/bin/python benchmarks/resolution_seeds.py --data ../shared/data/cifar10-jpg.tar.gz
 """
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -23,6 +23,8 @@ import time
 from pathlib import Path
 
 from results import append_to_results
+
+from vitkit.experiments.statistics import PairedDifference
 
 
 def train(preset: str, data: str, out: Path, *fields: str) -> float:
@@ -43,7 +45,7 @@ def main() -> None:
     parser.add_argument("--write", action="store_true", help="append the table to RESULTS.md")
     args = parser.parse_args()
     low_steps = round(args.finetune * args.step_ratio)
-    rows, gains = [], []
+    rows, highs, lows = [], [], []
     with tempfile.TemporaryDirectory() as folder:
         for seed in args.seeds:
             root = Path(folder) / f"seed{seed}"
@@ -54,10 +56,10 @@ def main() -> None:
                          f"steps={args.finetune}", f"seed={seed}")  # fmt: skip
             low = train("demo-finetune", args.data, root / "low", init, "resolution=16",
                         f"steps={low_steps}", f"seed={seed}")  # fmt: skip
-            gains.append(high - low)
+            highs.append(high)
+            lows.append(low)
             rows.append(f"| {seed} | {pre:.2%} | {high:.2%} | {low:.2%} | {high - low:+.2%} |")
             print(rows[-1], flush=True)
-    spread = statistics.stdev(gains) if len(gains) > 1 else float("nan")
     table = "\n".join([
         f"## The demo's claim over seeds (fixed steps), {time.strftime('%Y-%m-%d')}",
         "",
@@ -70,8 +72,7 @@ def main() -> None:
         "| ---: | ---: | ---: | ---: | ---: |",
         *rows,
         "",
-        f"Paired difference: mean {statistics.mean(gains):+.2%}, standard deviation "
-        f"{spread:.2%} over {len(gains)} seeds.",
+        f"Paired difference, 32 px - 16 px: {PairedDifference.of(highs, lows).percent()}.",
     ])  # fmt: skip
     print(table)
     if args.write:
