@@ -24,7 +24,7 @@ from vitkit.experiments.record import ExperimentRecord
 from vitkit.experiments.statistics import PairedDifference, Spread
 from vitkit.training.trainer import train
 
-from helpers import images_loaded_in_chromium, tiny
+from helpers import events, images_loaded_in_chromium, jsonl, tiny
 
 pytestmark = pytest.mark.usefixtures("cache_in_tmp")
 
@@ -196,10 +196,12 @@ def test_the_data_scale_experiment_end_to_end(image_tree: Path, tmp_path: Path) 
     verdict computed from those numbers, both plots loading in Chromium."""
     out = tmp_path / "experiment"
     assert main(["experiment", "data-scale", "--data", str(image_tree), "--out", str(out),
-                 "--budget", "1", "--hardware", "cpu", "--set", "batch_size=4"]) == 0  # fmt: skip
+                 "--budget", "1", "--hardware", "cpu", "--set", "batch_size=4",
+                 "--set", "log=tensorboard"]) == 0  # fmt: skip
     record = json.loads((out / "experiment.json").read_text())
     assert record["settings"]["seeds"] == [0] and record["settings"]["overrides"] == [
-        "batch_size=4"
+        "batch_size=4",
+        "log=tensorboard",
     ]
     models = ["BiT-R26-CIFAR", "ViT-CIFAR-4", "R+ViT-CIFAR-4"]
     fractions = ["0.1", "0.25", "0.5", "1"]
@@ -208,6 +210,9 @@ def test_the_data_scale_experiment_end_to_end(image_tree: Path, tmp_path: Path) 
         saved = json.loads((out / "runs" / key / "train_config.json").read_text())
         assert saved["requested"]["train_fraction"] == float(key.split("/")[2])
         assert saved["requested"]["batch_size"] == 4
+        run = out / "runs" / key  # TensorBoard's view of the run: its metrics.jsonl losses
+        losses = [(event.step, event.value) for event in events(run).Scalars("train/loss")]
+        assert losses == [(r["step"], pytest.approx(r["loss"])) for r in jsonl(run) if "loss" in r]
     top1 = {m: [record["runs"][f"seed0/{m}/{f}"]["top1"] for f in fractions] for m in models}
     first = (top1["BiT-R26-CIFAR"][0] - top1["ViT-CIFAR-4"][0]) * 100
     last = (top1["BiT-R26-CIFAR"][-1] - top1["ViT-CIFAR-4"][-1]) * 100
