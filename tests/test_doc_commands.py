@@ -40,8 +40,8 @@ NOT_RUN = {
     "127.0.0.1 (test_download.py, test_hostile_download.py)",
     ("docs/training.md", "vitkit train --preset demo-pretrain"): "its third command downloads "
     "CIFAR-10 and trains a ViT-B/16 at 384 px; the demo's two stages run in test_cli.py",
-    ("docs/training.md", "# run.yaml"): "trains a ViT-B/16 at 224 px (about a minute a step "
-    "here); config files are tested in test_config_file.py",
+    ("docs/training.md", "# run.yaml"): "trains a ViT-B/16 at 224 px, too slow "
+    "for a CPU test; config files are tested in test_config_file.py",
     ("docs/experiments.md", "vitkit experiment resolution"): "each experiment runs end to end, "
     "shortened, in test_experiments.py",
     ("docs/data.md", "import torch"): "downloads CIFAR-10 and streams shards from a "
