@@ -293,7 +293,7 @@ def test_demo_runs_the_three_stages(
                 Image.fromarray(pixels).save(folder / f"{index}.png")
     out = tmp_path / "demo"
     code, output, _ = run(capsys, "demo", "--data", tmp_path / "data", "--out", out,
-                          "--budget", "3", "--log", "tensorboard")  # fmt: skip
+                          "--budget", "3", "--set", "log=tensorboard")  # fmt: skip
     assert code == 0, output
     for stage in ("pretrain", "finetune", "finetune_at_pretrain_res"):  # TensorBoard's runs
         losses = events(out / stage).Scalars("train/loss")
@@ -321,6 +321,14 @@ def test_demo_runs_the_three_stages(
         assert loaded == {"images": 8, "loaded": 8}, loaded  # 3 curves, 5 figures
         shot = screenshot_in_chromium(out / "report.html", tmp_path / "report.png", tmp_path)
         assert shot.stat().st_size > 20_000
+
+
+def test_the_demo_refuses_a_bad_change_before_training(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    code, _, err = run(capsys, "demo", "--out", tmp_path / "demo", "--set", "warp=9")
+    assert_one_line_error(code, err, "unknown field 'warp'")
+    assert not (tmp_path / "demo").exists()
 
 
 def test_train_writes_a_report_page(

@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     )
     summary = run_demo(
         data, args.out, budget_seconds=args.budget, download=data == "cifar10", hardware=hardware,
-        log=args.log,
+        overrides=args.overrides,
     )  # fmt: skip
     if summary is None:  # Ctrl-C: the same command resumes
         return 0
@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"inspection figures: {figures['index.html']}")
     command = (
         f"vitkit demo --data {data} --out {args.out} --budget {args.budget:g} "
-        f"--hardware {args.hardware}"
+        f"--hardware {args.hardware}" + "".join(f" --set {change}" for change in args.overrides)
     )
     print(f"report: {write_demo_report(args.out, summary, command)}")
     return 0
@@ -77,8 +77,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "Mixup/CutMix); auto picks gpu when CUDA is available",
     )
     parser.add_argument(
-        "--log", choices=["jsonl", "tensorboard"], default="jsonl",
-        help="tensorboard: also TensorBoard event files in each stage's folder "
-        "(tensorboard --logdir OUT)",
+        "--set", dest="overrides", action="append", default=[], metavar="field=value",
+        help="a change to every stage's training config, as vitkit train takes it (e.g. "
+        "--set log=tensorboard); repeat for several",
     )  # fmt: skip
     parser.set_defaults(run=run, command="demo")

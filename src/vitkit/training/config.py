@@ -31,7 +31,7 @@ from vitkit.training.fields import (
     field_problem,
     parse_assignments,
 )
-from vitkit.training.tensorboard_log import tensorboard_problem
+from vitkit.training.tensorboard_log import log_problem
 
 # The largest data_size: 8192 x 8192 is about the pixel limit of one image (data/images.py).
 MOST_DATA_SIZE = 8192
@@ -304,7 +304,7 @@ class TrainConfig:
 
     def _combination_problems(self) -> list[str]:
         problems = []
-        if self.log == "tensorboard" and (problem := tensorboard_problem()):
+        if problem := log_problem(self.log):
             problems.append(problem)
         if self.micro_batch_size and self.batch_size % self.micro_batch_size:
             problems.append(

@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 from vitkit.io import atomic_write_json
-from vitkit.training.config import TrainConfig
+from vitkit.training.config import TrainConfig, parse_overrides
 from vitkit.training.presets import get_preset
 from vitkit.training.trainer import train
 
@@ -42,16 +43,16 @@ def stage_configs(
     *,
     download: bool = False,
     hardware: Literal["cpu", "gpu"] = "cpu",
-    log: Literal["jsonl", "tensorboard"] = "jsonl",
+    overrides: Sequence[str] = (),
 ) -> dict[str, TrainConfig]:
-    """The three stages' configs: pre-training, fine-tuning at 32 px, fine-tuning at 16 px."""
+    """The three stages' configs: pre-training, fine-tuning at 32 px, fine-tuning at 16 px;
+    `overrides` ("field=value", as `vitkit train` takes them) change both presets."""
     pretrain_preset, finetune_preset = STAGE_PRESETS[hardware]
     pretrain = dataclasses.replace(
         get_preset(pretrain_preset),
         data=data,
         download=download,
         budget_seconds=PRETRAIN_SHARE * budget_seconds,
-        log=log,
     )
     finetune = dataclasses.replace(
         get_preset(finetune_preset),
@@ -59,8 +60,8 @@ def stage_configs(
         download=download,
         init=str(out / "pretrain"),
         budget_seconds=FINETUNE_SHARE * budget_seconds,
-        log=log,
     )
+    pretrain, finetune = (parse_overrides(stage, list(overrides)) for stage in (pretrain, finetune))
     return {
         "pretrain": pretrain,
         "finetune": finetune,
@@ -75,14 +76,16 @@ def run_demo(
     budget_seconds: float,
     download: bool = False,
     hardware: Literal["cpu", "gpu"] = "cpu",
-    log: Literal["jsonl", "tensorboard"] = "jsonl",
+    overrides: Sequence[str] = (),
 ) -> dict[str, Any] | None:
     """Run (or resume) the three stages in `out`, write `out/summary.json` and return it; None
     when Ctrl-C stopped a stage (the same call resumes it)."""
     out = Path(out)
     start = time.perf_counter()
     results = {}
-    stages = stage_configs(data, out, budget_seconds, download=download, hardware=hardware, log=log)
+    stages = stage_configs(
+        data, out, budget_seconds, download=download, hardware=hardware, overrides=overrides
+    )
     for name, config in stages.items():
         print(f"\n== {name}: {config.resolution} px, about {config.budget_seconds:.0f} s ==")
         results[name] = train(config, out / name)

@@ -30,7 +30,7 @@ from vitkit.training.state import Checkpoints, TrainState
 from vitkit.training.step import TrainStep
 from vitkit.training.summary import TrainSummary
 from vitkit.training.tasks import TASKS
-from vitkit.training.tensorboard_log import TensorBoardLog
+from vitkit.training.tensorboard_log import open_log
 from vitkit.training.validation import VALIDATION
 from vitkit.weights.native import save_pretrained
 
@@ -95,10 +95,10 @@ class Run:
     def open_metrics(self, *, first_step: int) -> Metrics:
         """metrics.jsonl, written by rank 0; with log=tensorboard also TensorBoard's event
         files, which drop what an earlier process logged from `first_step` on."""
-        mirror = None
-        if self.world.is_main and self.config.log == "tensorboard":
-            mirror = TensorBoardLog(self.run_dir.path, first_step=first_step)
-        return self.run_dir.metrics(enabled=self.world.is_main, mirror=mirror)
+        if not self.world.is_main:
+            return self.run_dir.metrics(enabled=False)
+        mirror = open_log(self.config.log, self.run_dir.path, first_step=first_step)
+        return self.run_dir.metrics(enabled=True, mirror=mirror)
 
     def batches(
         self, step: int

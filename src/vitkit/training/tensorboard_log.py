@@ -22,14 +22,27 @@ from PIL import Image
 SCALAR_TAGS = {"loss": "train/loss", "lr": "train/lr", "images_per_s": "train/images_per_s"}
 
 
-def tensorboard_problem() -> str | None:
-    """Why log=tensorboard cannot run here (the package is missing), or None."""
-    if importlib.util.find_spec("tensorboard") is None:
+def log_problem(log: str) -> str | None:
+    """Why the `log` field's choice cannot run here (tensorboard's package missing), or None."""
+    if log == "tensorboard" and importlib.util.find_spec("tensorboard") is None:
         return (
             "log=tensorboard needs the tensorboard package: pip install tensorboard "
             "(or vitkit[tensorboard])"
         )
     return None
+
+
+def open_log(log: str, folder: Path, *, first_step: int) -> TensorBoardLog | None:
+    """The view of a run's metrics that `log` asks for besides metrics.jsonl (None: none), the
+    one place the field's value is read."""
+    return TensorBoardLog(folder, first_step=first_step) if log == "tensorboard" else None
+
+
+def add_figures_to_log(log: str, folder: Path, *, step: int) -> None:
+    """The run's figures into the view `log` asks for, if it has one."""
+    if (view := open_log(log, folder, first_step=step + 1)) is not None:
+        view.add_figures(folder, step=step)
+        view.close()
 
 
 class TensorBoardLog:

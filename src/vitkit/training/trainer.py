@@ -32,7 +32,7 @@ from vitkit.training.planner import Plan, calibrate, first_plan, resumed_plan
 from vitkit.training.run_dir import RunDir
 from vitkit.training.state import Checkpoints
 from vitkit.training.summary import TrainSummary
-from vitkit.training.tensorboard_log import TensorBoardLog
+from vitkit.training.tensorboard_log import add_figures_to_log
 
 
 def train(
@@ -63,10 +63,8 @@ def train(
                         )
                     for what, path in outputs.items():
                         print(f"{what}: {path}")
-                    if config.log == "tensorboard" and not isinstance(run, TrainSummary):
-                        figures = TensorBoardLog(run_dir.path, first_step=summary.steps + 1)
-                        figures.add_figures(run_dir.path, step=summary.steps)
-                        figures.close()
+                    if not isinstance(run, TrainSummary):  # trained now: its figures are new
+                        add_figures_to_log(config.log, run_dir.path, step=summary.steps)
                 return summary
 
 
