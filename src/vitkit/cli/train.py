@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def recorded_command(args: argparse.Namespace, out: Path) -> str:
-    """The command as the run's summary records it: what was given, and the run directory."""
+    """The command as the run's report.html shows it: what was given, and the run directory."""
     words = ["vitkit", "train"]
     for option, value in (("--config", args.config), ("--preset", args.preset),
                           ("--data", args.data)):  # fmt: skip
