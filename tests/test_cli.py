@@ -7,6 +7,8 @@ import importlib.metadata
 import json
 import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -371,3 +373,31 @@ def test_version_is_the_installed_packages(capsys: pytest.CaptureFixture[str]) -
     assert exit_.value.code == 0
     printed = capsys.readouterr().out
     assert printed.startswith(f"vitkit {importlib.metadata.version('vitkit')} (torch ")
+
+
+def test_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    listed = capsys.readouterr().out
+    for command in ("models", "pretrained", "classify", "demo", "train", "experiment", "eval",
+                    "fewshot", "figures", "shard", "convert", "export-onnx"):  # fmt: skip
+        assert re.search(rf"^    {command}(\s|$)", listed, re.MULTILINE), command
+
+
+def test_a_command_starts_without_the_other_commands_dependencies() -> None:
+    """`vitkit classify` and `convert` import neither training (FSDP), nor the reports
+    (matplotlib), nor the experiments (scipy); `vitkit train` imports what it needs."""
+    heavy = ("torch.distributed.fsdp", "matplotlib.pyplot", "scipy.stats")
+    probe = (
+        "import sys\nfrom vitkit.cli.main import build_parser\n"
+        "build_parser(sys.argv[1]).parse_args(sys.argv[1:])\n"
+        f"print(' '.join(name for name in {heavy!r} if name in sys.modules))"
+    )
+    loaded = {}
+    for words in (["classify", "m.safetensors", "a.jpg"], ["convert", "a", "b", "--to", "timm"],
+                  ["train", "--preset", "tiny"]):  # fmt: skip
+        completed = subprocess.run([sys.executable, "-c", probe, *words], capture_output=True,
+                                   text=True, timeout=120, check=True)  # fmt: skip
+        loaded[words[0]] = completed.stdout.split()
+    assert loaded["classify"] == [] and loaded["convert"] == []
+    assert "torch.distributed.fsdp" in loaded["train"] and "matplotlib.pyplot" in loaded["train"]
