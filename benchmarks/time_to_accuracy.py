@@ -336,7 +336,9 @@ def main() -> None:
 
 def warm_vitkit_cache(data: str, out: Path) -> None:
     """Two steps of each stage, so that vitkit's decoded-image cache is built before any clock
-    starts (the timm user's extraction is outside its clock too)."""
+    starts (the timm user's extraction is outside its clock too). The runs are thrown away: a
+    warm-up left by an earlier invocation is removed, not resumed."""
+    shutil.rmtree(out, ignore_errors=True)
     for name, config in stage_configs(data, out, 1.0).items():
         if name != "finetune_at_pretrain_res":
             train(dataclasses.replace(config, budget_seconds=0.0, steps=2, report=False),
