@@ -19,8 +19,8 @@ import vitkit
 from vitkit.cli.main import main
 from vitkit.errors import ConfigError, TrainingError
 from vitkit.experiments import record as record_module
-from vitkit.experiments import resolution
 from vitkit.experiments.record import ExperimentRecord
+from vitkit.experiments.resolution import EXPERIMENT as RESOLUTION
 from vitkit.experiments.statistics import PairedDifference, Spread
 from vitkit.training.trainer import train
 
@@ -80,7 +80,7 @@ def test_one_seed_has_a_mean_but_no_interval() -> None:
 
 def open_record(folder: Path, settings: dict, command: str = "", name: str = "resolution"):
     """The resolution experiment's record in `folder` for `settings`, as its `run` opens it."""
-    return ExperimentRecord.open(folder, name, settings, command, own_fields=resolution.OWN_FIELDS)
+    return ExperimentRecord.open(folder, name, settings, command, own_fields=RESOLUTION.own_fields)
 
 
 def test_a_folder_holds_one_experiment_with_one_set_of_settings(tmp_path: Path) -> None:

@@ -34,8 +34,8 @@ import vitkit
 from vitkit.cli.main import build_parser, main
 from vitkit.errors import ConfigError, TrainingError
 from vitkit.experiments import record as record_module
-from vitkit.experiments import resolution
 from vitkit.experiments.record import SET_BY_EVERY_EXPERIMENT, ExperimentRecord
+from vitkit.experiments.resolution import EXPERIMENT as RESOLUTION
 from vitkit.training.config import TrainConfig
 
 from hostile import read_each_under_ceiling
@@ -61,7 +61,7 @@ DELETE = object()  # an edit that removes the key
 def read_record(path: str) -> None:
     """Open the record at `path` as the resolution experiment does, with SETTINGS."""
     ExperimentRecord.open(
-        Path(path).parent, resolution.NAME, SETTINGS, "", own_fields=resolution.OWN_FIELDS
+        Path(path).parent, RESOLUTION.name, SETTINGS, "", own_fields=RESOLUTION.own_fields
     )
 
 
@@ -150,7 +150,7 @@ def test_a_record_is_read_with_its_settings_as_this_command_has_them(tmp_path: P
     not the booleans a report would name runs by ("seedFalse/low")."""
     (tmp_path / "experiment.json").write_bytes(edited([(("settings", "seeds"), [False, True])]))
     record = ExperimentRecord.open(
-        tmp_path, resolution.NAME, SETTINGS, "", own_fields=resolution.OWN_FIELDS
+        tmp_path, RESOLUTION.name, SETTINGS, "", own_fields=RESOLUTION.own_fields
     )
     assert record.content["settings"]["seeds"] == [0, 1]
     assert all(type(seed) is int for seed in record.content["settings"]["seeds"])
@@ -163,7 +163,7 @@ def test_a_recorded_run_without_the_top1_it_was_evaluated_for_is_refused(
     a run evaluated on its test split, it would reach the report's table as None."""
     (tmp_path / "experiment.json").write_bytes(edited([(("runs", "seed0/low", "top1"), None)]))
     record = ExperimentRecord.open(
-        tmp_path, resolution.NAME, SETTINGS, "", own_fields=resolution.OWN_FIELDS
+        tmp_path, RESOLUTION.name, SETTINGS, "", own_fields=RESOLUTION.own_fields
     )
     unevaluated = record.train("seed0/mpp", TrainConfig(steps=1, test_split=""))
     assert unevaluated == RECORD["runs"]["seed0/mpp"]
@@ -294,14 +294,14 @@ def test_set_may_not_change_what_the_experiment_sets_itself(
 def test_every_experiment_declares_the_seed_and_refuses_each_field_it_sets(
     tmp_path: Path, module: str
 ) -> None:
-    experiment = importlib.import_module(f"vitkit.experiments.{module}")
-    assert "seed" in experiment.OWN_FIELDS
-    assert experiment.OWN_FIELDS <= {field.name for field in dataclasses.fields(TrainConfig)}
-    for field in sorted(experiment.OWN_FIELDS | SET_BY_EVERY_EXPERIMENT):
+    experiment = importlib.import_module(f"vitkit.experiments.{module}").EXPERIMENT
+    assert "seed" in experiment.own_fields
+    assert experiment.own_fields <= {field.name for field in dataclasses.fields(TrainConfig)}
+    for field in sorted(experiment.own_fields | SET_BY_EVERY_EXPERIMENT):
         settings = {**SETTINGS, "overrides": [f"{field}=1"]}
-        with pytest.raises(ConfigError, match=f"--set {field}: the {experiment.NAME} experiment"):
+        with pytest.raises(ConfigError, match=f"--set {field}: the {experiment.name} experiment"):
             ExperimentRecord.open(
-                tmp_path, experiment.NAME, settings, "", own_fields=experiment.OWN_FIELDS
+                tmp_path, experiment.name, settings, "", own_fields=experiment.own_fields
             )
     assert not (tmp_path / "experiment.json").exists()
 

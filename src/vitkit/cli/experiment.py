@@ -28,9 +28,13 @@ from vitkit.cli.arguments import int_between
 from vitkit.data.shared import default_cifar10
 from vitkit.devices import resolve_device
 from vitkit.experiments import data_scale, masked_patches, posemb, resolution
+from vitkit.experiments.engine import Request, run_experiment
 from vitkit.experiments.record import MOST_SEEDS, Interrupted
 
-EXPERIMENTS = {module.NAME: module for module in (resolution, posemb, data_scale, masked_patches)}
+EXPERIMENTS = {
+    module.EXPERIMENT.name: module.EXPERIMENT
+    for module in (resolution, posemb, data_scale, masked_patches)
+}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -39,16 +43,16 @@ def run(args: argparse.Namespace) -> int:
     if hardware == "auto":
         hardware = "gpu" if resolve_device("auto").type == "cuda" else "cpu"
     experiment = EXPERIMENTS[args.name]
-    budget = args.budget if args.budget is not None else experiment.DEFAULT_BUDGET_SECONDS
-    seeds = list(range(args.seeds if args.seeds is not None else experiment.DEFAULT_SEEDS))
+    budget = args.budget if args.budget is not None else experiment.default_budget_seconds
+    seeds = list(range(args.seeds if args.seeds is not None else experiment.default_seeds))
     command = shlex.join(["vitkit", *sys.argv[1:]]) if sys.argv[1:2] == ["experiment"] else ""
     print(
         f"vitkit experiment {args.name}: data {data}, output {args.out}, seeds "
         f"{seeds}, {budget:g} s of training per arm, {hardware} recipe"
     )
     try:
-        experiment.run(
-            data, args.out, seeds=seeds, budget_seconds=budget, hardware=hardware,
+        run_experiment(
+            experiment, Request(data, seeds, budget, hardware), args.out,
             overrides=args.overrides, command=command,
         )  # fmt: skip
     except Interrupted as stopped:

@@ -16,28 +16,16 @@ share is seen for more epochs.
 from __future__ import annotations
 
 import dataclasses
-import time
-from pathlib import Path
-from typing import Literal
 
 from vitkit.analysis.page import Page
 from vitkit.analysis.plots import plot_lines
-from vitkit.data import open_dataset
-from vitkit.data.arrays import ArrayDataset
+from vitkit.experiments.engine import Experiment, Outcome, Request
 from vitkit.experiments.record import ExperimentRecord
-from vitkit.experiments.report_sections import (
-    add_how_it_was_run,
-    add_inspection_figures,
-    add_training_curves,
-)
 from vitkit.experiments.statistics import Spread
 from vitkit.training.config import TrainConfig
 from vitkit.training.demo import STAGE_PRESETS
 from vitkit.training.presets import get_preset
 
-NAME = "data-scale"
-DEFAULT_SEEDS = 1
-DEFAULT_BUDGET_SECONDS = 120.0  # per run: 3 models x 4 shares is about 30 minutes on 2 CPU cores
 FRACTIONS = (0.1, 0.25, 0.5, 1.0)
 RESOLUTION = 32  # the ResNet's stride is 32: one position at 32 px
 SHOTS = 10
@@ -47,76 +35,35 @@ MODELS: dict[str, tuple[str, dict[str, object]]] = {
     "ViT (ViT-CIFAR/4)": ("ViT-CIFAR/4", {}),
     "hybrid (R+ViT-CIFAR/4)": ("R+ViT-CIFAR/4", {}),
 }
-# What the runs differ in (the model with its recipe, the share, the seed) and the resolution the
-# report names.
-OWN_FIELDS = frozenset({"seed", "model", "optimizer", "lr", "train_fraction", "resolution"})
 
 
-def run_config(
-    model: str,
-    fraction: float,
-    *,
-    data: str,
-    seed: int,
-    budget_seconds: float,
-    hardware: Literal["cpu", "gpu"] = "cpu",
-) -> TrainConfig:
-    """The training run of one model on one share of the data."""
+def arm_name(model: str, fraction: float) -> str:
+    """One model on one share, as the arm and its runs' folders name it: "ViT-CIFAR-4/0.25"."""
+    return f"{MODELS[model][0].replace('/', '-')}/{fraction:g}"
+
+
+# Every share in turn, every model on each.
+ARMS = {arm_name(model, fraction): (model, fraction) for fraction in FRACTIONS for model in MODELS}
+
+
+def share_run(
+    arm: str, seed: int, request: Request, record: ExperimentRecord
+) -> list[tuple[str, TrainConfig]]:
+    """The one run of a model on a share of the training set."""
+    model, fraction = ARMS[arm]
     preset, changes = MODELS[model]
-    return dataclasses.replace(
-        get_preset(STAGE_PRESETS[hardware][0]), data=data, model=preset, resolution=RESOLUTION,
-        train_fraction=fraction, seed=seed, budget_seconds=budget_seconds, **changes,
+    config = dataclasses.replace(
+        get_preset(STAGE_PRESETS[request.hardware][0]), data=request.data, model=preset,
+        resolution=RESOLUTION, train_fraction=fraction, seed=seed,
+        budget_seconds=request.budget_seconds, **changes,
     )  # fmt: skip
+    return [(arm, config)]
 
 
-def run_key(model: str, fraction: float, seed: int) -> str:
-    """The record's key and folder name of one run, e.g. "seed0/ViT-CIFAR-4/0.25"."""
-    return f"seed{seed}/{MODELS[model][0].replace('/', '-')}/{fraction:g}"
-
-
-def run(
-    data: str,
-    out: Path,
-    *,
-    seeds: list[int],
-    budget_seconds: float = DEFAULT_BUDGET_SECONDS,
-    hardware: Literal["cpu", "gpu"] = "cpu",
-    overrides: list[str] | None = None,
-    command: str = "",
-) -> dict[str, dict[str, list[list[float]]]]:
-    """Train and evaluate every model on every share for every seed (resuming what the folder
-    holds), write the report; returns {"top1" | "fewshot": {model: [per share: per seed]}}."""
-    settings = {
-        "data": data,
-        "seeds": seeds,
-        "budget_seconds": budget_seconds,
-        "overrides": overrides or [],
-        "hardware": hardware,
-        "fractions": list(FRACTIONS),
-        "shots": SHOTS,
-        "resolution": RESOLUTION,
-        "subset_seed": 0,
-    }
-    train_set, test_set = open_dataset(data, split="train"), open_dataset(data, split="test")
-    record = ExperimentRecord.open(out, NAME, settings, command, own_fields=OWN_FIELDS)
-    started = time.perf_counter()
-    results: dict[str, dict[str, list[list[float]]]] = {
-        metric: {model: [[] for _ in FRACTIONS] for model in MODELS}
-        for metric in ("top1", "fewshot")
-    }
-    for seed in seeds:
-        for position, fraction in enumerate(FRACTIONS):
-            for model in MODELS:
-                key = run_key(model, fraction, seed)
-                config = run_config(model, fraction, data=data, seed=seed,
-                                    budget_seconds=budget_seconds, hardware=hardware)  # fmt: skip
-                result = record.train(key, config)
-                fewshot = record.fewshot(key, train_set, test_set, shots=SHOTS)
-                results["top1"][model][position].append(result["top1"])
-                results["fewshot"][model][position].append(fewshot)
-    write_report(record, results, test_set, train_images=len(train_set),
-                 seconds=time.perf_counter() - started)  # fmt: skip
-    return results
+def by_share(values: dict[str, list]) -> dict[str, list[list]]:
+    """Per-arm values (per seed) as model -> [per share: per seed]."""
+    return {model: [values[arm_name(model, fraction)] for fraction in FRACTIONS]
+            for model in MODELS}  # fmt: skip
 
 
 def gap_verdict(top1: dict[str, list[list[float]]]) -> str:
@@ -132,39 +79,24 @@ def gap_verdict(top1: dict[str, list[list[float]]]) -> str:
     )
 
 
-def write_report(
-    record: ExperimentRecord,
-    results: dict[str, dict[str, list[list[float]]]],
-    test_set: ArrayDataset,
-    *,
-    train_images: int,
-    seconds: float,
-) -> Path:
-    """report.html, data_scale_top1.png, data_scale_fewshot.png and curves.png (on the whole
-    training set) in the experiment folder, with the inspection figures of the first seed's
-    models trained on the whole set."""
+def write_result(page: Page, record: ExperimentRecord, outcome: Outcome) -> None:
+    """The verdict, then top-1 and few-shot accuracy per model and share as tables and plots
+    against the number of training images."""
     settings = record.content["settings"]
-    sizes = [round(fraction * train_images) for fraction in FRACTIONS]
+    sizes = [round(fraction * outcome.train_images) for fraction in FRACTIONS]
     title = f"{settings['budget_seconds']:g} s per run at {RESOLUTION} px, " + (
         f"{len(settings['seeds'])} seed(s)"
     )
-    page = Page("Data size and inductive bias (paper, section 4.2, Figs. 3-4)")
-    page.paragraph(
-        "The paper: with little data the ResNets (BiT) beat ViT, whose architecture has less "
-        "image-specific inductive bias; with more data ViT catches up and overtakes them. Here a "
-        "ResNet, a plain ViT and a hybrid train for the same time on nested, class-balanced "
-        "shares of the training set."
-    )
-    page.heading("Result")
+    results = {"top1": by_share(outcome.top1), "fewshot": by_share(outcome.fewshot)}
     page.paragraph(gap_verdict(results["top1"]))
     for metric, label in (("top1", "test top-1"), ("fewshot", f"{SHOTS}-shot linear accuracy")):
         means = {
-            model: [Spread.of(values).mean for values in by_share]
-            for model, by_share in results[metric].items()
+            model: [Spread.of(values).mean for values in shares]
+            for model, shares in results[metric].items()
         }
         rows = [
-            [model, *(Spread.of(values).percent() for values in by_share)]
-            for model, by_share in results[metric].items()
+            [model, *(Spread.of(values).percent() for values in shares)]
+            for model, shares in results[metric].items()
         ]
         page.table([f"{label}: model", *(f"{size:,} images" for size in sizes)], rows)
         plot = plot_lines(
@@ -172,13 +104,39 @@ def write_report(
             ylabel=f"{label} (%)", title=title, log_x=True,
         )  # fmt: skip
         page.figure(plot, f"{label.capitalize()} against the number of training images.")
-    seeds, whole = settings["seeds"], FRACTIONS[-1]
-    curves = {model: [[run_key(model, whole, seed)] for seed in seeds] for model in MODELS}
-    add_training_curves(page, record, curves, note=f"On {whole:.0%} of the training set.")
-    add_inspection_figures(
-        page, record, {model: run_key(model, whole, seeds[0]) for model in MODELS}, test_set
-    )
-    add_how_it_was_run(page, record, seconds=seconds, layout="runs/seedN/MODEL/SHARE")
-    path = record.folder / "report.html"
-    page.write(path)
-    return path
+
+
+EXPERIMENT = Experiment(
+    name="data-scale",
+    title="Data size and inductive bias (paper, section 4.2, Figs. 3-4)",
+    introduction=(
+        "The paper: with little data the ResNets (BiT) beat ViT, whose architecture has less "
+        "image-specific inductive bias; with more data ViT catches up and overtakes them. Here a "
+        "ResNet, a plain ViT and a hybrid train for the same time on nested, class-balanced "
+        "shares of the training set."
+    ),
+    default_seeds=1,
+    default_budget_seconds=120.0,  # per run: 3 models x 4 shares is about 30 minutes on 2 cores
+    # What the runs differ in (the model with its recipe, the share, the seed) and the resolution
+    # the report names.
+    own_fields=frozenset({"seed", "model", "optimizer", "lr", "train_fraction", "resolution"}),
+    arms=tuple(ARMS),
+    runs=share_run,
+    result=write_result,
+    layout="runs/seedN/MODEL/SHARE",
+    settings=lambda hardware: {
+        "fractions": list(FRACTIONS),
+        "shots": SHOTS,
+        "resolution": RESOLUTION,
+        "subset_seed": 0,
+    },  # fmt: skip
+    shots=SHOTS,
+    # Curves and figures of the models trained on the whole training set.
+    curves=lambda outcome: {
+        model: outcome.runs[arm_name(model, FRACTIONS[-1])] for model in MODELS
+    },
+    curves_note=f"On {FRACTIONS[-1]:.0%} of the training set.",
+    figures=lambda outcome: {
+        model: outcome.runs[arm_name(model, FRACTIONS[-1])][0][-1] for model in MODELS
+    },
+)

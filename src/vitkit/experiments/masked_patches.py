@@ -20,31 +20,20 @@ same architecture untrained (random initialisation) and the supervised scratch m
 from __future__ import annotations
 
 import dataclasses
-import time
-from pathlib import Path
-from typing import Literal
 
 import torch
 
 from vitkit.analysis.page import Page
 from vitkit.analysis.plots import plot_arms
-from vitkit.data import open_dataset
-from vitkit.data.arrays import ArrayDataset
+from vitkit.experiments.engine import Experiment, Outcome, Request, Seed
 from vitkit.experiments.record import FEWSHOT_SEEDS, ExperimentRecord
-from vitkit.experiments.report_sections import (
-    add_how_it_was_run,
-    add_inspection_figures,
-    add_training_curves,
-)
 from vitkit.experiments.statistics import PairedDifference, Spread
+from vitkit.models.vit import VisionTransformer
 from vitkit.training.build import new_model
 from vitkit.training.config import TrainConfig
 from vitkit.training.demo import STAGE_PRESETS
 from vitkit.training.presets import get_preset
 
-NAME = "mpp"
-DEFAULT_SEEDS = 3
-DEFAULT_BUDGET_SECONDS = 240.0  # per arm: 2.5 budgets per seed, 3 seeds: about 30 minutes
 MODEL = {"cpu": "ViT-CIFAR/4", "gpu": "ViT-CIFAR-L/4"}
 PRETRAIN_SHARE = 0.5  # of the mpp_then_finetune arm's budget
 SHOTS = 10
@@ -53,132 +42,59 @@ ARMS = {
     "mpp_then_finetune": "masked patch prediction for half the budget, then fine-tuned",
     "scratch_half": "supervised from scratch for half the budget",
 }
-# The frozen representations compared by few-shot accuracy: name -> the run it is read from.
-REPRESENTATIONS = {
-    "random init": "random_init",
-    "masked patches": "mpp",
-    "supervised": "scratch",
-}
 # Section 4.6, ImageNet top-1 of ViT-B/16: from scratch, and fine-tuned after masked patch
 # prediction on JFT.
 PAPER_TOP1 = {"scratch": 0.779, "mpp_then_finetune": 0.799}
-# What the masked patch pre-training changes against the supervised runs, fine-tuning from it,
-# the seed, and the model the report names.
-OWN_FIELDS = frozenset(
-    {"seed", "model", "task", "init", "test_split", "eval_flip", "label_smoothing"}
-)
 
 
-def stage_configs(
-    arm: str,
-    *,
-    data: str,
-    seed: int,
-    budget_seconds: float,
-    pretrain_folder: Path,
-    hardware: Literal["cpu", "gpu"] = "cpu",
+def arm_runs(
+    arm: str, seed: int, request: Request, record: ExperimentRecord
 ) -> list[tuple[str, TrainConfig]]:
-    """The training stages of one arm and seed, in order, as (run name, config); fine-tuning
-    starts from `pretrain_folder`, where the masked patch prediction trains."""
+    """The runs of one arm and seed, in order; the fine-tune starts from the masked patch
+    prediction's folder."""
     supervised = dataclasses.replace(
-        get_preset(STAGE_PRESETS[hardware][0]), data=data, model=MODEL[hardware], seed=seed,
-        budget_seconds=budget_seconds,
+        get_preset(STAGE_PRESETS[request.hardware][0]), data=request.data,
+        model=MODEL[request.hardware], seed=seed, budget_seconds=request.budget_seconds,
     )  # fmt: skip
-    half = PRETRAIN_SHARE * budget_seconds
+    half = PRETRAIN_SHARE * request.budget_seconds
     if arm == "scratch":
         return [("scratch", supervised)]
     if arm == "scratch_half":
         return [("scratch_half", dataclasses.replace(supervised, budget_seconds=half))]
-    if arm == "mpp_then_finetune":
-        pretrain = dataclasses.replace(
-            supervised, task="masked_patches", test_split="", eval_flip=False,
-            label_smoothing=0.0, budget_seconds=half,
-        )  # fmt: skip
-        finetune = dataclasses.replace(
-            supervised, init=str(pretrain_folder), budget_seconds=budget_seconds - half
-        )
-        return [("mpp", pretrain), ("mpp_then_finetune", finetune)]
-    raise ValueError(f"unknown arm {arm!r}; arms: {', '.join(ARMS)}")
+    pretrain = dataclasses.replace(
+        supervised, task="masked_patches", test_split="", eval_flip=False, label_smoothing=0.0,
+        budget_seconds=half,
+    )  # fmt: skip
+    finetune = dataclasses.replace(
+        supervised, init=str(record.run_folder(f"seed{seed}/mpp")),
+        budget_seconds=request.budget_seconds - half,
+    )  # fmt: skip
+    return [("mpp", pretrain), ("mpp_then_finetune", finetune)]
 
 
-def run(
-    data: str,
-    out: Path,
-    *,
-    seeds: list[int],
-    budget_seconds: float = DEFAULT_BUDGET_SECONDS,
-    hardware: Literal["cpu", "gpu"] = "cpu",
-    overrides: list[str] | None = None,
-    command: str = "",
-) -> dict[str, dict[str, list[float]]]:
-    """Train every arm for every seed (resuming what the folder holds), measure the few-shot
-    accuracies, write the report; returns {"top1": {arm: per seed}, "fewshot": {...}}."""
-    settings = {
-        "data": data,
-        "seeds": seeds,
-        "budget_seconds": budget_seconds,
-        "overrides": overrides or [],
-        "hardware": hardware,
-        "model": MODEL[hardware],
-        "pretrain_share": PRETRAIN_SHARE,
-        "shots": SHOTS,
+def representations(
+    record: ExperimentRecord, seed: Seed
+) -> dict[str, tuple[str, VisionTransformer | None]]:
+    """The frozen encoders compared by few-shot accuracy: the architecture untrained (made for
+    the seed, recorded as random_init), the masked-patch encoder before fine-tuning, and the
+    supervised one."""
+    ((_, supervised),) = arm_runs("scratch", seed.number, seed.request, record)
+    untrained = new_model(record.configured(supervised), device=torch.device("cpu"),
+                          num_classes=len(seed.train_set.classes))  # fmt: skip
+    return {
+        "random init": (f"seed{seed.number}/random_init", untrained),
+        "masked patches": (seed.keys["mpp_then_finetune"][0], None),
+        "supervised": (seed.keys["scratch"][-1], None),
     }
-    train_set, test_set = open_dataset(data, split="train"), open_dataset(data, split="test")
-    record = ExperimentRecord.open(out, NAME, settings, command, own_fields=OWN_FIELDS)
-    started = time.perf_counter()
-    results: dict[str, dict[str, list[float]]] = {
-        "top1": {arm: [] for arm in ARMS},
-        "fewshot": {name: [] for name in REPRESENTATIONS},
-    }
-    runs: dict[str, list[list[str]]] = {arm: [] for arm in ARMS}
-    for seed in seeds:
-        for arm in ARMS:
-            stages = stage_configs(
-                arm, data=data, seed=seed, budget_seconds=budget_seconds, hardware=hardware,
-                pretrain_folder=record.run_folder(f"seed{seed}/mpp"),
-            )  # fmt: skip
-            runs[arm].append([f"seed{seed}/{stage}" for stage, _ in stages])
-            for key, (_, config) in zip(runs[arm][-1], stages, strict=True):
-                result = record.train(key, config)
-            results["top1"][arm].append(result["top1"])
-        untrained = new_model(record.configured(stages[0][1]), device=torch.device("cpu"),
-                              num_classes=len(train_set.classes))  # fmt: skip
-        for name, run_name in REPRESENTATIONS.items():
-            model = untrained if run_name == "random_init" else None
-            results["fewshot"][name].append(
-                record.fewshot(
-                    f"seed{seed}/{run_name}", train_set, test_set, shots=SHOTS, model=model
-                )  # fmt: skip
-            )
-    write_report(record, results, runs, test_set, seconds=time.perf_counter() - started)
-    return results
 
 
-def write_report(
-    record: ExperimentRecord,
-    results: dict[str, dict[str, list[float]]],
-    runs: dict[str, list[list[str]]],
-    test_set: ArrayDataset,
-    *,
-    seconds: float,
-) -> Path:
-    """report.html, mpp_top1.png, mpp_fewshot.png and curves.png in the experiment folder;
-    `runs`: each arm's run keys per seed, in training order. The first seed's trained models
-    (and the masked-patch encoder before fine-tuning) get inspection figures."""
+def write_result(page: Page, record: ExperimentRecord, outcome: Outcome) -> None:
+    """The paired differences, each arm's top-1 per seed beside the paper's, the frozen
+    representations' few-shot accuracy, and both as plots."""
     settings = record.content["settings"]
     seeds, budget = settings["seeds"], settings["budget_seconds"]
-    top1, fewshot = results["top1"], results["fewshot"]
+    top1, fewshot = outcome.top1, outcome.fewshot
     title = f"{settings['model']}, {budget:g} s per arm, {len(seeds)} seeds"
-    page = Page("Masked patch prediction (paper, section 4.6 and Appendix B.1.2)")
-    page.paragraph(
-        "The paper's self-supervised pre-training: half of each image's patch embeddings are "
-        "corrupted (80% replaced by a learned [mask] embedding, 10% by another patch's, 10% "
-        "kept) and the model predicts each corrupted patch's 3-bit mean colour (512 classes). "
-        "Fine-tuned on ImageNet, its ViT-B/16 reached 79.9% top-1 against 77.9% from scratch. "
-        "Here a small ViT on CIFAR-10 at equal training time; the labels are used only by the "
-        "supervised runs."
-    )
-    page.heading("Result")
     equal_time = PairedDifference.of(top1["mpp_then_finetune"], top1["scratch"])
     equal_labels = PairedDifference.of(top1["mpp_then_finetune"], top1["scratch_half"])
     frozen = PairedDifference.of(fewshot["masked patches"], fewshot["random init"])
@@ -217,19 +133,41 @@ def write_report(
         f"{SHOTS}-shot linear accuracy of each frozen representation (mean over {FEWSHOT_SEEDS} "
         f"draws of the {SHOTS} images per class), one dot per training seed.",
     )
-    add_training_curves(
-        page, record, runs,
-        note="The first half of mpp_then_finetune is the masked patch prediction's loss (over "
-        "512 colours), which has no test top-1.",
-    )  # fmt: skip
-    first = seeds[0]
-    figure_runs = {"masked-patch encoder, before fine-tuning": f"seed{first}/mpp"}
-    figure_runs |= {arm: f"seed{first}/{arm}" for arm in ARMS}
-    add_inspection_figures(page, record, figure_runs, test_set)
-    add_how_it_was_run(
-        page, record, seconds=seconds,
-        layout="runs/seedN/RUN (mpp: the masked patch pre-training)",
-    )  # fmt: skip
-    path = record.folder / "report.html"
-    page.write(path)
-    return path
+
+
+EXPERIMENT = Experiment(
+    name="mpp",
+    title="Masked patch prediction (paper, section 4.6 and Appendix B.1.2)",
+    introduction=(
+        "The paper's self-supervised pre-training: half of each image's patch embeddings are "
+        "corrupted (80% replaced by a learned [mask] embedding, 10% by another patch's, 10% "
+        "kept) and the model predicts each corrupted patch's 3-bit mean colour (512 classes). "
+        "Fine-tuned on ImageNet, its ViT-B/16 reached 79.9% top-1 against 77.9% from scratch. "
+        "Here a small ViT on CIFAR-10 at equal training time; the labels are used only by the "
+        "supervised runs."
+    ),
+    default_seeds=3,
+    default_budget_seconds=240.0,  # per arm: 2.5 budgets per seed, 3 seeds: about 30 minutes
+    # What the masked patch pre-training changes against the supervised runs, fine-tuning from
+    # it, the seed, and the model the report names.
+    own_fields=frozenset(
+        {"seed", "model", "task", "init", "test_split", "eval_flip", "label_smoothing"}
+    ),
+    arms=tuple(ARMS),
+    runs=arm_runs,
+    result=write_result,
+    layout="runs/seedN/RUN (mpp: the masked patch pre-training)",
+    settings=lambda hardware: {
+        "model": MODEL[hardware],
+        "pretrain_share": PRETRAIN_SHARE,
+        "shots": SHOTS,
+    },  # fmt: skip
+    shots=SHOTS,
+    representations=representations,
+    curves_note="The first half of mpp_then_finetune is the masked patch prediction's loss (over "
+    "512 colours), which has no test top-1.",
+    figures=lambda outcome: {
+        "masked-patch encoder, before fine-tuning": outcome.runs["mpp_then_finetune"][0][0],
+        **{arm: keys[0][-1] for arm, keys in outcome.runs.items()},
+    },
+)

@@ -47,7 +47,7 @@ MOST_RUN_SECONDS = 1e9  # about 30 years: a larger time is an edit, and sums of 
 # TrainConfig fields every experiment sets itself: the data (--data), the equal training time
 # (--budget, which steps or epochs would override), the splits its top-1, few-shot accuracy and
 # figures read, and a classifier trained from scratch unless a stage starts from an earlier one.
-# Each experiment adds its OWN_FIELDS (what it varies, the seed among them); --set may change
+# Each experiment adds its own fields (what it varies, the seed among them); --set may change
 # neither.
 SET_BY_EVERY_EXPERIMENT = frozenset(
     {"data", "budget_seconds", "steps", "epochs", "train_split", "test_split", "task", "init"}
