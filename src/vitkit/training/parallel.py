@@ -17,24 +17,21 @@ Checkpoints always hold the full, unsharded state a single process saves (`model
 `optimizer.state_dict()`); under FSDP they are gathered to rank 0 with
 torch.distributed.checkpoint's state-dict helpers and sharded again on loading, so a run resumes
 on any number of processes, sharded or not.
+
+FSDP and those helpers are imported only by a process that shards (about 0.6 s, most of it
+DTensor's): the others, every single-process run and `vitkit eval` among them, start without.
 """
 
 from __future__ import annotations
 
+import sys
+from types import ModuleType
 from typing import Any, TypeVar
 
 import torch
 from torch import nn
 from torch.distributed._composable import checkpoint, replicate
 from torch.distributed._composable.replicate import DDP
-from torch.distributed.checkpoint.state_dict import (
-    StateDictOptions,
-    get_model_state_dict,
-    get_optimizer_state_dict,
-    set_model_state_dict,
-    set_optimizer_state_dict,
-)
-from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
 from vitkit.training.compiling import keep_compile_cache
 from vitkit.training.config import TrainConfig
@@ -44,10 +41,10 @@ from vitkit.training.tasks import TrainedModel
 # `unsharded` gives back the kind of model it is given: a trained one, or an evaluated encoder.
 Model = TypeVar("Model", bound=TrainedModel)
 
-# Gathered on rank 0 only, in CPU memory: how a checkpoint is written.
-_TO_SAVE = StateDictOptions(full_state_dict=True, cpu_offload=True)
-# Every rank passes the full state it read and keeps its own shard: how a checkpoint is read.
-_TO_LOAD = StateDictOptions(full_state_dict=True)
+# How a sharded model's checkpoint is written: gathered on rank 0 only, in CPU memory; and read:
+# every rank passes the full state it read and keeps its own shard (StateDictOptions' arguments).
+_TO_SAVE = {"full_state_dict": True, "cpu_offload": True}
+_TO_LOAD = {"full_state_dict": True}
 
 
 def parallelize(
@@ -70,6 +67,8 @@ def parallelize(
 def shard(model: nn.Module, *, precision: str) -> None:
     """FSDP2 on each encoder block, then on the rest (embeddings, final norm, head). With bf16 the
     gathered parameters are cast to bf16 for compute while gradients are averaged in fp32."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
     policy = MixedPrecisionPolicy()
     if precision == "bf16":
         policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
@@ -78,14 +77,28 @@ def shard(model: nn.Module, *, precision: str) -> None:
     fully_shard(model, mp_policy=policy)
 
 
+def _fsdp_module_class() -> type | None:
+    """FSDP2's module class, or None while FSDP is not imported, when nothing can be sharded."""
+    fsdp = sys.modules.get("torch.distributed.fsdp")
+    return fsdp.FSDPModule if fsdp is not None else None
+
+
+def _state_dict_helpers() -> ModuleType:
+    """torch.distributed.checkpoint's state-dict helpers, imported once a model is sharded."""
+    from torch.distributed.checkpoint import state_dict
+
+    return state_dict
+
+
 def is_sharded(module: nn.Module) -> bool:
-    return any(isinstance(part, FSDPModule) for part in module.modules())
+    sharded = _fsdp_module_class()
+    return sharded is not None and any(isinstance(part, sharded) for part in module.modules())
 
 
 def set_gradient_sync(model: nn.Module, *, enabled: bool) -> None:
     """Whether the next backward pass averages gradients across processes: off for all but the
     last micro-batch of an accumulated step, whose backward then averages the sum."""
-    if isinstance(model, (FSDPModule, DDP)):
+    if isinstance(model, DDP) or is_sharded(model):
         model.set_requires_gradient_sync(enabled)
 
 
@@ -93,14 +106,16 @@ def model_state(module: nn.Module) -> dict[str, Any]:
     """`module.state_dict()` as one process holds it: gathered to rank 0 when sharded (the other
     ranks get an empty dict)."""
     if is_sharded(module):
-        return get_model_state_dict(module, options=_TO_SAVE)
+        helpers = _state_dict_helpers()
+        return helpers.get_model_state_dict(module, options=helpers.StateDictOptions(**_TO_SAVE))
     return module.state_dict()
 
 
 def load_model_state(module: nn.Module, state: dict[str, Any]) -> None:
     """Load a full state dict (every rank passes it) into `module`, sharded or not."""
     if is_sharded(module):
-        set_model_state_dict(module, state, options=_TO_LOAD)
+        helpers = _state_dict_helpers()
+        helpers.set_model_state_dict(module, state, options=helpers.StateDictOptions(**_TO_LOAD))
     else:
         module.load_state_dict(state)
 
@@ -110,7 +125,9 @@ def optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[
     optimizer's groups): gathered to rank 0 when sharded, an empty dict on the other ranks."""
     if not is_sharded(model):
         return optimizer.state_dict()
-    state = get_optimizer_state_dict(model, optimizer, options=_TO_SAVE)
+    helpers = _state_dict_helpers()
+    options = helpers.StateDictOptions(**_TO_SAVE)
+    state = helpers.get_optimizer_state_dict(model, optimizer, options=options)
     if not state:
         return {}
     names = [name for group in state["param_groups"] for name in group["params"]]
@@ -140,7 +157,9 @@ def load_optimizer_state(
             for group in state["param_groups"]
         ],
     }
-    set_optimizer_state_dict(model, optimizer, by_name, options=_TO_LOAD)
+    helpers = _state_dict_helpers()
+    options = helpers.StateDictOptions(**_TO_LOAD)
+    helpers.set_optimizer_state_dict(model, optimizer, by_name, options=options)
     # The saved hyperparameters as they were, as optimizer.load_state_dict restores them (DCP's
     # loader turns tuples such as Adam's betas into lists).
     for group, saved in zip(optimizer.param_groups, state["param_groups"]):
@@ -153,7 +172,8 @@ def unsharded(model: Model) -> Model:
     without waiting for the others."""
     if not is_sharded(model):
         return model
-    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
+    helpers = _state_dict_helpers()
+    state = helpers.get_model_state_dict(model, options=helpers.StateDictOptions(**_TO_LOAD))
     with torch.device("meta"):
         copy = type(model)(model.config, preprocessing=model.preprocessing)
     device = next(iter(state.values())).device
