@@ -20,7 +20,7 @@ from helpers import inspect_in_chromium
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = ["models", "weights", "data", "training", "distributed", "evaluation", "experiments",
          "reliability", "cli", "architecture", "results"]  # fmt: skip
-REFERENCE = ["models", "weights", "data", "training", "evaluation"]
+REFERENCE = ["models", "weights", "data", "training", "evaluation", "experiments"]
 
 
 @pytest.fixture(scope="module")
