@@ -6,6 +6,7 @@ another (each side resizing the position embeddings its own way), and written ba
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -204,6 +205,19 @@ def test_a_dinov2_with_a_head_is_refused_for_transformers_naming_the_pooling(
     assert "formats that hold this model: timm, vitkit" in str(error.value)
 
 
+def assert_edited_config_is_refused(
+    model: torch.nn.Module, folder: Path, edits: dict[str, object], named: str
+) -> None:
+    """`model` saved to `folder` with `edits` made to its config.json: load_model refuses it in
+    one line naming the folder and `named`."""
+    model.save_pretrained(folder)
+    path = folder / "config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **edits}))
+    with pytest.raises(vitkit.CheckpointError, match=named) as error:
+        vitkit.load_model(folder)
+    assert "\n" not in str(error.value) and str(folder) in str(error.value)
+
+
 @pytest.mark.parametrize(
     "field, value, named",
     [
@@ -219,14 +233,7 @@ def test_a_dinov2_with_a_head_is_refused_for_transformers_naming_the_pooling(
 def test_bad_dinov2_config_values_are_one_line_naming_the_field(
     tmp_path: Path, field: str, value: object, named: str
 ) -> None:
-    import json
-
-    hf_dinov2(0).save_pretrained(tmp_path / "dinov2")
-    path = tmp_path / "dinov2" / "config.json"
-    path.write_text(json.dumps({**json.loads(path.read_text()), field: value}))
-    with pytest.raises(vitkit.CheckpointError, match=named) as error:
-        vitkit.load_model(tmp_path / "dinov2")
-    assert "\n" not in str(error.value) and str(tmp_path / "dinov2") in str(error.value)
+    assert_edited_config_is_refused(hf_dinov2(0), tmp_path / "dinov2", {field: value}, named)
 
 
 def test_a_clip_towers_activation_is_stated_or_warned(tmp_path: Path) -> None:
@@ -409,14 +416,7 @@ def test_dinov3_has_no_key_bias_in_any_format(tmp_path: Path) -> None:
 def test_bad_dinov3_config_values_are_one_line_naming_the_field(
     tmp_path: Path, field: str, value: object, named: str
 ) -> None:
-    import json
-
-    hf_dinov3().save_pretrained(tmp_path / "dinov3")
-    path = tmp_path / "dinov3" / "config.json"
-    path.write_text(json.dumps({**json.loads(path.read_text()), field: value}))
-    with pytest.raises(vitkit.CheckpointError, match=named) as error:
-        vitkit.load_model(tmp_path / "dinov3")
-    assert "\n" not in str(error.value) and str(tmp_path / "dinov3") in str(error.value)
+    assert_edited_config_is_refused(hf_dinov3(), tmp_path / "dinov3", {field: value}, named)
 
 
 def test_timm_eva_with_a_position_table_is_refused_in_one_line(tmp_path: Path) -> None:
