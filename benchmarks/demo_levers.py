@@ -65,6 +65,9 @@ ARMS = {
     "demo": Arm(),
     "smoothing-0.2": Arm(fields={"label_smoothing": 0.2}),
     "split-0.4": Arm(shares=(0.4, 0.3)),
+    # Muon's learning rate in both stages: 4e-3 won at 800 pre-training steps (demo_recipes.py),
+    # and a longer run may want a lower peak.
+    "muon-lr-3e-3": Arm(fields={"lr": 3e-3}),
 }
 
 
