@@ -14,6 +14,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -21,6 +22,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 import vitkit
+from vitkit.analysis import plots
 from vitkit.analysis.plots import (
     plot_arms,
     plot_attention_maps,
@@ -50,6 +52,34 @@ def test_every_plot_draws_names_that_look_like_formulas(tmp_path: Path) -> None:
 
     plot_attention_maps(pixels, torch.from_numpy(maps), tmp_path / "maps.png", titles=names[:1])
     assert len(list(tmp_path.glob("*.png"))) == 4
+
+
+def test_log_axes_are_labelled_with_numbers_not_formula_source(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With mathtext off, matplotlib's own log-axis labels ("$\\mathdefault{10^{4}}$") would be
+    drawn as their source: a loss within one decade, a loss over four, data sizes on a log x."""
+    labels: list[list[str]] = []
+    save = plots._save
+
+    def drawn_then_saved(figure: plt.Figure, path: Path) -> Path:
+        figure.canvas.draw()
+        labels.append([text.get_text() for axes in figure.axes
+                       for text in axes.get_xticklabels(which="both")
+                       + axes.get_yticklabels(which="both")])  # fmt: skip
+        return save(figure, path)
+
+    monkeypatch.setattr(plots, "_save", drawn_then_saved)
+    narrow = [{"seconds": float(i), "loss": 2.2 - 0.05 * i, "top1": 0.3} for i in range(8)]
+    wide = [{"seconds": float(i), "loss": 10.0 ** (1 - i), "top1": 0.3} for i in range(5)]
+    plot_curves_against_time({"a": [narrow]}, tmp_path / "narrow.png")
+    plot_curves_against_time({"a": [wide]}, tmp_path / "wide.png")
+    plots.plot_lines([5000, 50000], {"ViT": [0.3, 0.6]}, tmp_path / "sizes.png", xlabel="n",
+                     ylabel="%", title="t", log_x=True)  # fmt: skip
+    assert len(labels) == 3
+    for drawn in labels:
+        assert not [label for label in drawn if "$" in label or "mathdefault" in label]
+    assert {"2", "1e\u221203", "10000"} <= {label for drawn in labels for label in drawn}
 
 
 def test_class_folders_named_like_a_formula_or_an_escape_are_evaluated(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Literal
 
 import matplotlib
 
@@ -21,7 +22,7 @@ import matplotlib.pyplot as plt  # noqa: E402 (the backend must be chosen first)
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+from matplotlib.ticker import LogFormatter, MaxNLocator  # noqa: E402
 
 from vitkit.io import atomic_write  # noqa: E402
 from vitkit.text import printable  # noqa: E402
@@ -70,6 +71,16 @@ def _readable_text(plot: Callable[..., Path]) -> Callable[..., Path]:
             return plot(*args, **kwargs)
 
     return drawn
+
+
+def _plain_log_scale(axes: plt.Axes, which: Literal["x", "y"]) -> None:
+    """A log scale labelled with plain numbers ("2", "1e+04"): matplotlib's own labels are
+    formulas ("$10^{4}$"), which the figures, drawn with mathtext off, would show as source."""
+    axes.set_xscale("log") if which == "x" else axes.set_yscale("log")
+    axis = axes.xaxis if which == "x" else axes.yaxis
+    axis.set_major_formatter(LogFormatter())
+    # Where the axis spans less than a decade, label the ticks between the powers of ten too.
+    axis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.4)))
 
 
 def _save(figure: plt.Figure, path: Path) -> Path:
@@ -290,7 +301,7 @@ def plot_curves_against_time(curves: dict[str, list[Sequence[dict]]], path: Path
                     axis.plot(seconds, np.asarray(values) * scale, color=colour, alpha=0.8,
                               marker="o" if key == "top1" else None, markersize=3,
                               label=label if seed == 0 else None)  # fmt: skip
-    losses.set_yscale("log")
+    _plain_log_scale(losses, "y")
     for axis, ylabel in ((losses, "training loss (log scale)"), (accuracies, "test top-1 (%)")):
         axis.set_xlabel("training time (s)")
         axis.set_ylabel(ylabel)
@@ -337,7 +348,7 @@ def plot_lines(
     for label, values in series.items():
         axes.plot(x, 100 * np.asarray(values, dtype=float), marker="o", label=label)
     if log_x:
-        axes.set_xscale("log")
+        _plain_log_scale(axes, "x")
     axes.set_xlabel(xlabel)
     axes.set_ylabel(ylabel)
     axes.set_title(title, fontsize=10)
