@@ -6,8 +6,8 @@ Per seed: `demo-pretrain` for --pretrain steps, then two `demo-finetune` runs fr
 time: a 32 px step of the demo's model costs about 4.3 16 px steps (the demo's own stages: 284
 and 1212 steps in 155 s each, benchmarks/RESULTS.md). Fixed steps make each run's accuracy
 independent of the machine's speed and load. Prints per-seed top-1 and the paired difference
-with its confidence interval (`vitkit.experiments.statistics`, as the experiments report it);
---write appends the table to RESULTS.md.
+with its confidence interval; --write appends the table to RESULTS.md. The runs, their record
+and report.html stay in --out, and the same command resumes.
 
     .venv/bin/python benchmarks/resolution_seeds.py --data ../shared/data/cifar10-jpg.tar.gz
 """
@@ -15,24 +15,73 @@ with its confidence interval (`vitkit.experiments.statistics`, as the experiment
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
-import sys
-import tempfile
-import time
+import dataclasses
 from pathlib import Path
 
-from results import append_to_results
+from results import Summary, result_section, run_benchmark
 
+from vitkit.experiments.engine import Experiment, Outcome, Request
+from vitkit.experiments.record import ExperimentRecord
 from vitkit.experiments.statistics import PairedDifference
+from vitkit.training.config import TrainConfig
+from vitkit.training.presets import get_preset
 
 
-def train(preset: str, data: str, out: Path, *fields: str) -> float:
-    """Top-1 of one fixed-step `vitkit train` run."""
-    command = [sys.executable, "-m", "vitkit.cli.main", "train", "--preset", preset, "--data",
-               data, "--out", str(out), "budget_seconds=0", *fields]  # fmt: skip
-    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return json.loads((out / "summary.json").read_text())["top1"]
+def arm_runs(arm: str, seed: int, request: Request, record: ExperimentRecord) -> list:
+    """Arm "32 px" or "16 px": the seed's shared pre-training run, then the arm's fine-tune."""
+    settings = record.content["settings"]
+
+    def stage(preset: str, **fields: object) -> TrainConfig:
+        return dataclasses.replace(get_preset(preset), data=request.data, seed=seed,
+                                   budget_seconds=0.0, **fields)  # fmt: skip
+
+    init = str(record.run_folder(f"seed{seed}/pretrain"))
+    low_steps = round(settings["finetune_steps"] * settings["step_ratio"])
+    finetune = {
+        "32 px": stage("demo-finetune", init=init, steps=settings["finetune_steps"]),
+        "16 px": stage("demo-finetune", init=init, resolution=16, steps=low_steps),
+    }
+    pretrain = stage("demo-pretrain", steps=settings["pretrain_steps"])
+    return [("pretrain", pretrain), (f"finetune-{arm.replace(' ', '')}", finetune[arm])]
+
+
+def summarise(record: ExperimentRecord, outcome: Outcome) -> Summary:
+    """Per seed, each run's top-1 and the difference; the paired difference's interval."""
+    settings = record.content["settings"]
+    high, low = outcome.top1["32 px"], outcome.top1["16 px"]
+    rows = [
+        [str(seed), f"{record.runs[f'seed{seed}/pretrain']['top1']:.2%}", f"{hi:.2%}",
+         f"{lo:.2%}", f"{hi - lo:+.2%}"]
+        for seed, hi, lo in zip(settings["seeds"], high, low, strict=True)
+    ]  # fmt: skip
+    low_steps = round(settings["finetune_steps"] * settings["step_ratio"])
+    return Summary(
+        "The demo's claim over seeds (fixed steps)",
+        [
+            f"Pre-training {settings['pretrain_steps']} steps at 16 px, then "
+            f"{settings['finetune_steps']} steps at 32 px against {low_steps} at 16 px (equal "
+            "time)."
+        ],  # fmt: skip
+        ["seed", "pre-train 16 px", "fine-tune 32 px", "fine-tune 16 px", "32 px - 16 px"],
+        rows,
+        [f"Paired difference, 32 px - 16 px: {PairedDifference.of(high, low).percent()}."],
+    )
+
+
+EXPERIMENT = Experiment(
+    name="resolution-seeds",
+    title="The demo's claim over seeds: a 32 px fine-tune against 16 px for the same time",
+    introduction="Fixed steps per run, so the accuracies do not depend on the machine's load.",
+    default_seeds=3,
+    default_budget_seconds=None,
+    own_fields=frozenset({"seed", "resolution"}),
+    arms=("32 px", "16 px"),
+    runs=arm_runs,
+    result=result_section(summarise),
+    layout="runs/seedN/{pretrain, finetune-32px, finetune-16px}",
+    figures=lambda outcome: {},
+    timed=False,
+)
 
 
 def main() -> None:
@@ -42,41 +91,13 @@ def main() -> None:
     parser.add_argument("--pretrain", type=int, default=600)
     parser.add_argument("--finetune", type=int, default=70)
     parser.add_argument("--step-ratio", type=float, default=4.3)
+    parser.add_argument("--out", type=Path, default=Path("runs/resolution_seeds"))
     parser.add_argument("--write", action="store_true", help="append the table to RESULTS.md")
     args = parser.parse_args()
-    low_steps = round(args.finetune * args.step_ratio)
-    rows, highs, lows = [], [], []
-    with tempfile.TemporaryDirectory() as folder:
-        for seed in args.seeds:
-            root = Path(folder) / f"seed{seed}"
-            pre = train("demo-pretrain", args.data, root / "pretrain",
-                        f"steps={args.pretrain}", f"seed={seed}")  # fmt: skip
-            init = f"init={root / 'pretrain'}"
-            high = train("demo-finetune", args.data, root / "high", init,
-                         f"steps={args.finetune}", f"seed={seed}")  # fmt: skip
-            low = train("demo-finetune", args.data, root / "low", init, "resolution=16",
-                        f"steps={low_steps}", f"seed={seed}")  # fmt: skip
-            highs.append(high)
-            lows.append(low)
-            rows.append(f"| {seed} | {pre:.2%} | {high:.2%} | {low:.2%} | {high - low:+.2%} |")
-            print(rows[-1], flush=True)
-    table = "\n".join([
-        f"## The demo's claim over seeds (fixed steps), {time.strftime('%Y-%m-%d')}",
-        "",
-        f"Command: `.venv/bin/python benchmarks/resolution_seeds.py --seeds "
-        f"{' '.join(map(str, args.seeds))} --pretrain {args.pretrain} --finetune {args.finetune} "
-        f"--step-ratio {args.step_ratio}`: pre-training {args.pretrain} steps at 16 px, then "
-        f"{args.finetune} steps at 32 px against {low_steps} at 16 px (equal time).",
-        "",
-        "| seed | pre-train 16 px | fine-tune 32 px | fine-tune 16 px | 32 px - 16 px |",
-        "| ---: | ---: | ---: | ---: | ---: |",
-        *rows,
-        "",
-        f"Paired difference, 32 px - 16 px: {PairedDifference.of(highs, lows).percent()}.",
-    ])  # fmt: skip
-    print(table)
-    if args.write:
-        append_to_results(table)
+    steps = {"pretrain_steps": args.pretrain, "finetune_steps": args.finetune,
+             "step_ratio": args.step_ratio}  # fmt: skip
+    experiment = dataclasses.replace(EXPERIMENT, settings=lambda hardware: steps)
+    run_benchmark(experiment, summarise, args.data, args.seeds, args.out, write=args.write)
 
 
 if __name__ == "__main__":

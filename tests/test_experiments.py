@@ -19,6 +19,7 @@ import vitkit
 from vitkit.cli.main import main
 from vitkit.errors import ConfigError, TrainingError
 from vitkit.experiments import record as record_module
+from vitkit.experiments.engine import Experiment, Request, Seed, run_experiment
 from vitkit.experiments.record import ExperimentRecord
 from vitkit.experiments.resolution import EXPERIMENT as RESOLUTION
 from vitkit.experiments.statistics import PairedDifference, Spread
@@ -95,6 +96,65 @@ def test_a_folder_holds_one_experiment_with_one_set_of_settings(tmp_path: Path) 
     (tmp_path / "experiment.json").write_text("[1, 2]")
     with pytest.raises(TrainingError, match="not an experiment record"):
         open_record(tmp_path, settings)
+
+
+def fixed_step_experiment(measured: list[str]) -> Experiment:
+    """Arms "a" and "b" of 2-step tiny runs (no time budget: the steps are fixed), measuring
+    twice each final run's top-1 and noting in `measured` each run it measured."""
+
+    def runs(arm: str, seed: int, request: Request, record: ExperimentRecord) -> list:
+        lr = 1e-3 if arm == "a" else 1e-2
+        return [(arm, tiny(Path(request.data), seed=seed, steps=2, lr=lr))]
+
+    def measure(record: ExperimentRecord, seed: Seed) -> None:
+        for keys in seed.keys.values():
+            key = keys[-1]
+
+            def twice(key: str = key) -> float:
+                measured.append(key)
+                return 2 * record.runs[key]["top1"]
+
+            record.measured(key, "twice", twice)
+
+    return Experiment(
+        name="fixed-steps", title="Fixed steps", introduction="Two arms.", default_seeds=2,
+        default_budget_seconds=None, own_fields=frozenset({"seed", "lr"}), arms=("a", "b"),
+        runs=runs, result=lambda page, record, outcome: page.paragraph(f"{outcome.top1}"),
+        layout="runs/seedN/ARM", figures=lambda outcome: {}, measure=measure, timed=False,
+    )  # fmt: skip
+
+
+def test_an_experiment_at_fixed_steps_records_what_it_measures_once(
+    image_tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The benchmarks' form: steps fixed by the runs, no budget (one given is refused, as a
+    missing one is for a timed experiment), a number measured per run, kept in the record and
+    not measured again when the same request resumes."""
+    measured: list[str] = []
+    experiment = fixed_step_experiment(measured)
+    out = tmp_path / "fixed"
+    with pytest.raises(ConfigError, match="runs fix their steps; it takes no time budget"):
+        run_experiment(experiment, Request(str(image_tree), [0], 5.0), out)
+    with pytest.raises(ConfigError, match="budget_seconds: expected a positive number"):
+        run_experiment(RESOLUTION, Request(str(image_tree), [0], None), out)
+    assert not out.exists()
+    outcome = run_experiment(experiment, Request(str(image_tree), [0, 1], None), out)
+    runs = json.loads((out / "experiment.json").read_text())["runs"]
+    assert sorted(runs) == ["seed0/a", "seed0/b", "seed1/a", "seed1/b"]
+    for run in runs.values():
+        assert run["steps"] == 2 and run["measured"] == {"twice": 2 * run["top1"]}
+    assert outcome.top1["a"] == [runs["seed0/a"]["top1"], runs["seed1/a"]["top1"]]
+    assert measured == ["seed0/a", "seed0/b", "seed1/a", "seed1/b"]
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished run was trained again")
+
+    monkeypatch.setattr(record_module, "train", no_training)
+    measured.clear()
+    again = run_experiment(experiment, Request(str(image_tree), [0, 1], None), out)
+    assert measured == [] and again.top1 == outcome.top1
+    assert json.loads((out / "experiment.json").read_text())["runs"] == runs
+    assert f"{outcome.top1}" in html.unescape((out / "report.html").read_text())
 
 
 @pytest.mark.slow

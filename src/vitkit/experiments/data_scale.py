@@ -83,6 +83,7 @@ def write_result(page: Page, record: ExperimentRecord, outcome: Outcome) -> None
     """The verdict, then top-1 and few-shot accuracy per model and share as tables and plots
     against the number of training images."""
     settings = record.content["settings"]
+    assert outcome.train_images is not None  # read for the few-shot accuracy
     sizes = [round(fraction * outcome.train_images) for fraction in FRACTIONS]
     title = f"{settings['budget_seconds']:g} s per run at {RESOLUTION} px, " + (
         f"{len(settings['seeds'])} seed(s)"

@@ -6,12 +6,15 @@ the runs each arm trains for a seed, what is measured on the finished models, an
 own result section. `run_experiment` does the rest for all of them:
 
 1. the settings (data, seeds, budget, overrides, hardware and the experiment's own) are checked
-   and the folder's record opened (record.py), before anything trains;
+   and the folder's record opened (record.py), before anything trains. The budget is seconds
+   per arm, equal time on this machine; an experiment whose runs fix their steps instead (the
+   benchmarks', whose accuracies must not depend on the machine's speed or load) takes none;
 2. seeds in the outer loop, arms in the inner, each arm's runs in order: a run finished before is
    read from the record, an interrupted one resumes, so a stopped experiment leaves every arm
    with the same seeds and the same command goes on;
 3. after each seed's arms, the few-shot accuracy of the representations the experiment names
-   (by default each arm's final model);
+   (by default each arm's final model), and whatever else the experiment measures on them
+   (recorded per run, so a resumed experiment does not measure again);
 4. report.html: the experiment's result section, then the sections every experiment shares
    (report_sections.py: training curves, inspection figures, how it was run).
 """
@@ -43,7 +46,7 @@ class Request:
 
     data: str
     seeds: list[int]
-    budget_seconds: float
+    budget_seconds: float | None  # None where the experiment's runs fix their steps
     hardware: Literal["cpu", "gpu"] = "cpu"
 
 
@@ -54,7 +57,7 @@ class Seed:
     number: int
     request: Request
     keys: dict[str, list[str]]  # arm -> the record keys of its runs, in training order
-    train_set: ArrayDataset
+    train_set: ArrayDataset | None  # read only for an experiment that measures few-shot accuracy
     test_set: ArrayDataset
 
 
@@ -66,7 +69,7 @@ class Outcome:
     top1: dict[str, list[float | None]] = field(default_factory=dict)
     fewshot: dict[str, list[float]] = field(default_factory=dict)
     runs: dict[str, list[list[str]]] = field(default_factory=dict)
-    train_images: int = 0
+    train_images: int | None = None  # known where the training split was read (few-shot)
 
 
 # (arm, seed, request, record) -> the arm's runs in training order, as (run name, config); a run's
@@ -94,13 +97,15 @@ class Experiment:
     measures that few-shot accuracy of `representations`. `result` writes the report's result
     section; `curves` and `figures` choose the arms whose training curves and the runs whose
     inspection figures the report shows (by default every arm, and the first seed's final
-    models)."""
+    models; none leaves the section out). `measure` measures more on a seed's finished runs,
+    recording each number with `ExperimentRecord.measured`. `timed=False`: the runs fix their
+    own steps, and the request has no budget."""
 
     name: str
     title: str
     introduction: str
     default_seeds: int
-    default_budget_seconds: float
+    default_budget_seconds: float | None  # None where not `timed`
     own_fields: frozenset[str]
     arms: tuple[str, ...]
     runs: Runs
@@ -114,6 +119,8 @@ class Experiment:
     figures: Callable[[Outcome], dict[str, str]] = lambda outcome: {
         arm: keys[0][-1] for arm, keys in outcome.runs.items()
     }
+    measure: Callable[[ExperimentRecord, Seed], None] | None = None
+    timed: bool = True
 
 
 def run_experiment(
@@ -136,12 +143,13 @@ def run_experiment(
     }
     # Missing data fails before the record claims the folder.
     test_set = open_dataset(request.data, split="test")
-    train_set = open_dataset(request.data, split="train") if experiment.shots else test_set
+    train_set = open_dataset(request.data, split="train") if experiment.shots else None
     record = ExperimentRecord.open(
-        out, experiment.name, settings, command, own_fields=experiment.own_fields
-    )
+        out, experiment.name, settings, command, own_fields=experiment.own_fields,
+        timed=experiment.timed,
+    )  # fmt: skip
     started = time.perf_counter()
-    outcome = Outcome(train_images=len(train_set))
+    outcome = Outcome(train_images=None if train_set is None else len(train_set))
     for seed in request.seeds:
         keys = {}
         for arm in experiment.arms:
@@ -151,13 +159,15 @@ def run_experiment(
                 result = record.train(key, config)
             outcome.top1.setdefault(arm, []).append(result["top1"])
             outcome.runs.setdefault(arm, []).append(keys[arm])
+        finished = Seed(seed, request, keys, train_set, test_set)
         if experiment.shots:
-            finished = Seed(seed, request, keys, train_set, test_set)
             for name, (key, model) in experiment.representations(record, finished).items():
                 accuracy = record.fewshot(
                     key, train_set, test_set, shots=experiment.shots, model=model
                 )
                 outcome.fewshot.setdefault(name, []).append(accuracy)
+        if experiment.measure is not None:
+            experiment.measure(record, finished)
     write_report(experiment, record, outcome, test_set, seconds=time.perf_counter() - started)
     return outcome
 
@@ -177,7 +187,9 @@ def write_report(
     page.heading("Result")
     experiment.result(page, record, outcome)
     add_training_curves(page, record, experiment.curves(outcome), note=experiment.curves_note)
-    add_inspection_figures(page, record, experiment.figures(outcome), test_set)
+    figures = experiment.figures(outcome)
+    if figures:
+        add_inspection_figures(page, record, figures, test_set)
     add_how_it_was_run(page, record, seconds=seconds, layout=experiment.layout)
     path = record.folder / "report.html"
     page.write(path)

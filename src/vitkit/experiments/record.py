@@ -44,6 +44,7 @@ FEWSHOT_SEEDS = 5  # draws of the k images per class, averaged
 MOST_SEEDS = 100  # seeds 0..99; a typo such as 1000000000 must not build a list that fills memory
 MOST_RECORD_BYTES = 4 << 20  # 100 seeds of 20 runs make about 200 kB
 MOST_RUN_SECONDS = 1e9  # about 30 years: a larger time is an edit, and sums of them overflow
+MOST_MEASURED = 64  # numbers measured per run beyond top-1 and few-shot accuracy
 # TrainConfig fields every experiment sets itself: the data (--data), the equal training time
 # (--budget, which steps or epochs would override), the splits its top-1, few-shot accuracy and
 # figures read, and a classifier trained from scratch unless a stage starts from an earlier one.
@@ -58,8 +59,17 @@ def _is_share(value: Any) -> bool:
     return type(value) in (int, float) and 0 <= value <= 1  # NaN fails both comparisons
 
 
+def _is_measured(value: Any) -> bool:
+    return (
+        isinstance(value, dict)
+        and len(value) <= MOST_MEASURED
+        and all(type(number) in (int, float) and math.isfinite(number) for number in value.values())
+    )
+
+
 # What a run's entry may hold: `train` records top1 (null when the run has no test split), steps
-# and seconds; `fewshot` adds its accuracy, alone for a model that was never trained.
+# and seconds; `fewshot` adds its accuracy, alone for a model that was never trained; `measured`
+# adds what an experiment measures beyond them, by name.
 RUN_FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "top1": (lambda value: value is None or _is_share(value), "null or a number from 0 to 1"),
     "steps": (lambda value: type(value) is int and 0 <= value < 2**63, "a whole number >= 0"),
@@ -68,6 +78,7 @@ RUN_FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
         f"a number of seconds from 0 to {MOST_RUN_SECONDS:g}",
     ),
     "fewshot": (_is_share, "a number from 0 to 1"),
+    "measured": (_is_measured, f"a JSON object of at most {MOST_MEASURED} finite numbers"),
 }
 TRAINED = ("top1", "steps", "seconds")
 
@@ -92,13 +103,15 @@ class ExperimentRecord:
         command: str,
         *,
         own_fields: frozenset[str],
+        timed: bool = True,
     ) -> ExperimentRecord:
         """The folder's record, created if new. `settings` holds at least seeds, budget_seconds
-        and overrides; `own_fields`: the TrainConfig fields the experiment sets itself. Nothing
+        (None where the experiment is not `timed`: its runs fix their steps) and overrides;
+        `own_fields`: the TrainConfig fields the experiment sets itself. Nothing
         is written before every check passed: ConfigError for bad seeds, budget or overrides;
         TrainingError when the folder cannot be made, its record is damaged, or it holds another
         experiment or the same one with other settings."""
-        check_request(experiment, settings, SET_BY_EVERY_EXPERIMENT | own_fields)
+        check_request(experiment, settings, SET_BY_EVERY_EXPERIMENT | own_fields, timed=timed)
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as error:  # --out names a file, or a path through one
@@ -192,11 +205,24 @@ class ExperimentRecord:
             self.save()
         return result["fewshot"]
 
+    def measured(self, key: str, name: str, measure: Callable[[], float]) -> float:
+        """A number `name` measured on finished run `key` (e.g. its top-1 with more test-time
+        views, or its evaluation's images per second): from the record, else `measure()` now,
+        recorded."""
+        numbers = self.runs[key].setdefault("measured", {})
+        if name not in numbers:
+            numbers[name] = float(measure())
+            self.save()
+        return numbers[name]
 
-def check_request(experiment: str, settings: dict[str, Any], fixed: frozenset[str]) -> None:
+
+def check_request(
+    experiment: str, settings: dict[str, Any], fixed: frozenset[str], *, timed: bool = True
+) -> None:
     """Refuse in one line (ConfigError), before anything is written or trained: seeds that are
     not 1 to MOST_SEEDS distinct whole numbers, a budget that is not a positive number of
-    seconds, and overrides that are malformed or change a field in `fixed`."""
+    seconds (or, where the experiment is not `timed`, any budget), and overrides that are
+    malformed or change a field in `fixed`."""
     seeds, budget = settings["seeds"], settings["budget_seconds"]
     if not (
         1 <= len(seeds) <= MOST_SEEDS
@@ -207,7 +233,12 @@ def check_request(experiment: str, settings: dict[str, Any], fixed: frozenset[st
             f"seeds: expected 1 to {MOST_SEEDS} distinct whole numbers >= 0, got "
             f"{reprlib.repr(seeds)}"
         )
-    if not (type(budget) in (int, float) and 0 < budget < math.inf):
+    if not timed and budget is not None:
+        raise ConfigError(
+            f"budget_seconds: the {experiment} experiment's runs fix their steps; it takes no "
+            f"time budget, got {budget!r}"
+        )
+    if timed and not (type(budget) in (int, float) and 0 < budget < math.inf):
         raise ConfigError(f"budget_seconds: expected a positive number of seconds, got {budget!r}")
     for assignment in settings["overrides"]:
         name = assignment.partition("=")[0]
