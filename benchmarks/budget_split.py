@@ -6,9 +6,10 @@ pre-training steps plus 280 fine-tuning steps at 32 px, each of which costs abou
 4.3 pre-training steps; benchmarks/RESULTS.md). An arm with pre-training share s pre-trains for
 s x cost steps at 16 px and fine-tunes for (1 - s) x cost / step-ratio steps at 32 px. Fixed steps
 make the accuracies independent of the machine's speed and load. The demo gives pre-training
-0.6 and each fine-tune 0.2 of its budget, which came to a share of about 0.71 in its runs.
+0.6 and each fine-tune 0.2 of its budget, which came to a share of about 0.71 in its runs. The
+runs, their record and report.html stay in --out, and the same command resumes.
 
-    .venv/bin/python benchmarks/budget_split.py [--shares 0.5 0.71 0.9] [--seed 0] [--write]
+    .venv/bin/python benchmarks/budget_split.py [--shares 0.5 0.71 0.9] [--seeds 0] [--write]
 
 About 10 minutes per arm on a 2-core CPU.
 """
@@ -16,12 +17,68 @@ About 10 minutes per arm on a 2-core CPU.
 from __future__ import annotations
 
 import argparse
-import tempfile
-import time
+import dataclasses
 from pathlib import Path
 
-from resolution_seeds import train
-from results import append_to_results
+from results import Summary, result_section, run_benchmark
+
+from vitkit.experiments.engine import Experiment, Outcome, Request
+from vitkit.experiments.record import ExperimentRecord
+from vitkit.training.presets import get_preset
+
+
+def steps(share: float, settings: dict) -> tuple[int, int]:
+    """Steps at 16 px and at 32 px of the arm with pre-training share `share`."""
+    cost, ratio = settings["cost"], settings["step_ratio"]
+    return round(share * cost), round((1 - share) * cost / ratio)
+
+
+def arm_runs(arm: str, seed: int, request: Request, record: ExperimentRecord) -> list:
+    """Pre-training at 16 px for the arm's share of the cost, then the 32 px fine-tune."""
+    pretrain_steps, finetune_steps = steps(float(arm), record.content["settings"])
+    common = {"data": request.data, "seed": seed, "budget_seconds": 0.0}
+    init = str(record.run_folder(f"seed{seed}/pretrain-{arm}"))
+    return [
+        (f"pretrain-{arm}",
+         dataclasses.replace(get_preset("demo-pretrain"), **common, steps=pretrain_steps)),
+        (f"finetune-{arm}", dataclasses.replace(get_preset("demo-finetune"), **common, init=init,
+                                                steps=finetune_steps)),
+    ]  # fmt: skip
+
+
+def summarise(record: ExperimentRecord, outcome: Outcome) -> Summary:
+    """One row per arm and seed: its steps, and top-1 after each stage."""
+    settings = record.content["settings"]
+    rows = []
+    for arm, values in outcome.top1.items():
+        for seed, top1 in zip(settings["seeds"], values, strict=True):
+            pretrain = record.runs[f"seed{seed}/pretrain-{arm}"]["top1"]
+            rows.append([arm, str(seed), *map(str, steps(float(arm), settings)),
+                         f"{pretrain:.2%}", f"**{top1:.2%}**"])  # fmt: skip
+    return Summary(
+        "The demo's budget split (fixed steps)",
+        [f"Every arm costs {settings['cost']} pre-training steps' worth (a 32 px step counts "
+         f"{settings['step_ratio']:g})."],  # fmt: skip
+        ["pre-training share", "seed", "steps at 16 px", "steps at 32 px", "pre-train top-1",
+         "after the 32 px fine-tune"],  # fmt: skip
+        rows,
+    )
+
+
+EXPERIMENT = Experiment(
+    name="budget-split",
+    title="The demo's budget split between 16 px pre-training and the 32 px fine-tune",
+    introduction="Every arm spends the same cost in steps; fixed steps per run.",
+    default_seeds=1,
+    default_budget_seconds=None,
+    own_fields=frozenset({"seed", "resolution"}),
+    arms=("0.5", "0.71", "0.9"),
+    runs=arm_runs,
+    result=result_section(summarise),
+    layout="runs/seedN/{pretrain-SHARE, finetune-SHARE}",
+    figures=lambda outcome: {},
+    timed=False,
+)
 
 
 def main() -> None:
@@ -30,39 +87,16 @@ def main() -> None:
     parser.add_argument("--shares", type=float, nargs="*", default=[0.5, 0.71, 0.9])
     parser.add_argument("--cost", type=int, default=4174)
     parser.add_argument("--step-ratio", type=float, default=4.3)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, nargs="*", default=[0])
+    parser.add_argument("--out", type=Path, default=Path("runs/budget_split"))
     parser.add_argument("--write", action="store_true", help="append the table to RESULTS.md")
     args = parser.parse_args()
-    rows = []
-    with tempfile.TemporaryDirectory() as folder:
-        for share in args.shares:
-            pretrain_steps = round(share * args.cost)
-            finetune_steps = round((1 - share) * args.cost / args.step_ratio)
-            root = Path(folder) / f"share{share}"
-            seed = f"seed={args.seed}"
-            pre = train("demo-pretrain", args.data, root / "pretrain",
-                        f"steps={pretrain_steps}", seed)  # fmt: skip
-            high = train("demo-finetune", args.data, root / "high", f"init={root / 'pretrain'}",
-                         f"steps={finetune_steps}", seed)  # fmt: skip
-            rows.append(f"| {share:g} | {pretrain_steps} | {finetune_steps} | {pre:.2%} | "
-                        f"**{high:.2%}** |")  # fmt: skip
-            print(rows[-1], flush=True)
-    table = "\n".join([
-        f"## The demo's budget split (fixed steps), {time.strftime('%Y-%m-%d')}",
-        "",
-        f"Command: `.venv/bin/python benchmarks/budget_split.py --shares "
-        f"{' '.join(f'{share:g}' for share in args.shares)} --cost {args.cost} --step-ratio "
-        f"{args.step_ratio} --seed {args.seed}`. Every arm costs {args.cost} pre-training steps' "
-        "worth; one seed.",
-        "",
-        "| pre-training share | steps at 16 px | steps at 32 px | pre-train top-1 | "
-        "after the 32 px fine-tune |",
-        "| ---: | ---: | ---: | ---: | ---: |",
-        *rows,
-    ])  # fmt: skip
-    print(table)
-    if args.write:
-        append_to_results(table)
+    cost = {"cost": args.cost, "step_ratio": args.step_ratio}
+    experiment = dataclasses.replace(
+        EXPERIMENT, arms=tuple(f"{share:g}" for share in args.shares),
+        settings=lambda hardware: cost,
+    )  # fmt: skip
+    run_benchmark(experiment, summarise, args.data, args.seeds, args.out, write=args.write)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 """Fixed-step comparison of pre-training recipes for the demo (vitkit demo), at 16 px.
 
-Each row is one `vitkit train --preset demo-pretrain` run with a fixed number of steps (so machine
-load changes its duration but not its accuracy) and the given field overrides; the script prints
-a Markdown table of test top-1 and, with --write, appends it to benchmarks/RESULTS.md.
+Each arm is one `demo-pretrain` run with a fixed number of steps (so machine load changes its
+duration but not its accuracy) and the given field overrides; the script prints a Markdown table
+of test top-1 and, with --write, appends it to benchmarks/RESULTS.md. The runs, their record and
+report.html stay in --out, and the same command resumes (a new --rows adds its arms).
 
     .venv/bin/python benchmarks/demo_recipes.py --data ../shared/data/cifar10-jpg.tar.gz [--write]
     .venv/bin/python benchmarks/demo_recipes.py --rows vit-lr1e-3 hybrid-lr1e-3   # a subset
@@ -13,16 +14,16 @@ About 2-3 minutes per row on a 2-core CPU.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
-import subprocess
-import sys
-import tempfile
-import time
+import dataclasses
 from pathlib import Path
 
-import torch
-from results import append_to_results
+from results import Summary, result_section, run_benchmark
+
+from vitkit.experiments.engine import Experiment, Outcome, Request, Seed
+from vitkit.experiments.record import ExperimentRecord
+from vitkit.training.config import parse_overrides
+from vitkit.training.presets import get_preset
+from vitkit.training.run_dir import RunDir
 
 # name -> field overrides of the demo-pretrain preset (800 steps = 2 epochs at batch 128); each
 # row names every field it was measured with that differs from the preset now (the earlier rows
@@ -77,48 +78,71 @@ ROWS: dict[str, list[str]] = {
 }
 
 
-def run_row(name: str, overrides: list[str], data: str, out: Path) -> dict:
-    command = [
-        sys.executable, "-m", "vitkit.cli.main", "train", "--preset", "demo-pretrain",
-        "--data", data, "--out", str(out / name), "budget_seconds=0", *overrides,
-    ]  # fmt: skip
-    started = time.perf_counter()
-    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
-    summary = json.loads((out / name / "summary.json").read_text())
-    return {
-        "top1": summary["top1"],
-        "top1_without_ema": summary.get("top1_without_ema"),
-        "wall_s": time.perf_counter() - started,
-    }
+def arm_runs(arm: str, seed: int, request: Request, record: ExperimentRecord) -> list:
+    """The row's one run: demo-pretrain with its overrides."""
+    base = dataclasses.replace(get_preset("demo-pretrain"), data=request.data, seed=seed)
+    return [(arm, parse_overrides(base, ["budget_seconds=0", *ROWS[arm]]))]
+
+
+def measure_without_ema(record: ExperimentRecord, seed: Seed) -> None:
+    """The raw weights' top-1 of each run that averaged its weights (summary.json has it)."""
+    for keys in seed.keys.values():
+        summary = RunDir(record.run_folder(keys[-1])).summary()
+        if summary is not None and (raw := summary.top1_without_ema) is not None:
+            record.measured(keys[-1], "top1_without_ema", lambda raw=raw: raw)
+
+
+def summarise(record: ExperimentRecord, outcome: Outcome) -> Summary:
+    """One row per recipe and seed: its overrides, top-1 (and the raw weights' with EMA) and
+    training time."""
+    rows = []
+    for arm, values in outcome.top1.items():
+        for seed, top1 in zip(record.content["settings"]["seeds"], values, strict=True):
+            run = record.runs[f"seed{seed}/{arm}"]
+            raw = run.get("measured", {}).get("top1_without_ema")
+            rows.append([f"`{' '.join(ROWS[arm])}`", str(seed), f"{top1:.2%}",
+                         "" if raw is None else f"{raw:.2%}", f"{run['seconds']:.0f}"])  # fmt: skip
+    return Summary(
+        "Demo pre-training recipes (fixed steps)",
+        [],
+        [
+            "recipe (overrides of demo-pretrain)",
+            "seed",
+            "top-1",
+            "top-1 without EMA",
+            "training s",
+        ],  # fmt: skip
+        rows,
+    )
+
+
+EXPERIMENT = Experiment(
+    name="demo-recipes",
+    title="Pre-training recipes for the demo, at fixed steps",
+    introduction="Each arm is demo-pretrain with the overrides its name stands for.",
+    default_seeds=1,
+    default_budget_seconds=None,
+    own_fields=frozenset({"seed"}),
+    arms=tuple(ROWS),
+    runs=arm_runs,
+    result=result_section(summarise),
+    layout="runs/seedN/ROW",
+    figures=lambda outcome: {},
+    measure=measure_without_ema,
+    timed=False,
+)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default="../shared/data/cifar10-jpg.tar.gz")
     parser.add_argument("--rows", nargs="*", choices=list(ROWS), default=list(ROWS))
+    parser.add_argument("--seeds", type=int, nargs="*", default=[0])
+    parser.add_argument("--out", type=Path, default=Path("runs/demo_recipes"))
     parser.add_argument("--write", action="store_true", help="append the table to RESULTS.md")
     args = parser.parse_args()
-    lines = [
-        "| recipe (overrides of demo-pretrain) | top-1 | top-1 without EMA | wall s |",
-        "| --- | ---: | ---: | ---: |",
-    ]
-    with tempfile.TemporaryDirectory() as out:
-        for name in args.rows:
-            result = run_row(name, ROWS[name], args.data, Path(out))
-            raw = f"{result['top1_without_ema']:.2%}" if result["top1_without_ema"] else ""
-            lines.append(f"| `{' '.join(ROWS[name])}` | {result['top1']:.2%} | {raw} | "
-                         f"{result['wall_s']:.0f} |")  # fmt: skip
-            print(lines[-1], flush=True)
-    header = (
-        f"\n## Demo pre-training recipes (fixed steps), {time.strftime('%Y-%m-%d')}\n\n"
-        f"Machine: {platform.machine()}, {torch.get_num_threads()} threads, torch "
-        f"{torch.__version__}. Command: `.venv/bin/python benchmarks/demo_recipes.py "
-        f"--data {args.data}`.\n\n"
-    )
-    table = header + "\n".join(lines) + "\n"
-    print(table)
-    if args.write:
-        append_to_results(table)
+    experiment = dataclasses.replace(EXPERIMENT, arms=tuple(args.rows))
+    run_benchmark(experiment, summarise, args.data, args.seeds, args.out, write=args.write)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ map. The flexible run keeps the largest patch size as its own (FlexiViT's underl
 its largest) and draws from --patch-sizes; each fixed run trains at one of them. Each model is
 then evaluated on the test set at every patch size it was trained for (the flexible one through
 `load_model(..., patch_size=P)`), timing the evaluation: a speed/accuracy curve per patch size.
+The runs, their record and report.html stay in --out, and the same command resumes.
 
     .venv/bin/python benchmarks/flexivit.py --data ../shared/data/cifar10-jpg.tar.gz
 """
@@ -15,35 +16,104 @@ then evaluated on the test set at every patch size it was trained for (the flexi
 from __future__ import annotations
 
 import argparse
-import subprocess
-import sys
-import tempfile
+import dataclasses
 import time
 from pathlib import Path
 
-from vitkit.data.arrays import ArrayDataset
-from vitkit.data.sources import open_dataset
-from vitkit.devices import describe_machine
+from results import Summary, result_section, run_benchmark
+
 from vitkit.evaluation.accuracy import top1_accuracy
+from vitkit.experiments.engine import Experiment, Outcome, Request, Seed
+from vitkit.experiments.record import ExperimentRecord
+from vitkit.training.config import parse_overrides
+from vitkit.training.presets import get_preset
 from vitkit.weights import load_model
 
 
-def train(out: Path, data: str, model: str, steps: int, *fields: str) -> None:
-    """One fixed-step `vitkit train` run of the demo's pre-training recipe at 32 px."""
-    command = [sys.executable, "-m", "vitkit.cli.main", "train", "--preset", "demo-pretrain",
-               "--data", data, "--out", str(out), f"model={model}", "resolution=32",
-               "budget_seconds=0", f"steps={steps}", "test_split=", *fields]  # fmt: skip
-    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def patch_sizes(arm: str, settings: dict) -> list[int]:
+    """The patch sizes arm "flexible" or "fixedP" trains at (and is evaluated at)."""
+    return settings["patch_sizes"] if arm == "flexible" else [int(arm.removeprefix("fixed"))]
 
 
-def evaluate(run: Path, patch_size: int, test: ArrayDataset) -> tuple[float, float, int]:
-    """(top-1, test images per second, patch tokens per image) of the run's model at
-    `patch_size` (a hybrid's patches are cut from its ResNet's feature map)."""
-    model = load_model(run, patch_size=patch_size)
-    start = time.perf_counter()
-    accuracy = top1_accuracy(model, test, preprocessing=model.preprocessing)
-    height, width = model.config.grid_size
-    return accuracy, len(test) / (time.perf_counter() - start), height * width
+def arm_runs(arm: str, seed: int, request: Request, record: ExperimentRecord) -> list:
+    """One fixed-step run of the demo's pre-training recipe at 32 px, without evaluation; the
+    flexible one keeps the largest patch size as its own and draws from all of them."""
+    settings = record.content["settings"]
+    sizes = patch_sizes(arm, settings)
+    fields = [
+        f"model={settings['model']}",
+        "resolution=32",
+        "budget_seconds=0",
+        f"steps={settings['steps']}",
+        "test_split=",
+        f"model_fields=patch_size={sizes[-1]}",
+    ]
+    if arm == "flexible":
+        fields.append(f"patch_sizes={','.join(map(str, sizes))}")
+    base = dataclasses.replace(get_preset("demo-pretrain"), data=request.data, seed=seed)
+    return [(arm, parse_overrides(base, fields))]  # fmt: skip
+
+
+def measure_patch_sizes(record: ExperimentRecord, seed: Seed) -> None:
+    """Each model's top-1, test images per second and tokens per image at each of its patch
+    sizes (a hybrid's patches are cut from its ResNet's feature map)."""
+    for arm, keys in seed.keys.items():
+        for size in patch_sizes(arm, record.content["settings"]):
+            model = load_model(record.run_folder(keys[-1]), patch_size=size)
+            started = time.perf_counter()
+            top1 = top1_accuracy(model, seed.test_set, preprocessing=model.preprocessing)
+            speed = len(seed.test_set) / (time.perf_counter() - started)
+            height, width = model.config.grid_size
+            for name, value in (("top1", top1), ("images_per_second", speed),
+                                ("tokens", height * width)):  # fmt: skip
+                record.measured(keys[-1], f"{name}_patch{size}", lambda value=value: value)
+
+
+def summarise(record: ExperimentRecord, outcome: Outcome) -> Summary:
+    """Per seed and patch size: tokens, the flexible and the fixed model's top-1, the flexible
+    one's evaluation speed, and the fixed run's training time."""
+    settings = record.content["settings"]
+    rows = []
+    for seed in settings["seeds"]:
+        flexible = record.runs[f"seed{seed}/flexible"]["measured"]
+        for size in settings["patch_sizes"]:
+            fixed = record.runs[f"seed{seed}/fixed{size}"]
+            rows.append([str(size), str(seed), f"{flexible[f'tokens_patch{size}']:.0f}",
+                         f"{flexible[f'top1_patch{size}']:.2%}",
+                         f"{fixed['measured'][f'top1_patch{size}']:.2%}",
+                         f"{flexible[f'images_per_second_patch{size}']:.0f}",
+                         f"{fixed['seconds']:.0f} s"])  # fmt: skip
+    return Summary(
+        "FlexiViT on CIFAR-10 (fixed steps)",
+        [f"{settings['model']}, {settings['steps']} steps per run."],
+        [
+            "patch size",
+            "seed",
+            "tokens",
+            "flexible top-1",
+            "fixed top-1",
+            "eval img/s",
+            "fixed run's training time",
+        ],  # fmt: skip
+        rows,
+    )
+
+
+EXPERIMENT = Experiment(
+    name="flexivit",
+    title="FlexiViT: one model at every patch size against one model per patch size",
+    introduction="Every run trains for the same steps; each model is evaluated at its sizes.",
+    default_seeds=1,
+    default_budget_seconds=None,
+    own_fields=frozenset({"seed", "model", "model_fields", "patch_sizes", "resolution"}),
+    arms=("flexible", "fixed2", "fixed4", "fixed8"),
+    runs=arm_runs,
+    result=result_section(summarise),
+    layout="runs/seedN/{flexible, fixedP}",
+    figures=lambda outcome: {},
+    measure=measure_patch_sizes,
+    timed=False,
+)
 
 
 def main() -> None:
@@ -52,32 +122,17 @@ def main() -> None:
     parser.add_argument("--model", default="ViT-CIFAR/4")
     parser.add_argument("--patch-sizes", type=int, nargs="+", default=[2, 4, 8])
     parser.add_argument("--steps", type=int, default=800)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, nargs="*", default=[0])
+    parser.add_argument("--out", type=Path, default=Path("runs/flexivit"))
+    parser.add_argument("--write", action="store_true", help="append the table to RESULTS.md")
     args = parser.parse_args()
     sizes = sorted(args.patch_sizes)
-    test = open_dataset(args.data, split="test")
-    print(f"{args.model}, {args.steps} steps per run, seed {args.seed}; {describe_machine()}")
-    with tempfile.TemporaryDirectory() as folder:
-        root = Path(folder)
-        seed = f"seed={args.seed}"
-        started = time.perf_counter()
-        choices = ",".join(map(str, sizes))
-        train(root / "flexible", args.data, args.model, args.steps, seed,
-              f"model_fields=patch_size={sizes[-1]}", f"patch_sizes={choices}")  # fmt: skip
-        print(f"flexible run: {time.perf_counter() - started:.0f} s", flush=True)
-        print(
-            "| patch size | tokens | flexible top-1 | fixed top-1 | eval img/s | fixed run's time |"
-        )
-        print("| ---: | ---: | ---: | ---: | ---: | ---: |")
-        for size in sizes:
-            started = time.perf_counter()
-            train(root / f"fixed{size}", args.data, args.model, args.steps, seed,
-                  f"model_fields=patch_size={size}")  # fmt: skip
-            seconds = time.perf_counter() - started
-            flexible, speed, tokens = evaluate(root / "flexible", size, test)
-            fixed, _, _ = evaluate(root / f"fixed{size}", size, test)
-            print(f"| {size} | {tokens} | {flexible:.2%} | {fixed:.2%} | {speed:.0f} | "
-                  f"{seconds:.0f} s |", flush=True)  # fmt: skip
+    settings = {"model": args.model, "patch_sizes": sizes, "steps": args.steps}
+    experiment = dataclasses.replace(
+        EXPERIMENT, arms=("flexible", *(f"fixed{size}" for size in sizes)),
+        settings=lambda hardware: settings,
+    )  # fmt: skip
+    run_benchmark(experiment, summarise, args.data, args.seeds, args.out, write=args.write)
 
 
 if __name__ == "__main__":

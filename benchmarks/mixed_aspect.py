@@ -13,7 +13,8 @@ ViT-CIFAR/4 for --steps steps with the demo's pre-training recipe (no crop):
 Each run's top-1 is measured both ways on the test split: the square pipeline (the runs' own
 evaluation, images centre-cropped) and `vitkit eval --max-tokens 64` (whole images at their own
 aspect ratio, packed); --seeds training seeds each (the dataset stays the same), then the mean
-and the standard deviation over them.
+and the standard deviation over them. The folder, the runs, their record and report.html stay in
+--out, and the same command resumes.
 
     .venv/bin/python benchmarks/mixed_aspect.py --data ../shared/data/cifar10-jpg.tar.gz
 """
@@ -21,19 +22,23 @@ and the standard deviation over them.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
-import subprocess
-import sys
-import tempfile
-import time
+import shutil
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from results import Summary, result_section, run_benchmark
 
+from vitkit.cli.main import main as vitkit
 from vitkit.data import open_dataset
 from vitkit.data.fewshot import k_shot_indices
-from vitkit.devices import describe_machine
+from vitkit.experiments.engine import Experiment, Outcome, Request, Seed
+from vitkit.experiments.record import ExperimentRecord
+from vitkit.experiments.statistics import Spread
+from vitkit.training.config import parse_overrides
+from vitkit.training.presets import get_preset
 
 # (H, W) windows of a 32x32 image: square, wide and tall, equally often.
 SHAPES = [(32, 32), (16, 32), (32, 16), (24, 32), (32, 24)]
@@ -55,12 +60,82 @@ def write_mixed_folder(data: str, root: Path, *, per_class: dict[str, int]) -> N
             Image.fromarray(np.ascontiguousarray(window)).save(folder / f"{number}.png")
 
 
-def vitkit(*arguments: str) -> float:
-    """Run `vitkit ARGUMENTS` in a fresh process; its seconds."""
-    started = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "vitkit.cli.main", *arguments], check=True,
-                   capture_output=True, text=True)  # fmt: skip
-    return time.perf_counter() - started
+ARMS = {"square": [], "packed": ["max_tokens=64"]}  # fields beyond data_size=32
+
+
+def arm_runs(arm: str, seed: int, request: Request, record: ExperimentRecord) -> list:
+    """The arm's one run: ViT-CIFAR/4 at 32 px with the demo's pre-training recipe, no crop."""
+    fields = [
+        "model=ViT-CIFAR/4",
+        "resolution=32",
+        "data_size=32",
+        "budget_seconds=0",
+        f"steps={record.content['settings']['steps']}",
+        "eval_flip=false",
+        *ARMS[arm],
+    ]
+    base = dataclasses.replace(get_preset("demo-pretrain"), data=request.data, seed=seed)
+    return [(arm, parse_overrides(base, fields))]  # fmt: skip
+
+
+def measure_packed(record: ExperimentRecord, seed: Seed) -> None:
+    """Each run's top-1 from `vitkit eval --max-tokens 64`: whole images, packed."""
+    for keys in seed.keys.values():
+        run = record.run_folder(keys[-1])
+
+        def packed_top1(run: Path = run) -> float:
+            out = run / "packed-eval"
+            command = ["eval", "--checkpoint", str(run), "--data", seed.request.data,
+                       "--out", str(out), "--max-tokens", "64"]  # fmt: skip
+            if vitkit(command) != 0:
+                raise SystemExit(f"vitkit {' '.join(command)} failed")
+            return json.loads((out / "eval.json").read_text())["top1"]
+
+        record.measured(keys[-1], "packed_top1", packed_top1)
+
+
+def summarise(record: ExperimentRecord, outcome: Outcome) -> Summary:
+    """Per run its time and both top-1s; per arm their means and standard deviations."""
+    settings = record.content["settings"]
+    rows, means = [], []
+    for arm, values in outcome.top1.items():
+        label = f"{arm} ({' '.join(['data_size=32', *ARMS[arm]])})"
+        runs = [record.runs[f"seed{seed}/{arm}"] for seed in settings["seeds"]]
+        packed = [run["measured"]["packed_top1"] for run in runs]
+        for seed, run, square_top1, packed_top1 in zip(settings["seeds"], runs, values, packed,
+                                                       strict=True):  # fmt: skip
+            rows.append([label, str(seed), f"{run['seconds']:.1f} s", f"{square_top1:.2%}",
+                         f"{packed_top1:.2%}"])  # fmt: skip
+        means.append(f"{label}: {Spread.of(values).percent()} with the square test pipeline, "
+                     f"{Spread.of(packed).percent()} packed.")  # fmt: skip
+    return Summary(
+        "Mixed aspect ratios: square batches against NaViT packing (fixed steps)",
+        [
+            f"{settings['train_per_class'] * 10} training and {settings['test_per_class'] * 10} "
+            f"test images of shapes {SHAPES}, {settings['steps']} steps."
+        ],  # fmt: skip
+        ["run", "seed", "training time", "top-1, square test pipeline", "top-1, packed eval"],
+        rows,
+        means,
+    )
+
+
+EXPERIMENT = Experiment(
+    name="mixed-aspect",
+    title="Mixed aspect ratios: square batches against NaViT packing",
+    introduction="CIFAR-10 images cut to wide, tall and square windows; fixed steps per run.",
+    default_seeds=3,
+    default_budget_seconds=None,
+    own_fields=frozenset({"seed", "max_tokens", "data_size", "resolution"}),
+    arms=tuple(ARMS),
+    runs=arm_runs,
+    result=result_section(summarise),
+    layout="runs/seedN/ARM",
+    figures=lambda outcome: {},
+    measure=measure_packed,
+    timed=False,
+    data_size=32,
+)
 
 
 def main() -> None:
@@ -70,42 +145,20 @@ def main() -> None:
     parser.add_argument("--test-per-class", type=int, default=200)
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--seeds", type=int, default=3, help="training seeds 0..N-1 per run")
+    parser.add_argument("--out", type=Path, default=Path("runs/mixed_aspect"))
+    parser.add_argument("--write", action="store_true", help="append the table to RESULTS.md")
     args = parser.parse_args()
-    print(describe_machine())
-    with tempfile.TemporaryDirectory() as folder:
-        root = Path(folder)
-        data = root / "mixed"
-        write_mixed_folder(
-            args.data, data, per_class={"train": args.train_per_class, "test": args.test_per_class}
-        )
-        print(f"\n{args.train_per_class * 10} training and {args.test_per_class * 10} test "
-              f"images of shapes {SHAPES}, {args.steps} steps\n")  # fmt: skip
-        print("| run | seed | training time | top-1, square test pipeline | top-1, packed eval |")
-        print("| --- | ---: | ---: | ---: | ---: |")
-        results: dict[str, list[tuple[float, float, float]]] = {}
-        for name, fields in (("square", []), ("packed", ["max_tokens=64"])):
-            label = f"{name} ({' '.join(['data_size=32', *fields])})"
-            for seed in range(args.seeds):
-                out = root / f"{name}-{seed}"
-                vitkit("train", "--preset", "demo-pretrain", "--data", str(data), "--out",
-                       str(out), "model=ViT-CIFAR/4", "resolution=32", "data_size=32",
-                       "budget_seconds=0", f"steps={args.steps}", "eval_flip=false",
-                       f"seed={seed}", *fields)  # fmt: skip
-                summary = json.loads((out / "summary.json").read_text())
-                vitkit("eval", "--checkpoint", str(out), "--data", str(data), "--out",
-                       str(out / "packed-eval"), "--max-tokens", "64")  # fmt: skip
-                packed = json.loads((out / "packed-eval" / "eval.json").read_text())["top1"]
-                results.setdefault(label, []).append((summary["seconds"], summary["top1"], packed))
-                print(f"| {label} | {seed} | {summary['seconds']:.1f} s | {summary['top1']:.2%} "
-                      f"| {packed:.2%} |", flush=True)  # fmt: skip
-        print("\n| run | training time | top-1, square test pipeline | top-1, packed eval |")
-        print("| --- | ---: | ---: | ---: |")
-        for label, rows in results.items():
-            seconds, square, packed = (np.array(column) for column in zip(*rows))
-            print(f"| {label} | {seconds.mean():.1f} s | {100 * square.mean():.2f} ± "
-                  f"{100 * square.std(ddof=1) if len(rows) > 1 else 0:.2f} | "
-                  f"{100 * packed.mean():.2f} ± "
-                  f"{100 * packed.std(ddof=1) if len(rows) > 1 else 0:.2f} |")  # fmt: skip
+    sizes = {"train": args.train_per_class, "test": args.test_per_class}
+    folder = args.out / f"mixed-{args.train_per_class}-{args.test_per_class}"
+    if not folder.is_dir():  # written beside, then renamed: a stopped write is not taken as done
+        shutil.rmtree(folder.with_suffix(".partial"), ignore_errors=True)
+        write_mixed_folder(args.data, folder.with_suffix(".partial"), per_class=sizes)
+        folder.with_suffix(".partial").rename(folder)
+    settings = {"steps": args.steps, "train_per_class": args.train_per_class,
+                "test_per_class": args.test_per_class}  # fmt: skip
+    experiment = dataclasses.replace(EXPERIMENT, settings=lambda hardware: settings)
+    run_benchmark(experiment, summarise, str(folder), list(range(args.seeds)), args.out,
+                  write=args.write)  # fmt: skip
 
 
 if __name__ == "__main__":

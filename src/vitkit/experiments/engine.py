@@ -99,7 +99,8 @@ class Experiment:
     inspection figures the report shows (by default every arm, and the first seed's final
     models; none leaves the section out). `measure` measures more on a seed's finished runs,
     recording each number with `ExperimentRecord.measured`. `timed=False`: the runs fix their
-    own steps, and the request has no budget."""
+    own steps, and the request has no budget. `data_size` decodes the data's splits at that
+    square size (resized and centre-cropped), for data whose images differ in size."""
 
     name: str
     title: str
@@ -121,6 +122,7 @@ class Experiment:
     }
     measure: Callable[[ExperimentRecord, Seed], None] | None = None
     timed: bool = True
+    data_size: int | None = None  # the test split's size, decoded, where its images differ
 
 
 def run_experiment(
@@ -142,8 +144,11 @@ def run_experiment(
         **experiment.settings(request.hardware),
     }
     # Missing data fails before the record claims the folder.
-    test_set = open_dataset(request.data, split="test")
-    train_set = open_dataset(request.data, split="train") if experiment.shots else None
+    size = None if experiment.data_size is None else (experiment.data_size,) * 2
+    test_set = open_dataset(request.data, split="test", image_size=size)
+    train_set = (
+        open_dataset(request.data, split="train", image_size=size) if experiment.shots else None
+    )
     record = ExperimentRecord.open(
         out, experiment.name, settings, command, own_fields=experiment.own_fields,
         timed=experiment.timed,
