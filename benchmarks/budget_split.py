@@ -16,13 +16,11 @@ About 10 minutes per arm on a 2-core CPU.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-from pathlib import Path
 
-from results import Summary, result_section, run_benchmark
+from results import Benchmark, Summary, benchmark_arguments
 
-from vitkit.experiments.engine import Experiment, Outcome, Request
+from vitkit.experiments.engine import Outcome, Request
 from vitkit.experiments.record import ExperimentRecord
 from vitkit.training.presets import get_preset
 
@@ -57,46 +55,41 @@ def summarise(record: ExperimentRecord, outcome: Outcome) -> Summary:
                          f"{pretrain:.2%}", f"**{top1:.2%}**"])  # fmt: skip
     return Summary(
         "The demo's budget split (fixed steps)",
-        [f"Every arm costs {settings['cost']} pre-training steps' worth (a 32 px step counts "
-         f"{settings['step_ratio']:g})."],  # fmt: skip
-        ["pre-training share", "seed", "steps at 16 px", "steps at 32 px", "pre-train top-1",
-         "after the 32 px fine-tune"],  # fmt: skip
+        [
+            f"Every arm costs {settings['cost']} pre-training steps' worth (a 32 px step counts "
+            f"{settings['step_ratio']:g})."
+        ],  # fmt: skip
+        [
+            "pre-training share",
+            "seed",
+            "steps at 16 px",
+            "steps at 32 px",
+            "pre-train top-1",
+            "after the 32 px fine-tune",
+        ],  # fmt: skip
         rows,
     )
 
 
-EXPERIMENT = Experiment(
-    name="budget-split",
-    title="The demo's budget split between 16 px pre-training and the 32 px fine-tune",
-    introduction="Every arm spends the same cost in steps; fixed steps per run.",
-    default_seeds=1,
-    default_budget_seconds=None,
-    own_fields=frozenset({"seed", "resolution"}),
+BENCHMARK = Benchmark.of(
+    "budget-split",
+    "The demo's budget split between 16 px pre-training and the 32 px fine-tune",
     arms=("0.5", "0.71", "0.9"),
     runs=arm_runs,
-    result=result_section(summarise),
+    summarise=summarise,
     layout="runs/seedN/{pretrain-SHARE, finetune-SHARE}",
-    figures=lambda outcome: {},
-    timed=False,
+    own_fields=("resolution",),
 )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", default="../shared/data/cifar10-jpg.tar.gz")
-    parser.add_argument("--shares", type=float, nargs="*", default=[0.5, 0.71, 0.9])
+    parser = benchmark_arguments(__doc__.split("\n\n")[0], out="budget_split", seeds=[0])
+    parser.add_argument("--shares", type=float, nargs="+", default=[0.5, 0.71, 0.9])
     parser.add_argument("--cost", type=int, default=4174)
     parser.add_argument("--step-ratio", type=float, default=4.3)
-    parser.add_argument("--seeds", type=int, nargs="*", default=[0])
-    parser.add_argument("--out", type=Path, default=Path("runs/budget_split"))
-    parser.add_argument("--write", action="store_true", help="append the table to RESULTS.md")
     args = parser.parse_args()
-    cost = {"cost": args.cost, "step_ratio": args.step_ratio}
-    experiment = dataclasses.replace(
-        EXPERIMENT, arms=tuple(f"{share:g}" for share in args.shares),
-        settings=lambda hardware: cost,
-    )  # fmt: skip
-    run_benchmark(experiment, summarise, args.data, args.seeds, args.out, write=args.write)
+    BENCHMARK.run(args, {"cost": args.cost, "step_ratio": args.step_ratio},
+                  arms=tuple(f"{share:g}" for share in args.shares))  # fmt: skip
 
 
 if __name__ == "__main__":

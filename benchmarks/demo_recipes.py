@@ -13,13 +13,11 @@ About 2-3 minutes per row on a 2-core CPU.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-from pathlib import Path
 
-from results import Summary, result_section, run_benchmark
+from results import Benchmark, Summary, benchmark_arguments
 
-from vitkit.experiments.engine import Experiment, Outcome, Request, Seed
+from vitkit.experiments.engine import Outcome, Request, Seed
 from vitkit.experiments.record import ExperimentRecord
 from vitkit.training.config import parse_overrides
 from vitkit.training.presets import get_preset
@@ -116,33 +114,22 @@ def summarise(record: ExperimentRecord, outcome: Outcome) -> Summary:
     )
 
 
-EXPERIMENT = Experiment(
-    name="demo-recipes",
-    title="Pre-training recipes for the demo, at fixed steps",
-    introduction="Each arm is demo-pretrain with the overrides its name stands for.",
-    default_seeds=1,
-    default_budget_seconds=None,
-    own_fields=frozenset({"seed"}),
+BENCHMARK = Benchmark.of(
+    "demo-recipes",
+    "Pre-training recipes for the demo, at fixed steps",
     arms=tuple(ROWS),
     runs=arm_runs,
-    result=result_section(summarise),
+    summarise=summarise,
     layout="runs/seedN/ROW",
-    figures=lambda outcome: {},
     measure=measure_without_ema,
-    timed=False,
 )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default="../shared/data/cifar10-jpg.tar.gz")
-    parser.add_argument("--rows", nargs="*", choices=list(ROWS), default=list(ROWS))
-    parser.add_argument("--seeds", type=int, nargs="*", default=[0])
-    parser.add_argument("--out", type=Path, default=Path("runs/demo_recipes"))
-    parser.add_argument("--write", action="store_true", help="append the table to RESULTS.md")
+    parser = benchmark_arguments(__doc__.splitlines()[0], out="demo_recipes", seeds=[0])
+    parser.add_argument("--rows", nargs="+", choices=list(ROWS), default=list(ROWS))
     args = parser.parse_args()
-    experiment = dataclasses.replace(EXPERIMENT, arms=tuple(args.rows))
-    run_benchmark(experiment, summarise, args.data, args.seeds, args.out, write=args.write)
+    BENCHMARK.run(args, {}, arms=tuple(args.rows))
 
 
 if __name__ == "__main__":

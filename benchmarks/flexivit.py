@@ -15,15 +15,13 @@ The runs, their record and report.html stay in --out, and the same command resum
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import time
-from pathlib import Path
 
-from results import Summary, result_section, run_benchmark
+from results import Benchmark, Summary, benchmark_arguments
 
 from vitkit.evaluation.accuracy import top1_accuracy
-from vitkit.experiments.engine import Experiment, Outcome, Request, Seed
+from vitkit.experiments.engine import Outcome, Request, Seed
 from vitkit.experiments.record import ExperimentRecord
 from vitkit.training.config import parse_overrides
 from vitkit.training.presets import get_preset
@@ -99,40 +97,27 @@ def summarise(record: ExperimentRecord, outcome: Outcome) -> Summary:
     )
 
 
-EXPERIMENT = Experiment(
-    name="flexivit",
-    title="FlexiViT: one model at every patch size against one model per patch size",
-    introduction="Every run trains for the same steps; each model is evaluated at its sizes.",
-    default_seeds=1,
-    default_budget_seconds=None,
-    own_fields=frozenset({"seed", "model", "model_fields", "patch_sizes", "resolution"}),
+BENCHMARK = Benchmark.of(
+    "flexivit",
+    "FlexiViT: one model at every patch size against one model per patch size",
     arms=("flexible", "fixed2", "fixed4", "fixed8"),
     runs=arm_runs,
-    result=result_section(summarise),
+    summarise=summarise,
     layout="runs/seedN/{flexible, fixedP}",
-    figures=lambda outcome: {},
+    own_fields=("model", "model_fields", "patch_sizes", "resolution"),
     measure=measure_patch_sizes,
-    timed=False,
 )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", default="../shared/data/cifar10-jpg.tar.gz")
+    parser = benchmark_arguments(__doc__.split("\n\n")[0], out="flexivit", seeds=[0])
     parser.add_argument("--model", default="ViT-CIFAR/4")
     parser.add_argument("--patch-sizes", type=int, nargs="+", default=[2, 4, 8])
     parser.add_argument("--steps", type=int, default=800)
-    parser.add_argument("--seeds", type=int, nargs="*", default=[0])
-    parser.add_argument("--out", type=Path, default=Path("runs/flexivit"))
-    parser.add_argument("--write", action="store_true", help="append the table to RESULTS.md")
     args = parser.parse_args()
     sizes = sorted(args.patch_sizes)
-    settings = {"model": args.model, "patch_sizes": sizes, "steps": args.steps}
-    experiment = dataclasses.replace(
-        EXPERIMENT, arms=("flexible", *(f"fixed{size}" for size in sizes)),
-        settings=lambda hardware: settings,
-    )  # fmt: skip
-    run_benchmark(experiment, summarise, args.data, args.seeds, args.out, write=args.write)
+    BENCHMARK.run(args, {"model": args.model, "patch_sizes": sizes, "steps": args.steps},
+                  arms=("flexible", *(f"fixed{size}" for size in sizes)))  # fmt: skip
 
 
 if __name__ == "__main__":

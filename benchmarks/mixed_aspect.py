@@ -21,7 +21,6 @@ and the standard deviation over them. The folder, the runs, their record and rep
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import shutil
@@ -29,12 +28,12 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from results import Summary, result_section, run_benchmark
+from results import Benchmark, Summary, benchmark_arguments
 
 from vitkit.cli.main import main as vitkit
 from vitkit.data import open_dataset
 from vitkit.data.fewshot import k_shot_indices
-from vitkit.experiments.engine import Experiment, Outcome, Request, Seed
+from vitkit.experiments.engine import Outcome, Request, Seed
 from vitkit.experiments.record import ExperimentRecord
 from vitkit.experiments.statistics import Spread
 from vitkit.training.config import parse_overrides
@@ -120,33 +119,24 @@ def summarise(record: ExperimentRecord, outcome: Outcome) -> Summary:
     )
 
 
-EXPERIMENT = Experiment(
-    name="mixed-aspect",
-    title="Mixed aspect ratios: square batches against NaViT packing",
-    introduction="CIFAR-10 images cut to wide, tall and square windows; fixed steps per run.",
-    default_seeds=3,
-    default_budget_seconds=None,
-    own_fields=frozenset({"seed", "max_tokens", "data_size", "resolution"}),
+BENCHMARK = Benchmark.of(
+    "mixed-aspect",
+    "Mixed aspect ratios: square batches against NaViT packing",
     arms=tuple(ARMS),
     runs=arm_runs,
-    result=result_section(summarise),
+    summarise=summarise,
     layout="runs/seedN/ARM",
-    figures=lambda outcome: {},
+    own_fields=("max_tokens", "data_size", "resolution"),
     measure=measure_packed,
-    timed=False,
     data_size=32,
 )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", default="../shared/data/cifar10-jpg.tar.gz")
+    parser = benchmark_arguments(__doc__.split("\n\n")[0], out="mixed_aspect", seeds=[0, 1, 2])
     parser.add_argument("--train-per-class", type=int, default=1000)
     parser.add_argument("--test-per-class", type=int, default=200)
     parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--seeds", type=int, default=3, help="training seeds 0..N-1 per run")
-    parser.add_argument("--out", type=Path, default=Path("runs/mixed_aspect"))
-    parser.add_argument("--write", action="store_true", help="append the table to RESULTS.md")
     args = parser.parse_args()
     sizes = {"train": args.train_per_class, "test": args.test_per_class}
     folder = args.out / f"mixed-{args.train_per_class}-{args.test_per_class}"
@@ -156,9 +146,7 @@ def main() -> None:
         folder.with_suffix(".partial").rename(folder)
     settings = {"steps": args.steps, "train_per_class": args.train_per_class,
                 "test_per_class": args.test_per_class}  # fmt: skip
-    experiment = dataclasses.replace(EXPERIMENT, settings=lambda hardware: settings)
-    run_benchmark(experiment, summarise, str(folder), list(range(args.seeds)), args.out,
-                  write=args.write)  # fmt: skip
+    BENCHMARK.run(args, settings, data=str(folder))
 
 
 if __name__ == "__main__":

@@ -14,13 +14,11 @@ and report.html stay in --out, and the same command resumes.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-from pathlib import Path
 
-from results import Summary, result_section, run_benchmark
+from results import Benchmark, Summary, benchmark_arguments
 
-from vitkit.experiments.engine import Experiment, Outcome, Request
+from vitkit.experiments.engine import Outcome, Request
 from vitkit.experiments.record import ExperimentRecord
 from vitkit.experiments.statistics import PairedDifference
 from vitkit.training.config import TrainConfig
@@ -68,36 +66,25 @@ def summarise(record: ExperimentRecord, outcome: Outcome) -> Summary:
     )
 
 
-EXPERIMENT = Experiment(
-    name="resolution-seeds",
-    title="The demo's claim over seeds: a 32 px fine-tune against 16 px for the same time",
-    introduction="Fixed steps per run, so the accuracies do not depend on the machine's load.",
-    default_seeds=3,
-    default_budget_seconds=None,
-    own_fields=frozenset({"seed", "resolution"}),
+BENCHMARK = Benchmark.of(
+    "resolution-seeds",
+    "The demo's claim over seeds: a 32 px fine-tune against 16 px for the same time",
     arms=("32 px", "16 px"),
     runs=arm_runs,
-    result=result_section(summarise),
+    summarise=summarise,
     layout="runs/seedN/{pretrain, finetune-32px, finetune-16px}",
-    figures=lambda outcome: {},
-    timed=False,
+    own_fields=("resolution",),
 )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", default="../shared/data/cifar10-jpg.tar.gz")
-    parser.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2])
+    parser = benchmark_arguments(__doc__.split("\n\n")[0], out="resolution_seeds", seeds=[0, 1, 2])
     parser.add_argument("--pretrain", type=int, default=600)
     parser.add_argument("--finetune", type=int, default=70)
     parser.add_argument("--step-ratio", type=float, default=4.3)
-    parser.add_argument("--out", type=Path, default=Path("runs/resolution_seeds"))
-    parser.add_argument("--write", action="store_true", help="append the table to RESULTS.md")
     args = parser.parse_args()
-    steps = {"pretrain_steps": args.pretrain, "finetune_steps": args.finetune,
-             "step_ratio": args.step_ratio}  # fmt: skip
-    experiment = dataclasses.replace(EXPERIMENT, settings=lambda hardware: steps)
-    run_benchmark(experiment, summarise, args.data, args.seeds, args.out, write=args.write)
+    BENCHMARK.run(args, {"pretrain_steps": args.pretrain, "finetune_steps": args.finetune,
+                         "step_ratio": args.step_ratio})  # fmt: skip
 
 
 if __name__ == "__main__":

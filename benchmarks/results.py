@@ -1,24 +1,26 @@
 """Where the benchmarks put what they measured: one Markdown section appended to RESULTS.md, the
 file every measured number of this project lives in (the docs include it as their Results page).
 
-The benchmarks that train are experiments (`vitkit.experiments.engine`): arms x seeds at fixed
-steps, resumed from their folder's experiment.json. `Summary` is what one found, written both as
-the result section of its report.html and as its RESULTS.md section; `run_benchmark` runs one,
-prints its summary and, with --write, appends it.
+The benchmarks that train arms over seeds are experiments (`vitkit.experiments.engine`) at fixed
+steps, resumed from their folder's experiment.json: a `Benchmark`. `Summary` is what one found,
+written both as the result section of its report.html and as its RESULTS.md section.
 """
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import shlex
 import sys
 import time
+from argparse import ArgumentParser
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from vitkit.analysis.page import Page
 from vitkit.devices import describe_machine
-from vitkit.experiments.engine import Experiment, Outcome, Request, run_experiment
+from vitkit.experiments.engine import Experiment, Outcome, Request, Runs, run_experiment
 from vitkit.experiments.record import RECORD_NAME, ExperimentRecord, read_record
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
@@ -65,22 +67,58 @@ class Summary:
 Summarise = Callable[[ExperimentRecord, Outcome], Summary]
 
 
-def result_section(summarise: Summarise) -> Callable[[Page, ExperimentRecord, Outcome], None]:
-    """An experiment's report section that shows its summary."""
-    return lambda page, record, outcome: summarise(record, outcome).add_to(page)
+@dataclass(frozen=True)
+class Benchmark:
+    """A benchmark that trains arms over seeds: an experiment at fixed steps (no time budget,
+    so its accuracies do not depend on the machine's speed or load), whose report shows its
+    summary and no inspection figures."""
+
+    experiment: Experiment
+    summarise: Summarise
+
+    @classmethod
+    def of(
+        cls, name: str, title: str, *, arms: tuple[str, ...], runs: Runs, summarise: Summarise,
+        layout: str, own_fields: tuple[str, ...] = (), **more: object,
+    ) -> Benchmark:  # fmt: skip
+        """`own_fields`: the TrainConfig fields the runs set beyond the seed; `more`: other
+        `Experiment` fields (measure, data_size)."""
+        experiment = Experiment(
+            name=name, title=title, introduction="Fixed steps per run.", default_seeds=1,
+            default_budget_seconds=None, own_fields=frozenset({"seed", *own_fields}), arms=arms,
+            runs=runs, layout=layout, figures=lambda outcome: {}, timed=False,
+            result=lambda page, record, outcome: summarise(record, outcome).add_to(page),
+            **more,
+        )  # fmt: skip
+        return cls(experiment, summarise)
+
+    def run(
+        self, args: argparse.Namespace, settings: dict[str, object], *,
+        arms: tuple[str, ...] | None = None, data: str | None = None,
+    ) -> None:  # fmt: skip
+        """Run (or resume) the benchmark in args.out with `settings` (recorded; the runs read
+        them from the record), print its summary and, with args.write, append it to
+        RESULTS.md. `arms` and `data` replace the experiment's arms and args.data."""
+        experiment = dataclasses.replace(
+            self.experiment, arms=arms or self.experiment.arms, settings=lambda hardware: settings
+        )
+        command = shlex.join(["python", *sys.argv])
+        request = Request(data or args.data, args.seeds, budget_seconds=None)
+        outcome = run_experiment(experiment, request, args.out, command=command)
+        record = ExperimentRecord(args.out, read_record(args.out / RECORD_NAME))
+        section = self.summarise(record, outcome).markdown(command)
+        print(f"\n{section}\n\nreport: {args.out / 'report.html'}")
+        if args.write:
+            append_to_results(section)
 
 
-def run_benchmark(
-    experiment: Experiment, summarise: Summarise, data: str, seeds: list[int], out: Path,
-    *, write: bool,
-) -> None:  # fmt: skip
-    """Run (or resume) `experiment` in `out` at fixed steps, print its summary and, with `write`,
-    append it to RESULTS.md."""
-    command = shlex.join(["python", *sys.argv])
-    request = Request(data, seeds, budget_seconds=None)
-    outcome = run_experiment(experiment, request, out, command=command)
-    record = ExperimentRecord(out, read_record(out / RECORD_NAME))
-    section = summarise(record, outcome).markdown(command)
-    print(f"\n{section}\n\nreport: {out / 'report.html'}")
-    if write:
-        append_to_results(section)
+def benchmark_arguments(description: str, *, out: str, seeds: list[int]) -> ArgumentParser:
+    """The arguments every benchmark takes: --data, --seeds, --out (default runs/OUT) and
+    --write; a benchmark adds its own."""
+    parser = ArgumentParser(description=description)
+    parser.add_argument("--data", default="../shared/data/cifar10-jpg.tar.gz")
+    parser.add_argument("--seeds", type=int, nargs="+", default=seeds)
+    parser.add_argument("--out", type=Path, default=Path("runs") / out,
+                        help="its folder: the same command resumes there")  # fmt: skip
+    parser.add_argument("--write", action="store_true", help="append the summary to RESULTS.md")
+    return parser

@@ -23,7 +23,7 @@ COMMANDS = {
     "resolution_seeds": ["--seeds", "0", "--pretrain", "3", "--finetune", "1"],
     "budget_split": ["--shares", "0.5", "--cost", "6"],
     "demo_recipes": ["--rows", "ema0.99-800"],
-    "mixed_aspect": "--train-per-class 13 --test-per-class 2 --steps 2 --seeds 1".split(),
+    "mixed_aspect": "--train-per-class 13 --test-per-class 2 --steps 2 --seeds 0".split(),
     "flexivit": ["--patch-sizes", "4", "8", "--steps", "2"],
 }
 
