@@ -78,6 +78,13 @@ class Page:
         cells = "".join(_figure(image, caption, folder) for image, caption in figures)
         self.parts.append(f'<div class="row">{cells}</div>')
 
+    def how_it_was_run(self, command: str, facts: str, *, code: bool = True) -> None:
+        """Every report's last section: the command that ran it (one line of code; `code`
+        False: a sentence, where Python ran it), then the machine and what else says how."""
+        self.heading("How it was run")
+        self.paragraph(command, code=code)
+        self.paragraph(facts)
+
     def write(self, path: Path) -> None:
         title = html.escape(self.title)
         body = "\n".join(self.parts)

@@ -94,11 +94,10 @@ def write_demo_report(out: Path, summary: dict[str, Any], command: str) -> Path:
     if (out / FIGURES_FOLDER).is_dir():
         page.heading("What the fine-tuned model learned (the paper's inspection figures)")
         add_figures(page, out / FIGURES_FOLDER, page_folder=out)
-    page.heading("How it was run")
-    page.paragraph(command, code=True)
-    page.paragraph(
+    page.how_it_was_run(
+        command,
         f"Machine: {describe_machine()}. The whole demo took {summary['seconds'] / 60:.1f} min; "
-        "each stage's folder holds its metrics.jsonl, summary.json and model."
+        "each stage's folder holds its metrics.jsonl, summary.json and model.",
     )
     path = out / REPORT_NAME
     page.write(path)
@@ -186,12 +185,11 @@ def write_train_report(
     if figures is not None:
         page.heading("What the model learned (the paper's inspection figures)")
         add_figures(page, figures, page_folder=out)
-    page.heading("How it was run")
-    if command is None:
-        page.paragraph("From Python: vitkit.training.train(config, out_dir).")
-    else:
-        page.paragraph(command, code=True)
-    page.paragraph(f"Machine: {describe_machine()}. train_config.json holds every field.")
+    page.how_it_was_run(
+        command or "From Python: vitkit.training.train(config, out_dir).",
+        f"Machine: {describe_machine()}. train_config.json holds every field.",
+        code=command is not None,
+    )
     path = out / REPORT_NAME
     page.write(path)
     return path

@@ -81,11 +81,10 @@ def add_how_it_was_run(
 ) -> None:
     """The command, the machine, the start and this invocation's time; `layout` names the runs'
     folders (e.g. "runs/seedN/ARM")."""
-    page.heading("How it was run")
     content = record.content
-    page.paragraph(content["command"] or f"vitkit experiment {content['experiment']}", code=True)
-    page.paragraph(
+    page.how_it_was_run(
+        content["command"] or f"vitkit experiment {content['experiment']}",
         f"Machine: {content['machine']}. Started {content['started']}; this invocation took "
         f"{seconds / 60:.1f} min. Each run's folder is {layout}, with its metrics.jsonl and "
-        "model; experiment.json holds every setting and result."
+        "model; experiment.json holds every setting and result.",
     )
