@@ -25,7 +25,8 @@ from vitkit.training.run_dir import RunDir
 
 # name -> field overrides of the demo-pretrain preset (800 steps = 2 epochs at batch 128); each
 # row names every field it was measured with that differs from the preset now (the earlier rows
-# predate Muon and flip-averaged evaluation, so they name AdamW and eval_flip=false).
+# predate Muon and flip-averaged evaluation, so they name AdamW and eval_flip=false; the Muon rows
+# name lr=4e-3, the preset's until demo_levers.py's 5 seeds moved it to 3e-3).
 _ADAMW = ["optimizer=adamw", "eval_flip=false"]
 ROWS: dict[str, list[str]] = {
     "vit-lr2e-3": ["model=ViT-CIFAR/4", *_ADAMW, "lr=2e-3", "crop_scale_min=0.35", "steps=800"],
@@ -58,7 +59,7 @@ ROWS: dict[str, list[str]] = {
     "adamw-lr2e-3-800": [*_ADAMW, "lr=2e-3", "steps=800"],
     "muon-lr1e-3-800": ["eval_flip=false", "lr=1e-3", "steps=800"],
     "muon-lr2e-3-800": ["eval_flip=false", "lr=2e-3", "steps=800"],
-    "muon-lr4e-3-800": ["eval_flip=false", "steps=800"],
+    "muon-lr4e-3-800": ["lr=4e-3", "eval_flip=false", "steps=800"],
     "muon-lr8e-3-800": ["eval_flip=false", "lr=8e-3", "steps=800"],
     "adamw-bf16-800": [*_ADAMW, "lr=1e-3", "precision=bf16", "steps=800"],
     # The levers against the preset as it is (Muon lr 4e-3, flip-averaged evaluation): EMA of the
@@ -66,13 +67,17 @@ ROWS: dict[str, list[str]] = {
     # decay, and the model's shape at about the demo model's FLOPs per image (width 128, depth
     # 6, MLP 256, i.e. 2 x 128^2 x (4 + 2 x 2) multiply-adds per token and block; each row keeps
     # the product of depth and per-block cost within 10%).
-    "ema0.99-800": ["ema_decay=0.99", "steps=800"],
-    "ema0.998-800": ["ema_decay=0.998", "steps=800"],
-    "warmup0.15-800": ["warmup_fraction=0.15", "steps=800"],
-    "linear-decay-800": ["decay=linear", "steps=800"],
-    "deep-narrow-800": ["model_fields=width=96,depth=11,mlp_dim=192", "steps=800"],
-    "shallow-wide-800": ["model_fields=width=192,depth=3,mlp_dim=384,num_heads=6", "steps=800"],
-    "mlp4-800": ["model_fields=mlp_dim=512,depth=4", "steps=800"],
+    "ema0.99-800": ["lr=4e-3", "ema_decay=0.99", "steps=800"],
+    "ema0.998-800": ["lr=4e-3", "ema_decay=0.998", "steps=800"],
+    "warmup0.15-800": ["lr=4e-3", "warmup_fraction=0.15", "steps=800"],
+    "linear-decay-800": ["lr=4e-3", "decay=linear", "steps=800"],
+    "deep-narrow-800": ["lr=4e-3", "model_fields=width=96,depth=11,mlp_dim=192", "steps=800"],
+    "shallow-wide-800": [
+        "lr=4e-3",
+        "model_fields=width=192,depth=3,mlp_dim=384,num_heads=6",
+        "steps=800",
+    ],
+    "mlp4-800": ["lr=4e-3", "model_fields=mlp_dim=512,depth=4", "steps=800"],
 }
 
 

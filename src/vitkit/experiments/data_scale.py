@@ -7,7 +7,7 @@ convolution's locality and translation equivariance, and that ViTs overtake them
 same question at CIFAR scale: a BiT-style ResNet-26 with a pooled head (`BiT-R26-CIFAR`), the
 plain ViT-CIFAR/4 and the hybrid R+ViT-CIFAR/4 train at 32 px for the same time on nested,
 class-balanced shares of the CIFAR-10 training set (10, 25, 50 and 100%), each with its own
-recipe: the ViTs with the demo's (Muon lr 4e-3), the ResNet with AdamW lr 1e-3 (Muon only
+recipe: the ViTs with the demo's (Muon lr 3e-3), the ResNet with AdamW lr 1e-3 (Muon only
 orthogonalises transformer matrices). Reported: test top-1 and the paper's 10-shot linear
 accuracy of the frozen representation, against the training-set size. At equal time a smaller
 share is seen for more epochs.
