@@ -70,6 +70,8 @@ ARMS = {
     # Muon's learning rate in both stages: 4e-3 won at 800 pre-training steps (demo_recipes.py),
     # and a longer run may want a lower peak.
     "muon-lr-3e-3": Arm(fields={"lr": 3e-3}),
+    # Whether the trend goes on below the adopted rate.
+    "muon-lr-2e-3": Arm(fields={"lr": 2e-3}),
 }
 
 
