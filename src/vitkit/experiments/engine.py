@@ -122,7 +122,7 @@ class Experiment:
     }
     measure: Callable[[ExperimentRecord, Seed], None] | None = None
     timed: bool = True
-    data_size: int | None = None  # the test split's size, decoded, where its images differ
+    data_size: int | None = None  # the size the splits are decoded at, where their images differ
 
 
 def run_experiment(
