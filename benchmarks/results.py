@@ -20,8 +20,9 @@ from pathlib import Path
 
 from vitkit.analysis.page import Page
 from vitkit.devices import describe_machine
+from vitkit.errors import VitkitError
 from vitkit.experiments.engine import Experiment, Outcome, Request, Runs, run_experiment
-from vitkit.experiments.record import RECORD_NAME, ExperimentRecord, read_record
+from vitkit.experiments.record import RECORD_NAME, ExperimentRecord, Interrupted, read_record
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
 
@@ -104,7 +105,12 @@ class Benchmark:
         )
         command = shlex.join(["python", *sys.argv])
         request = Request(data or args.data, args.seeds, budget_seconds=None)
-        outcome = run_experiment(experiment, request, args.out, command=command)
+        try:
+            outcome = run_experiment(experiment, request, args.out, command=command)
+        except VitkitError as error:  # a bad argument or a folder made with other settings
+            raise SystemExit(f"{Path(sys.argv[0]).name}: error: {error}") from None
+        except Interrupted as stopped:
+            raise SystemExit(f"stopped during {stopped}; the same command resumes") from None
         record = ExperimentRecord(args.out, read_record(args.out / RECORD_NAME))
         section = self.summarise(record, outcome).markdown(command)
         print(f"\n{section}\n\nreport: {args.out / 'report.html'}")

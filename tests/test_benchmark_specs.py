@@ -70,3 +70,6 @@ def test_a_benchmark_reports_its_records_top1_and_resumes(
 
     monkeypatch.setattr(record_module, "train", no_training)
     assert run_benchmark(name, arguments, monkeypatch, capsys).endswith(printed.split("\n## ")[-1])
+    # The folder holds seed 0 alone: other seeds are refused in one line naming the setting.
+    with pytest.raises(SystemExit, match=rf"^{name}\.py: error: .*seeds=\[0\], this command"):
+        run_benchmark(name, [*arguments, "--seeds", "0", "1"], monkeypatch, capsys)
